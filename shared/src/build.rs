@@ -1,0 +1,1 @@
+//! Building batch input in memory.

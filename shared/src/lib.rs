@@ -1,0 +1,17 @@
+//! batchline: structured-extraction jobs through the LLM providers' batch APIs.
+//!
+//! The library is usable on its own (build a batch, submit it, poll it, stream and
+//! validate its results) and it is what the three Lambda functions call.
+
+pub mod build;
+pub mod error;
+pub mod model;
+pub mod provider;
+pub mod request;
+pub mod results;
+pub mod schema;
+pub mod status;
+
+pub use error::{Error, Result};
+pub use model::{ModelRef, ProviderKind};
+pub use request::{GenerationParams, Message, OutputSchema, Request, Role};

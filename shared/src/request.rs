@@ -1,0 +1,70 @@
+//! What a caller asks for: conversations, the answer's schema, generation parameters.
+
+use serde::{Deserialize, Serialize};
+
+/// Who said a message. Providers that keep system text apart (Anthropic, Google)
+/// get `System` messages moved to their own field by the request encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// One request of a batch: an id unique within the job and the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub custom_id: String,
+    pub messages: Vec<Message>,
+}
+
+/// The JSON Schema every answer must match, with the name providers want for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputSchema {
+    pub name: String,
+    pub schema: serde_json::Value,
+}
+
+/// Generation parameters shared by every request of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationParams {
+    #[serde(default = "GenerationParams::default_max_tokens")]
+    pub max_tokens: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Placed before every conversation; for plain texts it is the instruction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+}
+
+impl GenerationParams {
+    fn default_max_tokens() -> u32 {
+        1024
+    }
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: Self::default_max_tokens(),
+            temperature: None,
+            system_prompt: None,
+        }
+    }
+}

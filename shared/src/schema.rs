@@ -1,0 +1,1 @@
+//! Schema translation per provider.
