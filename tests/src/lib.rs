@@ -1,0 +1,183 @@
+//! A provider emulator: a real HTTP server on loopback that speaks the OpenAI Batch,
+//! Anthropic Message Batches, Vertex AI batch prediction (with Cloud Storage and an
+//! OAuth token endpoint) and Gemini batch mode protocols, as strictly as the real APIs.
+//!
+//! Control endpoints under `/_emulator/` (not part of any provider API) let tests
+//! switch faults on and move batches to their end deterministically.
+
+pub mod anthropic;
+pub mod common;
+pub mod gemini;
+pub mod openai;
+pub mod vertex;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub use common::{BatchFate, Config, FaultPlan, HttpFault, Shared};
+
+/// A running emulator. Dropping it stops the server.
+pub struct Emulator {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Emulator {
+    /// Starts on `127.0.0.1` on a free port.
+    pub async fn start(config: Config) -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0", config).await
+    }
+
+    pub async fn start_on(bind: &str, config: Config) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(config, format!("http://{addr}")));
+        let app = app(shared.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            addr,
+            shared,
+            stop: Some(stop),
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// Replaces the fault plan (the same as `POST /_emulator/faults`).
+    pub fn set_faults(&self, plan: FaultPlan) {
+        *self.shared.faults.lock().unwrap() = plan;
+    }
+
+    /// Moves every batch, existing or future, past all its lifecycle stages.
+    pub fn finish_all(&self, on: bool) {
+        *self.shared.finish_all.lock().unwrap() = on;
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The whole emulator as one router.
+pub fn app(shared: Arc<Shared>) -> Router {
+    let control = Router::new()
+        .route("/_emulator/faults", post(set_faults))
+        .route("/_emulator/advance", post(advance))
+        .with_state(shared.clone());
+    Router::new()
+        .merge(openai::router(shared.clone()))
+        .merge(anthropic::router(shared.clone()))
+        .merge(vertex::router(shared.clone()))
+        .merge(gemini::router(shared.clone()))
+        .layer(middleware::from_fn_with_state(shared.clone(), http_faults))
+        .merge(control)
+}
+
+async fn set_faults(State(shared): State<Arc<Shared>>, body: axum::Json<FaultPlan>) -> StatusCode {
+    *shared.faults.lock().unwrap() = body.0;
+    StatusCode::NO_CONTENT
+}
+
+/// `POST /_emulator/advance` with `{"batch_id": "…"}` ends one batch, with `{}` all.
+async fn advance(
+    State(shared): State<Arc<Shared>>,
+    body: axum::Json<serde_json::Value>,
+) -> StatusCode {
+    match body.0.get("batch_id").and_then(|v| v.as_str()) {
+        Some(id) => {
+            shared.forced.lock().unwrap().insert(id.to_string(), ());
+        }
+        None => *shared.finish_all.lock().unwrap() = true,
+    }
+    StatusCode::NO_CONTENT
+}
+
+/// Applies HTTP faults from the plan: the next matching calls get the planned status
+/// (with `Retry-After` where set) or a delay.
+async fn http_faults(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let hit = {
+        let mut plan = shared.faults.lock().unwrap();
+        let path = request.uri().path().to_string();
+        let method = request.method().as_str().to_string();
+        let found = plan.http.iter_mut().find(|f| {
+            f.times > 0
+                && path.starts_with(&f.path_prefix)
+                && f.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(&method))
+        });
+        found.map(|f| {
+            f.times -= 1;
+            f.clone()
+        })
+    };
+    let Some(fault) = hit else {
+        return next.run(request).await;
+    };
+    if fault.delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(fault.delay_ms)).await;
+    }
+    if fault.status == 0 {
+        return next.run(request).await;
+    }
+    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (
+        status,
+        [("content-type", "application/json")],
+        Body::from(fault_body(request.uri().path(), status)),
+    )
+        .into_response();
+    if let Some(seconds) = fault.retry_after_s {
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// The error body each provider sends with an HTTP error, chosen by path.
+fn fault_body(path: &str, status: StatusCode) -> String {
+    let message = format!("emulated fault: {}", status.canonical_reason().unwrap_or("error"));
+    if path.starts_with("/v1/messages") {
+        let kind = match status.as_u16() {
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            _ => "api_error",
+        };
+        serde_json::json!({"type":"error","error":{"type":kind,"message":message}}).to_string()
+    } else if path.starts_with("/v1/") && !path.starts_with("/v1/projects") {
+        let kind = if status.as_u16() == 429 { "rate_limit_exceeded" } else { "server_error" };
+        serde_json::json!({"error":{"message":message,"type":kind,"param":null,"code":null}})
+            .to_string()
+    } else {
+        let code = status.as_u16();
+        let state = match code {
+            429 => "RESOURCE_EXHAUSTED",
+            503 => "UNAVAILABLE",
+            _ => "INTERNAL",
+        };
+        serde_json::json!({"error":{"code":code,"message":message,"status":state}}).to_string()
+    }
+}

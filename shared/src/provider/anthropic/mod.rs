@@ -1,1 +1,4 @@
-//! anthropic
+//! anthropic client.
+
+pub mod decode;
+pub mod encode;

@@ -1,1 +1,4 @@
-//! gemini
+//! gemini client.
+
+pub mod decode;
+pub mod encode;

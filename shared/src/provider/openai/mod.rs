@@ -1,1 +1,4 @@
-//! openai
+//! openai client.
+
+pub mod decode;
+pub mod encode;

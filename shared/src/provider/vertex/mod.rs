@@ -1,1 +1,4 @@
-//! vertex
+//! vertex client.
+
+pub mod decode;
+pub mod encode;

@@ -1,0 +1,1 @@
+//! anthropic result-line decoding.

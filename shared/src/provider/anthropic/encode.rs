@@ -1,0 +1,1 @@
+//! anthropic request-line encoding.

@@ -1,0 +1,1 @@
+//! gemini result-line decoding.

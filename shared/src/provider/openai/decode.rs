@@ -1,0 +1,1 @@
+//! openai result-line decoding.

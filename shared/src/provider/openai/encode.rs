@@ -1,0 +1,1 @@
+//! openai request-line encoding.

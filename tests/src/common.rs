@@ -1,0 +1,368 @@
+//! What every provider module of the emulator shares: the clock that moves batches
+//! through their lifecycles, the fault plan, and deterministic answers.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+/// Emulator settings, fixed at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long a batch stays in each intermediate lifecycle stage.
+    pub step: Duration,
+    /// API key / token every provider expects (`Authorization`, `x-api-key`, `x-goog-api-key`).
+    pub api_key: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            step: Duration::from_millis(300),
+            api_key: "test-key".to_string(),
+        }
+    }
+}
+
+/// How a batch ends, chosen when it is created from the pending fault plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchFate {
+    /// Runs every request.
+    #[default]
+    Complete,
+    /// Ends expired after running only `partial` of its requests (the rest never ran).
+    Expire,
+    /// Fails validation before running anything (OpenAI `failed`, Google `*_FAILED`).
+    FailValidation,
+    /// Every request fails; for OpenAI the batch completes with no output file.
+    AllFail,
+}
+
+/// A fault injected at the HTTP layer: the next `times` matching calls get `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpFault {
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Matches request paths starting with this.
+    pub path_prefix: String,
+    pub status: u16,
+    #[serde(default)]
+    pub retry_after_s: Option<u64>,
+    #[serde(default = "one")]
+    pub times: u32,
+    /// Sleep this long before answering (a slow response instead of a status fault when `status` is 0).
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Faults switched on through `POST /_emulator/faults`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FaultPlan {
+    /// Fate of the batches created from now on (until changed).
+    #[serde(default)]
+    pub batch_fate: BatchFate,
+    /// With `Expire`: fraction of requests that ran before expiry (0.0–1.0).
+    #[serde(default = "half")]
+    pub partial: f64,
+    #[serde(default)]
+    pub http: Vec<HttpFault>,
+    /// Results downloads are cut off (connection dropped) after this many bytes.
+    #[serde(default)]
+    pub drop_results_after_bytes: Option<usize>,
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+/// A per-request fault, asked for by a marker `[[fault:KIND]]` in the request's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFault {
+    /// The provider's own error line (context length exceeded / invalid request).
+    ProviderError,
+    /// A rate-limit error line.
+    RateLimit,
+    /// A server error line.
+    ServerError,
+    /// An answer that is not JSON.
+    NonJson,
+    /// JSON that breaks the schema.
+    SchemaBreak,
+    /// The model refuses.
+    Refusal,
+    /// Output cut off by the token limit (truncated JSON, finish reason length).
+    Truncate,
+}
+
+impl RequestFault {
+    /// Finds the first fault marker in a request's serialized body.
+    pub fn find_in(text: &str) -> Option<Self> {
+        let start = text.find("[[fault:")? + "[[fault:".len();
+        let end = text[start..].find("]]")? + start;
+        Some(match &text[start..end] {
+            "provider_error" => Self::ProviderError,
+            "rate_limit" => Self::RateLimit,
+            "server_error" => Self::ServerError,
+            "non_json" => Self::NonJson,
+            "schema_break" => Self::SchemaBreak,
+            "refusal" => Self::Refusal,
+            "truncate" => Self::Truncate,
+            _ => return None,
+        })
+    }
+}
+
+/// State shared by all provider modules.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    /// `http://127.0.0.1:PORT`, known once the listener is bound.
+    pub base_url: String,
+    pub faults: Mutex<FaultPlan>,
+    /// Batches forced to their end by `POST /_emulator/advance`.
+    pub forced: Mutex<HashMap<String, ()>>,
+    /// When true every batch counts as past all its stages.
+    pub finish_all: Mutex<bool>,
+    pub started: Instant,
+}
+
+impl Shared {
+    pub fn new(config: Config, base_url: String) -> Self {
+        Self {
+            config,
+            base_url,
+            faults: Mutex::new(FaultPlan::default()),
+            forced: Mutex::new(HashMap::new()),
+            finish_all: Mutex::new(false),
+            started: Instant::now(),
+        }
+    }
+
+    /// How many lifecycle steps a batch created at `created` has gone through.
+    /// Forced batches (control endpoint) are past every stage.
+    pub fn steps_since(&self, batch_id: &str, created: Instant) -> u32 {
+        if *self.finish_all.lock().unwrap() || self.forced.lock().unwrap().contains_key(batch_id) {
+            return u32::MAX;
+        }
+        let step = self.config.step.as_millis().max(1);
+        (created.elapsed().as_millis() / step).min(u32::MAX as u128) as u32
+    }
+
+    /// The fate and partial fraction for a batch being created now.
+    pub fn fate_for_new_batch(&self) -> (BatchFate, f64) {
+        let plan = self.faults.lock().unwrap();
+        (plan.batch_fate, plan.partial.clamp(0.0, 1.0))
+    }
+
+    pub fn drop_results_after(&self) -> Option<usize> {
+        self.faults.lock().unwrap().drop_results_after_bytes
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// RFC 3339 timestamp now.
+pub fn rfc3339_now() -> String {
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("formatting a valid time as RFC 3339")
+}
+
+/// A short random id with a prefix, e.g. `batch_3f…`.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Rough token count the emulator reports (4 bytes a token, at least 1).
+pub fn tokens(text: &str) -> u64 {
+    (text.len() as u64 / 4).max(1)
+}
+
+/// A deterministic answer that conforms to `schema`, seeded by the request text.
+pub fn answer_for(schema: &Value, seed: &str) -> Value {
+    let digest = Sha256::digest(seed.as_bytes());
+    let mut generator = AnswerGen {
+        root: schema,
+        seed: u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")),
+        depth: 0,
+    };
+    generator.value(schema)
+}
+
+/// An answer that breaks `schema`: every required property is dropped, and if none
+/// are required a property gets the wrong type.
+pub fn schema_breaking_answer(schema: &Value, seed: &str) -> Value {
+    let good = answer_for(schema, seed);
+    match good {
+        Value::Object(_) => json!({"unexpected": [1, 2, 3], "__broken": true}),
+        _ => json!({"not": "what the schema asked for"}),
+    }
+}
+
+struct AnswerGen<'a> {
+    root: &'a Value,
+    seed: u64,
+    depth: u32,
+}
+
+impl<'a> AnswerGen<'a> {
+    fn next(&mut self) -> u64 {
+        // xorshift: deterministic and cheap.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.seed
+    }
+
+    fn resolve<'s>(&self, schema: &'s Value) -> &'s Value
+    where
+        'a: 's,
+    {
+        let Some(reference) = schema.get("$ref").and_then(Value::as_str) else {
+            return schema;
+        };
+        let pointer = reference.trim_start_matches('#');
+        self.root.pointer(pointer).unwrap_or(&Value::Null)
+    }
+
+    fn value(&mut self, schema: &Value) -> Value {
+        self.depth += 1;
+        let out = self.value_inner(schema);
+        self.depth -= 1;
+        out
+    }
+
+    fn value_inner(&mut self, schema: &Value) -> Value {
+        let schema = self.resolve(schema);
+        if let Some(options) = schema.get("enum").and_then(Value::as_array)
+            && !options.is_empty()
+        {
+            let i = (self.next() % options.len() as u64) as usize;
+            return options[i].clone();
+        }
+        if let Some(c) = schema.get("const") {
+            return c.clone();
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(options) = schema.get(key).and_then(Value::as_array) {
+                // Prefer a non-null branch so that answers carry content.
+                let branch = options
+                    .iter()
+                    .find(|o| self.resolve(o).get("type") != Some(&json!("null")))
+                    .or(options.first());
+                return branch.map(|b| self.value(b)).unwrap_or(Value::Null);
+            }
+        }
+        let ty = match schema.get("type") {
+            Some(Value::String(t)) => t.as_str(),
+            Some(Value::Array(types)) => types
+                .iter()
+                .filter_map(Value::as_str)
+                .find(|t| *t != "null")
+                .unwrap_or("null"),
+            _ if schema.get("properties").is_some() => "object",
+            _ => "string",
+        };
+        match ty {
+            "object" => {
+                let mut out = Map::new();
+                if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                    for (name, prop) in props {
+                        if self.depth < 8 {
+                            out.insert(name.clone(), self.value(prop));
+                        }
+                    }
+                }
+                Value::Object(out)
+            }
+            "array" => {
+                let min = schema.get("minItems").and_then(Value::as_u64).unwrap_or(1);
+                let items = schema.get("items").cloned().unwrap_or(json!({"type":"string"}));
+                let n = min.max(1).min(3);
+                Value::Array((0..n).map(|_| self.value(&items)).collect())
+            }
+            "integer" => {
+                let lo = schema.get("minimum").and_then(Value::as_i64).unwrap_or(0);
+                let hi = schema.get("maximum").and_then(Value::as_i64).unwrap_or(lo + 100);
+                json!(lo + (self.next() % ((hi - lo).max(0) as u64 + 1)) as i64)
+            }
+            "number" => {
+                let lo = schema.get("minimum").and_then(Value::as_f64).unwrap_or(0.0);
+                let hi = schema.get("maximum").and_then(Value::as_f64).unwrap_or(lo + 100.0);
+                let frac = (self.next() % 1000) as f64 / 1000.0;
+                json!(lo + (hi - lo) * frac)
+            }
+            "boolean" => json!(self.next() % 2 == 0),
+            "null" => Value::Null,
+            _ => {
+                let word = WORDS[(self.next() % WORDS.len() as u64) as usize];
+                let min = schema.get("minLength").and_then(Value::as_u64).unwrap_or(0) as usize;
+                let mut s = format!("{word}-{}", self.next() % 10_000);
+                while s.len() < min {
+                    s.push('x');
+                }
+                if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
+                    s.truncate(max as usize);
+                }
+                json!(s)
+            }
+        }
+    }
+}
+
+const WORDS: [&str; 8] = [
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_deterministic_and_fill_every_property() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "age": {"type": "integer", "minimum": 1, "maximum": 9},
+                "tags": {"type": "array", "items": {"$ref": "#/$defs/tag"}},
+                "kind": {"enum": ["a", "b"]},
+                "note": {"type": ["string", "null"]}
+            },
+            "$defs": {"tag": {"type": "string"}}
+        });
+        let a = answer_for(&schema, "seed");
+        assert_eq!(a, answer_for(&schema, "seed"));
+        for key in ["name", "age", "tags", "kind", "note"] {
+            assert!(a.get(key).is_some(), "{key} missing in {a}");
+        }
+        let age = a["age"].as_i64().unwrap();
+        assert!((1..=9).contains(&age));
+        assert!(a["tags"][0].is_string());
+        assert!(a["note"].is_string());
+    }
+
+    #[test]
+    fn finds_fault_markers() {
+        assert_eq!(
+            RequestFault::find_in("hello [[fault:refusal]] there"),
+            Some(RequestFault::Refusal)
+        );
+        assert_eq!(RequestFault::find_in("no marker"), None);
+        assert_eq!(RequestFault::find_in("[[fault:bogus]]"), None);
+    }
+}
