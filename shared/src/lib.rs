@@ -6,11 +6,14 @@
 pub mod build;
 pub mod error;
 pub mod model;
+pub mod pipeline;
 pub mod provider;
+pub mod queue;
 pub mod request;
 pub mod results;
 pub mod schema;
 pub mod status;
+pub mod storage;
 
 pub use error::{Error, Result};
 pub use model::{ModelRef, ProviderKind};

@@ -1,0 +1,267 @@
+//! Job records, the open-jobs index and the bucket layout.
+//!
+//! Records are JSON written with conditional puts: `Create` when a job starts,
+//! `Update(etag)` afterwards, so two invocations can never overwrite each other.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::PipelineError;
+use super::spec::JobSpec;
+use crate::results::Usage;
+use crate::status::BatchState;
+use crate::storage::{ObjectStore, PutMode, StoreError};
+
+/// Where everything lives in the bucket. `inbox/` is the only prefix that triggers
+/// submit, and nothing below writes there.
+pub mod keys {
+    pub const INBOX: &str = "inbox/";
+    pub const PIPELINES: &str = "pipelines/";
+    pub const OPEN: &str = "open/";
+
+    pub fn job_record(job: &str) -> String {
+        format!("jobs/{job}/job.json")
+    }
+    pub fn part_manifest(job: &str, part: u32) -> String {
+        format!("jobs/{job}/parts/{part:05}.ids")
+    }
+    pub fn open_marker(job: &str) -> String {
+        format!("{OPEN}{job}")
+    }
+    pub fn successes(job: &str, part: u32) -> String {
+        format!("results/{job}/successes/part-{part:05}.jsonl")
+    }
+    pub fn errors(job: &str, part: u32) -> String {
+        format!("results/{job}/errors/part-{part:05}.jsonl")
+    }
+    /// Lines rejected before anything was sent to the provider.
+    pub fn input_errors(job: &str) -> String {
+        format!("results/{job}/errors/input.jsonl")
+    }
+    pub fn summary(job: &str) -> String {
+        format!("results/{job}/summary.json")
+    }
+    pub fn pipeline_spec(name: &str) -> String {
+        format!("{PIPELINES}{name}.json")
+    }
+}
+
+/// The uploaded object a job comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceObject {
+    pub bucket: String,
+    pub key: String,
+    pub etag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
+impl SourceObject {
+    /// A job id derived from the object's identity: the same upload always maps to the
+    /// same job (a repeated S3 event is not a new job), a new version to a new one.
+    /// Readable stem plus a hash; safe as an S3 key segment and a Vertex label value.
+    pub fn job_id(&self) -> String {
+        let identity = format!(
+            "{}\n{}\n{}",
+            self.bucket,
+            self.key,
+            self.version_id.as_deref().unwrap_or(&self.etag)
+        );
+        let digest = hex::encode(&Sha256::digest(identity.as_bytes())[..6]);
+        let file = self.key.rsplit('/').next().unwrap_or_default();
+        let stem: String = file
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .collect::<String>()
+            .split('-')
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("-");
+        let stem: String = stem.chars().take(40).collect();
+        if stem.is_empty() { digest } else { format!("{stem}-{digest}") }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Submit is reading the file and creating provider batches.
+    Submitting,
+    /// Every part is submitted; poll and collect take it from here.
+    Open,
+    Completed,
+    /// A whole-file problem; nothing (more) was submitted.
+    Failed,
+}
+
+/// What collect found for one part.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartOutcome {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub errors_by_type: BTreeMap<String, u64>,
+    pub usage: Usage,
+    /// Lines the provider sent for ids not in the part, or twice (ignored, counted).
+    #[serde(default)]
+    pub unexpected_lines: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub index: u32,
+    pub requests: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<BatchState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_error: Option<String>,
+    /// Set by poll when it queued the part for collect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enqueued_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collected: Option<PartOutcome>,
+    /// Why this part was closed before the end of the file (a provider limit), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub source: SourceObject,
+    pub status: JobStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<JobSpec>,
+    /// Request lines read from the file (header excluded).
+    pub requests: u64,
+    /// Lines rejected before submission (they are in the input errors file).
+    pub input_errors: u64,
+    pub parts: Vec<PartRecord>,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    /// A running submit owns the record until then; a later one may resume after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_lease_until: Option<String>,
+}
+
+/// A record together with the entity tag it was read or written with.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub record: JobRecord,
+    pub etag: String,
+}
+
+pub async fn load(store: &dyn ObjectStore, job: &str) -> Result<Versioned, PipelineError> {
+    let (meta, body) = store.get(&keys::job_record(job)).await?;
+    let record = serde_json::from_slice(&body).map_err(|e| PipelineError::CorruptRecord {
+        key: keys::job_record(job),
+        reason: e.to_string(),
+    })?;
+    Ok(Versioned {
+        record,
+        etag: meta.etag,
+    })
+}
+
+/// Creates the record; `Ok(None)` if one exists already.
+pub async fn create(store: &dyn ObjectStore, record: JobRecord) -> Result<Option<Versioned>, PipelineError> {
+    let body = Bytes::from(serde_json::to_vec_pretty(&record)?);
+    match store.put(&keys::job_record(&record.job_id), body, PutMode::Create).await {
+        Ok(etag) => Ok(Some(Versioned { record, etag })),
+        Err(StoreError::Conflict { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `versioned.record` only if nobody wrote since it was read.
+pub async fn save(store: &dyn ObjectStore, versioned: &mut Versioned) -> Result<(), PipelineError> {
+    let body = Bytes::from(serde_json::to_vec_pretty(&versioned.record)?);
+    versioned.etag = store
+        .put(
+            &keys::job_record(&versioned.record.job_id),
+            body,
+            PutMode::Update(versioned.etag.clone()),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Read-modify-write with retries on conflict: `change` is applied to the freshest
+/// record until a conditional write succeeds. `change` returns false to skip writing.
+pub async fn update<F>(store: &dyn ObjectStore, job: &str, mut change: F) -> Result<Versioned, PipelineError>
+where
+    F: FnMut(&mut JobRecord) -> bool,
+{
+    const ATTEMPTS: u32 = 8;
+    for attempt in 1..=ATTEMPTS {
+        let mut current = load(store, job).await?;
+        if !change(&mut current.record) {
+            return Ok(current);
+        }
+        match save(store, &mut current).await {
+            Ok(()) => return Ok(current),
+            Err(PipelineError::Store(StoreError::Conflict { .. })) if attempt < ATTEMPTS => {
+                // Another invocation wrote in between; back off a little and redo.
+                tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(PipelineError::Contended { job: job.to_string() })
+}
+
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// True when the RFC 3339 timestamp is in the past (or unreadable).
+pub fn has_passed(timestamp: &str) -> bool {
+    time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
+        .map(|t| t <= time::OffsetDateTime::now_utc())
+        .unwrap_or(true)
+}
+
+pub fn after(duration: std::time::Duration) -> String {
+    (time::OffsetDateTime::now_utc() + duration)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(version: Option<&str>) -> SourceObject {
+        SourceObject {
+            bucket: "b".into(),
+            key: "inbox/team/My Invoices été.jsonl".into(),
+            etag: "e1".into(),
+            version_id: version.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn job_ids_follow_object_identity_and_are_key_safe() {
+        let a = source(Some("v1")).job_id();
+        assert_eq!(a, source(Some("v1")).job_id());
+        assert_ne!(a, source(Some("v2")).job_id());
+        assert!(a.starts_with("my-invoices-t-"), "{a}");
+        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+    }
+}

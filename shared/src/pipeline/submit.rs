@@ -1,0 +1,353 @@
+//! `submit`: an uploaded object becomes a job with one provider batch per part.
+//!
+//! The job record is created with a conditional write before anything is paid for,
+//! so a repeated S3 event finds it and stops. A submit that died halfway is resumed
+//! by the next event once its lease has passed: parts that already have a batch are
+//! skipped, and a batch created just before the crash is found again by its tags.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::input::{InputError, InputLine, LineReader};
+use super::job::{self, JobRecord, JobStatus, PartRecord, SourceObject, Versioned, keys};
+use super::spec::{self, JobSpec, SpecHeader};
+use super::{Context, PipelineError, summary};
+use crate::build::{BatchBuilder, BatchPart};
+use crate::provider::{BatchProvider, BatchTags, PartLimits};
+use crate::results::Failure;
+use crate::storage::{ObjectWriter, PutMode, StoreError};
+
+/// What one submit invocation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    Submitted { job_id: String, parts: usize, requests: u64, rejected_lines: u64 },
+    /// The job exists and is past submission: a repeated event.
+    Duplicate { job_id: String },
+    /// Another invocation is submitting this job right now.
+    InProgress { job_id: String },
+    /// A whole-file problem: the job record says why; nothing was submitted.
+    Failed { job_id: String, reason: String },
+    /// Not a job: outside `inbox/`, or gone.
+    Ignored { key: String, reason: String },
+}
+
+/// The error type of lines rejected before submission.
+pub const INVALID_INPUT: &str = "invalid_input";
+
+pub async fn submit(ctx: &Context, key: &str) -> Result<SubmitOutcome, PipelineError> {
+    if !key.starts_with(keys::INBOX) {
+        return Ok(SubmitOutcome::Ignored {
+            key: key.to_string(),
+            reason: format!("only objects under {} are jobs", keys::INBOX),
+        });
+    }
+    let meta = match ctx.store.head(key).await {
+        Ok(meta) => meta,
+        Err(StoreError::NotFound { .. }) => {
+            return Ok(SubmitOutcome::Ignored {
+                key: key.to_string(),
+                reason: "the object no longer exists".into(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let source = SourceObject {
+        bucket: ctx.bucket.clone(),
+        key: key.to_string(),
+        etag: meta.etag.clone(),
+        version_id: meta.version_id.clone(),
+    };
+    let job_id = source.job_id();
+    let Some((mut versioned, resuming)) = claim(ctx, &job_id, source).await? else {
+        return existing_outcome(ctx, &job_id).await;
+    };
+
+    if meta.size == 0 {
+        return fail(ctx, versioned, format!("{key}: the file is empty (0 bytes)")).await;
+    }
+    if meta.size > ctx.settings.max_object_bytes {
+        let reason = format!(
+            "{key}: the file has {} bytes, more than the {} bytes one job accepts; split it",
+            meta.size, ctx.settings.max_object_bytes
+        );
+        return fail(ctx, versioned, reason).await;
+    }
+    let stream = ctx.store.get_stream(key, meta.version_id.as_deref()).await?;
+    let mut reader = match LineReader::open(key, stream, 64 * 1024 * 1024).await {
+        Ok(reader) => reader,
+        Err(e @ InputError::CompressedWithoutSuffix { .. }) => {
+            return fail(ctx, versioned, format!("{key}: {e}")).await;
+        }
+        Err(InputError::Read { message, .. }) => return Err(StoreError::Backend { operation: "read", key: key.into(), message }.into()),
+    };
+
+    let first = next_line(&mut reader, key).await?;
+    let (spec, pending) = match resolve_spec(ctx, key, first).await? {
+        Ok(found) => found,
+        Err(reason) => return fail(ctx, versioned, reason).await,
+    };
+    let mut builder = match BatchBuilder::new(&spec.model, &spec.output_schema(), &spec.params()) {
+        Ok(builder) => builder,
+        Err(e) => return fail(ctx, versioned, format!("{key}: {e}")).await,
+    };
+    if let Some(max) = spec.max_requests_per_part {
+        let limits = builder.limits();
+        builder = builder.with_limits(PartLimits {
+            max_requests: max.clamp(1, limits.max_requests),
+            ..limits
+        });
+    }
+    let provider = ctx.providers.provider(spec.model.provider).await?;
+    versioned.record.spec = Some(spec.clone());
+
+    let mut run = SubmitRun {
+        ctx,
+        key,
+        spec: &spec,
+        provider,
+        resuming,
+        rejected: ObjectWriter::new(ctx.store.as_ref(), keys::input_errors(&job_id)),
+        rejected_lines: 0,
+        requests: 0,
+    };
+    let mut line = pending;
+    loop {
+        match line {
+            None => break,
+            Some(InputLine::TooLong { number, length }) => {
+                run.requests += 1;
+                let reason = format!("line is {length} bytes, more than the {} allowed", spec.max_line_bytes);
+                run.reject(&spec::line_id(number), number, reason).await?;
+            }
+            Some(InputLine::Line { number, bytes }) => {
+                run.requests += 1;
+                if bytes.len() > spec.max_line_bytes {
+                    let reason = format!("line is {} bytes, more than the {} allowed", bytes.len(), spec.max_line_bytes);
+                    run.reject(&spec::line_id(number), number, reason).await?;
+                } else {
+                    match spec::parse_line(number, &bytes) {
+                        Err(rejection) => run.reject(&rejection.custom_id, number, rejection.reason).await?,
+                        Ok(request) => match builder.push(&request) {
+                            Err(e) => run.reject(&request.custom_id, number, e.to_string()).await?,
+                            Ok(Some(part)) => run.submit_part(&mut versioned, part).await?,
+                            Ok(None) => {}
+                        },
+                    }
+                }
+            }
+        }
+        line = next_line(&mut reader, key).await?;
+    }
+    if let Some(part) = builder.finish() {
+        run.submit_part(&mut versioned, part).await?;
+    }
+
+    let (requests, rejected_lines) = (run.requests, run.rejected_lines);
+    if rejected_lines > 0 {
+        run.rejected.finish().await?;
+    }
+    if requests == 0 {
+        return fail(ctx, versioned, format!("{key}: the file has no request lines")).await;
+    }
+    let parts = versioned.record.parts.len();
+    versioned.record.requests = requests;
+    versioned.record.input_errors = rejected_lines;
+    versioned.record.submitted_at = Some(job::now());
+    versioned.record.submit_lease_until = None;
+    if parts == 0 {
+        // Every line was rejected: the job is complete with only errors.
+        versioned.record.status = JobStatus::Completed;
+        summary::close_job(ctx, &mut versioned).await?;
+    } else {
+        // Index first: a crash between the two leaves an index entry that poll skips
+        // until the record says open, never an open job that poll cannot see.
+        ctx.store.put(&keys::open_marker(&job_id), Bytes::new(), PutMode::Overwrite).await?;
+        versioned.record.status = JobStatus::Open;
+        job::save(ctx.store.as_ref(), &mut versioned).await?;
+    }
+    Ok(SubmitOutcome::Submitted { job_id, parts, requests, rejected_lines })
+}
+
+/// Creates the job record, or takes over one whose submit died (lease passed).
+/// `None` when the job belongs to someone else or is past submission; the flag says
+/// whether this run resumes a dead one.
+async fn claim(ctx: &Context, job_id: &str, source: SourceObject) -> Result<Option<(Versioned, bool)>, PipelineError> {
+    let lease_until = job::after(ctx.settings.submit_lease);
+    let record = JobRecord {
+        job_id: job_id.to_string(),
+        source,
+        status: JobStatus::Submitting,
+        failure: None,
+        spec: None,
+        requests: 0,
+        input_errors: 0,
+        parts: Vec::new(),
+        created_at: job::now(),
+        submitted_at: None,
+        completed_at: None,
+        submit_lease_until: Some(lease_until.clone()),
+    };
+    if let Some(created) = job::create(ctx.store.as_ref(), record).await? {
+        return Ok(Some((created, false)));
+    }
+    let mut existing = job::load(ctx.store.as_ref(), job_id).await?;
+    let expired = existing.record.submit_lease_until.as_deref().is_none_or(job::has_passed);
+    if existing.record.status != JobStatus::Submitting || !expired {
+        return Ok(None);
+    }
+    existing.record.submit_lease_until = Some(lease_until);
+    match job::save(ctx.store.as_ref(), &mut existing).await {
+        Ok(()) => Ok(Some((existing, true))),
+        Err(PipelineError::Store(StoreError::Conflict { .. })) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn existing_outcome(ctx: &Context, job_id: &str) -> Result<SubmitOutcome, PipelineError> {
+    let existing = job::load(ctx.store.as_ref(), job_id).await?;
+    let job_id = job_id.to_string();
+    Ok(match existing.record.status {
+        JobStatus::Submitting => SubmitOutcome::InProgress { job_id },
+        _ => SubmitOutcome::Duplicate { job_id },
+    })
+}
+
+async fn next_line(reader: &mut LineReader, key: &str) -> Result<Option<InputLine>, PipelineError> {
+    reader.next_line().await.map_err(|e| {
+        StoreError::Backend {
+            operation: "read",
+            key: key.to_string(),
+            message: e.to_string(),
+        }
+        .into()
+    })
+}
+
+/// The spec from a header line, else from `pipelines/<name>.json` for
+/// `inbox/<name>/…`. Returns the first line back when it was not a header.
+/// The inner `Err` is a whole-file problem, described for the user.
+async fn resolve_spec(
+    ctx: &Context,
+    key: &str,
+    first: Option<InputLine>,
+) -> Result<Result<(JobSpec, Option<InputLine>), String>, PipelineError> {
+    if let Some(InputLine::Line { bytes, .. }) = &first
+        && spec::is_header(bytes)
+    {
+        return Ok(match serde_json::from_slice::<SpecHeader>(bytes) {
+            Ok(header) => Ok((header.spec, None)),
+            Err(e) => Err(format!("{key} line 1: the header is not a valid job spec: {e}")),
+        });
+    }
+    let rest = &key[keys::INBOX.len()..];
+    let Some((name, _)) = rest.split_once('/') else {
+        return Ok(Err(format!(
+            "{key}: no job spec: the first line is not a {{\"spec\": …}} header and the file is not under {}<pipeline>/",
+            keys::INBOX
+        )));
+    };
+    let spec_key = keys::pipeline_spec(name);
+    let body = match ctx.store.get(&spec_key).await {
+        Ok((_, body)) => body,
+        Err(StoreError::NotFound { .. }) => {
+            return Ok(Err(format!(
+                "{key}: no job spec: the first line is not a {{\"spec\": …}} header and {spec_key} does not exist"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(match serde_json::from_slice::<JobSpec>(&body) {
+        Ok(spec) => Ok((spec, first)),
+        Err(e) => Err(format!("{spec_key}: not a valid job spec: {e}")),
+    })
+}
+
+/// Marks the job failed with `reason` and closes it (summary written, nothing submitted).
+async fn fail(ctx: &Context, mut versioned: Versioned, reason: String) -> Result<SubmitOutcome, PipelineError> {
+    tracing::warn!(job = %versioned.record.job_id, %reason, "job failed before submission");
+    versioned.record.status = JobStatus::Failed;
+    versioned.record.failure = Some(reason.clone());
+    versioned.record.submit_lease_until = None;
+    summary::close_job(ctx, &mut versioned).await?;
+    Ok(SubmitOutcome::Failed {
+        job_id: versioned.record.job_id,
+        reason,
+    })
+}
+
+/// The state of one pass over the input file.
+struct SubmitRun<'a> {
+    ctx: &'a Context,
+    key: &'a str,
+    spec: &'a JobSpec,
+    provider: Arc<dyn BatchProvider>,
+    /// A previous run died: batches it created may exist without being recorded.
+    resuming: bool,
+    rejected: ObjectWriter<'a>,
+    rejected_lines: u64,
+    requests: u64,
+}
+
+impl SubmitRun<'_> {
+    async fn reject(&mut self, custom_id: &str, line: u64, reason: String) -> Result<(), PipelineError> {
+        self.rejected_lines += 1;
+        let failure = Failure {
+            line: Some(line),
+            ..Failure::new(custom_id, INVALID_INPUT, format!("{} line {line}: {reason}", self.key))
+        };
+        let mut bytes = serde_json::to_vec(&failure)?;
+        bytes.push(b'\n');
+        self.rejected.write(&bytes).await?;
+        Ok(())
+    }
+
+    /// Records the part's ids, then creates its batch (or finds the one a crashed
+    /// run created), then records the batch id. Parts with a batch are skipped.
+    async fn submit_part(&mut self, versioned: &mut Versioned, part: BatchPart) -> Result<(), PipelineError> {
+        let index = part.index;
+        let job_id = versioned.record.job_id.clone();
+        if let Some(done) = versioned.record.parts.iter().find(|p| p.index == index)
+            && done.batch_id.is_some()
+        {
+            return Ok(());
+        }
+        let mut manifest = part.custom_ids.join("\n").into_bytes();
+        manifest.push(b'\n');
+        self.ctx
+            .store
+            .put(&keys::part_manifest(&job_id, index), Bytes::from(manifest), PutMode::Overwrite)
+            .await?;
+        let tags: BatchTags = BTreeMap::from([
+            ("batchline_job".to_string(), job_id.clone()),
+            ("batchline_part".to_string(), index.to_string()),
+        ]);
+        let found = match self.resuming {
+            true => self.provider.find(&tags).await?,
+            false => None,
+        };
+        let status = match found {
+            Some(found) => {
+                tracing::info!(job = %job_id, part = index, batch = %found.batch_id, "found the batch a previous run created");
+                found
+            }
+            None => self.provider.create(&self.spec.model.model, part.body, &tags).await?,
+        };
+        tracing::info!(job = %job_id, part = index, batch = %status.batch_id, requests = part.custom_ids.len(), "submitted part");
+        versioned.record.parts.retain(|p| p.index != index);
+        versioned.record.parts.push(PartRecord {
+            index,
+            requests: part.custom_ids.len() as u64,
+            batch_id: Some(status.batch_id),
+            state: Some(status.state),
+            raw_status: Some(status.raw_status),
+            batch_error: status.error,
+            enqueued_at: None,
+            collected: None,
+            split_reason: part.split.map(|s| s.to_string()),
+        });
+        versioned.record.submit_lease_until = Some(job::after(self.ctx.settings.submit_lease));
+        job::save(self.ctx.store.as_ref(), versioned).await
+    }
+}

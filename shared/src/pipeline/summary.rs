@@ -1,0 +1,142 @@
+//! Closing a job: the summary a user reads first, and the open-jobs index entry removed.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::job::{self, JobStatus, SourceObject, Versioned, keys};
+use super::{Context, PipelineError};
+use crate::results::Usage;
+
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    job_id: &'a str,
+    status: JobStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<&'a str>,
+    source: &'a SourceObject,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    requests: u64,
+    succeeded: u64,
+    failed: u64,
+    errors_by_type: BTreeMap<String, u64>,
+    usage: Usage,
+    /// successes + failed == requests: every request is accounted for exactly once.
+    invariant_holds: bool,
+    parts: Vec<PartSummary<'a>>,
+    files: Files,
+    timings: Timings<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct PartSummary<'a> {
+    index: u32,
+    batch_id: Option<&'a str>,
+    provider_status: Option<&'a str>,
+    requests: u64,
+    succeeded: u64,
+    failed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    split_reason: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Files {
+    successes: Vec<String>,
+    errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Timings<'a> {
+    created_at: &'a str,
+    submitted_at: Option<&'a str>,
+    completed_at: Option<&'a str>,
+    duration_seconds: Option<i64>,
+}
+
+fn seconds_between(start: &str, end: &str) -> Option<i64> {
+    let parse = |t: &str| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok();
+    Some((parse(end)? - parse(start)?).whole_seconds())
+}
+
+/// Writes the summary, saves the record as closed and removes it from the open index.
+/// The record's status must already be `Completed` or `Failed`.
+pub(super) async fn close_job(ctx: &Context, versioned: &mut Versioned) -> Result<(), PipelineError> {
+    let record = &mut versioned.record;
+    record.completed_at.get_or_insert_with(job::now);
+    let mut errors_by_type = BTreeMap::new();
+    if record.input_errors > 0 {
+        errors_by_type.insert(super::submit::INVALID_INPUT.to_string(), record.input_errors);
+    }
+    let mut usage = Usage::default();
+    let (mut succeeded, mut failed) = (0, record.input_errors);
+    let mut files = Files {
+        successes: Vec::new(),
+        errors: Vec::new(),
+    };
+    if record.input_errors > 0 {
+        files.errors.push(keys::input_errors(&record.job_id));
+    }
+    for part in &record.parts {
+        let Some(outcome) = &part.collected else { continue };
+        succeeded += outcome.succeeded;
+        failed += outcome.failed;
+        usage.input_tokens += outcome.usage.input_tokens;
+        usage.output_tokens += outcome.usage.output_tokens;
+        for (kind, n) in &outcome.errors_by_type {
+            *errors_by_type.entry(kind.clone()).or_insert(0) += n;
+        }
+        if outcome.succeeded > 0 {
+            files.successes.push(keys::successes(&record.job_id, part.index));
+        }
+        if outcome.failed > 0 {
+            files.errors.push(keys::errors(&record.job_id, part.index));
+        }
+    }
+    let summary = Summary {
+        job_id: &record.job_id,
+        status: record.status,
+        failure: record.failure.as_deref(),
+        source: &record.source,
+        model: record.spec.as_ref().map(|s| s.model.to_string()),
+        requests: record.requests,
+        succeeded,
+        failed,
+        errors_by_type,
+        usage,
+        invariant_holds: succeeded + failed == record.requests,
+        parts: record
+            .parts
+            .iter()
+            .map(|p| PartSummary {
+                index: p.index,
+                batch_id: p.batch_id.as_deref(),
+                provider_status: p.raw_status.as_deref(),
+                requests: p.requests,
+                succeeded: p.collected.as_ref().map_or(0, |c| c.succeeded),
+                failed: p.collected.as_ref().map_or(0, |c| c.failed),
+                split_reason: p.split_reason.as_deref(),
+            })
+            .collect(),
+        files,
+        timings: Timings {
+            created_at: &record.created_at,
+            submitted_at: record.submitted_at.as_deref(),
+            completed_at: record.completed_at.as_deref(),
+            duration_seconds: record
+                .completed_at
+                .as_deref()
+                .and_then(|end| seconds_between(&record.created_at, end)),
+        },
+    };
+    if !summary.invariant_holds {
+        tracing::error!(job = %record.job_id, requests = record.requests, succeeded, failed, "results do not account for every request");
+    }
+    let body = Bytes::from(serde_json::to_vec_pretty(&summary)?);
+    ctx.store.put(&keys::summary(&record.job_id), body, crate::storage::PutMode::Overwrite).await?;
+    job::save(ctx.store.as_ref(), versioned).await?;
+    ctx.store.delete(&keys::open_marker(&versioned.record.job_id)).await?;
+    Ok(())
+}

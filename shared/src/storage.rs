@@ -1,0 +1,222 @@
+//! Object storage behind one small trait (S3 in production, memory in unit tests),
+//! with the conditional writes that keep job records consistent under retries.
+
+mod memory;
+mod s3;
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+
+pub use memory::MemoryStore;
+pub use s3::S3Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {key:?} not found")]
+    NotFound { key: String },
+    /// A conditional write lost: the object exists (create) or changed (update).
+    #[error("object {key:?} changed or exists already (conditional write refused)")]
+    Conflict { key: String },
+    #[error("storage {operation} on {key:?} failed: {message}")]
+    Backend {
+        operation: &'static str,
+        key: String,
+        message: String,
+    },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A byte stream of an object's body.
+pub type ByteStream = BoxStream<'static, StoreResult<Bytes>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// Entity tag without quotes.
+    pub etag: String,
+    pub version_id: Option<String>,
+}
+
+/// How a put treats an existing object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutMode {
+    Overwrite,
+    /// Only if no object exists (`If-None-Match: *`).
+    Create,
+    /// Only if the object still has this entity tag (`If-Match`).
+    Update(String),
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + Debug {
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta>;
+    /// Whole body of a small object (records, manifests, specs).
+    async fn get(&self, key: &str) -> StoreResult<(ObjectMeta, Bytes)>;
+    /// Streamed body, pinned to `version` where given.
+    async fn get_stream(&self, key: &str, version: Option<&str>) -> StoreResult<ByteStream>;
+    /// Returns the new entity tag.
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String>;
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+    /// Keys under `prefix`, all pages.
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<String>>;
+
+    async fn start_upload(&self, key: &str) -> StoreResult<String>;
+    /// Uploads part `number` (1-based) and returns its entity tag.
+    async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: Bytes)
+    -> StoreResult<String>;
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<(i32, String)>,
+    ) -> StoreResult<()>;
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> StoreResult<()>;
+}
+
+/// Streams bytes into one object: small objects become a single put, large ones a
+/// multipart upload, so memory stays at one part whatever the object size.
+pub struct ObjectWriter<'a> {
+    store: &'a dyn ObjectStore,
+    key: String,
+    buffer: BytesMut,
+    part_size: usize,
+    upload: Option<(String, Vec<(i32, String)>)>,
+    written: u64,
+}
+
+impl<'a> ObjectWriter<'a> {
+    /// S3 wants parts of at least 5 MiB except the last; 8 MiB keeps requests few.
+    pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+
+    pub fn new(store: &'a dyn ObjectStore, key: impl Into<String>) -> Self {
+        Self::with_part_size(store, key, Self::DEFAULT_PART_SIZE)
+    }
+
+    pub fn with_part_size(store: &'a dyn ObjectStore, key: impl Into<String>, part_size: usize) -> Self {
+        Self {
+            store,
+            key: key.into(),
+            buffer: BytesMut::with_capacity(part_size.min(1 << 20)),
+            part_size,
+            upload: None,
+            written: 0,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub async fn write(&mut self, data: &[u8]) -> StoreResult<()> {
+        self.buffer.extend_from_slice(data);
+        self.written += data.len() as u64;
+        if self.buffer.len() >= self.part_size {
+            self.flush_part().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_part(&mut self) -> StoreResult<()> {
+        if self.upload.is_none() {
+            let id = self.store.start_upload(&self.key).await?;
+            self.upload = Some((id, Vec::new()));
+        }
+        let body = self.buffer.split().freeze();
+        let Some((upload_id, parts)) = self.upload.as_mut() else {
+            unreachable!("upload started above")
+        };
+        let number = parts.len() as i32 + 1;
+        let etag = self
+            .store
+            .upload_part(&self.key, upload_id, number, body)
+            .await?;
+        parts.push((number, etag));
+        Ok(())
+    }
+
+    /// Gives up: nothing becomes visible and a started multipart upload is removed.
+    pub async fn abort(mut self) {
+        if let Some((upload_id, _)) = self.upload.take()
+            && let Err(e) = self.store.abort_upload(&self.key, &upload_id).await
+        {
+            tracing::warn!(key = %self.key, error = %e, "aborting a multipart upload failed; a bucket lifecycle rule cleans it up");
+        }
+    }
+
+    /// Writes what is left and makes the object visible.
+    pub async fn finish(mut self) -> StoreResult<u64> {
+        match self.upload.take() {
+            None => {
+                let body = self.buffer.split().freeze();
+                self.store.put(&self.key, body, PutMode::Overwrite).await?;
+            }
+            Some(upload) => {
+                self.upload = Some(upload);
+                if !self.buffer.is_empty() {
+                    self.flush_part().await?;
+                }
+                let Some((upload_id, parts)) = self.upload.take() else {
+                    unreachable!("upload kept above")
+                };
+                if let Err(e) = self.store.complete_upload(&self.key, &upload_id, parts).await {
+                    let _ = self.store.abort_upload(&self.key, &upload_id).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn small_objects_are_one_put_and_large_ones_multipart() {
+        let store = MemoryStore::new();
+        let mut small = ObjectWriter::with_part_size(&store, "a", 8);
+        small.write(b"abc").await.unwrap();
+        assert_eq!(small.finish().await.unwrap(), 3);
+        assert_eq!(store.get("a").await.unwrap().1, Bytes::from_static(b"abc"));
+        assert_eq!(store.completed_uploads(), 0);
+
+        let mut large = ObjectWriter::with_part_size(&store, "b", 4);
+        for chunk in [&b"0123"[..], b"4567", b"89"] {
+            large.write(chunk).await.unwrap();
+        }
+        large.finish().await.unwrap();
+        assert_eq!(store.get("b").await.unwrap().1, Bytes::from_static(b"0123456789"));
+        assert_eq!(store.completed_uploads(), 1);
+    }
+
+    #[tokio::test]
+    async fn conditional_writes_refuse_stale_and_duplicate_writers() {
+        let store = MemoryStore::new();
+        let first = store.put("r", Bytes::from_static(b"1"), PutMode::Create).await.unwrap();
+        assert!(matches!(
+            store.put("r", Bytes::from_static(b"2"), PutMode::Create).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        let second = store
+            .put("r", Bytes::from_static(b"2"), PutMode::Update(first.clone()))
+            .await
+            .unwrap();
+        assert_ne!(first, second);
+        assert!(matches!(
+            store.put("r", Bytes::from_static(b"3"), PutMode::Update(first)).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(store.get("r").await.unwrap().1, Bytes::from_static(b"2"));
+    }
+}
