@@ -1,1 +1,781 @@
-//! Building batch input in memory.
+//! Building batch input in memory: requests in, provider-ready parts out.
+//!
+//! [`BatchBuilder`] encodes one request at a time straight into the body of the
+//! current part and starts a new part when the provider's request-count or byte
+//! limit would be crossed. A request it refuses (duplicate id, invalid id, empty
+//! conversation, too large on its own) leaves it unchanged, so a caller can record
+//! an error for that one line and go on.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::{ModelRef, ProviderKind};
+use crate::provider::{Framing, PartLimits, RequestEncoder};
+use crate::provider::{anthropic, gemini, openai, vertex};
+use crate::request::{GenerationParams, Message, OutputSchema, Request, Role};
+
+/// Why a part was closed before the input ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitReason {
+    /// The part holds the most requests the provider accepts in one batch.
+    RequestCount { limit: usize },
+    /// One more request would have made the part larger than the provider accepts.
+    ByteSize { limit: usize },
+}
+
+impl fmt::Display for SplitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::RequestCount { limit } => write!(f, "{} requests", thousands(limit)),
+            Self::ByteSize { limit } => write!(f, "{} bytes", thousands(limit)),
+        }
+    }
+}
+
+/// One provider batch, framed and ready to upload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchPart {
+    /// 0-based position of the part within the job.
+    pub index: u32,
+    pub body: Bytes,
+    /// The ids of the part's requests, in row order.
+    pub custom_ids: Vec<String>,
+    /// Why the part was closed early; `None` for the last part.
+    pub split: Option<SplitReason>,
+}
+
+/// The encoder of `model`'s provider, with the schema translated once for the batch.
+pub fn encoder_for(
+    model: &ModelRef,
+    schema: &OutputSchema,
+    params: &GenerationParams,
+) -> Result<Box<dyn RequestEncoder>> {
+    let name = model.model.as_str();
+    Ok(match model.provider {
+        ProviderKind::OpenAi => Box::new(openai::encode::OpenAiEncoder::new(name, schema, params)?),
+        ProviderKind::Anthropic => Box::new(anthropic::encode::AnthropicEncoder::new(
+            name, schema, params,
+        )?),
+        ProviderKind::Google => Box::new(vertex::encode::VertexEncoder::new(schema, params)?),
+        ProviderKind::Gemini => Box::new(gemini::encode::GeminiEncoder::new(schema, params)?),
+    })
+}
+
+/// Accumulates encoded requests into parts that fit the provider's limits.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    encoder: Box<dyn RequestEncoder>,
+    limits: PartLimits,
+    framing: Framing,
+    /// Every id accepted so far in the job, across parts.
+    seen_ids: HashSet<String>,
+    /// The open part: framing prefix and the rows so far (no suffix yet).
+    body: Vec<u8>,
+    custom_ids: Vec<String>,
+    part_index: u32,
+    /// Reused for each request so that a refused request never touches `body`.
+    scratch: Vec<u8>,
+}
+
+impl BatchBuilder {
+    pub fn new(model: &ModelRef, schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
+        Ok(Self::with_encoder(encoder_for(model, schema, params)?))
+    }
+
+    pub fn with_encoder(encoder: Box<dyn RequestEncoder>) -> Self {
+        let limits = encoder.limits();
+        let framing = encoder.framing();
+        Self {
+            encoder,
+            limits,
+            framing,
+            seen_ids: HashSet::new(),
+            body: framing.prefix.to_vec(),
+            custom_ids: Vec::new(),
+            part_index: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Replaces the provider's limits (tests force small parts with this).
+    pub fn with_limits(mut self, limits: PartLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> PartLimits {
+        self.limits
+    }
+
+    /// Adds `request` to the open part. Returns the previous part, closed, when the
+    /// request did not fit in it and opened a new one. On error nothing changes.
+    pub fn push(&mut self, request: &Request) -> Result<Option<BatchPart>> {
+        if self.seen_ids.contains(&request.custom_id) {
+            return Err(Error::InvalidRequest {
+                custom_id: request.custom_id.clone(),
+                reason: "duplicate custom_id: ids must be unique within a job".to_string(),
+            });
+        }
+        let rows = self.custom_ids.len();
+        let count_full = rows >= self.limits.max_requests;
+        let row = if count_full { 0 } else { rows };
+        self.encode_into_scratch(row, request)?;
+
+        let fits_open_part = !count_full
+            && self.body.len()
+                + self.separator_len(rows)
+                + self.scratch.len()
+                + self.framing.suffix.len()
+                <= self.limits.max_bytes;
+        let closed = if fits_open_part {
+            None
+        } else {
+            // The row number is part of some encodings (Vertex labels): re-encode as row 0.
+            if row != 0 {
+                self.encode_into_scratch(0, request)?;
+            }
+            let alone = self.framing.prefix.len() + self.scratch.len() + self.framing.suffix.len();
+            if alone > self.limits.max_bytes {
+                return Err(Error::InvalidRequest {
+                    custom_id: request.custom_id.clone(),
+                    reason: format!(
+                        "encoded request is {} bytes; a batch may hold at most {} bytes",
+                        thousands(alone),
+                        thousands(self.limits.max_bytes)
+                    ),
+                });
+            }
+            let reason = if count_full {
+                SplitReason::RequestCount {
+                    limit: self.limits.max_requests,
+                }
+            } else {
+                SplitReason::ByteSize {
+                    limit: self.limits.max_bytes,
+                }
+            };
+            self.close_part(Some(reason))
+        };
+
+        if !self.custom_ids.is_empty() {
+            self.body.extend_from_slice(self.framing.separator);
+        }
+        self.body.extend_from_slice(&self.scratch);
+        self.custom_ids.push(request.custom_id.clone());
+        self.seen_ids.insert(request.custom_id.clone());
+        Ok(closed)
+    }
+
+    /// Closes the last part; `None` when no request was pushed since the last split.
+    pub fn finish(mut self) -> Option<BatchPart> {
+        self.close_part(None)
+    }
+
+    fn encode_into_scratch(&mut self, row: usize, request: &Request) -> Result<()> {
+        self.scratch.clear();
+        self.encoder.encode(row, request, &mut self.scratch)
+    }
+
+    fn separator_len(&self, rows: usize) -> usize {
+        if rows == 0 {
+            0
+        } else {
+            self.framing.separator.len()
+        }
+    }
+
+    /// Takes the open part (if it has rows) and opens an empty one.
+    fn close_part(&mut self, split: Option<SplitReason>) -> Option<BatchPart> {
+        if self.custom_ids.is_empty() {
+            return None;
+        }
+        let mut body = std::mem::replace(&mut self.body, self.framing.prefix.to_vec());
+        body.extend_from_slice(self.framing.suffix);
+        let part = BatchPart {
+            index: self.part_index,
+            body: Bytes::from(body),
+            custom_ids: std::mem::take(&mut self.custom_ids),
+            split,
+        };
+        self.part_index += 1;
+        Some(part)
+    }
+}
+
+/// Every part of a job, and a sentence that says why there are that many.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchPlan {
+    pub parts: Vec<BatchPart>,
+    pub summary: String,
+}
+
+/// Builds all parts at once; the first refused request fails the whole plan.
+pub fn build_batch<'a>(
+    model: &ModelRef,
+    schema: &OutputSchema,
+    params: &GenerationParams,
+    requests: impl IntoIterator<Item = &'a Request>,
+) -> Result<BatchPlan> {
+    let mut builder = BatchBuilder::new(model, schema, params)?;
+    let mut parts = Vec::new();
+    for request in requests {
+        parts.extend(builder.push(request)?);
+    }
+    parts.extend(builder.finish());
+    let summary = plan_summary(model.provider, &parts);
+    Ok(BatchPlan { parts, summary })
+}
+
+/// "3 parts: OpenAI allows 50,000 requests per batch", or "1 part".
+pub fn plan_summary(provider: ProviderKind, parts: &[BatchPart]) -> String {
+    let count = match parts.len() {
+        1 => "1 part".to_string(),
+        n => format!("{n} parts"),
+    };
+    let mut reasons: Vec<String> = Vec::new();
+    for reason in parts.iter().filter_map(|p| p.split) {
+        let text = reason.to_string();
+        if !reasons.contains(&text) {
+            reasons.push(text);
+        }
+    }
+    if reasons.is_empty() {
+        return count;
+    }
+    format!(
+        "{count}: {} allows {} per batch",
+        provider_display_name(provider),
+        reasons.join(" and ")
+    )
+}
+
+fn provider_display_name(provider: ProviderKind) -> &'static str {
+    match provider {
+        ProviderKind::OpenAi => "OpenAI",
+        ProviderKind::Anthropic => "Anthropic",
+        ProviderKind::Google => "Vertex AI",
+        ProviderKind::Gemini => "the Gemini API",
+    }
+}
+
+/// 50000 → "50,000".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// Request constructors live here, next to their only consumer, so that request.rs
+// stays a plain data module.
+impl Request {
+    /// One request per text, each a single user message (the system prompt of the
+    /// batch's [`GenerationParams`] is the instruction), with ids `request-0`, `request-1`, ….
+    pub fn from_texts<I, S>(texts: I) -> Vec<Request>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        texts
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| Request {
+                custom_id: default_custom_id(i),
+                messages: vec![Message::new(Role::User, text)],
+            })
+            .collect()
+    }
+
+    /// One request per conversation, with the caller's ids or `request-{i}`.
+    /// Ids and conversations must be as many; uniqueness is checked when building.
+    pub fn from_conversations(
+        conversations: Vec<Vec<Message>>,
+        custom_ids: Option<Vec<String>>,
+    ) -> Result<Vec<Request>> {
+        let ids = match custom_ids {
+            Some(ids) if ids.len() != conversations.len() => {
+                return Err(Error::InvalidRequest {
+                    custom_id: String::new(),
+                    reason: format!(
+                        "{} custom ids for {} conversations; give one id per conversation",
+                        ids.len(),
+                        conversations.len()
+                    ),
+                });
+            }
+            Some(ids) => ids,
+            None => (0..conversations.len()).map(default_custom_id).collect(),
+        };
+        Ok(ids
+            .into_iter()
+            .zip(conversations)
+            .map(|(custom_id, messages)| Request {
+                custom_id,
+                messages,
+            })
+            .collect())
+    }
+}
+
+fn default_custom_id(i: usize) -> String {
+    format!("request-{i}")
+}
+
+// ---- Helpers shared by the provider encoders ----
+
+/// `^[a-zA-Z0-9_-]{1,64}$`: Anthropic custom ids, OpenAI schema names, tool names.
+pub(crate) fn is_identifier(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// What every provider needs of a request: an id, and a conversation with a user turn.
+pub(crate) fn check_request(request: &Request) -> Result<()> {
+    let invalid = |reason: &str| Error::InvalidRequest {
+        custom_id: request.custom_id.clone(),
+        reason: reason.to_string(),
+    };
+    if request.custom_id.is_empty() {
+        return Err(invalid("custom_id is empty"));
+    }
+    if request.messages.is_empty() {
+        return Err(invalid("the conversation has no messages"));
+    }
+    if !request.messages.iter().any(|m| m.role == Role::User) {
+        return Err(invalid("the conversation has no user message"));
+    }
+    Ok(())
+}
+
+/// Rejects generation parameters the provider would refuse for every request.
+pub(crate) fn check_params(
+    params: &GenerationParams,
+    provider: ProviderKind,
+    max_temperature: f64,
+) -> Result<()> {
+    if params.max_tokens == 0 {
+        return Err(Error::Config(format!(
+            "max_tokens must be at least 1 for {provider}"
+        )));
+    }
+    if let Some(t) = params.temperature
+        && !(0.0..=max_temperature).contains(&t)
+    {
+        return Err(Error::Config(format!(
+            "temperature {t} is outside 0..={max_temperature} accepted by {provider}"
+        )));
+    }
+    Ok(())
+}
+
+/// Appends `value` as compact JSON (and a newline for JSONL); on error `out` is unchanged.
+pub(crate) fn append_json<T: Serialize>(value: &T, newline: bool, out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
+    if let Err(e) = serde_json::to_writer(&mut *out, value) {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    if newline {
+        out.push(b'\n');
+    }
+    Ok(())
+}
+
+/// Texts that go to a provider's separate system field: the batch's system prompt,
+/// then the conversation's system messages, in order.
+pub(crate) fn system_texts<'a>(
+    system_prompt: Option<&'a str>,
+    messages: &'a [Message],
+) -> impl Iterator<Item = &'a str> + Clone {
+    system_prompt.into_iter().chain(
+        messages
+            .iter()
+            .filter(|m| m.role == Role::System)
+            .map(|m| m.content.as_str()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn model(s: &str) -> ModelRef {
+        s.parse().expect("valid model string")
+    }
+
+    fn schema() -> OutputSchema {
+        OutputSchema {
+            name: "answer".to_string(),
+            schema: json!({"type":"object","properties":{"x":{"type":"integer"}},"required":["x"]}),
+        }
+    }
+
+    fn builder(provider_model: &str) -> BatchBuilder {
+        BatchBuilder::new(
+            &model(provider_model),
+            &schema(),
+            &GenerationParams::default(),
+        )
+        .expect("builder")
+    }
+
+    fn texts(n: usize) -> Vec<Request> {
+        Request::from_texts((0..n).map(|i| format!("text number {i}")))
+    }
+
+    /// The custom ids a part's body holds, in order, parsing the body the way the
+    /// provider would (JSONL, or one JSON document for Anthropic).
+    fn ids_in_body(provider: ProviderKind, part: &BatchPart) -> Vec<String> {
+        let id_of = |item: &Value| -> String {
+            match provider {
+                ProviderKind::OpenAi | ProviderKind::Anthropic => item["custom_id"].as_str(),
+                ProviderKind::Gemini => item["key"].as_str(),
+                ProviderKind::Google => None,
+            }
+            .expect("id field")
+            .to_string()
+        };
+        if provider == ProviderKind::Anthropic {
+            let document: Value = serde_json::from_slice(&part.body).expect("one JSON document");
+            return document["requests"]
+                .as_array()
+                .expect("requests")
+                .iter()
+                .map(id_of)
+                .collect();
+        }
+        let text = std::str::from_utf8(&part.body).expect("UTF-8");
+        assert!(text.ends_with('\n'), "JSONL ends with a newline");
+        text.lines()
+            .enumerate()
+            .map(|(row, line)| {
+                let item: Value = serde_json::from_str(line).expect("each line is JSON");
+                if provider == ProviderKind::Google {
+                    let label = &item["request"]["labels"]["batchline_row"];
+                    assert_eq!(label, &json!(row.to_string()), "row label matches the row");
+                    part.custom_ids[row].clone()
+                } else {
+                    id_of(&item)
+                }
+            })
+            .collect()
+    }
+
+    fn push_all(builder: &mut BatchBuilder, requests: &[Request]) -> Vec<BatchPart> {
+        let mut parts = Vec::new();
+        for request in requests {
+            parts.extend(builder.push(request).expect("accepted"));
+        }
+        parts
+    }
+
+    #[test]
+    fn texts_get_default_ids_from_zero() {
+        let requests = Request::from_texts(["a", "b"]);
+        assert_eq!(
+            requests,
+            vec![
+                Request {
+                    custom_id: "request-0".into(),
+                    messages: vec![Message::new(Role::User, "a")]
+                },
+                Request {
+                    custom_id: "request-1".into(),
+                    messages: vec![Message::new(Role::User, "b")]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn conversations_take_caller_ids_or_defaults() {
+        let conversation = || vec![Message::new(Role::User, "q")];
+        let with_ids = Request::from_conversations(
+            vec![conversation(), conversation()],
+            Some(vec!["x".into(), "y".into()]),
+        )
+        .unwrap();
+        assert_eq!(
+            with_ids
+                .iter()
+                .map(|r| r.custom_id.as_str())
+                .collect::<Vec<_>>(),
+            ["x", "y"]
+        );
+        let defaults = Request::from_conversations(vec![conversation()], None).unwrap();
+        assert_eq!(defaults[0].custom_id, "request-0");
+        assert!(matches!(
+            Request::from_conversations(vec![conversation()], Some(vec![])),
+            Err(Error::InvalidRequest { .. })
+        ));
+    }
+
+    #[test]
+    fn a_duplicate_id_is_refused_and_the_builder_is_unchanged() {
+        let mut builder = builder("openai/gpt-4o-mini");
+        let requests = texts(2);
+        push_all(&mut builder, &requests);
+        let before = (builder.body.clone(), builder.custom_ids.clone());
+        let err = builder.push(&requests[0]).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidRequest { custom_id, reason } if custom_id == "request-0" && reason.contains("duplicate")),
+            "{err}"
+        );
+        assert_eq!((builder.body.clone(), builder.custom_ids.clone()), before);
+        let part = builder.finish().expect("one part");
+        assert_eq!(part.custom_ids, ["request-0", "request-1"]);
+        assert_eq!(ids_in_body(ProviderKind::OpenAi, &part), part.custom_ids);
+    }
+
+    #[test]
+    fn duplicates_are_caught_across_parts() {
+        let mut builder = builder("openai/gpt-4o-mini").with_limits(PartLimits {
+            max_requests: 1,
+            max_bytes: LARGE,
+        });
+        let requests = texts(3);
+        assert_eq!(push_all(&mut builder, &requests).len(), 2);
+        assert!(
+            builder.push(&requests[0]).is_err(),
+            "request-0 sits in a closed part"
+        );
+    }
+
+    #[test]
+    fn anthropic_refuses_an_invalid_id_by_name_and_goes_on() {
+        let mut builder = builder("anthropic/claude-sonnet-4-5");
+        let bad = Request {
+            custom_id: "row 7/b".to_string(),
+            messages: vec![Message::new(Role::User, "q")],
+        };
+        let err = builder.push(&bad).unwrap_err();
+        assert!(err.to_string().contains("\"row 7/b\""), "{err}");
+        let good = texts(1);
+        push_all(&mut builder, &good);
+        let part = builder.finish().expect("one part");
+        assert_eq!(ids_in_body(ProviderKind::Anthropic, &part), ["request-0"]);
+    }
+
+    #[test]
+    fn a_refused_conversation_leaves_no_trace() {
+        let mut builder = builder("google/gemini-2.5-flash");
+        let empty = Request {
+            custom_id: "empty".into(),
+            messages: vec![],
+        };
+        assert!(matches!(
+            builder.push(&empty),
+            Err(Error::InvalidRequest { .. })
+        ));
+        let mut requests = texts(2);
+        requests[1].custom_id = "empty".into(); // the id was not taken by the refused request
+        push_all(&mut builder, &requests);
+        let part = builder.finish().expect("one part");
+        assert_eq!(part.custom_ids, ["request-0", "empty"]);
+        assert_eq!(ids_in_body(ProviderKind::Google, &part), part.custom_ids);
+    }
+
+    const LARGE: usize = 1 << 30;
+
+    /// Every id exactly once across the parts, in order, each body parseable and
+    /// holding exactly its part's ids, indexes consecutive.
+    fn assert_parts_cover(provider: ProviderKind, parts: &[BatchPart], requests: &[Request]) {
+        let all: Vec<&str> = parts
+            .iter()
+            .flat_map(|p| p.custom_ids.iter().map(String::as_str))
+            .collect();
+        let expected: Vec<&str> = requests.iter().map(|r| r.custom_id.as_str()).collect();
+        assert_eq!(all, expected);
+        for (i, part) in parts.iter().enumerate() {
+            assert_eq!(part.index as usize, i);
+            assert_eq!(ids_in_body(provider, part), part.custom_ids, "part {i}");
+        }
+    }
+
+    #[test]
+    fn splits_by_request_count_for_every_provider() {
+        for (provider_model, provider) in [
+            ("openai/gpt-4o-mini", ProviderKind::OpenAi),
+            ("anthropic/claude-sonnet-4-5", ProviderKind::Anthropic),
+            ("google/gemini-2.5-flash", ProviderKind::Google),
+            ("gemini/gemini-2.5-flash", ProviderKind::Gemini),
+        ] {
+            let limits = PartLimits {
+                max_requests: 3,
+                max_bytes: LARGE,
+            };
+            let mut builder = builder(provider_model).with_limits(limits);
+            let requests = texts(7);
+            let mut parts = push_all(&mut builder, &requests);
+            parts.extend(builder.finish());
+            let sizes: Vec<usize> = parts.iter().map(|p| p.custom_ids.len()).collect();
+            assert_eq!(sizes, [3, 3, 1], "{provider_model}");
+            let reasons: Vec<Option<SplitReason>> = parts.iter().map(|p| p.split).collect();
+            let by_count = Some(SplitReason::RequestCount { limit: 3 });
+            assert_eq!(reasons, [by_count, by_count, None], "{provider_model}");
+            assert_parts_cover(provider, &parts, &requests);
+        }
+    }
+
+    #[test]
+    fn splits_by_bytes_counting_framing_and_never_exceeds_the_limit() {
+        for (provider_model, provider) in [
+            ("openai/gpt-4o-mini", ProviderKind::OpenAi),
+            ("anthropic/claude-sonnet-4-5", ProviderKind::Anthropic),
+            ("google/gemini-2.5-flash", ProviderKind::Google),
+        ] {
+            let requests = texts(12);
+            let one_line = {
+                let mut b = builder(provider_model);
+                push_all(&mut b, &requests[..1]);
+                b.finish().expect("part").body.len()
+            };
+            // Room for about three requests per part.
+            let max_bytes = one_line * 3 + 10;
+            let limits = PartLimits {
+                max_requests: 1000,
+                max_bytes,
+            };
+            let mut builder = builder(provider_model).with_limits(limits);
+            let mut parts = push_all(&mut builder, &requests);
+            parts.extend(builder.finish());
+            assert!(parts.len() >= 4, "{provider_model}: {} parts", parts.len());
+            for part in &parts {
+                assert!(
+                    part.body.len() <= max_bytes,
+                    "{provider_model}: {} > {max_bytes}",
+                    part.body.len()
+                );
+            }
+            let (last, closed) = parts.split_last().expect("parts");
+            assert_eq!(last.split, None);
+            for part in closed {
+                assert_eq!(part.split, Some(SplitReason::ByteSize { limit: max_bytes }));
+            }
+            assert_parts_cover(provider, &parts, &requests);
+        }
+    }
+
+    #[test]
+    fn a_request_larger_than_a_part_is_refused_and_the_builder_goes_on() {
+        let limits = PartLimits {
+            max_requests: 10,
+            max_bytes: 2000,
+        };
+        let mut builder = builder("openai/gpt-4o-mini").with_limits(limits);
+        let small = texts(1);
+        push_all(&mut builder, &small);
+        let huge = Request {
+            custom_id: "huge".into(),
+            messages: vec![Message::new(Role::User, "x".repeat(5000))],
+        };
+        let before = builder.body.clone();
+        let err = builder.push(&huge).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidRequest { custom_id, reason } if custom_id == "huge" && reason.contains("2,000 bytes")),
+            "{err}"
+        );
+        assert_eq!(builder.body, before);
+        let part = builder.finish().expect("the small request's part");
+        assert_eq!(part.custom_ids, ["request-0"]);
+        assert_eq!(part.split, None);
+    }
+
+    #[test]
+    fn finish_without_requests_has_no_part() {
+        assert!(builder("gemini/gemini-2.5-flash").finish().is_none());
+    }
+
+    #[test]
+    fn build_batch_returns_every_part_and_says_why() {
+        let requests = texts(3);
+        let plan = build_batch(
+            &model("anthropic/claude-sonnet-4-5"),
+            &schema(),
+            &GenerationParams::default(),
+            &requests,
+        )
+        .unwrap();
+        assert_eq!(plan.summary, "1 part");
+        assert_parts_cover(ProviderKind::Anthropic, &plan.parts, &requests);
+
+        let split = |limit| BatchPart {
+            index: 0,
+            body: Bytes::new(),
+            custom_ids: vec![],
+            split: limit,
+        };
+        let by_count = Some(SplitReason::RequestCount { limit: 50_000 });
+        let by_bytes = Some(SplitReason::ByteSize { limit: 200_000_000 });
+        assert_eq!(
+            plan_summary(
+                ProviderKind::OpenAi,
+                &[split(by_count), split(by_count), split(None)]
+            ),
+            "3 parts: OpenAI allows 50,000 requests per batch"
+        );
+        assert_eq!(
+            plan_summary(
+                ProviderKind::OpenAi,
+                &[split(by_count), split(by_bytes), split(None)]
+            ),
+            "3 parts: OpenAI allows 50,000 requests and 200,000,000 bytes per batch"
+        );
+    }
+
+    #[test]
+    fn build_batch_stops_at_the_first_refused_request() {
+        let mut requests = texts(2);
+        requests.push(requests[0].clone());
+        let err = build_batch(
+            &model("openai/gpt-4o"),
+            &schema(),
+            &GenerationParams::default(),
+            &requests,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidRequest { .. }), "{err}");
+    }
+
+    #[test]
+    fn encoder_for_translates_the_schema_for_the_provider() {
+        let free_form = OutputSchema {
+            name: "free".into(),
+            schema: json!({"type":"object","properties":{"m":{"type":"object"}}}),
+        };
+        let params = GenerationParams::default();
+        assert!(matches!(
+            encoder_for(&model("openai/gpt-4o"), &free_form, &params),
+            Err(Error::UnsupportedSchema { .. })
+        ));
+        for accepting in [
+            "anthropic/claude",
+            "google/gemini-2.5-pro",
+            "gemini/gemini-2.5-pro",
+        ] {
+            assert!(
+                encoder_for(&model(accepting), &free_form, &params).is_ok(),
+                "{accepting}"
+            );
+        }
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(256_000_000), "256,000,000");
+    }
+}

@@ -1,1 +1,1225 @@
-//! Schema translation per provider.
+//! Schema translation per provider, done once per batch into pre-serialized JSON
+//! that every request line of the batch reuses.
+//!
+//! - OpenAI, strict structured outputs ([`openai_response_format`]): every object
+//!   gets `additionalProperties: false`, `required` lists every property, and
+//!   properties that were optional become nullable. [`remove_introduced_nulls`]
+//!   undoes the last step on answers so that they validate against the user's schema.
+//! - Anthropic, a forced tool ([`anthropic_tool`]): the schema is the tool's
+//!   `input_schema`, unchanged, and must be an object at the top level.
+//! - Google (Vertex AI and the Gemini API), `responseJsonSchema`
+//!   ([`google_response_json_schema`]): the JSON Schema subset Google documents,
+//!   with everything else stripped (see [`GOOGLE_KEYWORDS`]).
+//!
+//! Keywords a provider does not take but that only narrow values (`minLength`,
+//! `pattern` for Google, …) are stripped rather than refused: the collector validates
+//! every answer against the user's original schema, so they still hold. Keywords whose
+//! loss would change the shape of an answer are refused with the path where they occur.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+use serde_json::value::{RawValue, to_raw_value};
+use serde_json::{Map, Value};
+
+use crate::build::is_identifier;
+use crate::error::{Error, Result};
+use crate::model::ProviderKind;
+use crate::request::OutputSchema;
+
+/// `response_format` for an OpenAI chat completion in strict structured-output mode.
+pub fn openai_response_format(schema: &OutputSchema) -> Result<Box<RawValue>> {
+    #[derive(Serialize)]
+    struct ResponseFormat<'a> {
+        r#type: &'static str,
+        json_schema: JsonSchemaFormat<'a>,
+    }
+    #[derive(Serialize)]
+    struct JsonSchemaFormat<'a> {
+        name: &'a str,
+        strict: bool,
+        schema: &'a Value,
+    }
+    let strict = openai_strict_schema(schema)?;
+    Ok(to_raw_value(&ResponseFormat {
+        r#type: "json_schema",
+        json_schema: JsonSchemaFormat {
+            name: &schema.name,
+            strict: true,
+            schema: &strict,
+        },
+    })?)
+}
+
+/// The user's schema rewritten for OpenAI strict mode (the `schema` inside
+/// `response_format.json_schema`).
+pub fn openai_strict_schema(schema: &OutputSchema) -> Result<Value> {
+    check_name(schema, ProviderKind::OpenAi)?;
+    let mut walk = Walk::new(schema, ProviderKind::OpenAi);
+    let strict = walk.openai_node(&schema.schema, "#")?;
+    if strict.get("type").and_then(Value::as_str) != Some("object") {
+        return Err(walk.error(
+            "#",
+            "the top-level schema must be `\"type\": \"object\"` (not a union or another type)",
+        ));
+    }
+    Ok(strict)
+}
+
+/// Keywords OpenAI strict mode accepts as they are.
+const OPENAI_KEPT: &[&str] = &[
+    "type",
+    "enum",
+    "const",
+    "title",
+    "description",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minItems",
+    "maxItems",
+];
+
+/// Keywords stripped for OpenAI: annotations, and constraints strict mode refuses
+/// that local validation still enforces.
+const OPENAI_STRIPPED: &[&str] = &[
+    "$schema",
+    "$id",
+    "$comment",
+    "default",
+    "examples",
+    "readOnly",
+    "writeOnly",
+    "deprecated",
+    "minLength",
+    "maxLength",
+    "uniqueItems",
+    "contentEncoding",
+    "contentMediaType",
+];
+
+/// The forced tool that carries the schema to Anthropic.
+#[derive(Debug)]
+pub struct AnthropicTool {
+    /// `[{"name","description","input_schema"}]`
+    pub tools: Box<RawValue>,
+    /// `{"type":"tool","name"}`
+    pub tool_choice: Box<RawValue>,
+}
+
+/// Used when the schema has no top-level `description` of its own.
+const DEFAULT_TOOL_DESCRIPTION: &str =
+    "Record the requested information. The input must match this tool's schema.";
+
+pub fn anthropic_tool(schema: &OutputSchema) -> Result<AnthropicTool> {
+    #[derive(Serialize)]
+    struct Tool<'a> {
+        name: &'a str,
+        description: &'a str,
+        input_schema: &'a Value,
+    }
+    #[derive(Serialize)]
+    struct ToolChoice<'a> {
+        r#type: &'static str,
+        name: &'a str,
+    }
+    check_name(schema, ProviderKind::Anthropic)?;
+    if schema.schema.get("type").and_then(Value::as_str) != Some("object") {
+        return Err(Walk::new(schema, ProviderKind::Anthropic).error(
+            "#",
+            "a tool's input_schema must be `\"type\": \"object\"` at the top level",
+        ));
+    }
+    let description = schema
+        .schema
+        .get("description")
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_TOOL_DESCRIPTION);
+    Ok(AnthropicTool {
+        tools: to_raw_value(&[Tool {
+            name: &schema.name,
+            description,
+            input_schema: &schema.schema,
+        }])?,
+        tool_choice: to_raw_value(&ToolChoice {
+            r#type: "tool",
+            name: &schema.name,
+        })?,
+    })
+}
+
+/// `generationConfig.responseJsonSchema` for Vertex AI and the Gemini API
+/// (`provider` only names the API in errors).
+pub fn google_response_json_schema(
+    schema: &OutputSchema,
+    provider: ProviderKind,
+) -> Result<Box<RawValue>> {
+    let mut walk = Walk::new(schema, provider);
+    let translated = walk.google_root(&schema.schema)?;
+    Ok(to_raw_value(&translated)?)
+}
+
+/// Keywords Google documents for `responseJsonSchema` (Gemini API reference,
+/// `GenerationConfig.responseJsonSchema`): `$id, $defs, $ref, $anchor, type, format,
+/// title, description, enum, items, prefixItems, minItems, maxItems, minimum,
+/// maximum, anyOf, oneOf, properties, additionalProperties, required` and the
+/// non-standard `propertyOrdering`. Everything else is stripped (`$schema`,
+/// `$comment`, `default`, `examples`, `pattern`, `minLength`, `maxLength`,
+/// `exclusiveMinimum`, `exclusiveMaximum`, `multipleOf`, `uniqueItems`, `not`, …),
+/// except that `const` becomes a one-value `enum`, a one-schema `allOf` is merged
+/// into its parent, top-level `definitions` become `$defs`, and a `$ref` with
+/// sibling keywords (Google allows only `$`-keywords beside it) is inlined.
+pub const GOOGLE_KEYWORDS: &[&str] = &[
+    "$id",
+    "$defs",
+    "$ref",
+    "$anchor",
+    "type",
+    "format",
+    "title",
+    "description",
+    "enum",
+    "items",
+    "prefixItems",
+    "minItems",
+    "maxItems",
+    "minimum",
+    "maximum",
+    "anyOf",
+    "oneOf",
+    "properties",
+    "additionalProperties",
+    "required",
+    "propertyOrdering",
+];
+
+/// Removes from `answer` the `null`s that [`openai_strict_schema`] made the model
+/// write for properties that were optional in `original` (and did not accept null
+/// there), so that the answer validates against `original`. Follows `$ref`, `allOf`,
+/// and for `anyOf`/`oneOf` the variant whose properties match the answer's keys.
+pub fn remove_introduced_nulls(original: &Value, answer: &mut Value) {
+    NullRemoval { root: original }.walk(original, answer, 0);
+}
+
+fn check_name(schema: &OutputSchema, provider: ProviderKind) -> Result<()> {
+    if is_identifier(&schema.name) {
+        return Ok(());
+    }
+    Err(Error::UnsupportedSchema {
+        name: schema.name.clone(),
+        provider,
+        reason: "the schema name must match ^[a-zA-Z0-9_-]{1,64}$".to_string(),
+    })
+}
+
+/// Resolves a local `$ref` (`#` or `#/json/pointer`).
+fn resolve_local<'a>(root: &'a Value, reference: &str) -> Option<&'a Value> {
+    reference
+        .strip_prefix('#')
+        .and_then(|pointer| root.pointer(pointer))
+}
+
+/// One translation of one schema for one provider.
+struct Walk<'a> {
+    name: &'a str,
+    provider: ProviderKind,
+    root: &'a Value,
+    /// `$ref`s being inlined right now: inlining one inside itself would never end.
+    inlining: Vec<String>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(schema: &'a OutputSchema, provider: ProviderKind) -> Self {
+        Self {
+            name: &schema.name,
+            provider,
+            root: &schema.schema,
+            inlining: Vec::new(),
+        }
+    }
+
+    fn error(&self, path: &str, reason: impl std::fmt::Display) -> Error {
+        Error::UnsupportedSchema {
+            name: self.name.to_string(),
+            provider: self.provider,
+            reason: format!("at {path}: {reason}"),
+        }
+    }
+
+    fn object<'v>(&self, node: &'v Value, path: &str) -> Result<&'v Map<String, Value>> {
+        match node {
+            Value::Object(map) => Ok(map),
+            Value::Bool(b) => Err(self.error(
+                path,
+                format!("the boolean schema `{b}` has no shape; give this value a type"),
+            )),
+            other => Err(self.error(path, format!("expected a schema object, found {other}"))),
+        }
+    }
+
+    fn resolve(&self, reference: &str, path: &str) -> Result<&'a Value> {
+        resolve_local(self.root, reference).ok_or_else(|| {
+            self.error(
+                path,
+                format!("$ref {reference:?} does not point inside this schema"),
+            )
+        })
+    }
+
+    /// Replaces `allOf: [one schema]` by that schema's keywords (the node's own win).
+    fn merge_single_all_of(
+        &self,
+        mut map: Map<String, Value>,
+        path: &str,
+    ) -> Result<Map<String, Value>> {
+        let Some(all_of) = map.remove("allOf") else {
+            return Ok(map);
+        };
+        match all_of {
+            Value::Array(mut items) if items.len() == 1 => {
+                let only = items.remove(0);
+                for (key, value) in self.object(&only, &format!("{path}/allOf/0"))? {
+                    map.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+                Ok(map)
+            }
+            Value::Array(items) => Err(self.error(
+                path,
+                format!(
+                    "allOf with {} schemas cannot be translated; merge them into one schema",
+                    items.len()
+                ),
+            )),
+            _ => Err(self.error(path, "allOf must be an array of schemas")),
+        }
+    }
+
+    /// When `map` is a `$ref` with siblings, translates its target merged with the
+    /// siblings (siblings win, as the OpenAI SDK does) with `translate`.
+    fn inline_ref(
+        &mut self,
+        map: Map<String, Value>,
+        path: &str,
+        translate: fn(&mut Self, &Value, &str) -> Result<Value>,
+    ) -> Result<Value> {
+        let reference = match map.get("$ref") {
+            Some(Value::String(r)) => r.clone(),
+            _ => return Err(self.error(path, "$ref must be a string")),
+        };
+        if self.inlining.contains(&reference) {
+            return Err(self.error(
+                path,
+                format!(
+                    "$ref {reference:?} refers to itself and has sibling keywords; \
+                     move the siblings into the definition"
+                ),
+            ));
+        }
+        let target = self.resolve(&reference, path)?;
+        let mut merged = self.object(target, path)?.clone();
+        merged.extend(map.into_iter().filter(|(key, _)| key != "$ref"));
+        self.inlining.push(reference);
+        let result = translate(self, &Value::Object(merged), path);
+        self.inlining.pop();
+        result
+    }
+
+    // ---- OpenAI strict mode ----
+
+    fn openai_node(&mut self, node: &Value, path: &str) -> Result<Value> {
+        let map = self.merge_single_all_of(self.object(node, path)?.clone(), path)?;
+        if map.contains_key("$ref") && map.len() > 1 {
+            return self.inline_ref(map, path, Self::openai_node);
+        }
+        let mut out = Map::new();
+        for (key, value) in &map {
+            let child_path = format!("{path}/{key}");
+            match key.as_str() {
+                "$defs" | "definitions" => {
+                    let defs = self.openai_defs(value, &child_path)?;
+                    out.insert(key.clone(), defs);
+                }
+                // Rebuilt below, once the node is known to be an object.
+                "properties" | "required" => {}
+                "additionalProperties" => {
+                    if value != &Value::Bool(false) {
+                        return Err(self.error(
+                            path,
+                            "additionalProperties other than false makes a free-form map, \
+                             which strict mode cannot express; list the properties instead",
+                        ));
+                    }
+                }
+                "items" => {
+                    if !value.is_object() {
+                        return Err(self.error(
+                            &child_path,
+                            "items must be a single schema (tuples and `items: true` are not supported)",
+                        ));
+                    }
+                    let items = self.openai_node(value, &child_path)?;
+                    out.insert(key.clone(), items);
+                }
+                "anyOf" => {
+                    let variants = self.translate_list(value, &child_path, Self::openai_node)?;
+                    out.insert(key.clone(), variants);
+                }
+                "$ref" => {
+                    let reference = value
+                        .as_str()
+                        .ok_or_else(|| self.error(path, "$ref must be a string"))?;
+                    self.resolve(reference, path)?;
+                    out.insert(key.clone(), value.clone());
+                }
+                "oneOf" => {
+                    return Err(self.error(
+                        path,
+                        "oneOf is not supported by OpenAI strict mode; use anyOf",
+                    ));
+                }
+                k if OPENAI_KEPT.contains(&k) => {
+                    out.insert(key.clone(), value.clone());
+                }
+                k if OPENAI_STRIPPED.contains(&k) => {}
+                other => {
+                    return Err(self.error(
+                        path,
+                        format!("keyword {other:?} is not supported by OpenAI strict mode"),
+                    ));
+                }
+            }
+        }
+
+        let types = type_names(&map);
+        let is_object =
+            types.contains(&"object") || (types.is_empty() && map.contains_key("properties"));
+        if is_object {
+            let properties = self.openai_properties(&map, path)?;
+            out.entry("type").or_insert_with(|| Value::from("object"));
+            out.insert(
+                "required".to_string(),
+                properties.keys().cloned().map(Value::String).collect(),
+            );
+            out.insert("properties".to_string(), Value::Object(properties));
+            out.insert("additionalProperties".to_string(), Value::Bool(false));
+        } else if map.contains_key("properties") {
+            return Err(self.error(path, "properties on a schema whose type is not object"));
+        }
+        if types.contains(&"array") && !out.contains_key("items") {
+            return Err(self.error(
+                path,
+                "an array without items holds free-form values; give items a schema",
+            ));
+        }
+        let constrained = ["type", "anyOf", "$ref", "enum", "const"]
+            .iter()
+            .any(|k| out.contains_key(*k));
+        if !constrained {
+            return Err(self.error(
+                path,
+                "this schema accepts any JSON value, which strict mode cannot express; give it a type",
+            ));
+        }
+        Ok(Value::Object(out))
+    }
+
+    /// All properties, translated; those not in `required` made nullable.
+    fn openai_properties(
+        &mut self,
+        map: &Map<String, Value>,
+        path: &str,
+    ) -> Result<Map<String, Value>> {
+        let Some(properties) = map.get("properties") else {
+            return Err(self.error(
+                path,
+                "an object without properties is a free-form map, which strict mode cannot express; \
+                 list its properties",
+            ));
+        };
+        let properties = self.object(properties, &format!("{path}/properties"))?;
+        let required: HashSet<&str> = map
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let mut out = Map::new();
+        for (name, property) in properties {
+            let translated = self.openai_node(property, &format!("{path}/properties/{name}"))?;
+            let translated = if required.contains(name.as_str()) {
+                translated
+            } else {
+                nullable(translated)
+            };
+            out.insert(name.clone(), translated);
+        }
+        Ok(out)
+    }
+
+    fn openai_defs(&mut self, defs: &Value, path: &str) -> Result<Value> {
+        let mut out = Map::new();
+        for (name, def) in self.object(defs, path)? {
+            out.insert(
+                name.clone(),
+                self.openai_node(def, &format!("{path}/{name}"))?,
+            );
+        }
+        Ok(Value::Object(out))
+    }
+
+    fn translate_list(
+        &mut self,
+        list: &Value,
+        path: &str,
+        translate: fn(&mut Self, &Value, &str) -> Result<Value>,
+    ) -> Result<Value> {
+        let Value::Array(items) = list else {
+            return Err(self.error(path, "expected an array of schemas"));
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| translate(self, item, &format!("{path}/{i}")))
+            .collect()
+    }
+
+    // ---- Google responseJsonSchema ----
+
+    fn google_root(&mut self, node: &Value) -> Result<Value> {
+        let Value::Object(root) = node else {
+            return self.google_node(node, "#");
+        };
+        let mut root = root.clone();
+        // Draft-07 `definitions` become `$defs`, the only spelling Google documents.
+        if let Some(definitions) = root.remove("definitions") {
+            let Value::Object(definitions) = definitions else {
+                return Err(self.error("#/definitions", "definitions must be an object"));
+            };
+            let defs = root
+                .entry("$defs")
+                .or_insert_with(|| Value::Object(Map::new()));
+            let Value::Object(defs) = defs else {
+                return Err(self.error("#/$defs", "$defs must be an object"));
+            };
+            for (name, def) in definitions {
+                if defs.contains_key(&name) {
+                    return Err(
+                        self.error("#", format!("both $defs and definitions define {name:?}"))
+                    );
+                }
+                defs.insert(name, def);
+            }
+        }
+        self.google_node(&Value::Object(root), "#")
+    }
+
+    fn google_node(&mut self, node: &Value, path: &str) -> Result<Value> {
+        let map = match node {
+            Value::Bool(_) => return Ok(node.clone()),
+            _ => self.merge_single_all_of(self.object(node, path)?.clone(), path)?,
+        };
+        if map.contains_key("$ref") && map.keys().any(|k| !k.starts_with('$')) {
+            return self.inline_ref(map, path, Self::google_node);
+        }
+        let mut out = Map::new();
+        for (key, value) in &map {
+            let child_path = format!("{path}/{key}");
+            match key.as_str() {
+                "$defs" | "properties" => {
+                    let mut translated = Map::new();
+                    for (name, sub) in self.object(value, &child_path)? {
+                        translated.insert(
+                            name.clone(),
+                            self.google_node(sub, &format!("{child_path}/{name}"))?,
+                        );
+                    }
+                    out.insert(key.clone(), Value::Object(translated));
+                }
+                "definitions" => {
+                    return Err(self.error(
+                        path,
+                        "definitions are only supported at the top level; move them to the top-level $defs",
+                    ));
+                }
+                "$ref" => {
+                    let reference = value
+                        .as_str()
+                        .ok_or_else(|| self.error(path, "$ref must be a string"))?;
+                    self.resolve(reference, path)?;
+                    let rewritten = match reference.strip_prefix("#/definitions/") {
+                        Some(rest) => format!("#/$defs/{rest}"),
+                        None => reference.to_string(),
+                    };
+                    out.insert(key.clone(), Value::String(rewritten));
+                }
+                "items" | "additionalProperties" if value.is_object() => {
+                    let sub = self.google_node(value, &child_path)?;
+                    out.insert(key.clone(), sub);
+                }
+                "additionalProperties" => {
+                    out.insert(key.clone(), value.clone());
+                }
+                "prefixItems" | "anyOf" | "oneOf" => {
+                    let list = self.translate_list(value, &child_path, Self::google_node)?;
+                    out.insert(key.clone(), list);
+                }
+                "const" if !map.contains_key("enum") => {
+                    out.insert("enum".to_string(), Value::Array(vec![value.clone()]));
+                }
+                k if GOOGLE_KEYWORDS.contains(&k) && k != "items" => {
+                    out.insert(key.clone(), value.clone());
+                }
+                _ => {}
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// The names in a schema's `type` (a string or an array of strings).
+fn type_names(map: &Map<String, Value>) -> Vec<&str> {
+    match map.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `schema` that also accepts null: `type: [T, "null"]` for a plain typed schema,
+/// an extra `{"type":"null"}` variant for a union, a union with null otherwise.
+fn nullable(schema: Value) -> Value {
+    let null_variant = || serde_json::json!({ "type": "null" });
+    let Value::Object(mut map) = schema else {
+        return schema;
+    };
+    if type_names(&map).contains(&"null") {
+        return Value::Object(map);
+    }
+    let has_const = map.contains_key("const");
+    match map.get_mut("type") {
+        Some(Value::String(t)) if !has_const => {
+            let t = std::mem::take(t);
+            map.insert("type".to_string(), serde_json::json!([t, "null"]));
+            add_null_to_enum(&mut map);
+            return Value::Object(map);
+        }
+        Some(Value::Array(ts)) if !has_const => {
+            ts.push(Value::from("null"));
+            add_null_to_enum(&mut map);
+            return Value::Object(map);
+        }
+        _ => {}
+    }
+    if !map.contains_key("type")
+        && let Some(Value::Array(variants)) = map.get_mut("anyOf")
+    {
+        if !variants.contains(&null_variant()) {
+            variants.push(null_variant());
+        }
+        return Value::Object(map);
+    }
+    serde_json::json!({ "anyOf": [Value::Object(map), null_variant()] })
+}
+
+fn add_null_to_enum(map: &mut Map<String, Value>) {
+    if let Some(Value::Array(values)) = map.get_mut("enum")
+        && !values.contains(&Value::Null)
+    {
+        values.push(Value::Null);
+    }
+}
+
+/// Walks an answer alongside the original schema (see [`remove_introduced_nulls`]).
+struct NullRemoval<'a> {
+    root: &'a Value,
+}
+
+/// Bounds `$ref` chains that never reach a value (`{"$ref":"#"}` at the root).
+const MAX_SCHEMA_DEPTH: usize = 128;
+
+impl<'a> NullRemoval<'a> {
+    fn walk(&self, schema: &'a Value, value: &mut Value, depth: usize) {
+        if depth > MAX_SCHEMA_DEPTH {
+            return;
+        }
+        let Value::Object(node) = schema else {
+            return;
+        };
+        if let Some(target) = self.ref_target(node) {
+            self.walk(target, value, depth + 1);
+        }
+        for part in node
+            .get("allOf")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            self.walk(part, value, depth + 1);
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(variant) = node
+                .get(key)
+                .and_then(Value::as_array)
+                .and_then(|variants| self.matching_variant(variants, value))
+            {
+                self.walk(variant, value, depth + 1);
+            }
+        }
+        match value {
+            Value::Object(fields) => {
+                let Some(properties) = node.get("properties").and_then(Value::as_object) else {
+                    return;
+                };
+                let required: HashSet<&str> = node
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                for (name, property) in properties {
+                    match fields.get_mut(name) {
+                        Some(Value::Null)
+                            if !required.contains(name.as_str())
+                                && !self.accepts_null(property, 0) =>
+                        {
+                            fields.remove(name);
+                        }
+                        Some(field) => self.walk(property, field, depth + 1),
+                        None => {}
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(item_schema) = node.get("items") {
+                    for item in items {
+                        self.walk(item_schema, item, depth + 1);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn ref_target(&self, node: &Map<String, Value>) -> Option<&'a Value> {
+        let reference = node.get("$ref")?.as_str()?;
+        resolve_local(self.root, reference)
+    }
+
+    /// `schema` with its `$ref` chain followed.
+    fn resolved(&self, mut schema: &'a Value) -> &'a Value {
+        for _ in 0..MAX_SCHEMA_DEPTH {
+            match schema.as_object().and_then(|node| self.ref_target(node)) {
+                Some(target) => schema = target,
+                None => break,
+            }
+        }
+        schema
+    }
+
+    /// The variant an answer took: for an object, the one whose properties are
+    /// exactly its keys (strict mode makes every property present), else the first
+    /// whose properties include them; for an array, the first with `items`.
+    fn matching_variant(&self, variants: &'a [Value], value: &Value) -> Option<&'a Value> {
+        let resolved = || variants.iter().map(|v| self.resolved(v));
+        match value {
+            Value::Object(fields) => {
+                let names_of = |v: &'a Value| v.get("properties").and_then(Value::as_object);
+                resolved()
+                    .find(|v| {
+                        names_of(v).is_some_and(|p| {
+                            p.len() == fields.len() && fields.keys().all(|k| p.contains_key(k))
+                        })
+                    })
+                    .or_else(|| {
+                        resolved().find(|v| {
+                            names_of(v).is_some_and(|p| fields.keys().all(|k| p.contains_key(k)))
+                        })
+                    })
+            }
+            Value::Array(_) => resolved().find(|v| v.get("items").is_some()),
+            _ => None,
+        }
+    }
+
+    /// Whether the original schema itself accepts `null` (then a null is the
+    /// model's answer, not something the translation introduced).
+    fn accepts_null(&self, schema: &'a Value, depth: usize) -> bool {
+        if depth > MAX_SCHEMA_DEPTH {
+            return false;
+        }
+        let node = match schema {
+            Value::Bool(b) => return *b,
+            Value::Object(node) => node,
+            _ => return false,
+        };
+        if let Some(target) = self.ref_target(node)
+            && !self.accepts_null(target, depth + 1)
+        {
+            return false;
+        }
+        let any_variant = |key: &str| {
+            node.get(key)
+                .and_then(Value::as_array)
+                .map(|vs| vs.iter().any(|v| self.accepts_null(v, depth + 1)))
+        };
+        let checks = [
+            node.get("type").map(|t| match t {
+                Value::String(t) => t == "null",
+                Value::Array(ts) => ts.iter().any(|t| t == "null"),
+                _ => false,
+            }),
+            node.get("enum")
+                .map(|e| e.as_array().is_some_and(|e| e.contains(&Value::Null))),
+            node.get("const").map(Value::is_null),
+            any_variant("anyOf"),
+            any_variant("oneOf"),
+            node.get("allOf")
+                .and_then(Value::as_array)
+                .map(|parts| parts.iter().all(|p| self.accepts_null(p, depth + 1))),
+        ];
+        // Every keyword present must let null through; a schema with none of them
+        // (only annotations, or only a `$ref` that accepts null) accepts anything.
+        checks.iter().flatten().all(|ok| *ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema(name: &str, schema: Value) -> OutputSchema {
+        OutputSchema {
+            name: name.to_string(),
+            schema,
+        }
+    }
+
+    fn strict(value: Value) -> Result<Value> {
+        openai_strict_schema(&schema("answer", value))
+    }
+
+    fn unsupported_reason(result: Result<impl std::fmt::Debug>) -> String {
+        match result {
+            Err(Error::UnsupportedSchema { reason, .. }) => reason,
+            other => panic!("expected UnsupportedSchema, got {other:?}"),
+        }
+    }
+
+    fn google(value: Value) -> Value {
+        let raw = google_response_json_schema(&schema("answer", value), ProviderKind::Google)
+            .expect("translatable");
+        serde_json::from_str(raw.get()).expect("valid JSON")
+    }
+
+    fn is_valid(schema: &Value, instance: &Value) -> bool {
+        jsonschema::validator_for(schema)
+            .expect("schema compiles")
+            .is_valid(instance)
+    }
+
+    #[test]
+    fn openai_response_format_wraps_the_strict_schema() {
+        let raw = openai_response_format(&schema(
+            "person",
+            json!({"type":"object","properties":{"name":{"type":"string"}},"required":["name"]}),
+        ))
+        .unwrap();
+        let parsed: Value = serde_json::from_str(raw.get()).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"type":"json_schema","json_schema":{"name":"person","strict":true,"schema":{
+                "type":"object",
+                "properties":{"name":{"type":"string"}},
+                "required":["name"],
+                "additionalProperties":false
+            }}})
+        );
+    }
+
+    #[test]
+    fn openai_closes_every_object_requires_all_and_makes_optional_nullable() {
+        let out = strict(json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "description": "full name"},
+                "age": {"type": "integer"},
+                "tags": {"type": "array", "items": {
+                    "type": "object",
+                    "properties": {"label": {"type": "string"}, "score": {"type": "number"}},
+                    "required": ["label"]
+                }},
+                "kind": {"type": "string", "enum": ["a", "b"]},
+                "maybe": {"type": ["string", "null"]}
+            },
+            "required": ["name", "tags"]
+        }))
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "description": "full name"},
+                    "age": {"type": ["integer", "null"]},
+                    "tags": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {"label": {"type": "string"}, "score": {"type": ["number", "null"]}},
+                        "required": ["label", "score"],
+                        "additionalProperties": false
+                    }},
+                    "kind": {"type": ["string", "null"], "enum": ["a", "b", null]},
+                    "maybe": {"type": ["string", "null"]}
+                },
+                "required": ["age", "kind", "maybe", "name", "tags"],
+                "additionalProperties": false
+            })
+        );
+    }
+
+    #[test]
+    fn openai_translates_inside_defs_and_keeps_refs() {
+        let out = strict(json!({
+            "type": "object",
+            "properties": {
+                "home": {"$ref": "#/$defs/Address"},
+                "work": {"$ref": "#/$defs/Address"}
+            },
+            "required": ["home"],
+            "$defs": {
+                "Address": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
+                    "required": ["city"]
+                }
+            }
+        }))
+        .unwrap();
+        assert_eq!(
+            out["properties"]["home"],
+            json!({"$ref": "#/$defs/Address"})
+        );
+        assert_eq!(
+            out["properties"]["work"],
+            json!({"anyOf": [{"$ref": "#/$defs/Address"}, {"type": "null"}]})
+        );
+        assert_eq!(
+            out["$defs"]["Address"],
+            json!({
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "zip": {"type": ["string", "null"]}},
+                "required": ["city", "zip"],
+                "additionalProperties": false
+            })
+        );
+    }
+
+    #[test]
+    fn openai_inlines_a_ref_with_siblings_and_a_single_all_of() {
+        let out = strict(json!({
+            "type": "object",
+            "properties": {
+                "a": {"$ref": "#/$defs/Id", "description": "the id"},
+                "b": {"allOf": [{"$ref": "#/$defs/Id"}]}
+            },
+            "required": ["a", "b"],
+            "$defs": {"Id": {"type": "string", "description": "an id"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            out["properties"]["a"],
+            json!({"type": "string", "description": "the id"})
+        );
+        assert_eq!(out["properties"]["b"], json!({"$ref": "#/$defs/Id"}));
+    }
+
+    #[test]
+    fn openai_accepts_a_top_level_ref_to_an_object() {
+        let out = strict(json!({
+            "$ref": "#/$defs/Root",
+            "$defs": {"Root": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}
+        }))
+        .unwrap();
+        assert_eq!(out["type"], "object");
+        assert_eq!(out["additionalProperties"], false);
+        assert_eq!(out["$defs"]["Root"]["additionalProperties"], false);
+    }
+
+    #[test]
+    fn openai_rejects_free_form_maps_naming_the_path() {
+        let cases = [
+            (
+                json!({"type":"object","properties":{"meta":{"type":"object"}}}),
+                "#/properties/meta",
+            ),
+            (
+                json!({"type":"object","properties":{"m":{"type":"object","additionalProperties":{"type":"string"}}}}),
+                "#/properties/m",
+            ),
+            (
+                json!({"type":"object","properties":{"x":{"type":"string"}},"additionalProperties":true}),
+                "#:",
+            ),
+            (
+                json!({"type":"object","properties":{"any":{"description":"whatever"}}}),
+                "#/properties/any",
+            ),
+            (
+                json!({"type":"object","properties":{"list":{"type":"array"}}}),
+                "#/properties/list",
+            ),
+        ];
+        for (input, path) in cases {
+            let reason = unsupported_reason(strict(input.clone()));
+            assert!(reason.contains(path), "{input}: {reason}");
+        }
+    }
+
+    #[test]
+    fn openai_rejects_unsupported_keywords_and_non_object_roots() {
+        let reason = unsupported_reason(strict(json!({
+            "type":"object",
+            "properties":{"m":{"type":"object","properties":{},"patternProperties":{"^x":{"type":"string"}}}}
+        })));
+        assert!(
+            reason.contains("patternProperties") && reason.contains("#/properties/m"),
+            "{reason}"
+        );
+
+        let reason = unsupported_reason(strict(json!({
+            "type":"object","properties":{"v":{"oneOf":[{"type":"string"},{"type":"integer"}]}}
+        })));
+        assert!(reason.contains("use anyOf"), "{reason}");
+
+        let reason =
+            unsupported_reason(strict(json!({"anyOf":[{"type":"object","properties":{}}]})));
+        assert!(reason.contains("top-level"), "{reason}");
+
+        let reason = unsupported_reason(strict(json!({"type":"array","items":{"type":"string"}})));
+        assert!(reason.contains("top-level"), "{reason}");
+
+        let reason = unsupported_reason(strict(json!({
+            "type":"object","properties":{"a":{"$ref":"#/$defs/Missing"}}
+        })));
+        assert!(reason.contains("#/$defs/Missing"), "{reason}");
+    }
+
+    #[test]
+    fn openai_strips_annotations_and_unenforced_constraints() {
+        let out = strict(json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {"code": {"type": "string", "minLength": 2, "default": "xx", "pattern": "^[A-Z]+$"}},
+            "required": ["code"]
+        }))
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({
+                "type": "object",
+                "properties": {"code": {"type": "string", "pattern": "^[A-Z]+$"}},
+                "required": ["code"],
+                "additionalProperties": false
+            })
+        );
+    }
+
+    #[test]
+    fn bad_names_are_rejected_for_openai_and_anthropic() {
+        let body = json!({"type":"object","properties":{}});
+        for name in ["", "has space", "dot.ted", &"x".repeat(65)] {
+            for result in [
+                openai_strict_schema(&schema(name, body.clone())).map(|_| ()),
+                anthropic_tool(&schema(name, body.clone())).map(|_| ()),
+            ] {
+                assert!(
+                    unsupported_reason(result).contains("^[a-zA-Z0-9_-]{1,64}$"),
+                    "{name:?}"
+                );
+            }
+        }
+        assert!(openai_strict_schema(&schema(&"x".repeat(64), body)).is_ok());
+    }
+
+    #[test]
+    fn removing_introduced_nulls_restores_validity_against_the_original() {
+        let original = json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "nick": {"type": "string"},
+                "note": {"type": ["string", "null"]},
+                "home": {"$ref": "#/$defs/Address"},
+                "pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}},
+                "contact": {"anyOf": [
+                    {"type": "object", "properties": {"email": {"type": "string"}, "verified": {"type": "boolean"}}, "required": ["email"]},
+                    {"type": "object", "properties": {"phone": {"type": "string"}, "ext": {"type": "string"}}, "required": ["phone"]}
+                ]}
+            },
+            "required": ["name", "home", "pets", "contact"],
+            "additionalProperties": false,
+            "$defs": {
+                "Address": {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "string"}}, "required": ["city"], "additionalProperties": false},
+                "Pet": {"type": "object", "properties": {"kind": {"type": "string"}, "age": {"type": "integer"}}, "required": ["kind"], "additionalProperties": false}
+            }
+        });
+        let translated = strict(original.clone()).unwrap();
+        let mut answer = json!({
+            "name": "Ada", "nick": null, "note": null,
+            "home": {"city": "London", "zip": null},
+            "pets": [{"kind": "cat", "age": null}, {"kind": "dog", "age": 3}],
+            "contact": {"phone": "123", "ext": null}
+        });
+        assert!(
+            is_valid(&translated, &answer),
+            "the model's answer fits the strict schema"
+        );
+        assert!(!is_valid(&original, &answer));
+
+        remove_introduced_nulls(&original, &mut answer);
+        assert_eq!(
+            answer,
+            json!({
+                "name": "Ada", "note": null,
+                "home": {"city": "London"},
+                "pets": [{"kind": "cat"}, {"kind": "dog", "age": 3}],
+                "contact": {"phone": "123"}
+            })
+        );
+        assert!(is_valid(&original, &answer));
+    }
+
+    #[test]
+    fn removing_nulls_leaves_required_nulls_for_validation_to_report() {
+        let original =
+            json!({"type":"object","properties":{"a":{"type":"string"}},"required":["a"]});
+        let mut answer = json!({"a": null});
+        remove_introduced_nulls(&original, &mut answer);
+        assert_eq!(answer, json!({"a": null}));
+    }
+
+    #[test]
+    fn anthropic_forces_a_tool_carrying_the_schema() {
+        let input =
+            json!({"type":"object","description":"A person","properties":{"n":{"type":"string"}}});
+        let tool = anthropic_tool(&schema("person", input.clone())).unwrap();
+        let tools: Value = serde_json::from_str(tool.tools.get()).unwrap();
+        let choice: Value = serde_json::from_str(tool.tool_choice.get()).unwrap();
+        assert_eq!(
+            tools,
+            json!([{"name":"person","description":"A person","input_schema":input}])
+        );
+        assert_eq!(choice, json!({"type":"tool","name":"person"}));
+
+        let plain = anthropic_tool(&schema("p", json!({"type":"object"}))).unwrap();
+        let tools: Value = serde_json::from_str(plain.tools.get()).unwrap();
+        assert_eq!(tools[0]["description"], DEFAULT_TOOL_DESCRIPTION);
+    }
+
+    #[test]
+    fn anthropic_requires_an_object_at_the_top() {
+        for input in [
+            json!({"type":"array","items":{"type":"string"}}),
+            json!({"$ref":"#/$defs/X","$defs":{"X":{"type":"object"}}}),
+        ] {
+            let reason = unsupported_reason(anthropic_tool(&schema("s", input)));
+            assert!(reason.contains("object"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn google_strips_what_it_does_not_document_and_keeps_defs_and_refs() {
+        let out = google(json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "Person",
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "pattern": "^A", "default": "A"},
+                "kind": {"const": "human"},
+                "home": {"$ref": "#/$defs/Address"},
+                "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": true, "maxItems": 3}
+            },
+            "required": ["name"],
+            "additionalProperties": false,
+            "$defs": {"Address": {"type": "object", "properties": {"city": {"type": "string", "examples": ["Paris"]}}}}
+        }));
+        assert_eq!(
+            out,
+            json!({
+                "title": "Person",
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "kind": {"enum": ["human"]},
+                    "home": {"$ref": "#/$defs/Address"},
+                    "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 3}
+                },
+                "required": ["name"],
+                "additionalProperties": false,
+                "$defs": {"Address": {"type": "object", "properties": {"city": {"type": "string"}}}}
+            })
+        );
+    }
+
+    #[test]
+    fn google_moves_definitions_and_inlines_refs_with_siblings() {
+        let out = google(json!({
+            "type": "object",
+            "properties": {
+                "a": {"$ref": "#/definitions/Id", "description": "first"},
+                "b": {"$ref": "#/definitions/Id"}
+            },
+            "definitions": {"Id": {"type": "string"}}
+        }));
+        assert_eq!(
+            out,
+            json!({
+                "type": "object",
+                "properties": {
+                    "a": {"type": "string", "description": "first"},
+                    "b": {"$ref": "#/$defs/Id"}
+                },
+                "$defs": {"Id": {"type": "string"}}
+            })
+        );
+    }
+
+    #[test]
+    fn google_refuses_what_it_cannot_express() {
+        let reason = unsupported_reason(google_response_json_schema(
+            &schema("s", json!({"allOf":[{"type":"object"},{"required":["a"]}]})),
+            ProviderKind::Gemini,
+        ));
+        assert!(reason.contains("allOf with 2"), "{reason}");
+        let reason = unsupported_reason(google_response_json_schema(
+            &schema(
+                "s",
+                json!({"type":"object","properties":{"a":{"$ref":"#/nowhere","title":"t"}}}),
+            ),
+            ProviderKind::Google,
+        ));
+        assert!(
+            reason.contains("#/properties/a") && reason.contains("#/nowhere"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn recursive_ref_with_siblings_is_an_error_not_a_loop() {
+        let reason = unsupported_reason(strict(json!({
+            "type": "object",
+            "properties": {"node": {"$ref": "#/$defs/Node"}},
+            "required": ["node"],
+            "$defs": {"Node": {"type": "object", "properties": {
+                "child": {"$ref": "#/$defs/Node", "description": "again"}
+            }}}
+        })));
+        assert!(reason.contains("refers to itself"), "{reason}");
+    }
+}

@@ -1,1 +1,301 @@
-//! anthropic request-line encoding.
+//! Anthropic request encoding: one JSON document `{"requests":[…]}` whose items are
+//! `{"custom_id","params":{Messages API body}}`.
+//!
+//! The answer's schema travels as a forced tool. System text (the batch's system
+//! prompt and any system messages, in order, joined by a blank line) goes to the
+//! top-level `system` field, never into `messages`.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+use serde::ser::SerializeSeq;
+use serde_json::value::RawValue;
+
+use crate::build::{append_json, check_params, check_request, is_identifier, system_texts};
+use crate::error::{Error, Result};
+use crate::model::ProviderKind;
+use crate::provider::{Framing, PartLimits, RequestEncoder};
+use crate::request::{GenerationParams, Message, OutputSchema, Request, Role};
+use crate::schema::{AnthropicTool, anthropic_tool};
+
+/// Message Batches: 100,000 requests and 256 MB per batch.
+pub const LIMITS: PartLimits = PartLimits {
+    max_requests: 100_000,
+    max_bytes: 256 * 1000 * 1000,
+};
+
+/// The batch is one JSON document, not JSONL.
+pub const FRAMING: Framing = Framing {
+    prefix: br#"{"requests":["#,
+    separator: b",",
+    suffix: b"]}",
+};
+
+/// Anthropic accepts temperatures from 0 to 1.
+const MAX_TEMPERATURE: f64 = 1.0;
+
+#[derive(Debug)]
+pub struct AnthropicEncoder {
+    model: String,
+    max_tokens: u32,
+    temperature: Option<f64>,
+    system_prompt: Option<String>,
+    tool: AnthropicTool,
+}
+
+impl AnthropicEncoder {
+    pub fn new(model: &str, schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
+        check_params(params, ProviderKind::Anthropic, MAX_TEMPERATURE)?;
+        Ok(Self {
+            model: model.to_string(),
+            max_tokens: params.max_tokens,
+            temperature: params.temperature,
+            system_prompt: params.system_prompt.clone(),
+            tool: anthropic_tool(schema)?,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Item<'a> {
+    custom_id: &'a str,
+    params: Params<'a>,
+}
+
+#[derive(Serialize)]
+struct Params<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<Cow<'a, str>>,
+    messages: Turns<'a>,
+    tools: &'a RawValue,
+    tool_choice: &'a RawValue,
+}
+
+/// The conversation without its system messages.
+struct Turns<'a>(&'a [Message]);
+
+#[derive(Serialize)]
+struct Turn<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+impl Serialize for Turns<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(None)?;
+        for message in self.0 {
+            let role = match message.role {
+                Role::System => continue,
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            seq.serialize_element(&Turn {
+                role,
+                content: &message.content,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+/// The system texts as one string, borrowed when there is only one.
+fn joined_system<'a>(
+    system_prompt: Option<&'a str>,
+    messages: &'a [Message],
+) -> Option<Cow<'a, str>> {
+    let mut texts = system_texts(system_prompt, messages);
+    let first = texts.next()?;
+    let rest: Vec<&str> = texts.collect();
+    if rest.is_empty() {
+        return Some(Cow::Borrowed(first));
+    }
+    let mut joined = first.to_string();
+    for text in rest {
+        joined.push_str("\n\n");
+        joined.push_str(text);
+    }
+    Some(Cow::Owned(joined))
+}
+
+impl RequestEncoder for AnthropicEncoder {
+    fn limits(&self) -> PartLimits {
+        LIMITS
+    }
+
+    fn framing(&self) -> Framing {
+        FRAMING
+    }
+
+    fn encode(&self, _row: usize, request: &Request, out: &mut Vec<u8>) -> Result<()> {
+        if !is_identifier(&request.custom_id) {
+            return Err(Error::InvalidRequest {
+                custom_id: request.custom_id.clone(),
+                reason: "Anthropic custom ids must match ^[a-zA-Z0-9_-]{1,64}$".to_string(),
+            });
+        }
+        check_request(request)?;
+        let item = Item {
+            custom_id: &request.custom_id,
+            params: Params {
+                model: &self.model,
+                max_tokens: self.max_tokens,
+                temperature: self.temperature,
+                system: joined_system(self.system_prompt.as_deref(), &request.messages),
+                messages: Turns(&request.messages),
+                tools: &self.tool.tools,
+                tool_choice: &self.tool.tool_choice,
+            },
+        };
+        append_json(&item, false, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn encoder(system_prompt: Option<&str>, temperature: Option<f64>) -> AnthropicEncoder {
+        let schema = OutputSchema {
+            name: "answer".to_string(),
+            schema: json!({"type":"object","properties":{"x":{"type":"integer"}},"required":["x"]}),
+        };
+        let params = GenerationParams {
+            max_tokens: 512,
+            temperature,
+            system_prompt: system_prompt.map(str::to_string),
+        };
+        AnthropicEncoder::new("claude-sonnet-4-5", &schema, &params).unwrap()
+    }
+
+    fn encode(encoder: &AnthropicEncoder, request: &Request) -> Value {
+        let mut out = Vec::new();
+        encoder.encode(0, request, &mut out).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    fn tools() -> Value {
+        json!([{
+            "name": "answer",
+            "description": "Record the requested information. The input must match this tool's schema.",
+            "input_schema": {"type":"object","properties":{"x":{"type":"integer"}},"required":["x"]}
+        }])
+    }
+
+    #[test]
+    fn system_text_moves_to_the_top_level_field() {
+        let request = Request {
+            custom_id: "doc_1".to_string(),
+            messages: vec![
+                Message::new(Role::System, "Be terse."),
+                Message::new(Role::User, "Say one"),
+                Message::new(Role::Assistant, "one"),
+                Message::new(Role::System, "Only digits."),
+                Message::new(Role::User, "Again"),
+            ],
+        };
+        let item = encode(&encoder(Some("Extract facts."), Some(0.5)), &request);
+        assert_eq!(
+            item,
+            json!({
+                "custom_id": "doc_1",
+                "params": {
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": 512,
+                    "temperature": 0.5,
+                    "system": "Extract facts.\n\nBe terse.\n\nOnly digits.",
+                    "messages": [
+                        {"role": "user", "content": "Say one"},
+                        {"role": "assistant", "content": "one"},
+                        {"role": "user", "content": "Again"}
+                    ],
+                    "tools": tools(),
+                    "tool_choice": {"type": "tool", "name": "answer"}
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn no_system_text_means_no_system_field() {
+        let request = Request {
+            custom_id: "a".to_string(),
+            messages: vec![Message::new(Role::User, "hi")],
+        };
+        let item = encode(&encoder(None, None), &request);
+        assert_eq!(
+            item["params"],
+            json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 512,
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": tools(),
+                "tool_choice": {"type": "tool", "name": "answer"}
+            })
+        );
+    }
+
+    #[test]
+    fn custom_ids_outside_the_rule_are_refused_by_name() {
+        let encoder = encoder(None, None);
+        for id in ["has space", "doc.1", "", &"a".repeat(65)] {
+            let request = Request {
+                custom_id: id.to_string(),
+                messages: vec![Message::new(Role::User, "hi")],
+            };
+            let mut out = Vec::new();
+            let err = encoder.encode(0, &request, &mut out).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidRequest { custom_id, .. } if custom_id == id),
+                "{err}"
+            );
+            assert!(err.to_string().contains("^[a-zA-Z0-9_-]{1,64}$"), "{err}");
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn temperature_above_one_is_refused() {
+        let schema = OutputSchema {
+            name: "s".into(),
+            schema: json!({"type":"object"}),
+        };
+        let params = GenerationParams {
+            temperature: Some(1.5),
+            ..Default::default()
+        };
+        assert!(matches!(
+            AnthropicEncoder::new("claude", &schema, &params),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
+    fn framed_items_make_one_json_document() {
+        let encoder = encoder(None, None);
+        let mut body = FRAMING.prefix.to_vec();
+        for (i, id) in ["a", "b"].iter().enumerate() {
+            if i > 0 {
+                body.extend_from_slice(FRAMING.separator);
+            }
+            let request = Request {
+                custom_id: id.to_string(),
+                messages: vec![Message::new(Role::User, "hi")],
+            };
+            encoder.encode(i, &request, &mut body).unwrap();
+        }
+        body.extend_from_slice(FRAMING.suffix);
+        let document: Value = serde_json::from_slice(&body).unwrap();
+        let ids: Vec<&str> = document["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["custom_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+}

@@ -1,1 +1,91 @@
-//! gemini request-line encoding.
+//! Gemini API batch-mode request-line encoding: JSONL lines
+//! `{"key":"<custom_id>","request":{GenerateContentRequest}}`, the request body being
+//! the one Vertex AI gets (see [`crate::provider::vertex::encode`]) without labels.
+
+use serde::Serialize;
+
+use crate::build::append_json;
+use crate::error::Result;
+use crate::model::ProviderKind;
+use crate::provider::vertex::encode::{GenerateContentRequest, GoogleRequestTemplate};
+use crate::provider::{Framing, PartLimits, RequestEncoder};
+use crate::request::{GenerationParams, OutputSchema, Request};
+
+/// Gemini API batch mode takes input files up to 2 GB (Files API limit); it
+/// documents no request count, so 100,000 per batch is a conservative choice.
+pub const LIMITS: PartLimits = PartLimits {
+    max_requests: 100_000,
+    max_bytes: 2 * 1000 * 1000 * 1000,
+};
+
+#[derive(Debug)]
+pub struct GeminiEncoder {
+    template: GoogleRequestTemplate,
+}
+
+impl GeminiEncoder {
+    pub fn new(schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
+        Ok(Self {
+            template: GoogleRequestTemplate::new(schema, params, ProviderKind::Gemini)?,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    key: &'a str,
+    request: GenerateContentRequest<'a>,
+}
+
+impl RequestEncoder for GeminiEncoder {
+    fn limits(&self) -> PartLimits {
+        LIMITS
+    }
+
+    fn framing(&self) -> Framing {
+        Framing::JSONL
+    }
+
+    fn encode(&self, _row: usize, request: &Request, out: &mut Vec<u8>) -> Result<()> {
+        let line = Line {
+            key: &request.custom_id,
+            request: self.template.request(request, None)?,
+        };
+        append_json(&line, true, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::provider::vertex::encode::tests::{conversation, expected_request, params, schema};
+    use crate::request::{Message, Role};
+    use serde_json::{Value, json};
+
+    #[test]
+    fn line_carries_the_key_and_the_unlabelled_request() {
+        let encoder = GeminiEncoder::new(&schema(), &params()).unwrap();
+        let mut out = Vec::new();
+        encoder.encode(5, &conversation(), &mut out).unwrap();
+        assert_eq!(out.last(), Some(&b'\n'));
+        let line: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(line, json!({"key": "doc-1", "request": expected_request()}));
+    }
+
+    #[test]
+    fn only_system_messages_is_not_a_conversation() {
+        let encoder = GeminiEncoder::new(&schema(), &params()).unwrap();
+        let request = Request {
+            custom_id: "sys-only".to_string(),
+            messages: vec![Message::new(Role::System, "s")],
+        };
+        let mut out = Vec::new();
+        let err = encoder.encode(0, &request, &mut out).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidRequest { custom_id, .. } if custom_id == "sys-only"),
+            "{err}"
+        );
+        assert!(out.is_empty());
+    }
+}
