@@ -31,6 +31,9 @@ impl fmt::Display for SplitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::RequestCount { limit } => write!(f, "{} requests", thousands(limit)),
+            Self::ByteSize { limit } if limit.is_multiple_of(1_000_000) => {
+                write!(f, "{} MB", thousands(limit / 1_000_000))
+            }
             Self::ByteSize { limit } => write!(f, "{} bytes", thousands(limit)),
         }
     }
@@ -730,7 +733,7 @@ mod tests {
                 ProviderKind::OpenAi,
                 &[split(by_count), split(by_bytes), split(None)]
             ),
-            "3 parts: OpenAI allows 50,000 requests and 200,000,000 bytes per batch"
+            "3 parts: OpenAI allows 50,000 requests and 200 MB per batch"
         );
     }
 
@@ -769,6 +772,22 @@ mod tests {
                 "{accepting}"
             );
         }
+    }
+
+    #[test]
+    fn split_reasons_read_naturally() {
+        assert_eq!(
+            SplitReason::RequestCount { limit: 100_000 }.to_string(),
+            "100,000 requests"
+        );
+        assert_eq!(
+            SplitReason::ByteSize { limit: 256_000_000 }.to_string(),
+            "256 MB"
+        );
+        assert_eq!(
+            SplitReason::ByteSize { limit: 2_500 }.to_string(),
+            "2,500 bytes"
+        );
     }
 
     #[test]
