@@ -54,7 +54,8 @@ pub enum PutMode {
 
 #[async_trait]
 pub trait ObjectStore: Send + Sync + Debug {
-    async fn head(&self, key: &str) -> StoreResult<ObjectMeta>;
+    /// Metadata of the object, or of one `version` of it.
+    async fn head(&self, key: &str, version: Option<&str>) -> StoreResult<ObjectMeta>;
     /// Whole body of a small object (records, manifests, specs).
     async fn get(&self, key: &str) -> StoreResult<(ObjectMeta, Bytes)>;
     /// Streamed body, pinned to `version` where given.

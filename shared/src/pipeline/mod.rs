@@ -9,6 +9,8 @@ pub mod poll;
 pub mod spec;
 pub mod submit;
 mod summary;
+pub mod env;
+pub mod events;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use crate::storage::{ObjectStore, StoreError};
 
 pub use collect::{CollectOutcome, ReadyMessage, collect};
 pub use poll::{PollReport, poll};
-pub use submit::{SubmitOutcome, submit};
+pub use submit::{SubmitOutcome, UploadedObject, submit};
 
 /// Failures that make a function invocation fail (so that Lambda retries it).
 /// Bad input is not among them: it becomes error records instead.

@@ -20,7 +20,8 @@ use crate::results::Failure;
 use crate::storage::{ObjectWriter, PutMode, StoreError};
 
 /// What one submit invocation did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SubmitOutcome {
     Submitted { job_id: String, parts: usize, requests: u64, rejected_lines: u64 },
     /// The job exists and is past submission: a repeated event.
@@ -36,14 +37,23 @@ pub enum SubmitOutcome {
 /// The error type of lines rejected before submission.
 pub const INVALID_INPUT: &str = "invalid_input";
 
-pub async fn submit(ctx: &Context, key: &str) -> Result<SubmitOutcome, PipelineError> {
+/// An uploaded object as the S3 event names it. The event's version pins the job to
+/// that upload: a second upload of the same key is another job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedObject {
+    pub key: String,
+    pub version_id: Option<String>,
+}
+
+pub async fn submit(ctx: &Context, object: &UploadedObject) -> Result<SubmitOutcome, PipelineError> {
+    let key = object.key.as_str();
     if !key.starts_with(keys::INBOX) {
         return Ok(SubmitOutcome::Ignored {
             key: key.to_string(),
             reason: format!("only objects under {} are jobs", keys::INBOX),
         });
     }
-    let meta = match ctx.store.head(key).await {
+    let meta = match ctx.store.head(key, object.version_id.as_deref()).await {
         Ok(meta) => meta,
         Err(StoreError::NotFound { .. }) => {
             return Ok(SubmitOutcome::Ignored {

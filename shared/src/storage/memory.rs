@@ -44,7 +44,7 @@ impl MemoryStore {
 
 #[async_trait]
 impl ObjectStore for MemoryStore {
-    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+    async fn head(&self, key: &str, _version: Option<&str>) -> StoreResult<ObjectMeta> {
         let (body, etag) = self.lookup(key)?;
         Ok(ObjectMeta {
             key: key.to_string(),

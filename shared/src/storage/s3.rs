@@ -78,12 +78,13 @@ fn unquote(etag: Option<&str>) -> String {
 
 #[async_trait]
 impl ObjectStore for S3Store {
-    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+    async fn head(&self, key: &str, version: Option<&str>) -> StoreResult<ObjectMeta> {
         let out = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_version_id(version.map(str::to_string))
             .send()
             .await
             .map_err(|e| classify("head", key, e))?;

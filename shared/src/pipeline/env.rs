@@ -1,0 +1,182 @@
+//! The pipeline as the Lambda functions run it: configuration from the environment,
+//! API keys from Secrets Manager or SSM, AWS clients from the standard chain.
+//!
+//! | Variable | Used by | Meaning |
+//! |---|---|---|
+//! | `BUCKET_NAME` | all | the pipeline's bucket (required) |
+//! | `READY_QUEUE_URL` | poll | the ready queue (required by poll) |
+//! | `POLL_CONCURRENCY` | poll | jobs polled at once (default 8) |
+//! | `COLLECT_MAX_RECEIVES` | collect | the queue's maxReceiveCount (default 5): the last delivery records missing results as errors |
+//! | `<NAME>_SECRET_ARN` | all | read `<NAME>` (e.g. `OPENAI_API_KEY`) from this Secrets Manager secret |
+//! | `<NAME>_PARAMETER` | all | read `<NAME>` from this SSM SecureString parameter |
+//! | `GOOGLE_CREDENTIALS_SECRET_ARN` | all | service-account JSON for Vertex AI, from Secrets Manager |
+//! | `S3_FORCE_PATH_STYLE` | all | `true` for path-style S3 addressing (local S3 servers) |
+//! | `AWS_ENDPOINT_URL` | all | standard AWS SDK override (points at moto locally) |
+//!
+//! Provider variables (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, …) are those of
+//! [`crate::provider::config`]; a secret named by `_SECRET_ARN`/`_PARAMETER` wins over
+//! a plain variable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::Mutex;
+
+use super::{Context, ProviderSource, Settings};
+use crate::error::{Error, Result};
+use crate::model::ProviderKind;
+use crate::provider::config::{ApiKey, GoogleCredentials, ProviderConfig};
+use crate::provider::{BatchProvider, connect};
+use crate::queue::{Queue, QueueError, SqsQueue};
+use crate::storage::S3Store;
+
+/// JSON log lines for CloudWatch, level from `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .without_time()
+        .init();
+}
+
+/// Builds the pipeline context. Cheap: no network call happens before first use, so
+/// cold starts stay short.
+pub async fn context_from_env() -> Result<Context> {
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let bucket = required("BUCKET_NAME")?;
+    let store = S3Store::new(S3Store::client_from(&sdk), bucket.clone());
+    let queue: Arc<dyn Queue> = match std::env::var("READY_QUEUE_URL") {
+        Ok(url) if !url.is_empty() => Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), url)),
+        _ => Arc::new(NoQueue),
+    };
+    let mut settings = Settings::default();
+    if let Some(n) = std::env::var("POLL_CONCURRENCY").ok().and_then(|v| v.parse().ok()) {
+        settings.poll_concurrency = n;
+    }
+    Ok(Context {
+        store: Arc::new(store),
+        bucket,
+        queue,
+        providers: Arc::new(EnvProviders::new(sdk)),
+        settings,
+    })
+}
+
+/// `COLLECT_MAX_RECEIVES`, default 5 (the template's maxReceiveCount).
+pub fn collect_max_receives() -> u32 {
+    std::env::var("COLLECT_MAX_RECEIVES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+fn required(name: &str) -> Result<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::Config(format!("{name} is not set")))
+}
+
+/// For functions that send nothing (submit, collect).
+#[derive(Debug)]
+struct NoQueue;
+
+#[async_trait]
+impl Queue for NoQueue {
+    async fn send(&self, _body: String) -> std::result::Result<(), QueueError> {
+        Err(QueueError("READY_QUEUE_URL is not set".into()))
+    }
+}
+
+/// Clients built on first use from the environment and secrets, then reused for
+/// the life of the Lambda instance.
+#[derive(Debug)]
+pub struct EnvProviders {
+    sdk: aws_config::SdkConfig,
+    clients: Mutex<HashMap<ProviderKind, Arc<dyn BatchProvider>>>,
+}
+
+impl EnvProviders {
+    pub fn new(sdk: aws_config::SdkConfig) -> Self {
+        Self {
+            sdk,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `name` from its secret or parameter if one is named, else the plain variable.
+    async fn lookup(&self, name: &str) -> Result<Option<String>> {
+        if let Ok(arn) = std::env::var(format!("{name}_SECRET_ARN"))
+            && !arn.is_empty()
+        {
+            return self.secret(name, &arn).await.map(Some);
+        }
+        if let Ok(parameter) = std::env::var(format!("{name}_PARAMETER"))
+            && !parameter.is_empty()
+        {
+            let out = aws_sdk_ssm::Client::new(&self.sdk)
+                .get_parameter()
+                .name(&parameter)
+                .with_decryption(true)
+                .send()
+                .await
+                .map_err(|e| secret_error(name, &aws_sdk_ssm::error::DisplayErrorContext(&e).to_string()))?;
+            let value = out.parameter().and_then(|p| p.value()).map(str::to_string);
+            return value.map(Some).ok_or_else(|| secret_error(name, "the parameter has no value"));
+        }
+        Ok(std::env::var(name).ok())
+    }
+
+    async fn secret(&self, name: &str, arn: &str) -> Result<String> {
+        let out = aws_sdk_secretsmanager::Client::new(&self.sdk)
+            .get_secret_value()
+            .secret_id(arn)
+            .send()
+            .await
+            .map_err(|e| secret_error(name, &aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string()))?;
+        out.secret_string()
+            .map(str::to_string)
+            .ok_or_else(|| secret_error(name, "the secret has no string value"))
+    }
+
+    async fn config(&self, kind: ProviderKind) -> Result<ProviderConfig> {
+        let mut values = HashMap::new();
+        for name in ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY"] {
+            if let Some(v) = self.lookup(name).await? {
+                values.insert(name.to_string(), v);
+            }
+        }
+        let mut config = ProviderConfig::from_lookup(kind, |name| {
+            values.get(name).cloned().or_else(|| std::env::var(name).ok())
+        })?;
+        if let (Some(vertex), Ok(arn)) = (config.vertex.as_mut(), std::env::var("GOOGLE_CREDENTIALS_SECRET_ARN"))
+            && !arn.is_empty()
+        {
+            let json = self.secret("GOOGLE_CREDENTIALS", &arn).await?;
+            vertex.credentials = GoogleCredentials::ServiceAccountJson(ApiKey::new(json)?);
+        }
+        Ok(config)
+    }
+}
+
+/// Names the secret, never its value or the underlying error's echo of it.
+fn secret_error(name: &str, reason: &str) -> Error {
+    Error::Config(format!("reading the secret for {name} failed: {reason}"))
+}
+
+#[async_trait]
+impl ProviderSource for EnvProviders {
+    async fn provider(&self, kind: ProviderKind) -> Result<Arc<dyn BatchProvider>> {
+        let mut clients = self.clients.lock().await;
+        if let Some(client) = clients.get(&kind) {
+            return Ok(client.clone());
+        }
+        let client = connect(kind, &self.config(kind).await?)?;
+        clients.insert(kind, client.clone());
+        Ok(client)
+    }
+}

@@ -1,0 +1,80 @@
+//! Lambda events in, pipeline steps out: what each handler calls.
+
+use aws_lambda_events::event::s3::S3Event;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use percent_encoding::percent_decode_str;
+
+use super::collect::{ReadyMessage, collect};
+use super::submit::{SubmitOutcome, UploadedObject, submit};
+use super::{Context, PipelineError};
+
+/// S3 event keys are URL-encoded with `+` for spaces.
+pub fn decode_s3_key(raw: &str) -> String {
+    let spaced = raw.replace('+', " ");
+    percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
+}
+
+/// Submits every object the event names. Objects of another bucket are ignored.
+/// An error (S3 or provider unreachable) fails the invocation so that Lambda retries;
+/// submit resumes where it stopped.
+pub async fn handle_s3_event(ctx: &Context, event: S3Event) -> Result<Vec<SubmitOutcome>, PipelineError> {
+    let mut outcomes = Vec::with_capacity(event.records.len());
+    for record in event.records {
+        let key = decode_s3_key(record.s3.object.key.as_deref().unwrap_or_default());
+        if record.s3.bucket.name.as_deref() != Some(ctx.bucket.as_str()) {
+            outcomes.push(SubmitOutcome::Ignored {
+                key,
+                reason: format!("bucket {:?} is not this pipeline's", record.s3.bucket.name),
+            });
+            continue;
+        }
+        let object = UploadedObject {
+            key,
+            version_id: record.s3.object.version_id.filter(|v| !v.is_empty() && v != "null"),
+        };
+        let outcome = submit(ctx, &object).await?;
+        tracing::info!(?outcome, "submit");
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// Collects every message; failed ones are reported back so that only they are
+/// delivered again. `max_receives` is the queue's redrive count: the delivery that
+/// reaches it is the last, and records what is still missing as errors.
+pub async fn handle_sqs_event(ctx: &Context, event: SqsEvent, max_receives: u32) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for message in event.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        let receives: u32 = message
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let result = match ReadyMessage::parse(message.body.as_deref().unwrap_or_default()) {
+            Ok(ready) => collect(ctx, &ready, receives >= max_receives).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(outcome) => tracing::info!(message = %id, ?outcome, "collect"),
+            Err(e) => {
+                tracing::error!(message = %id, error = %e, receives, "collect failed; the message will be delivered again");
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                response.batch_item_failures.push(failure);
+            }
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_s3_event_keys() {
+        assert_eq!(decode_s3_key("inbox/demo/My+Invoices+%C3%A9t%C3%A9.jsonl"), "inbox/demo/My Invoices été.jsonl");
+        assert_eq!(decode_s3_key("inbox/a%2Bb.jsonl"), "inbox/a+b.jsonl");
+    }
+}
