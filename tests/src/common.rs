@@ -2,9 +2,13 @@
 //! through their lifecycles, the fault plan, and deterministic answers.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -328,6 +332,89 @@ const WORDS: [&str; 8] = [
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
 ];
 
+/// Locks a mutex even if a handler panicked while holding it: the emulator's state
+/// stays usable for the rest of a test run.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `^[a-zA-Z0-9_-]{1,64}$`: Anthropic custom ids, OpenAI json_schema names.
+pub fn is_identifier(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The text of a chat message's `content`: a string, or blocks/parts carrying `text`.
+pub fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|block| block.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The text of every message in a `messages` array, one per line.
+pub fn messages_text(messages: &[Value]) -> String {
+    messages
+        .iter()
+        .map(|message| content_text(message.get("content").unwrap_or(&Value::Null)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The first half of `text`, cut on a character boundary: a truncated answer.
+pub fn first_half(text: &str) -> &str {
+    let mut end = text.len() / 2;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// How many of `total` requests ran when only `fraction` of them could.
+pub fn ran_count(total: usize, fraction: f64) -> usize {
+    ((total as f64 * fraction.clamp(0.0, 1.0)).floor() as usize).min(total)
+}
+
+const DOWNLOAD_CHUNK: usize = 64 * 1024;
+
+/// Serves `content` from memory in zero-copy slices. With `drop_after`, the stream fails
+/// after that many bytes: the client sees a connection cut short of `Content-Length`.
+pub fn download_response(
+    content: Bytes,
+    content_type: &str,
+    drop_after: Option<usize>,
+) -> Response {
+    let full_length = content.len();
+    let served = content.slice(..drop_after.map_or(full_length, |n| n.min(full_length)));
+    let cut = served.len() < full_length;
+    let chunks = (0..served.len()).step_by(DOWNLOAD_CHUNK).map(move |start| {
+        let end = (start + DOWNLOAD_CHUNK).min(served.len());
+        Ok::<_, std::io::Error>(served.slice(start..end))
+    });
+    let failure = cut.then(|| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "emulated connection drop",
+        ))
+    });
+    let body = Body::from_stream(futures::stream::iter(chunks.chain(failure)));
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_LENGTH, full_length.to_string()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,6 +444,42 @@ mod tests {
     }
 
     #[test]
+    fn identifiers_follow_the_provider_pattern() {
+        assert!(is_identifier("req-1_A"));
+        assert!(is_identifier(&"a".repeat(64)));
+        assert!(!is_identifier(&"a".repeat(65)));
+        assert!(!is_identifier(""));
+        assert!(!is_identifier("has space"));
+        assert!(!is_identifier("dot.ted"));
+    }
+
+    #[test]
+    fn first_half_cuts_on_a_character_boundary() {
+        assert_eq!(first_half("abcd"), "ab");
+        assert_eq!(first_half("éé"), "é");
+        assert_eq!(first_half("aé"), "a");
+    }
+
+    #[tokio::test]
+    async fn downloads_stream_everything_or_fail_after_the_cut() {
+        let content = Bytes::from(vec![b'x'; 200_000]);
+        let whole = download_response(content.clone(), "application/octet-stream", None);
+        assert_eq!(whole.headers()[header::CONTENT_LENGTH], "200000");
+        let body = axum::body::to_bytes(whole.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(body, content);
+
+        let cut = download_response(content, "application/octet-stream", Some(70_000));
+        assert_eq!(cut.headers()[header::CONTENT_LENGTH], "200000");
+        assert!(
+            axum::body::to_bytes(cut.into_body(), usize::MAX)
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
     fn finds_fault_markers() {
         assert_eq!(
             RequestFault::find_in("hello [[fault:refusal]] there"),
@@ -364,5 +487,88 @@ mod tests {
         );
         assert_eq!(RequestFault::find_in("no marker"), None);
         assert_eq!(RequestFault::find_in("[[fault:bogus]]"), None);
+    }
+}
+
+/// Helpers for the provider modules' unit tests: a router called in-process.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use axum::Router;
+    use axum::body::{Body, Bytes};
+    use axum::http::{Request, StatusCode};
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use super::{Config, Shared};
+
+    pub const BASE_URL: &str = "http://127.0.0.1:9";
+
+    /// One lifecycle step in [`frozen_shared`]: far longer than any test runs.
+    pub const STEP: Duration = Duration::from_secs(60);
+
+    /// Shared state whose batches only move when a test moves them.
+    pub fn frozen_shared() -> Arc<Shared> {
+        let config = Config {
+            step: STEP,
+            ..Config::default()
+        };
+        Arc::new(Shared::new(config, BASE_URL.to_string()))
+    }
+
+    /// Sends one request; answers the status and the whole body.
+    pub async fn call(
+        router: &Router,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> (StatusCode, Bytes) {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(body.into()).expect("a valid test request");
+        let response = router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("routers are infallible");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("reading the response body");
+        (status, body)
+    }
+
+    /// Like [`call`], with the body parsed as JSON.
+    pub async fn call_json(
+        router: &Router,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> (StatusCode, Value) {
+        let (status, body) = call(router, method, uri, headers, body).await;
+        let value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {body:?}"));
+        (status, value)
+    }
+
+    /// An instant `steps` lifecycle steps (and a little) in the past.
+    pub fn steps_ago(steps: u32) -> Instant {
+        Instant::now()
+            .checked_sub(STEP * steps + Duration::from_secs(1))
+            .expect("the monotonic clock started long enough ago")
+    }
+
+    /// The JSON lines of a JSONL body.
+    pub fn jsonl(body: &[u8]) -> Vec<Value> {
+        body.split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).expect("a JSON line"))
+            .collect()
     }
 }
