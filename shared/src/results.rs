@@ -1,6 +1,49 @@
 //! Results as a Maybe: every line becomes a success or an error, never a panic.
+//!
+//! A provider's `decode` module reads the envelope of one results line (borrowing
+//! from it, without building a JSON tree) into a [`Decoded`]; [`ResultParser`] then
+//! parses the answer, validates it against the job's schema and yields an [`Outcome`].
 
+use std::borrow::{Borrow, Cow};
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::io::BufRead;
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Result};
+use crate::model::ProviderKind;
+use crate::provider::{anthropic, gemini, openai, vertex};
+use crate::request::OutputSchema;
+
+/// Error types batchline assigns itself; provider codes (`context_length_exceeded`,
+/// `rate_limit_error`, `RESOURCE_EXHAUSTED`, …) pass through unchanged.
+pub mod error_type {
+    /// The results line itself could not be read.
+    pub const MALFORMED_LINE: &str = "malformed_line";
+    /// The answer is not JSON, or was cut off by the token limit.
+    pub const INVALID_JSON: &str = "invalid_json";
+    /// The answer is JSON but does not match the schema.
+    pub const SCHEMA_MISMATCH: &str = "schema_mismatch";
+    /// The model answered without the structured part (no content, no tool call).
+    pub const NO_STRUCTURED_OUTPUT: &str = "no_structured_output";
+    /// The model or the provider's safety system declined to answer.
+    pub const REFUSAL: &str = "refusal";
+    /// The batch expired before the request ran.
+    pub const EXPIRED: &str = "expired";
+    /// The batch was cancelled before the request ran.
+    pub const CANCELLED: &str = "cancelled";
+    /// The provider throttled the request (Vertex status without a code of its own).
+    pub const RATE_LIMIT: &str = "rate_limit";
+    /// The provider failed the request without a more specific code.
+    pub const PROVIDER_ERROR: &str = "provider_error";
+    /// The results stream broke before its end.
+    pub const READ_ERROR: &str = "read_error";
+}
 
 /// Token usage of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -9,11 +52,18 @@ pub struct Usage {
     pub output_tokens: u64,
 }
 
+impl Usage {
+    pub fn is_zero(&self) -> bool {
+        self.input_tokens == 0 && self.output_tokens == 0
+    }
+}
+
 /// A validated answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Success {
     pub custom_id: String,
-    pub result: serde_json::Value,
+    pub result: Value,
+    #[serde(default)]
     pub usage: Usage,
 }
 
@@ -21,18 +71,42 @@ pub struct Success {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
     pub custom_id: String,
-    /// The provider's own code or type, or one of ours (`schema_mismatch`, …).
+    /// The provider's own code or type, or one of [`error_type`].
     pub error_type: String,
     pub error_message: String,
-    /// The results line as received, where there was one.
+    /// The results line as received, where there was one (capped, see [`RAW_DATA_LIMIT`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_data: Option<String>,
     /// 1-based line number in the file this came from, where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<u64>,
+    /// Tokens billed although no valid answer came out (refusals, truncations, bad JSON).
+    #[serde(default, skip_serializing_if = "Usage::is_zero")]
+    pub usage: Usage,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+impl Failure {
+    /// A failure without a results line behind it (e.g. a request missing from the results).
+    pub fn new(
+        custom_id: impl Into<String>,
+        error_type: impl Into<String>,
+        error_message: impl Into<String>,
+    ) -> Self {
+        Self {
+            custom_id: custom_id.into(),
+            error_type: error_type.into(),
+            error_message: error_message.into(),
+            raw_data: None,
+            line: None,
+            usage: Usage::default(),
+        }
+    }
+}
+
+/// One request's result. Serialised untagged, so a results file line reads back as
+/// whichever of the two it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
 pub enum Outcome {
     Success(Success),
     Error(Failure),
@@ -44,5 +118,1050 @@ impl Outcome {
             Outcome::Success(s) => &s.custom_id,
             Outcome::Error(e) => &e.custom_id,
         }
+    }
+
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Success(_))
+    }
+
+    /// Tokens billed for this request, whether it succeeded or not.
+    pub fn usage(&self) -> Usage {
+        match self {
+            Outcome::Success(s) => s.usage,
+            Outcome::Error(e) => e.usage,
+        }
+    }
+
+    /// The success's object as a `T`; a result that does not fit `T` becomes a
+    /// `schema_mismatch` failure.
+    pub fn typed<T: DeserializeOwned>(&self) -> TypedOutcome<T> {
+        let success = match self {
+            Outcome::Error(failure) => return TypedOutcome::Error(failure.clone()),
+            Outcome::Success(success) => success,
+        };
+        match T::deserialize(&success.result) {
+            Ok(result) => TypedOutcome::Success(TypedSuccess {
+                custom_id: success.custom_id.clone(),
+                result,
+                usage: success.usage,
+            }),
+            Err(err) => TypedOutcome::Error(Failure {
+                raw_data: Some(capped_text(success.result.to_string().as_bytes())),
+                usage: success.usage,
+                ..Failure::new(
+                    success.custom_id.clone(),
+                    error_type::SCHEMA_MISMATCH,
+                    format!(
+                        "the result does not fit {}: {err}",
+                        std::any::type_name::<T>()
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// Appends this outcome as one JSONL line (success or failure shape) to `out`.
+    pub fn write_jsonl(&self, out: &mut Vec<u8>) {
+        append_jsonl(self, out);
+    }
+}
+
+impl Success {
+    /// Appends this success as one JSONL line to `out`.
+    pub fn write_jsonl(&self, out: &mut Vec<u8>) {
+        append_jsonl(self, out);
+    }
+}
+
+impl Failure {
+    /// Appends this failure as one JSONL line to `out`.
+    pub fn write_jsonl(&self, out: &mut Vec<u8>) {
+        append_jsonl(self, out);
+    }
+}
+
+fn append_jsonl<T: Serialize>(item: &T, out: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail and these types hold only string-keyed JSON.
+    serde_json::to_writer(&mut *out, item).expect("results serialise to JSON");
+    out.push(b'\n');
+}
+
+/// A success whose object was deserialised into the caller's type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypedSuccess<T> {
+    pub custom_id: String,
+    pub result: T,
+    pub usage: Usage,
+}
+
+/// [`Outcome`] with the success's object as a `T` (see [`Outcome::typed`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TypedOutcome<T> {
+    Success(TypedSuccess<T>),
+    Error(Failure),
+}
+
+/// The output schema of a Rust type, named after it, ready for every provider's
+/// translation: subschemas inlined (recursive types keep `$defs`), no `$schema`.
+pub fn schema_for<T: schemars::JsonSchema>() -> OutputSchema {
+    let generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|settings| {
+            settings.meta_schema = None;
+            settings.inline_subschemas = true;
+        })
+        .into_generator();
+    OutputSchema {
+        name: provider_schema_name(&T::schema_name()),
+        schema: generator.into_root_schema_for::<T>().to_value(),
+    }
+}
+
+/// OpenAI takes `[a-zA-Z0-9_-]{1,64}`; schemars names generics like `Page_for_Item`
+/// but may use other characters for some types.
+fn provider_schema_name(type_name: &str) -> String {
+    let name: String = type_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "output".to_string()
+    } else {
+        name
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Collection helpers, as in the Python reference library.
+
+pub fn filter_successes<'a>(
+    outcomes: impl IntoIterator<Item = &'a Outcome>,
+) -> impl Iterator<Item = &'a Success> {
+    outcomes.into_iter().filter_map(|o| match o {
+        Outcome::Success(s) => Some(s),
+        Outcome::Error(_) => None,
+    })
+}
+
+pub fn filter_errors<'a>(
+    outcomes: impl IntoIterator<Item = &'a Outcome>,
+) -> impl Iterator<Item = &'a Failure> {
+    outcomes.into_iter().filter_map(|o| match o {
+        Outcome::Error(e) => Some(e),
+        Outcome::Success(_) => None,
+    })
+}
+
+/// The objects of the successes (a success whose result is not an object is skipped).
+pub fn extract_results<'a>(
+    outcomes: impl IntoIterator<Item = &'a Outcome>,
+) -> impl Iterator<Item = &'a serde_json::Map<String, Value>> {
+    filter_successes(outcomes).filter_map(|s| s.result.as_object())
+}
+
+/// Outcomes by `custom_id`; should an id occur twice, the later outcome wins.
+pub fn results_by_custom_id<'a>(
+    outcomes: impl IntoIterator<Item = &'a Outcome>,
+) -> HashMap<&'a str, &'a Outcome> {
+    outcomes.into_iter().map(|o| (o.custom_id(), o)).collect()
+}
+
+// ---------------------------------------------------------------------------------
+// What the provider decoders hand over.
+
+/// What one provider results line says, before its answer is parsed and validated.
+#[derive(Debug, Clone)]
+pub struct Decoded<'a> {
+    pub custom_id: Cow<'a, str>,
+    pub usage: Usage,
+    pub answer: Answer<'a>,
+}
+
+/// The answer part of a results line.
+#[derive(Debug, Clone)]
+pub enum Answer<'a> {
+    /// JSON text the model wrote (OpenAI message content, Google parts' text).
+    Text(Cow<'a, str>),
+    /// A JSON value embedded in the line (Anthropic `tool_use` input).
+    Embedded(&'a RawValue),
+    /// The request produced no answer to parse.
+    Failed {
+        error_type: Cow<'a, str>,
+        message: String,
+    },
+}
+
+impl<'a> Answer<'a> {
+    pub fn failed(error_type: impl Into<Cow<'a, str>>, message: impl Into<String>) -> Self {
+        Answer::Failed {
+            error_type: error_type.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The model hit its output token limit, so whatever JSON it wrote is incomplete.
+    pub fn truncated(signal: &str) -> Self {
+        Self::failed(
+            error_type::INVALID_JSON,
+            format!("the answer was cut off by the token limit ({signal}); raise max_tokens"),
+        )
+    }
+}
+
+/// A results line whose envelope could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed {
+    /// The request's id, when the part of the line naming it could still be read.
+    pub custom_id: Option<String>,
+    pub reason: String,
+}
+
+impl Malformed {
+    pub fn new(custom_id: Option<String>, reason: impl Into<String>) -> Self {
+        Self {
+            custom_id,
+            reason: reason.into(),
+        }
+    }
+
+    /// A line serde rejected; `id_field` names the top-level field that may still
+    /// give the request's id when the line is JSON of an unexpected shape.
+    pub(crate) fn unreadable(err: &serde_json::Error, line: &[u8], id_field: &str) -> Self {
+        Self::new(
+            top_level_string(line, id_field),
+            format!("not a readable results line: {err}"),
+        )
+    }
+}
+
+/// A top-level string field of a JSON object line, read without looking at the rest.
+fn top_level_string(line: &[u8], field: &str) -> Option<String> {
+    let fields: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_slice(line).ok()?;
+    let raw = fields.get(field)?;
+    serde_json::from_str::<String>(raw.get()).ok()
+}
+
+/// An error code that some APIs send as a number and others as a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CodeText(pub String);
+
+impl<'de> Deserialize<'de> for CodeText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CodeVisitor;
+        impl Visitor<'_> for CodeVisitor {
+            type Value = CodeText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an error code (string or integer)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CodeText, E> {
+                Ok(CodeText(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<CodeText, E> {
+                Ok(CodeText(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<CodeText, E> {
+                Ok(CodeText(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(CodeVisitor)
+    }
+}
+
+/// An optional string borrowed from the line when it has no escapes (serde's own
+/// `Option<Cow<str>>` always copies).
+pub(crate) fn optional_borrowed<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(deserializer)?.map(|b| b.0))
+}
+
+/// A token count as a JSON number or, as Google encodes int64, a digit string.
+pub(crate) fn lenient_count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    struct CountVisitor;
+    impl Visitor<'_> for CountVisitor {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a token count")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("negative token count {v}")))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            v.parse()
+                .map_err(|_| E::custom(format!("token count {v:?} is not a number")))
+        }
+    }
+    deserializer.deserialize_any(CountVisitor)
+}
+
+// ---------------------------------------------------------------------------------
+// Parsing and validation.
+
+/// Longest excerpt of a results line kept in [`Failure::raw_data`].
+pub const RAW_DATA_LIMIT: usize = 64 * 1024;
+/// How many validation errors a `schema_mismatch` message lists.
+const SHOWN_VALIDATION_ERRORS: usize = 3;
+/// Validation messages quote the offending value; keep each one readable.
+const VALIDATION_MESSAGE_LIMIT: usize = 300;
+
+/// Turns one part's results lines into outcomes. Compiles the schema once.
+pub struct ResultParser {
+    provider: ProviderKind,
+    schema: OutputSchema,
+    validator: jsonschema::Validator,
+    /// The part's custom_ids by row, for Vertex lines that carry only a row number.
+    row_ids: Arc<[String]>,
+}
+
+impl fmt::Debug for ResultParser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResultParser")
+            .field("provider", &self.provider)
+            .field("schema", &self.schema.name)
+            .field("rows", &self.row_ids.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResultParser {
+    /// `row_ids` is the part's custom_ids in input order; Vertex results need it.
+    pub fn new(
+        provider: ProviderKind,
+        schema: &OutputSchema,
+        row_ids: Option<Arc<[String]>>,
+    ) -> Result<Self> {
+        let validator =
+            jsonschema::validator_for(&schema.schema).map_err(|err| Error::UnsupportedSchema {
+                name: schema.name.clone(),
+                provider,
+                reason: format!("not a usable JSON Schema: {err}"),
+            })?;
+        let row_ids = match (provider, row_ids) {
+            (_, Some(ids)) => ids,
+            (ProviderKind::Google, None) => {
+                return Err(Error::Config(
+                    "Vertex results carry only a row number: the parser needs the part's custom_id list"
+                        .to_string(),
+                ));
+            }
+            (_, None) => Arc::from(Vec::new()),
+        };
+        Ok(Self {
+            provider,
+            schema: schema.clone(),
+            validator,
+            row_ids,
+        })
+    }
+
+    /// One results line (without its newline) to an outcome. `line_no` is 1-based.
+    pub fn parse_line(&self, line_no: u64, line: &[u8]) -> Outcome {
+        let decoded = match self.decode(line) {
+            Ok(decoded) => decoded,
+            Err(malformed) => {
+                return Outcome::Error(Failure {
+                    raw_data: Some(capped_text(line)),
+                    line: Some(line_no),
+                    ..Failure::new(
+                        malformed
+                            .custom_id
+                            .unwrap_or_else(|| format!("line-{line_no}")),
+                        error_type::MALFORMED_LINE,
+                        malformed.reason,
+                    )
+                });
+            }
+        };
+        let fail = |error_type: &str, message: String| {
+            Outcome::Error(Failure {
+                raw_data: Some(capped_text(line)),
+                line: Some(line_no),
+                usage: decoded.usage,
+                ..Failure::new(decoded.custom_id.as_ref(), error_type, message)
+            })
+        };
+        let parsed = match &decoded.answer {
+            Answer::Failed {
+                error_type,
+                message,
+            } => return fail(error_type, message.clone()),
+            Answer::Text(text) => serde_json::from_str::<Value>(text),
+            Answer::Embedded(raw) => serde_json::from_str::<Value>(raw.get()),
+        };
+        let mut result = match parsed {
+            Ok(value) => value,
+            Err(err) => {
+                return fail(
+                    error_type::INVALID_JSON,
+                    format!("the answer is not valid JSON: {err}"),
+                );
+            }
+        };
+        if self.provider == ProviderKind::OpenAi {
+            self.drop_strict_mode_nulls(&mut result);
+        }
+        if let Some(message) = self.schema_mismatch(&result) {
+            return fail(error_type::SCHEMA_MISMATCH, message);
+        }
+        Outcome::Success(Success {
+            custom_id: decoded.custom_id.into_owned(),
+            result,
+            usage: decoded.usage,
+        })
+    }
+
+    /// Every line of `reader` as outcomes, one line in memory at a time. Blank lines
+    /// are skipped; a read error ends the iteration with a `read_error` failure.
+    pub fn parse_reader<R: BufRead>(&self, reader: R) -> OutcomeLines<&Self, R> {
+        OutcomeLines::new(self, reader)
+    }
+
+    fn decode<'a>(&'a self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {
+        match self.provider {
+            ProviderKind::OpenAi => openai::decode::decode(line),
+            ProviderKind::Anthropic => anthropic::decode::decode(line),
+            ProviderKind::Google => vertex::decode::decode(line, &self.row_ids),
+            ProviderKind::Gemini => gemini::decode::decode(line),
+        }
+    }
+
+    /// OpenAI strict mode made every optional property required and nullable; the
+    /// model then sends `null` for what it would have left out. Undo that before
+    /// validating against the caller's own schema.
+    fn drop_strict_mode_nulls(&self, result: &mut Value) {
+        crate::schema::remove_introduced_nulls(&self.schema.schema, result);
+    }
+
+    /// The first few validation errors with their JSON pointers, or `None` if valid.
+    fn schema_mismatch(&self, result: &Value) -> Option<String> {
+        if self.validator.is_valid(result) {
+            return None;
+        }
+        let mut message = String::from("the answer does not match the schema: ");
+        let mut total = 0usize;
+        for err in self.validator.iter_errors(result) {
+            total += 1;
+            if total > SHOWN_VALIDATION_ERRORS {
+                continue;
+            }
+            if total > 1 {
+                message.push_str("; ");
+            }
+            let pointer = err.instance_path().as_str();
+            let pointer = if pointer.is_empty() {
+                "(root)"
+            } else {
+                pointer
+            };
+            let text = err.to_string();
+            let _ = write!(
+                message,
+                "at {pointer}: {}",
+                capped_str(&text, VALIDATION_MESSAGE_LIMIT)
+            );
+        }
+        if total > SHOWN_VALIDATION_ERRORS {
+            let _ = write!(message, "; and {} more", total - SHOWN_VALIDATION_ERRORS);
+        }
+        Some(message)
+    }
+}
+
+/// Parses a whole results file line by line with a parser of its own.
+pub fn parse_reader<R: BufRead>(
+    provider: ProviderKind,
+    schema: &OutputSchema,
+    row_ids: Option<Arc<[String]>>,
+    reader: R,
+) -> Result<OutcomeLines<ResultParser, R>> {
+    Ok(OutcomeLines::new(
+        ResultParser::new(provider, schema, row_ids)?,
+        reader,
+    ))
+}
+
+/// Iterator over the outcomes of a results file; see [`ResultParser::parse_reader`].
+#[derive(Debug)]
+pub struct OutcomeLines<P, R> {
+    parser: P,
+    reader: R,
+    buffer: Vec<u8>,
+    line_no: u64,
+    finished: bool,
+}
+
+impl<P: Borrow<ResultParser>, R: BufRead> OutcomeLines<P, R> {
+    fn new(parser: P, reader: R) -> Self {
+        Self {
+            parser,
+            reader,
+            buffer: Vec::new(),
+            line_no: 0,
+            finished: false,
+        }
+    }
+}
+
+impl<P: Borrow<ResultParser>, R: BufRead> Iterator for OutcomeLines<P, R> {
+    type Item = Outcome;
+
+    fn next(&mut self) -> Option<Outcome> {
+        while !self.finished {
+            self.buffer.clear();
+            match self.reader.read_until(b'\n', &mut self.buffer) {
+                Ok(0) => self.finished = true,
+                Ok(_) => {
+                    self.line_no += 1;
+                    let line = self.buffer.trim_ascii();
+                    if !line.is_empty() {
+                        return Some(self.parser.borrow().parse_line(self.line_no, line));
+                    }
+                }
+                Err(err) => {
+                    self.finished = true;
+                    let failed_line = self.line_no + 1;
+                    return Some(Outcome::Error(Failure {
+                        line: Some(failed_line),
+                        ..Failure::new(
+                            format!("line-{failed_line}"),
+                            error_type::READ_ERROR,
+                            format!("reading the results stopped at line {failed_line}: {err}"),
+                        )
+                    }));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The line as text for a failure record, cut at [`RAW_DATA_LIMIT`] with a note.
+fn capped_text(line: &[u8]) -> String {
+    if line.len() <= RAW_DATA_LIMIT {
+        return String::from_utf8_lossy(line).into_owned();
+    }
+    let mut text = String::from_utf8_lossy(&line[..RAW_DATA_LIMIT]).into_owned();
+    let _ = write!(
+        text,
+        " … [truncated: first {RAW_DATA_LIMIT} of {} bytes]",
+        line.len()
+    );
+    text
+}
+
+/// `text` cut to at most `limit` bytes on a character boundary, with an ellipsis.
+fn capped_str(text: &str, limit: usize) -> Cow<'_, str> {
+    if text.len() <= limit {
+        return Cow::Borrowed(text);
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..end]))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, BufReader, Read};
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn person_schema() -> OutputSchema {
+        OutputSchema {
+            name: "person".into(),
+            schema: json!({
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "age": {"type": "integer", "minimum": 0},
+                    "tags": {"type": "array", "items": {"type": "string"}}
+                },
+                "required": ["name"],
+                "additionalProperties": false
+            }),
+        }
+    }
+
+    /// Vertex rows 0..=2 map to these ids.
+    fn row_ids() -> Arc<[String]> {
+        Arc::from(vec!["row-a".to_string(), "r-1".into(), "row-c".into()])
+    }
+
+    fn parser(provider: ProviderKind) -> ResultParser {
+        ResultParser::new(provider, &person_schema(), Some(row_ids())).unwrap()
+    }
+
+    /// A successful results line of `provider` for request `r-1` (Vertex row 1) whose
+    /// answer is `answer`: JSON text for most, the embedded tool input for Anthropic.
+    /// Usage is 10 in, 4 out.
+    fn answer_line(provider: ProviderKind, answer: &str) -> Vec<u8> {
+        let text = serde_json::to_string(answer).unwrap();
+        match provider {
+            ProviderKind::OpenAi => format!(
+                r#"{{"id":"batch_req_1","custom_id":"r-1","response":{{"status_code":200,"request_id":"req_1","body":{{"choices":[{{"index":0,"message":{{"role":"assistant","content":{text},"refusal":null}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":10,"completion_tokens":4,"total_tokens":14}}}}}},"error":null}}"#
+            ),
+            ProviderKind::Anthropic => format!(
+                r#"{{"custom_id":"r-1","result":{{"type":"succeeded","message":{{"content":[{{"type":"tool_use","id":"toolu_1","name":"person","input":{answer}}}],"stop_reason":"tool_use","usage":{{"input_tokens":10,"output_tokens":4}}}}}}}}"#
+            ),
+            ProviderKind::Google => format!(
+                r#"{{"status":"","processed_time":"2026-01-01T00:00:00Z","request":{{"contents":[],"labels":{{"batchline_row":"1"}}}},"response":{{"candidates":[{{"content":{{"role":"model","parts":[{{"text":{text}}}]}},"finishReason":"STOP"}}],"usageMetadata":{{"promptTokenCount":10,"candidatesTokenCount":4}}}}}}"#
+            ),
+            ProviderKind::Gemini => format!(
+                r#"{{"key":"r-1","response":{{"candidates":[{{"content":{{"role":"model","parts":[{{"text":{text}}}]}},"finishReason":"STOP"}}],"usageMetadata":{{"promptTokenCount":10,"candidatesTokenCount":4}}}}}}"#
+            ),
+        }
+        .into_bytes()
+    }
+
+    fn expect_failure(outcome: Outcome) -> Failure {
+        match outcome {
+            Outcome::Error(failure) => failure,
+            Outcome::Success(success) => panic!("expected a failure, got {success:?}"),
+        }
+    }
+
+    const USAGE: Usage = Usage {
+        input_tokens: 10,
+        output_tokens: 4,
+    };
+
+    #[test]
+    fn every_provider_success_is_validated_with_usage() {
+        for provider in ProviderKind::ALL {
+            let line = answer_line(provider, r#"{"name":"Ada","age":36}"#);
+            let outcome = parser(provider).parse_line(1, &line);
+            assert_eq!(
+                outcome,
+                Outcome::Success(Success {
+                    custom_id: "r-1".into(),
+                    result: json!({"name": "Ada", "age": 36}),
+                    usage: USAGE,
+                }),
+                "{provider}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_that_are_not_json_are_invalid_json() {
+        for provider in [
+            ProviderKind::OpenAi,
+            ProviderKind::Google,
+            ProviderKind::Gemini,
+        ] {
+            let line = answer_line(provider, r#"{"name": "Ada", "#);
+            let failure = expect_failure(parser(provider).parse_line(4, &line));
+            assert_eq!(failure.error_type, "invalid_json", "{provider}");
+            assert!(
+                failure.error_message.contains("not valid JSON"),
+                "{provider}"
+            );
+            assert_eq!(failure.custom_id, "r-1");
+            assert_eq!(failure.usage, USAGE, "tokens were billed anyway");
+            assert_eq!(failure.line, Some(4));
+            assert_eq!(
+                failure.raw_data.as_deref().map(str::as_bytes),
+                Some(&line[..])
+            );
+        }
+    }
+
+    #[test]
+    fn schema_breaking_answers_list_the_first_errors_with_pointers() {
+        let answer = r#"{"name":7,"age":-1,"tags":[1,2]}"#;
+        for provider in ProviderKind::ALL {
+            let failure =
+                expect_failure(parser(provider).parse_line(1, &answer_line(provider, answer)));
+            assert_eq!(failure.error_type, "schema_mismatch", "{provider}");
+            let message = &failure.error_message;
+            assert_eq!(message.matches("at /").count(), 3, "{message}");
+            assert!(message.ends_with("; and 1 more"), "{message}");
+            assert!(
+                message.contains("at /name: 7 is not of type \"string\""),
+                "{message}"
+            );
+        }
+        let extra = answer_line(ProviderKind::Gemini, r#"{"name":"Ada","nick":"A"}"#);
+        let failure = expect_failure(parser(ProviderKind::Gemini).parse_line(1, &extra));
+        assert!(
+            failure.error_message.contains("at (root): "),
+            "{}",
+            failure.error_message
+        );
+        assert!(
+            failure.error_message.contains("nick"),
+            "{}",
+            failure.error_message
+        );
+    }
+
+    #[test]
+    fn provider_failures_become_failures_with_the_line() {
+        let line = br#"{"custom_id":"r-2","result":{"type":"expired"}}"#;
+        let failure = expect_failure(parser(ProviderKind::Anthropic).parse_line(9, line));
+        assert_eq!(
+            failure,
+            Failure {
+                raw_data: Some(String::from_utf8_lossy(line).into_owned()),
+                line: Some(9),
+                ..Failure::new(
+                    "r-2",
+                    "expired",
+                    "the batch expired before this request ran"
+                )
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_lines_never_panic() {
+        let lines: [&[u8]; 7] = [
+            b"",
+            b"   ",
+            b"not json",
+            b"\xff\xfe\x00\x01\x80garbage",
+            b"[1,2]",
+            b"null",
+            br#"{"custom_id":"r-1","respo"#,
+        ];
+        for provider in ProviderKind::ALL {
+            let parser = parser(provider);
+            for line in lines {
+                let failure = expect_failure(parser.parse_line(7, line));
+                assert_eq!(failure.error_type, "malformed_line", "{provider} {line:?}");
+                assert_eq!(failure.custom_id, "line-7", "{provider} {line:?}");
+                assert_eq!(failure.line, Some(7));
+                assert_eq!(
+                    failure.raw_data,
+                    Some(String::from_utf8_lossy(line).into_owned())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_lines_keep_a_recoverable_custom_id() {
+        let cases = [
+            (
+                ProviderKind::OpenAi,
+                &br#"{"custom_id":"r-9","response":{"status_code":[]}}"#[..],
+                "r-9",
+            ),
+            (
+                ProviderKind::Anthropic,
+                br#"{"custom_id":"r-9","result":[]}"#,
+                "r-9",
+            ),
+            (
+                ProviderKind::Gemini,
+                br#"{"key":"r-9","response":[]}"#,
+                "r-9",
+            ),
+            (
+                ProviderKind::Google,
+                br#"{"status":"","request":{"labels":{"batchline_row":"2"}},"response":[]}"#,
+                "row-c",
+            ),
+        ];
+        for (provider, line, id) in cases {
+            let failure = expect_failure(parser(provider).parse_line(3, line));
+            assert_eq!(failure.error_type, "malformed_line", "{provider}");
+            assert_eq!(failure.custom_id, id, "{provider}");
+        }
+    }
+
+    #[test]
+    fn vertex_rows_outside_the_part_or_missing_are_malformed_lines() {
+        let parser = parser(ProviderKind::Google);
+        let out_of_range = String::from_utf8(answer_line(ProviderKind::Google, "{}"))
+            .unwrap()
+            .replace(r#""batchline_row":"1""#, r#""batchline_row":"3""#);
+        let failure = expect_failure(parser.parse_line(5, out_of_range.as_bytes()));
+        assert_eq!(failure.error_type, "malformed_line");
+        assert_eq!(failure.custom_id, "line-5");
+        assert!(
+            failure
+                .error_message
+                .contains("outside this part's 3 requests")
+        );
+
+        let missing = String::from_utf8(answer_line(ProviderKind::Google, "{}"))
+            .unwrap()
+            .replace(r#","labels":{"batchline_row":"1"}"#, "");
+        let failure = expect_failure(parser.parse_line(6, missing.as_bytes()));
+        assert_eq!(failure.custom_id, "line-6");
+        assert!(failure.error_message.contains("no labels.batchline_row"));
+    }
+
+    #[test]
+    fn vertex_needs_the_row_ids_and_bad_schemas_are_refused() {
+        let err = ResultParser::new(ProviderKind::Google, &person_schema(), None).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+        assert!(ResultParser::new(ProviderKind::Gemini, &person_schema(), None).is_ok());
+
+        let broken = OutputSchema {
+            name: "broken".into(),
+            schema: json!({"type": 12}),
+        };
+        let err = ResultParser::new(ProviderKind::OpenAi, &broken, None).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedSchema { .. }), "{err}");
+    }
+
+    #[test]
+    fn raw_data_is_capped_with_a_note() {
+        let line = vec![b'x'; RAW_DATA_LIMIT * 2];
+        let failure = expect_failure(parser(ProviderKind::OpenAi).parse_line(1, &line));
+        let raw = failure.raw_data.unwrap();
+        assert!(raw.starts_with(&"x".repeat(RAW_DATA_LIMIT)));
+        assert!(raw.len() < RAW_DATA_LIMIT + 100);
+        assert!(
+            raw.ends_with(&format!("of {} bytes]", RAW_DATA_LIMIT * 2)),
+            "{}",
+            &raw[RAW_DATA_LIMIT..]
+        );
+    }
+
+    /// Yields `data`, then fails.
+    struct BrokenAfter<'a>(&'a [u8]);
+
+    impl Read for BrokenAfter<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::Error::other("connection reset"));
+            }
+            let n = self.0.read(buf)?;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn parse_reader_numbers_lines_skips_blank_ones_and_reports_read_errors() {
+        let mut file = answer_line(ProviderKind::Gemini, r#"{"name":"Ada"}"#);
+        file.extend_from_slice(b"\r\n\n");
+        file.extend_from_slice(br#"{"key":"r-2","error":{"code":429,"message":"slow down","status":"RESOURCE_EXHAUSTED"}}"#);
+        file.extend_from_slice(b"\nnot json");
+        let outcomes: Vec<Outcome> =
+            parse_reader(ProviderKind::Gemini, &person_schema(), None, &file[..])
+                .unwrap()
+                .collect();
+        assert_eq!(outcomes.len(), 3);
+        assert!(outcomes[0].is_success());
+        let throttled = expect_failure(outcomes[1].clone());
+        assert_eq!(
+            (throttled.custom_id.as_str(), throttled.line),
+            ("r-2", Some(3))
+        );
+        assert_eq!(throttled.error_type, "RESOURCE_EXHAUSTED");
+        assert_eq!(outcomes[2].custom_id(), "line-4");
+
+        let parser = parser(ProviderKind::Gemini);
+        let first = answer_line(ProviderKind::Gemini, r#"{"name":"Ada"}"#);
+        let mut broken = first.clone();
+        broken.push(b'\n');
+        let outcomes: Vec<Outcome> = parser
+            .parse_reader(BufReader::new(BrokenAfter(&broken)))
+            .collect();
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes[0].is_success());
+        let failure = expect_failure(outcomes[1].clone());
+        assert_eq!(failure.error_type, "read_error");
+        assert_eq!(failure.line, Some(2));
+        assert!(failure.error_message.contains("connection reset"));
+    }
+
+    fn mixed_outcomes() -> Vec<Outcome> {
+        vec![
+            Outcome::Success(Success {
+                custom_id: "a".into(),
+                result: json!({"n": 1}),
+                usage: USAGE,
+            }),
+            Outcome::Error(Failure::new("b", "refusal", "no")),
+            Outcome::Success(Success {
+                custom_id: "c".into(),
+                result: json!([1]),
+                usage: Usage::default(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn helpers_split_and_index_outcomes() {
+        let outcomes = mixed_outcomes();
+        let ids: Vec<&str> = filter_successes(&outcomes)
+            .map(|s| s.custom_id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "c"]);
+        let errors: Vec<&str> = filter_errors(&outcomes)
+            .map(|e| e.error_type.as_str())
+            .collect();
+        assert_eq!(errors, ["refusal"]);
+        let objects: Vec<&serde_json::Map<String, Value>> = extract_results(&outcomes).collect();
+        assert_eq!(objects.len(), 1);
+        assert_eq!(objects[0]["n"], 1);
+        let by_id = results_by_custom_id(&outcomes);
+        assert_eq!(by_id.len(), 3);
+        assert!(!by_id["b"].is_success());
+        assert_eq!(by_id["a"].usage(), USAGE);
+    }
+
+    #[test]
+    fn jsonl_lines_read_back_as_the_same_outcomes() {
+        let mut outcomes = mixed_outcomes();
+        outcomes.push(Outcome::Error(Failure {
+            raw_data: Some("{\"x\":1}".into()),
+            line: Some(4),
+            usage: USAGE,
+            ..Failure::new("d", "invalid_json", "cut off")
+        }));
+        let mut out = Vec::new();
+        for outcome in &outcomes {
+            outcome.write_jsonl(&mut out);
+        }
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(
+            lines[1],
+            r#"{"custom_id":"b","error_type":"refusal","error_message":"no"}"#
+        );
+        let read_back: Vec<Outcome> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(read_back, outcomes);
+
+        let mut single = Vec::new();
+        if let Outcome::Success(s) = &outcomes[0] {
+            s.write_jsonl(&mut single);
+        }
+        assert_eq!(
+            single,
+            b"{\"custom_id\":\"a\",\"result\":{\"n\":1},\"usage\":{\"input_tokens\":10,\"output_tokens\":4}}\n"
+        );
+    }
+
+    #[derive(Debug, PartialEq, Deserialize, schemars::JsonSchema)]
+    struct Address {
+        city: String,
+    }
+
+    #[derive(Debug, PartialEq, Deserialize, schemars::JsonSchema)]
+    struct Invoice {
+        number: String,
+        total_cents: u64,
+        note: Option<String>,
+        billing: Address,
+    }
+
+    #[test]
+    fn typed_entry_point_derives_the_schema_and_reads_the_struct() {
+        let schema = schema_for::<Invoice>();
+        assert_eq!(schema.name, "Invoice");
+        let text = schema.schema.to_string();
+        assert!(
+            !text.contains("$schema") && !text.contains("$ref"),
+            "{text}"
+        );
+        assert_eq!(
+            schema.schema["properties"]["billing"]["properties"]["city"]["type"],
+            "string"
+        );
+
+        let parser = ResultParser::new(ProviderKind::Anthropic, &schema, None).unwrap();
+        let good = answer_line(
+            ProviderKind::Anthropic,
+            r#"{"number":"INV-1","total_cents":1250,"billing":{"city":"Lyon"}}"#,
+        );
+        let outcome = parser.parse_line(1, &good);
+        assert_eq!(
+            outcome.typed::<Invoice>(),
+            TypedOutcome::Success(TypedSuccess {
+                custom_id: "r-1".into(),
+                result: Invoice {
+                    number: "INV-1".into(),
+                    total_cents: 1250,
+                    note: None,
+                    billing: Address {
+                        city: "Lyon".into()
+                    },
+                },
+                usage: USAGE,
+            })
+        );
+        let missing_city = answer_line(
+            ProviderKind::Anthropic,
+            r#"{"number":"INV-1","total_cents":1250,"billing":{}}"#,
+        );
+        let failure = expect_failure(parser.parse_line(2, &missing_city));
+        assert_eq!(failure.error_type, "schema_mismatch");
+        assert!(
+            failure.error_message.contains("at /billing"),
+            "{}",
+            failure.error_message
+        );
+
+        // A success that does not fit the requested type becomes a schema_mismatch.
+        match outcome.typed::<Address>() {
+            TypedOutcome::Error(failure) => {
+                assert_eq!(failure.error_type, "schema_mismatch");
+                assert!(
+                    failure.error_message.contains("city"),
+                    "{}",
+                    failure.error_message
+                );
+                assert_eq!(failure.usage, USAGE);
+            }
+            other => panic!("{other:?}"),
+        }
+        let refused = Outcome::Error(Failure::new("x", "refusal", "no"));
+        assert_eq!(
+            refused.typed::<Invoice>(),
+            TypedOutcome::Error(Failure::new("x", "refusal", "no"))
+        );
+    }
+
+    #[test]
+    fn schema_names_are_made_provider_safe() {
+        assert_eq!(provider_schema_name("Page_for_Item"), "Page_for_Item");
+        assert_eq!(
+            provider_schema_name("Tuple_of_(u8, u8)"),
+            "Tuple_of__u8__u8_"
+        );
+        assert_eq!(provider_schema_name(""), "output");
+        assert_eq!(provider_schema_name(&"n".repeat(80)).len(), 64);
+    }
+
+    #[test]
+    fn openai_strict_mode_nulls_are_dropped_before_validation() {
+        let answer = r#"{"name":"Ada","age":null,"tags":null}"#;
+        let outcome =
+            parser(ProviderKind::OpenAi).parse_line(1, &answer_line(ProviderKind::OpenAi, answer));
+        assert_eq!(
+            outcome,
+            Outcome::Success(Success {
+                custom_id: "r-1".into(),
+                result: json!({"name": "Ada"}),
+                usage: USAGE,
+            })
+        );
+        // Other providers never had their schema made nullable: a null is an error there.
+        let other =
+            parser(ProviderKind::Gemini).parse_line(1, &answer_line(ProviderKind::Gemini, answer));
+        assert_eq!(expect_failure(other).error_type, "schema_mismatch");
     }
 }

@@ -1,1 +1,150 @@
-//! gemini result-line decoding.
+//! Gemini API batch result-line decoding: `{"key","response"}` or `{"key","error"}`.
+//! Inline results (`{"metadata":{"key"},…}`) are accepted too.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::provider::vertex::decode::{GenerateContentResponse, response_answer};
+use crate::results::{Answer, CodeText, Decoded, Malformed, Usage, error_type, optional_borrowed};
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow, default, deserialize_with = "optional_borrowed")]
+    key: Option<Cow<'a, str>>,
+    metadata: Option<InlineMetadata>,
+    #[serde(borrow)]
+    response: Option<GenerateContentResponse<'a>>,
+    error: Option<RpcStatus>,
+}
+
+#[derive(Deserialize)]
+struct InlineMetadata {
+    key: Option<String>,
+}
+
+/// `{"code","message","status"?}` (google.rpc.Status).
+#[derive(Deserialize)]
+struct RpcStatus {
+    code: Option<CodeText>,
+    message: Option<String>,
+    status: Option<String>,
+}
+
+/// Decodes one line of a Gemini batch responses file.
+pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
+    let parsed: Line<'_> =
+        serde_json::from_slice(line).map_err(|e| Malformed::unreadable(&e, line, "key"))?;
+    let custom_id = match (parsed.key, parsed.metadata.and_then(|m| m.key)) {
+        (Some(key), _) => key,
+        (None, Some(key)) => Cow::Owned(key),
+        (None, None) => {
+            return Err(Malformed::new(
+                None,
+                "the line has no key, so its custom_id is unknown",
+            ));
+        }
+    };
+    let (answer, usage) = match (parsed.error, parsed.response) {
+        (Some(error), _) => (status_answer(error), Usage::default()),
+        (None, Some(response)) => response_answer(response),
+        (None, None) => {
+            return Err(Malformed::new(
+                Some(custom_id.into_owned()),
+                "the line has neither a response nor an error",
+            ));
+        }
+    };
+    Ok(Decoded {
+        custom_id,
+        usage,
+        answer,
+    })
+}
+
+fn status_answer(error: RpcStatus) -> Answer<'static> {
+    let error_type = error
+        .status
+        .or(error.code.map(|c| c.0))
+        .unwrap_or_else(|| error_type::PROVIDER_ERROR.to_string());
+    Answer::failed(
+        error_type,
+        error.message.unwrap_or_else(|| "no message".to_string()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(decoded: &Decoded<'_>) -> (String, String) {
+        match &decoded.answer {
+            Answer::Failed {
+                error_type,
+                message,
+            } => (error_type.to_string(), message.clone()),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn success_is_keyed_and_decoded_like_vertex() {
+        let line = br#"{"key":"req-7","response":{"candidates":[{"content":{"parts":[{"text":"{\"ok\":true}"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":3,"totalTokenCount":11},"modelVersion":"gemini-2.5-flash"}}"#;
+        let decoded = decode(line).unwrap();
+        assert!(matches!(decoded.custom_id, Cow::Borrowed("req-7")));
+        assert_eq!(
+            decoded.usage,
+            Usage {
+                input_tokens: 8,
+                output_tokens: 3
+            }
+        );
+        match decoded.answer {
+            Answer::Text(text) => assert_eq!(text, r#"{"ok":true}"#),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn error_type_is_the_status_else_the_code() {
+        let line = br#"{"key":"req-8","error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}"#;
+        let decoded = decode(line).unwrap();
+        assert_eq!(decoded.custom_id, "req-8");
+        assert_eq!(
+            failed(&decoded),
+            (
+                "RESOURCE_EXHAUSTED".into(),
+                "Resource has been exhausted".into()
+            )
+        );
+        let code_only = br#"{"key":"req-9","error":{"code":400,"message":"Request contains an invalid argument."}}"#;
+        assert_eq!(failed(&decode(code_only).unwrap()).0, "400");
+    }
+
+    #[test]
+    fn refusal_and_truncation_follow_the_shared_rules() {
+        let blocked =
+            br#"{"key":"k","response":{"promptFeedback":{"blockReason":"PROHIBITED_CONTENT"}}}"#;
+        assert_eq!(failed(&decode(blocked).unwrap()).0, "refusal");
+        let truncated = br#"{"key":"k","response":{"candidates":[{"content":{"parts":[{"text":"{"}]},"finishReason":"MAX_TOKENS"}]}}"#;
+        assert_eq!(failed(&decode(truncated).unwrap()).0, "invalid_json");
+    }
+
+    #[test]
+    fn inline_metadata_key_and_missing_key() {
+        let inline = br#"{"metadata":{"key":"inline-1"},"response":{"candidates":[{"content":{"parts":[{"text":"{}"}]}}]}}"#;
+        assert_eq!(decode(inline).unwrap().custom_id, "inline-1");
+        let keyless = br#"{"response":{"candidates":[]}}"#;
+        assert_eq!(decode(keyless).unwrap_err().custom_id, None);
+        let neither = br#"{"key":"k-2"}"#;
+        assert_eq!(
+            decode(neither).unwrap_err().custom_id.as_deref(),
+            Some("k-2")
+        );
+        let wrong_shape = br#"{"key":"k-3","error":"boom"}"#;
+        assert_eq!(
+            decode(wrong_shape).unwrap_err().custom_id.as_deref(),
+            Some("k-3")
+        );
+    }
+}
