@@ -16,6 +16,7 @@
 //! | `GCS_BUCKET` | google | Cloud Storage bucket for batch input and output (required) |
 //! | `VERTEX_BASE_URL` | google | API root, default `https://{location}-aiplatform.googleapis.com` (`https://aiplatform.googleapis.com` for `global`) |
 //! | `GCS_BASE_URL` | google | Cloud Storage root, default `https://storage.googleapis.com` |
+//! | `GOOGLE_ACCESS_TOKEN` | google | a ready OAuth2 access token (local runs); wins over the two below |
 //! | `GOOGLE_APPLICATION_CREDENTIALS` | google | service-account JSON file; unset means the metadata server |
 //!
 //! Base URLs are roots without a version: clients add `/v1/…`, `/v1beta/…` themselves.
@@ -225,9 +226,15 @@ impl ProviderConfig {
                         .unwrap_or_else(|| DEFAULT_VERTEX_LOCATION.to_string()),
                     bucket: required("GCS_BUCKET")?,
                     storage_base_url: parse_base_url("GCS_BASE_URL", &storage)?,
-                    credentials: match get("GOOGLE_APPLICATION_CREDENTIALS") {
-                        Some(path) => GoogleCredentials::ServiceAccountFile(PathBuf::from(path)),
-                        None => GoogleCredentials::MetadataServer,
+                    credentials: match (
+                        get("GOOGLE_ACCESS_TOKEN"),
+                        get("GOOGLE_APPLICATION_CREDENTIALS"),
+                    ) {
+                        (Some(token), _) => GoogleCredentials::StaticToken(ApiKey::new(token)?),
+                        (None, Some(path)) => {
+                            GoogleCredentials::ServiceAccountFile(PathBuf::from(path))
+                        }
+                        (None, None) => GoogleCredentials::MetadataServer,
                     },
                 };
                 Self::vertex(get("VERTEX_BASE_URL").as_deref(), settings)

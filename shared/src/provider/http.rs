@@ -1,1 +1,575 @@
-//! http
+//! The one HTTP client every provider uses: reqwest over rustls, timeouts, and retries
+//! with exponential backoff, full jitter and `Retry-After`.
+//!
+//! Errors never carry a secret: every message built here passes through [`HttpClient::scrub`].
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use rand::Rng;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::LineStream;
+use super::config::{ApiKey, ProviderConfig, RetryPolicy};
+use super::lines::split_lines;
+use crate::error::{Error, Result};
+use crate::model::ProviderKind;
+
+/// How much of an error body is read to find the provider's message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// How much of an unparseable body is quoted in an error.
+const MAX_QUOTED_BODY: usize = 300;
+
+/// Whether a request may be sent again after it possibly reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Repeating it is harmless (reads, cancels, uploads of content-addressed input).
+    Always,
+    /// Repeating it could do the work twice (creating a paid batch): after a timeout the
+    /// server may have acted, so only failures before the request left are retried.
+    OnlyIfUnsent,
+}
+
+/// A reqwest client bound to one provider, its retry policy and the secrets to scrub.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    inner: reqwest::Client,
+    provider: ProviderKind,
+    retry: RetryPolicy,
+    max_line_bytes: usize,
+    secrets: Vec<ApiKey>,
+}
+
+impl HttpClient {
+    pub fn new(provider: ProviderKind, config: &ProviderConfig) -> Result<Self> {
+        let inner = reqwest::Client::builder()
+            .connect_timeout(config.timeouts.connect)
+            .read_timeout(config.timeouts.read)
+            .user_agent(concat!("batchline/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let mut secrets: Vec<ApiKey> = config.api_key.iter().cloned().collect();
+        if let Some(vertex) = &config.vertex
+            && let super::config::GoogleCredentials::StaticToken(token) = &vertex.credentials
+        {
+            secrets.push(token.clone());
+        }
+        Ok(Self {
+            inner,
+            provider,
+            retry: config.retry,
+            max_line_bytes: config.max_line_bytes,
+            secrets,
+        })
+    }
+
+    pub fn provider(&self) -> ProviderKind {
+        self.provider
+    }
+
+    /// Sends the request `build` makes, making it again for every retry (so bodies must
+    /// be cheap to clone: use `Bytes`). Answers with the first 2xx response.
+    ///
+    /// Retries 429, 500, 502, 503, 504, 529 and connection failures (and timeouts when
+    /// `resend` allows) with backoff; any other status is an [`Error::Api`] carrying the
+    /// provider's own message; running out of attempts is an [`Error::Transport`].
+    pub async fn send_with_retry<F>(&self, resend: Resend, build: F) -> Result<Response>
+    where
+        F: Fn(&reqwest::Client) -> RequestBuilder,
+    {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (reason, retry_after) = match build(&self.inner).send().await {
+                Ok(response) if response.status().is_success() => return Ok(response),
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = retry_after(response.headers(), SystemTime::now());
+                    let message = self.error_message(response).await;
+                    if !is_retryable_status(status) {
+                        return Err(Error::Api {
+                            provider: self.provider,
+                            status: status.as_u16(),
+                            message,
+                        });
+                    }
+                    (format!("HTTP {}: {message}", status.as_u16()), retry_after)
+                }
+                Err(error) => {
+                    let reason = self.describe(&error);
+                    let unsent = error.is_connect();
+                    let retryable = unsent
+                        || (resend == Resend::Always && (error.is_timeout() || error.is_request()));
+                    if !retryable {
+                        return Err(self.transport(attempt, reason));
+                    }
+                    (reason, None)
+                }
+            };
+            if attempt >= self.retry.max_attempts {
+                return Err(self.transport(attempt, format!("giving up, last answer: {reason}")));
+            }
+            let delay = match retry_after {
+                Some(asked) => asked.min(self.retry.max_retry_after),
+                None => backoff(&self.retry, attempt),
+            };
+            tracing::warn!(
+                provider = %self.provider,
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                %reason,
+                "retrying provider request"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// [`Self::send_with_retry`], then the whole body parsed as JSON.
+    pub async fn json<T, F>(&self, resend: Resend, build: F) -> Result<T>
+    where
+        T: DeserializeOwned,
+        F: Fn(&reqwest::Client) -> RequestBuilder,
+    {
+        let response = self.send_with_retry(resend, build).await?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport(1, format!("reading the answer: {}", self.describe(&e))))?;
+        self.parse_json(&body)
+    }
+
+    /// Parses a 2xx body, quoting the start of it when it is not what was expected.
+    pub fn parse_json<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T> {
+        serde_json::from_slice(body).map_err(|e| Error::Protocol {
+            provider: self.provider,
+            message: self.scrub(&format!("{e} in {}", quote(body))),
+        })
+    }
+
+    /// [`Self::send_with_retry`], then the body split into lines as it arrives.
+    pub async fn lines<F>(&self, build: F) -> Result<LineStream>
+    where
+        F: Fn(&reqwest::Client) -> RequestBuilder,
+    {
+        let response = self.send_with_retry(Resend::Always, build).await?;
+        let this = self.clone();
+        let chunks = response.bytes_stream().map_err(move |e| this.describe(&e));
+        Ok(split_lines(chunks, self.max_line_bytes, self.provider))
+    }
+
+    /// A protocol error (2xx with an answer we cannot use), scrubbed.
+    pub fn protocol(&self, message: impl AsRef<str>) -> Error {
+        Error::Protocol {
+            provider: self.provider,
+            message: self.scrub(message.as_ref()),
+        }
+    }
+
+    fn transport(&self, attempts: u32, message: String) -> Error {
+        Error::Transport {
+            provider: self.provider,
+            attempts,
+            message: self.scrub(&message),
+        }
+    }
+
+    /// A reqwest error with its causes ("error sending request: connection refused").
+    fn describe(&self, error: &reqwest::Error) -> String {
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        self.scrub(&text)
+    }
+
+    /// The provider's message from an error answer, or the start of its body.
+    async fn error_message(&self, mut response: Response) -> String {
+        let mut body = Vec::new();
+        while body.len() < MAX_ERROR_BODY {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    return self.scrub(&format!("(error body unreadable: {})", self.describe(&e)));
+                }
+            }
+        }
+        let message = provider_message(&body).unwrap_or_else(|| quote(&body));
+        self.scrub(&message)
+    }
+
+    /// Replaces every known secret in `text`.
+    pub fn scrub(&self, text: &str) -> String {
+        self.secrets.iter().fold(text.to_string(), |acc, secret| {
+            acc.replace(secret.expose(), "***")
+        })
+    }
+}
+
+fn is_retryable_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504 | 529)
+}
+
+/// Full jitter: uniform in `[0, min(max_delay, base_delay * 2^(attempt-1))]`.
+fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let ceiling = policy
+        .base_delay
+        .saturating_mul(1u32 << exponent)
+        .min(policy.max_delay);
+    let ceiling_ms = ceiling.as_millis().min(u64::MAX as u128) as u64;
+    Duration::from_millis(rand::rng().random_range(0..=ceiling_ms))
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date (a past date means now).
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date =
+        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
+    Some(
+        SystemTime::from(date)
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// `{"error":{"message", "type"|"status"|"code"}}` as OpenAI, Anthropic and Google send it.
+fn provider_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let error = value.get("error")?;
+    let message = error.get("message")?.as_str()?;
+    let kind = ["type", "status", "code"]
+        .iter()
+        .find_map(|field| error.get(*field).and_then(serde_json::Value::as_str));
+    Some(match kind {
+        Some(kind) => format!("{message} ({kind})"),
+        None => message.to_string(),
+    })
+}
+
+/// The start of a body, for error messages.
+fn quote(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".to_string();
+    }
+    match text.char_indices().nth(MAX_QUOTED_BODY) {
+        Some((cut, _)) => format!("{:?}…", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
+/// `base` root joined with `path` (which starts with `/`), keeping any path prefix of
+/// the base (a proxy root such as `https://gateway.test/openai`).
+pub fn endpoint(base: &Url, path: &str) -> String {
+    format!("{}{path}", base.as_str().trim_end_matches('/'))
+}
+
+/// Same scheme, host and port: the only URLs credentials may be sent to.
+pub fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// Parses a URL handed out by the provider and refuses it unless it is on `base`'s origin.
+pub fn checked_url(provider: ProviderKind, base: &Url, raw: &str) -> Result<Url> {
+    let foreign = || Error::ForeignHost {
+        provider,
+        url: raw.to_string(),
+    };
+    let url = Url::parse(raw).map_err(|_| foreign())?;
+    if !same_origin(base, &url) {
+        return Err(foreign());
+    }
+    Ok(url)
+}
+
+/// A body that can be sent again on retry without copying.
+pub fn body(bytes: &Bytes) -> reqwest::Body {
+    reqwest::Body::from(bytes.clone())
+}
+
+/// A loopback HTTP/1.1 server with canned answers, for client unit tests.
+#[cfg(test)]
+pub(crate) mod test_server {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// One canned HTTP answer: status, extra headers, body.
+    pub type Canned = (u16, Vec<(&'static str, String)>, String);
+
+    /// A loopback HTTP/1.1 server answering connection `n` with `answers[n]` (the last
+    /// one repeats); counts the requests it saw.
+    pub async fn scripted_server(answers: Vec<Canned>) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let (status, headers, body) = answers[n.min(answers.len() - 1)].clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => seen.extend_from_slice(&buf[..read]),
+                        }
+                    }
+                    let mut head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+                        body.len()
+                    );
+                    for (name, value) in headers {
+                        head.push_str(&format!("{name}: {value}\r\n"));
+                    }
+                    head.push_str("\r\n");
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(body.as_bytes()).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        (format!("http://{addr}"), hits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    use tokio::net::TcpListener;
+
+    use super::test_server::scripted_server;
+    use super::*;
+    use crate::provider::config::Timeouts;
+
+    const SECRET: &str = "sk-test-SECRET-value";
+
+    fn client(base: &str, max_attempts: u32) -> HttpClient {
+        let mut config = ProviderConfig::with_api_key(base, ApiKey::new(SECRET).unwrap()).unwrap();
+        config.retry = RetryPolicy {
+            max_attempts,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            max_retry_after: Duration::from_secs(5),
+        };
+        config.timeouts = Timeouts {
+            connect: Duration::from_secs(2),
+            read: Duration::from_secs(2),
+        };
+        HttpClient::new(ProviderKind::OpenAi, &config).unwrap()
+    }
+
+    async fn get(client: &HttpClient, base: &str) -> Result<String> {
+        let url = format!("{base}/v1/batches");
+        let response = client
+            .send_with_retry(Resend::Always, |http| http.get(&url).bearer_auth(SECRET))
+            .await?;
+        Ok(response.text().await.unwrap())
+    }
+
+    fn openai_error(message: &str) -> String {
+        serde_json::json!({"error":{"message":message,"type":"rate_limit_exceeded","param":null,"code":null}})
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn retries_429_after_the_retry_after_it_was_given() {
+        let limited = (
+            429,
+            vec![("retry-after", "1".to_string())],
+            openai_error("slow down"),
+        );
+        let (base, hits) = scripted_server(vec![limited, (200, vec![], "ok".into())]).await;
+        let started = Instant::now();
+        let body = get(&client(&base, 3), &base).await.unwrap();
+        assert_eq!(body, "ok");
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        // Backoff alone would wait at most 2 ms; one second means Retry-After was used.
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_capped() {
+        let limited = (
+            503,
+            vec![("retry-after", "3600".to_string())],
+            String::new(),
+        );
+        let (base, hits) = scripted_server(vec![limited, (200, vec![], "ok".into())]).await;
+        let mut client = client(&base, 3);
+        client.retry.max_retry_after = Duration::from_millis(20);
+        let started = Instant::now();
+        assert_eq!(get(&client, &base).await.unwrap(), "ok");
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_attempts_with_the_count() {
+        let (base, hits) = scripted_server(vec![(529, vec![], openai_error("overloaded"))]).await;
+        let err = get(&client(&base, 4), &base).await.unwrap_err();
+        assert_eq!(hits.load(Ordering::SeqCst), 4);
+        match &err {
+            Error::Transport {
+                attempts, message, ..
+            } => {
+                assert_eq!(*attempts, 4);
+                assert!(
+                    message.contains("529") && message.contains("overloaded"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected Transport, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn does_not_retry_400_and_surfaces_the_provider_message() {
+        let bad = openai_error("Invalid 'metadata': too many keys");
+        let (base, hits) = scripted_server(vec![(400, vec![], bad)]).await;
+        let err = get(&client(&base, 5), &base).await.unwrap_err();
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        match &err {
+            Error::Api {
+                status, message, ..
+            } => {
+                assert_eq!(*status, 400);
+                assert_eq!(
+                    message,
+                    "Invalid 'metadata': too many keys (rate_limit_exceeded)"
+                );
+            }
+            other => panic!("expected Api, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn never_puts_the_key_in_errors() {
+        let echo = openai_error(&format!("Incorrect API key provided: {SECRET}"));
+        let (base, _) = scripted_server(vec![(401, vec![], echo)]).await;
+        let client = client(&base, 2);
+        let err = get(&client, &base).await.unwrap_err();
+        for text in [err.to_string(), format!("{err:?}"), format!("{client:?}")] {
+            assert!(!text.contains(SECRET), "{text}");
+        }
+        assert!(
+            err.to_string().contains("Incorrect API key provided: ***"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_retried_then_transport() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let err = get(&client(&base, 3), &base).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Transport { attempts: 3, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn parses_google_and_anthropic_error_bodies() {
+        let google = br#"{"error":{"code":400,"message":"Bad model","status":"INVALID_ARGUMENT"}}"#;
+        assert_eq!(
+            provider_message(google).unwrap(),
+            "Bad model (INVALID_ARGUMENT)"
+        );
+        let anthropic =
+            br#"{"type":"error","error":{"type":"invalid_request_error","message":"bad id"}}"#;
+        assert_eq!(
+            provider_message(anthropic).unwrap(),
+            "bad id (invalid_request_error)"
+        );
+        assert_eq!(provider_message(b"<html>oops</html>"), None);
+        assert_eq!(quote(b"<html>oops</html>"), "\"<html>oops</html>\"");
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // 07:27:50 GMT
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(7)));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(10)));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:00:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers, now), Some(Duration::ZERO));
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers, now), None);
+    }
+
+    #[test]
+    fn backoff_stays_under_the_exponential_ceiling() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+            max_retry_after: Duration::from_secs(1),
+        };
+        for _ in 0..200 {
+            assert!(backoff(&policy, 1) <= Duration::from_millis(100));
+            assert!(backoff(&policy, 3) <= Duration::from_millis(400));
+            assert!(backoff(&policy, 30) <= Duration::from_millis(1000));
+        }
+    }
+
+    #[test]
+    fn origins_must_match_exactly() {
+        let base = Url::parse("https://api.anthropic.com").unwrap();
+        let ok = checked_url(
+            ProviderKind::Anthropic,
+            &base,
+            "https://api.anthropic.com:443/v1/x",
+        );
+        assert!(ok.is_ok());
+        for foreign in [
+            "https://evil.test/v1/x",
+            "http://api.anthropic.com/v1/x",
+            "https://api.anthropic.com:8443/v1/x",
+            "https://api.anthropic.com.evil.test/x",
+            "not a url",
+        ] {
+            let err = checked_url(ProviderKind::Anthropic, &base, foreign).unwrap_err();
+            assert!(
+                matches!(err, Error::ForeignHost { .. }),
+                "{foreign}: {err:?}"
+            );
+        }
+    }
+}

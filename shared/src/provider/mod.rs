@@ -9,6 +9,7 @@
 pub mod anthropic;
 pub mod config;
 pub mod gemini;
+mod google;
 pub mod http;
 pub mod lines;
 pub mod openai;
@@ -16,15 +17,17 @@ pub mod vertex;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::ProviderKind;
 use crate::request::Request;
 use crate::status::BatchStatus;
+use config::ProviderConfig;
 
 /// Tags attached to a provider batch so that it can be found again after a crash
 /// (OpenAI `metadata`, Vertex `labels`, Gemini `displayName`; Anthropic has none).
@@ -94,4 +97,65 @@ pub trait BatchProvider: Send + Sync + Debug {
     /// Streams every results line of an ended batch (for OpenAI the output file and
     /// then the error file). Never buffers a whole file.
     async fn results(&self, batch_id: &str) -> Result<LineStream>;
+}
+
+/// The client for `kind`, configured by `config` (see [`ProviderConfig::from_env`]).
+/// Fails early when the configuration lacks what the provider needs.
+pub fn connect(kind: ProviderKind, config: &ProviderConfig) -> Result<Arc<dyn BatchProvider>> {
+    Ok(match kind {
+        ProviderKind::OpenAi => Arc::new(openai::OpenAiClient::new(config)?),
+        ProviderKind::Anthropic => Arc::new(anthropic::AnthropicClient::new(config)?),
+        ProviderKind::Google => Arc::new(vertex::VertexClient::new(config)?),
+        ProviderKind::Gemini => Arc::new(gemini::GeminiClient::new(config)?),
+    })
+}
+
+/// The API key a key-authenticated provider needs.
+fn required_key(kind: ProviderKind, config: &ProviderConfig) -> Result<config::ApiKey> {
+    config
+        .api_key
+        .clone()
+        .ok_or_else(|| Error::Config(format!("{kind} needs an API key")))
+}
+
+/// A provider batch id (or resource name such as `batches/x`) checked before it goes
+/// into a URL path: segments of `[A-Za-z0-9_.-]`, none of them `.` or `..`, so that an id
+/// can never reach another endpoint with our credentials.
+fn id_path(kind: ProviderKind, id: &str) -> Result<&str> {
+    let valid = id.split('/').all(|segment| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    });
+    if !valid {
+        return Err(Error::Config(format!(
+            "{id:?} is not a valid {kind} batch id"
+        )));
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_ids_cannot_escape_their_path() {
+        let kind = ProviderKind::Google;
+        for good in [
+            "batch_abc",
+            "batches/x-1",
+            "projects/p/locations/us-central1/batchPredictionJobs/9",
+        ] {
+            assert_eq!(id_path(kind, good).unwrap(), good);
+        }
+        for bad in [
+            "", "a/../b", "..", "a//b", "a?b", "a#b", "a%2e", "x/", "a b",
+        ] {
+            assert!(id_path(kind, bad).is_err(), "{bad}");
+        }
+    }
 }

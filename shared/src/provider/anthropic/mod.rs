@@ -1,4 +1,295 @@
-//! anthropic client.
+//! Anthropic Message Batches client: the prepared `{"requests":[…]}` document is the
+//! create body; results come from the batch's `results_url`, followed only when it is
+//! on the configured API origin.
 
 pub mod decode;
 pub mod encode;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use reqwest::RequestBuilder;
+use serde::Deserialize;
+use url::Url;
+
+use super::config::{ApiKey, ProviderConfig};
+use super::http::{HttpClient, Resend, checked_url, endpoint};
+use super::{BatchProvider, BatchTags, LineStream, id_path, required_key};
+use crate::error::Result;
+use crate::model::ProviderKind;
+use crate::status::{BatchState, BatchStatus, RequestCounts};
+
+const KIND: ProviderKind = ProviderKind::Anthropic;
+const API_VERSION: &str = "2023-06-01";
+const PAGE_SIZE: &str = "100";
+
+#[derive(Debug, Clone)]
+pub struct AnthropicClient {
+    http: HttpClient,
+    base: Url,
+    key: ApiKey,
+}
+
+#[derive(Debug, Deserialize)]
+struct MessageBatch {
+    id: String,
+    processing_status: String,
+    request_counts: Counts,
+    created_at: Option<String>,
+    ended_at: Option<String>,
+    cancel_initiated_at: Option<String>,
+    results_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Counts {
+    processing: u64,
+    succeeded: u64,
+    errored: u64,
+    canceled: u64,
+    expired: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchPage {
+    data: Vec<MessageBatch>,
+    #[serde(default)]
+    has_more: bool,
+    last_id: Option<String>,
+}
+
+impl AnthropicClient {
+    pub fn new(config: &ProviderConfig) -> Result<Self> {
+        Ok(Self {
+            http: HttpClient::new(KIND, config)?,
+            base: config.base_url.clone(),
+            key: required_key(KIND, config)?,
+        })
+    }
+
+    fn authed(&self, request: RequestBuilder) -> RequestBuilder {
+        request
+            .header("x-api-key", self.key.expose())
+            .header("anthropic-version", API_VERSION)
+    }
+
+    fn batch_url(&self, batch_id: &str, suffix: &str) -> Result<String> {
+        Ok(endpoint(
+            &self.base,
+            &format!("/v1/messages/batches/{}{suffix}", id_path(KIND, batch_id)?),
+        ))
+    }
+
+    async fn get_batch(&self, batch_id: &str) -> Result<MessageBatch> {
+        let url = self.batch_url(batch_id, "")?;
+        self.http
+            .json(Resend::Always, |http| self.authed(http.get(&url)))
+            .await
+    }
+}
+
+#[async_trait]
+impl BatchProvider for AnthropicClient {
+    fn kind(&self) -> ProviderKind {
+        KIND
+    }
+
+    /// `input` is already the whole create body; Anthropic has no file upload and no
+    /// tags, so `tags` cannot be stored.
+    async fn create(&self, _model: &str, input: Bytes, _tags: &BatchTags) -> Result<BatchStatus> {
+        let url = endpoint(&self.base, "/v1/messages/batches");
+        let batch: MessageBatch = self
+            .http
+            .json(Resend::OnlyIfUnsent, |http| {
+                self.authed(http.post(&url))
+                    .header("content-type", "application/json")
+                    .body(super::http::body(&input))
+            })
+            .await?;
+        to_status(batch)
+    }
+
+    async fn status(&self, batch_id: &str) -> Result<BatchStatus> {
+        to_status(self.get_batch(batch_id).await?)
+    }
+
+    async fn cancel(&self, batch_id: &str) -> Result<BatchStatus> {
+        let url = self.batch_url(batch_id, "/cancel")?;
+        let batch: MessageBatch = self
+            .http
+            .json(Resend::Always, |http| self.authed(http.post(&url)))
+            .await?;
+        to_status(batch)
+    }
+
+    async fn list(&self) -> Result<Vec<BatchStatus>> {
+        let url = endpoint(&self.base, "/v1/messages/batches");
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page: BatchPage = self
+                .http
+                .json(Resend::Always, |http| {
+                    let mut request = self.authed(http.get(&url)).query(&[("limit", PAGE_SIZE)]);
+                    if let Some(after) = &after {
+                        request = request.query(&[("after_id", after)]);
+                    }
+                    request
+                })
+                .await?;
+            let next = page.last_id.clone();
+            for batch in page.data {
+                all.push(to_status(batch)?);
+            }
+            match next {
+                Some(last) if page.has_more && after.as_ref() != Some(&last) => after = Some(last),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// Message batches carry no tags, so a lost batch cannot be recognised.
+    async fn find(&self, _tags: &BatchTags) -> Result<Option<BatchStatus>> {
+        Ok(None)
+    }
+
+    async fn results(&self, batch_id: &str) -> Result<LineStream> {
+        let batch = self.get_batch(batch_id).await?;
+        let raw = batch.results_url.ok_or_else(|| {
+            self.http.protocol(format!(
+                "batch {batch_id} has no results_url (processing_status {:?})",
+                batch.processing_status
+            ))
+        })?;
+        // The API key goes with this request: never to a host other than the API's.
+        let url = checked_url(KIND, &self.base, &raw)?;
+        self.http
+            .lines(|http| self.authed(http.get(url.clone())))
+            .await
+    }
+}
+
+fn to_status(batch: MessageBatch) -> Result<BatchStatus> {
+    let c = &batch.request_counts;
+    let state = match batch.processing_status.as_str() {
+        "in_progress" => BatchState::Processing,
+        // Still running the requests that started before the cancel; results not ready.
+        "canceling" => BatchState::Processing,
+        "ended" if batch.cancel_initiated_at.is_some() => BatchState::Cancelled,
+        "ended" if c.expired > 0 => BatchState::Expired,
+        "ended" if c.canceled > 0 && c.succeeded + c.errored == 0 => BatchState::Cancelled,
+        "ended" => BatchState::Completed,
+        other => {
+            return Err(crate::Error::Protocol {
+                provider: KIND,
+                message: format!("unknown processing_status {other:?} for {}", batch.id),
+            });
+        }
+    };
+    let counts = RequestCounts {
+        total: c.processing + c.succeeded + c.errored + c.canceled + c.expired,
+        succeeded: c.succeeded,
+        failed: c.errored + c.canceled + c.expired,
+        pending: c.processing,
+    };
+    Ok(BatchStatus {
+        batch_id: batch.id,
+        state,
+        raw_status: batch.processing_status,
+        counts,
+        created_at: batch.created_at,
+        ended_at: batch.ended_at,
+        error: None,
+        tags: BatchTags::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::Error;
+
+    fn batch(status: &str, counts: [u64; 5], cancel: bool) -> MessageBatch {
+        let [processing, succeeded, errored, canceled, expired] = counts;
+        serde_json::from_value(json!({
+            "id": "msgbatch_1", "type": "message_batch", "processing_status": status,
+            "request_counts": {"processing": processing, "succeeded": succeeded,
+                "errored": errored, "canceled": canceled, "expired": expired},
+            "created_at": "2026-01-01T00:00:00Z", "expires_at": "2026-01-02T00:00:00Z",
+            "ended_at": null, "archived_at": null,
+            "cancel_initiated_at": if cancel { json!("2026-01-01T00:01:00Z") } else { json!(null) },
+            "results_url": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn maps_statuses_with_counts() {
+        let cases = [
+            (
+                "in_progress",
+                [4, 0, 0, 0, 0],
+                false,
+                BatchState::Processing,
+            ),
+            ("canceling", [4, 0, 0, 0, 0], true, BatchState::Processing),
+            ("ended", [0, 3, 1, 0, 0], false, BatchState::Completed),
+            ("ended", [0, 1, 0, 3, 0], true, BatchState::Cancelled),
+            ("ended", [0, 0, 0, 4, 0], false, BatchState::Cancelled),
+            ("ended", [0, 2, 0, 0, 2], false, BatchState::Expired),
+            ("ended", [0, 0, 0, 0, 4], false, BatchState::Expired),
+        ];
+        for (raw, counts, cancel, state) in cases {
+            let status = to_status(batch(raw, counts, cancel)).unwrap();
+            assert_eq!(status.state, state, "{raw} {counts:?}");
+            assert_eq!(status.counts.total, 4);
+        }
+        let status = to_status(batch("ended", [0, 2, 1, 0, 1], false)).unwrap();
+        assert_eq!(
+            status.counts,
+            RequestCounts {
+                total: 4,
+                succeeded: 2,
+                failed: 2,
+                pending: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn results_url_on_a_foreign_host_is_refused_before_any_request() {
+        use std::sync::atomic::Ordering;
+
+        use crate::provider::http::test_server::scripted_server;
+
+        let (foreign, foreign_hits) = scripted_server(vec![(200, vec![], "{}".into())]).await;
+        let mut ended = serde_json::to_value(json!({
+            "id": "msgbatch_1", "type": "message_batch", "processing_status": "ended",
+            "request_counts": {"processing": 0, "succeeded": 1, "errored": 0, "canceled": 0, "expired": 0},
+            "created_at": "2026-01-01T00:00:00Z", "ended_at": "2026-01-01T00:05:00Z",
+            "expires_at": "2026-01-02T00:00:00Z", "archived_at": null, "cancel_initiated_at": null
+        }))
+        .unwrap();
+        ended["results_url"] = json!(format!("{foreign}/v1/messages/batches/msgbatch_1/results"));
+        let (api, api_hits) = scripted_server(vec![(200, vec![], ended.to_string())]).await;
+        let config =
+            ProviderConfig::with_api_key(&api, ApiKey::new("sk-ant-secret").unwrap()).unwrap();
+        let client = AnthropicClient::new(&config).unwrap();
+
+        let err = match client.results("msgbatch_1").await {
+            Ok(_) => panic!("a foreign results_url was followed"),
+            Err(err) => err,
+        };
+        assert!(matches!(err, Error::ForeignHost { .. }), "{err:?}");
+        assert_eq!(api_hits.load(Ordering::SeqCst), 1);
+        assert_eq!(foreign_hits.load(Ordering::SeqCst), 0);
+        assert!(!err.to_string().contains("sk-ant-secret"));
+    }
+
+    #[test]
+    fn unknown_processing_status_is_an_error() {
+        assert!(to_status(batch("paused", [1, 0, 0, 0, 0], false)).is_err());
+    }
+}

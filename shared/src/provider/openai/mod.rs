@@ -1,4 +1,364 @@
-//! openai client.
+//! OpenAI Batch API client: upload the JSONL input as a file, create the batch over
+//! `/v1/chat/completions`, poll it, and stream its output file then its error file.
 
 pub mod decode;
 pub mod encode;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use reqwest::multipart::{Form, Part};
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+
+use super::config::{ApiKey, ProviderConfig};
+use super::http::{HttpClient, Resend, endpoint};
+use super::{BatchProvider, BatchTags, LineStream, id_path, required_key};
+use crate::error::Result;
+use crate::model::ProviderKind;
+use crate::status::{BatchState, BatchStatus, RequestCounts};
+
+const KIND: ProviderKind = ProviderKind::OpenAi;
+/// The only endpoint batchline's request lines target.
+const ENDPOINT: &str = "/v1/chat/completions";
+const PAGE_SIZE: &str = "100";
+
+#[derive(Debug, Clone)]
+pub struct OpenAiClient {
+    http: HttpClient,
+    base: Url,
+    key: ApiKey,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileObject {
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Batch {
+    id: String,
+    status: String,
+    output_file_id: Option<String>,
+    error_file_id: Option<String>,
+    created_at: Option<i64>,
+    completed_at: Option<i64>,
+    failed_at: Option<i64>,
+    expired_at: Option<i64>,
+    cancelled_at: Option<i64>,
+    request_counts: Option<Counts>,
+    errors: Option<Errors>,
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Counts {
+    total: u64,
+    completed: u64,
+    failed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Errors {
+    #[serde(default)]
+    data: Vec<ValidationError>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ValidationError {
+    code: Option<String>,
+    message: Option<String>,
+    line: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchPage {
+    data: Vec<Batch>,
+    #[serde(default)]
+    has_more: bool,
+    last_id: Option<String>,
+}
+
+impl OpenAiClient {
+    pub fn new(config: &ProviderConfig) -> Result<Self> {
+        Ok(Self {
+            http: HttpClient::new(KIND, config)?,
+            base: config.base_url.clone(),
+            key: required_key(KIND, config)?,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        endpoint(&self.base, path)
+    }
+
+    async fn get_batch(&self, batch_id: &str) -> Result<Batch> {
+        let url = self.url(&format!("/v1/batches/{}", id_path(KIND, batch_id)?));
+        self.http
+            .json(Resend::Always, |http| {
+                http.get(&url).bearer_auth(self.key.expose())
+            })
+            .await
+    }
+
+    async fn upload(&self, input: Bytes) -> Result<FileObject> {
+        let url = self.url("/v1/files");
+        let length = input.len() as u64;
+        self.http
+            .json(Resend::Always, |http| {
+                let file = Part::stream_with_length(super::http::body(&input), length)
+                    .file_name("batchline-input.jsonl");
+                let form = Form::new().text("purpose", "batch").part("file", file);
+                http.post(&url)
+                    .bearer_auth(self.key.expose())
+                    .multipart(form)
+            })
+            .await
+    }
+
+    /// Lines of one file, opened only when the stream reaches it.
+    fn file_lines(
+        &self,
+        file_id: String,
+    ) -> impl Future<Output = Result<LineStream>> + Send + use<> {
+        let this = self.clone();
+        async move {
+            let url = this.url(&format!("/v1/files/{}/content", id_path(KIND, &file_id)?));
+            this.http
+                .lines(|http| http.get(&url).bearer_auth(this.key.expose()))
+                .await
+        }
+    }
+}
+
+#[async_trait]
+impl BatchProvider for OpenAiClient {
+    fn kind(&self) -> ProviderKind {
+        KIND
+    }
+
+    async fn create(&self, _model: &str, input: Bytes, tags: &BatchTags) -> Result<BatchStatus> {
+        let file = self.upload(input).await?;
+        let url = self.url("/v1/batches");
+        let body = Bytes::from(serde_json::to_vec(&json!({
+            "input_file_id": file.id,
+            "endpoint": ENDPOINT,
+            "completion_window": "24h",
+            "metadata": tags,
+        }))?);
+        let batch: Batch = self
+            .http
+            .json(Resend::OnlyIfUnsent, |http| {
+                http.post(&url)
+                    .bearer_auth(self.key.expose())
+                    .header("content-type", "application/json")
+                    .body(super::http::body(&body))
+            })
+            .await?;
+        to_status(batch)
+    }
+
+    async fn status(&self, batch_id: &str) -> Result<BatchStatus> {
+        to_status(self.get_batch(batch_id).await?)
+    }
+
+    async fn cancel(&self, batch_id: &str) -> Result<BatchStatus> {
+        let url = self.url(&format!("/v1/batches/{}/cancel", id_path(KIND, batch_id)?));
+        let batch: Batch = self
+            .http
+            .json(Resend::Always, |http| {
+                http.post(&url).bearer_auth(self.key.expose())
+            })
+            .await?;
+        to_status(batch)
+    }
+
+    async fn list(&self) -> Result<Vec<BatchStatus>> {
+        let url = self.url("/v1/batches");
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page: BatchPage = self
+                .http
+                .json(Resend::Always, |http| {
+                    let mut request = http
+                        .get(&url)
+                        .bearer_auth(self.key.expose())
+                        .query(&[("limit", PAGE_SIZE)]);
+                    if let Some(after) = &after {
+                        request = request.query(&[("after", after)]);
+                    }
+                    request
+                })
+                .await?;
+            let next = page.last_id.clone();
+            for batch in page.data {
+                all.push(to_status(batch)?);
+            }
+            match next {
+                // A page that does not move the cursor would loop forever.
+                Some(last) if page.has_more && after.as_ref() != Some(&last) => after = Some(last),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// The output file's lines, then the error file's; either may be absent (a batch
+    /// where every request failed has no output file).
+    async fn results(&self, batch_id: &str) -> Result<LineStream> {
+        let batch = self.get_batch(batch_id).await?;
+        let files: Vec<String> = [batch.output_file_id, batch.error_file_id]
+            .into_iter()
+            .flatten()
+            .collect();
+        let this = self.clone();
+        Ok(futures::stream::iter(files)
+            .then(move |file| this.file_lines(file))
+            .try_flatten()
+            .boxed())
+    }
+}
+
+fn to_status(batch: Batch) -> Result<BatchStatus> {
+    let state = match batch.status.as_str() {
+        "validating" => BatchState::Pending,
+        // `cancelling` is still writing its partial output: reading results now would
+        // miss them, so it stays open like `finalizing`.
+        "in_progress" | "finalizing" | "cancelling" => BatchState::Processing,
+        "completed" => BatchState::Completed,
+        "failed" => BatchState::Failed,
+        "expired" => BatchState::Expired,
+        "cancelled" => BatchState::Cancelled,
+        other => {
+            return Err(crate::Error::Protocol {
+                provider: KIND,
+                message: format!("unknown batch status {other:?} for {}", batch.id),
+            });
+        }
+    };
+    let counts = batch
+        .request_counts
+        .map_or_else(RequestCounts::default, |c| RequestCounts {
+            total: c.total,
+            succeeded: c.completed,
+            failed: c.failed,
+            pending: c.total.saturating_sub(c.completed + c.failed),
+        });
+    let ended = [
+        batch.completed_at,
+        batch.failed_at,
+        batch.expired_at,
+        batch.cancelled_at,
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let error = batch.errors.and_then(|errors| {
+        let described: Vec<String> = errors.data.iter().map(describe_validation_error).collect();
+        (!described.is_empty()).then(|| described.join("; "))
+    });
+    Ok(BatchStatus {
+        batch_id: batch.id,
+        state,
+        raw_status: batch.status,
+        counts,
+        created_at: batch.created_at.and_then(unix_to_rfc3339),
+        ended_at: ended.and_then(unix_to_rfc3339),
+        error,
+        tags: batch.metadata.unwrap_or_default(),
+    })
+}
+
+fn describe_validation_error(error: &ValidationError) -> String {
+    let mut text = match (&error.code, &error.message) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(only), None) | (None, Some(only)) => only.clone(),
+        (None, None) => "validation failed".to_string(),
+    };
+    if let Some(line) = error.line {
+        text.push_str(&format!(" (line {line})"));
+    }
+    text
+}
+
+fn unix_to_rfc3339(seconds: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(status: &str, extra: serde_json::Value) -> Batch {
+        let mut value = json!({
+            "id": "batch_1", "object": "batch", "endpoint": ENDPOINT, "input_file_id": "file-1",
+            "completion_window": "24h", "status": status, "created_at": 1_700_000_000,
+            "output_file_id": null, "error_file_id": null, "errors": null,
+            "request_counts": {"total": 10, "completed": 6, "failed": 1},
+            "metadata": {"batchline-job": "j1"}
+        });
+        if let (Some(target), Some(extra)) = (value.as_object_mut(), extra.as_object()) {
+            target.extend(extra.clone());
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn maps_every_status() {
+        let expected = [
+            ("validating", BatchState::Pending),
+            ("in_progress", BatchState::Processing),
+            ("finalizing", BatchState::Processing),
+            ("cancelling", BatchState::Processing),
+            ("completed", BatchState::Completed),
+            ("failed", BatchState::Failed),
+            ("expired", BatchState::Expired),
+            ("cancelled", BatchState::Cancelled),
+        ];
+        for (raw, state) in expected {
+            let status = to_status(batch(raw, json!({}))).unwrap();
+            assert_eq!(status.state, state, "{raw}");
+            assert_eq!(status.raw_status, raw);
+        }
+        assert!(to_status(batch("paused", json!({}))).is_err());
+    }
+
+    #[test]
+    fn fills_counts_times_tags_and_validation_errors() {
+        let status = to_status(batch(
+            "failed",
+            json!({
+                "failed_at": 1_700_000_060,
+                "errors": {"object": "list", "data": [
+                    {"code": "invalid_json_line", "message": "bad line", "param": null, "line": 3}
+                ]}
+            }),
+        ))
+        .unwrap();
+        assert_eq!(
+            status.counts,
+            RequestCounts {
+                total: 10,
+                succeeded: 6,
+                failed: 1,
+                pending: 3
+            }
+        );
+        assert_eq!(status.created_at.as_deref(), Some("2023-11-14T22:13:20Z"));
+        assert_eq!(status.ended_at.as_deref(), Some("2023-11-14T22:14:20Z"));
+        assert_eq!(
+            status.error.as_deref(),
+            Some("invalid_json_line: bad line (line 3)")
+        );
+        assert_eq!(
+            status.tags.get("batchline-job").map(String::as_str),
+            Some("j1")
+        );
+    }
+}

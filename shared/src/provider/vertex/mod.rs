@@ -52,8 +52,8 @@ pub struct VertexClient {
 /// building a client never blocks.
 enum TokenSource {
     Fixed(ApiKey),
-    ServiceAccount(gcp_auth::CustomServiceAccount),
-    MetadataServer(OnceCell<gcp_auth::MetadataServiceAccount>),
+    ServiceAccount(Box<gcp_auth::CustomServiceAccount>),
+    MetadataServer(Box<OnceCell<gcp_auth::MetadataServiceAccount>>),
 }
 
 impl fmt::Debug for TokenSource {
@@ -163,17 +163,22 @@ impl VertexClient {
         }
         let tokens = match &settings.credentials {
             GoogleCredentials::StaticToken(token) => TokenSource::Fixed(token.clone()),
-            GoogleCredentials::ServiceAccountFile(path) => TokenSource::ServiceAccount(
-                gcp_auth::CustomServiceAccount::from_file(path).map_err(|e| {
+            GoogleCredentials::ServiceAccountFile(path) => {
+                let account = gcp_auth::CustomServiceAccount::from_file(path).map_err(|e| {
                     Error::Config(format!("service account file {}: {e}", path.display()))
-                })?,
-            ),
-            GoogleCredentials::ServiceAccountJson(json) => TokenSource::ServiceAccount(
-                gcp_auth::CustomServiceAccount::from_json(json.expose()).map_err(|e| {
-                    Error::Config(format!("service account JSON from the secret store: {e}"))
-                })?,
-            ),
-            GoogleCredentials::MetadataServer => TokenSource::MetadataServer(OnceCell::new()),
+                })?;
+                TokenSource::ServiceAccount(Box::new(account))
+            }
+            GoogleCredentials::ServiceAccountJson(json) => {
+                let account =
+                    gcp_auth::CustomServiceAccount::from_json(json.expose()).map_err(|e| {
+                        Error::Config(format!("service account JSON from the secret store: {e}"))
+                    })?;
+                TokenSource::ServiceAccount(Box::new(account))
+            }
+            GoogleCredentials::MetadataServer => {
+                TokenSource::MetadataServer(Box::new(OnceCell::new()))
+            }
         };
         Ok(Self {
             http: HttpClient::new(KIND, config)?,
@@ -457,7 +462,7 @@ fn to_status(job: Job) -> Result<BatchStatus> {
     })
 }
 
-/// `batchline/{tag values…}` for tagged batches (so a resubmitted part overwrites its
+/// `batchline/{tag values in key order…}` for tagged batches (so a resubmitted part overwrites its
 /// own input), a fresh folder otherwise.
 fn object_folder(tags: &BatchTags) -> String {
     if tags.is_empty() {
@@ -583,7 +588,8 @@ mod tests {
         assert_eq!(labels.get("k9part").map(String::as_str), Some("0"));
         let long: BatchTags = [("k".to_string(), "x".repeat(100))].into_iter().collect();
         assert_eq!(super::labels(&long)["k"].len(), MAX_LABEL_LEN);
-        assert_eq!(object_folder(&tags), "batchline/ABC_def_ghi/0");
+        // Segments follow the tag keys in sorted order ("9part" < "Job ID").
+        assert_eq!(object_folder(&tags), "batchline/0/ABC_def_ghi");
         assert!(object_folder(&BatchTags::new()).starts_with("batchline/"));
     }
 

@@ -1,0 +1,96 @@
+//! Wire details Vertex AI and the Gemini API share: int64 counts sent as strings, the
+//! `{code, message}` error object, and batch tags carried in a display name.
+
+use serde::{Deserialize, Deserializer};
+use url::form_urlencoded;
+
+use super::BatchTags;
+
+/// Display names carrying tags start with this, then the tags URL-form-encoded.
+const TAGGED_PREFIX: &str = "batchline?";
+
+/// A Google int64, sent as a JSON string (tolerating a number); missing or bad is 0.
+pub fn int64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Int64 {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Option::<Int64>::deserialize(deserializer)? {
+        Some(Int64::Text(text)) => text.parse().unwrap_or(0),
+        Some(Int64::Number(n)) => n,
+        None => 0,
+    })
+}
+
+/// `google.rpc.Status` as it appears in jobs and operations.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RpcStatus {
+    #[serde(default)]
+    pub code: Option<i64>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl RpcStatus {
+    pub fn describe(&self) -> String {
+        match (&self.message, self.code) {
+            (Some(message), Some(code)) => format!("{message} (code {code})"),
+            (Some(message), None) => message.clone(),
+            (None, Some(code)) => format!("error code {code}"),
+            (None, None) => "unspecified error".to_string(),
+        }
+    }
+}
+
+/// A display name that carries `tags` so that a batch can be found again.
+pub fn tagged_display_name(tags: &BatchTags) -> String {
+    let encoded = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(tags.iter())
+        .finish();
+    format!("{TAGGED_PREFIX}{encoded}")
+}
+
+/// The tags in a display name written by [`tagged_display_name`]; none for any other.
+pub fn tags_from_display_name(name: &str) -> BatchTags {
+    name.strip_prefix(TAGGED_PREFIX)
+        .map(|encoded| {
+            form_urlencoded::parse(encoded.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_name_round_trips_awkward_tags() {
+        let tags: BatchTags = [("job", "a&b=c d/é"), ("part", "0")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let name = tagged_display_name(&tags);
+        assert!(name.starts_with("batchline?"));
+        assert_eq!(tags_from_display_name(&name), tags);
+        assert!(tags_from_display_name("someone else's batch").is_empty());
+    }
+
+    #[test]
+    fn int64_accepts_strings_numbers_and_absence() {
+        #[derive(Deserialize)]
+        struct Counts {
+            #[serde(default, deserialize_with = "int64")]
+            a: u64,
+            #[serde(default, deserialize_with = "int64")]
+            b: u64,
+            #[serde(default, deserialize_with = "int64")]
+            c: u64,
+        }
+        let counts: Counts = serde_json::from_str(r#"{"a":"12","b":7}"#).unwrap();
+        assert_eq!((counts.a, counts.b, counts.c), (12, 7, 0));
+    }
+}
