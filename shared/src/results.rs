@@ -314,6 +314,18 @@ impl<'a> Answer<'a> {
     }
 }
 
+/// The error type and message of a decoded failure; panics on an answer (tests only).
+#[cfg(test)]
+pub(crate) fn expect_failed(decoded: &Decoded<'_>) -> (String, String) {
+    match &decoded.answer {
+        Answer::Failed {
+            error_type,
+            message,
+        } => (error_type.to_string(), message.clone()),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
 /// A results line whose envelope could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed {

@@ -167,16 +167,7 @@ fn errored(error: Option<ErrorResponse>) -> Answer<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn failed(decoded: &Decoded<'_>) -> (String, String) {
-        match &decoded.answer {
-            Answer::Failed {
-                error_type,
-                message,
-            } => (error_type.to_string(), message.clone()),
-            other => panic!("expected a failure, got {other:?}"),
-        }
-    }
+    use crate::results::expect_failed;
 
     #[test]
     fn success_borrows_the_tool_input() {
@@ -199,13 +190,13 @@ mod tests {
     #[test]
     fn errored_takes_the_inner_type() {
         let line = br#"{"custom_id":"doc-2","result":{"type":"errored","error":{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your rate limit."}}}}"#;
-        let (kind, message) = failed(&decode(line).unwrap());
+        let (kind, message) = expect_failed(&decode(line).unwrap());
         assert_eq!(kind, "rate_limit_error");
         assert!(message.contains("rate limit"));
 
         let line = br#"{"custom_id":"doc-3","result":{"type":"errored","error":{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: too large"}}}}"#;
         assert_eq!(
-            failed(&decode(line).unwrap()),
+            expect_failed(&decode(line).unwrap()),
             (
                 "invalid_request_error".into(),
                 "max_tokens: too large".into()
@@ -216,26 +207,26 @@ mod tests {
     #[test]
     fn canceled_and_expired_are_reported_as_such() {
         let canceled = br#"{"custom_id":"doc-4","result":{"type":"canceled"}}"#;
-        assert_eq!(failed(&decode(canceled).unwrap()).0, "cancelled");
+        assert_eq!(expect_failed(&decode(canceled).unwrap()).0, "cancelled");
         let expired = br#"{"custom_id":"doc-5","result":{"type":"expired"}}"#;
-        assert_eq!(failed(&decode(expired).unwrap()).0, "expired");
+        assert_eq!(expect_failed(&decode(expired).unwrap()).0, "expired");
     }
 
     #[test]
     fn refusal_truncation_and_plain_text() {
         let refusal = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"I can't"}],"stop_reason":"refusal","usage":{"input_tokens":4,"output_tokens":2}}}}"#;
         let decoded = decode(refusal).unwrap();
-        assert_eq!(failed(&decoded).0, "refusal");
+        assert_eq!(expect_failed(&decoded).0, "refusal");
         assert_eq!(decoded.usage.output_tokens, 2);
 
         let truncated = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"Let me think"}],"stop_reason":"max_tokens","usage":{"input_tokens":4,"output_tokens":1024}}}}"#;
-        let (kind, message) = failed(&decode(truncated).unwrap());
+        let (kind, message) = expect_failed(&decode(truncated).unwrap());
         assert_eq!(kind, "invalid_json");
         assert!(message.contains("cut off by the token limit"));
 
         let text_only = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"{}"}],"stop_reason":"end_turn"}}}"#;
         assert_eq!(
-            failed(&decode(text_only).unwrap()).0,
+            expect_failed(&decode(text_only).unwrap()).0,
             "no_structured_output"
         );
     }

@@ -76,16 +76,7 @@ fn status_answer(error: RpcStatus) -> Answer<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn failed(decoded: &Decoded<'_>) -> (String, String) {
-        match &decoded.answer {
-            Answer::Failed {
-                error_type,
-                message,
-            } => (error_type.to_string(), message.clone()),
-            other => panic!("expected a failure, got {other:?}"),
-        }
-    }
+    use crate::results::expect_failed;
 
     #[test]
     fn success_is_keyed_and_decoded_like_vertex() {
@@ -111,23 +102,23 @@ mod tests {
         let decoded = decode(line).unwrap();
         assert_eq!(decoded.custom_id, "req-8");
         assert_eq!(
-            failed(&decoded),
+            expect_failed(&decoded),
             (
                 "RESOURCE_EXHAUSTED".into(),
                 "Resource has been exhausted".into()
             )
         );
         let code_only = br#"{"key":"req-9","error":{"code":400,"message":"Request contains an invalid argument."}}"#;
-        assert_eq!(failed(&decode(code_only).unwrap()).0, "400");
+        assert_eq!(expect_failed(&decode(code_only).unwrap()).0, "400");
     }
 
     #[test]
     fn refusal_and_truncation_follow_the_shared_rules() {
         let blocked =
             br#"{"key":"k","response":{"promptFeedback":{"blockReason":"PROHIBITED_CONTENT"}}}"#;
-        assert_eq!(failed(&decode(blocked).unwrap()).0, "refusal");
+        assert_eq!(expect_failed(&decode(blocked).unwrap()).0, "refusal");
         let truncated = br#"{"key":"k","response":{"candidates":[{"content":{"parts":[{"text":"{"}]},"finishReason":"MAX_TOKENS"}]}}"#;
-        assert_eq!(failed(&decode(truncated).unwrap()).0, "invalid_json");
+        assert_eq!(expect_failed(&decode(truncated).unwrap()).0, "invalid_json");
     }
 
     #[test]

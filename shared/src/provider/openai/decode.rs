@@ -183,16 +183,7 @@ fn completion_answer(choices: Vec<Choice<'_>>) -> Answer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn failed(decoded: &Decoded<'_>) -> (String, String) {
-        match &decoded.answer {
-            Answer::Failed {
-                error_type,
-                message,
-            } => (error_type.to_string(), message.clone()),
-            other => panic!("expected a failure, got {other:?}"),
-        }
-    }
+    use crate::results::expect_failed;
 
     #[test]
     fn success_borrows_custom_id_and_reads_usage() {
@@ -216,23 +207,26 @@ mod tests {
     fn non_200_takes_code_then_type_even_without_line_error() {
         let line = br#"{"id":"batch_req_2","custom_id":"r-2","response":{"status_code":400,"request_id":"req_2","body":{"error":{"message":"This model's maximum context length is 128000 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}},"error":null}"#;
         let decoded = decode(line).unwrap();
-        let (kind, message) = failed(&decoded);
+        let (kind, message) = expect_failed(&decoded);
         assert_eq!(kind, "context_length_exceeded");
         assert!(message.contains("HTTP 400") && message.contains("maximum context length"));
 
         let line = br#"{"custom_id":"r-3","response":{"status_code":429,"body":{"error":{"message":"Rate limit reached","type":"rate_limit_exceeded","param":null,"code":null}}},"error":null}"#;
-        assert_eq!(failed(&decode(line).unwrap()).0, "rate_limit_exceeded");
+        assert_eq!(
+            expect_failed(&decode(line).unwrap()).0,
+            "rate_limit_exceeded"
+        );
     }
 
     #[test]
     fn batch_expired_and_cancelled_get_our_types() {
         let line = br#"{"id":"batch_req_4","custom_id":"r-4","response":null,"error":{"code":"batch_expired","message":"This request could not be executed before the completion window expired."}}"#;
-        let (kind, message) = failed(&decode(line).unwrap());
+        let (kind, message) = expect_failed(&decode(line).unwrap());
         assert_eq!(kind, "expired");
         assert!(message.contains("completion window"));
 
         let line = br#"{"custom_id":"r-5","response":null,"error":{"code":"batch_cancelled","message":"cancelled"}}"#;
-        assert_eq!(failed(&decode(line).unwrap()).0, "cancelled");
+        assert_eq!(expect_failed(&decode(line).unwrap()).0, "cancelled");
     }
 
     #[test]
@@ -240,24 +234,24 @@ mod tests {
         let refusal = br#"{"custom_id":"r","response":{"status_code":200,"body":{"choices":[{"message":{"content":null,"refusal":"I can't help with that."},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":7}}},"error":null}"#;
         let decoded = decode(refusal).unwrap();
         assert_eq!(
-            failed(&decoded),
+            expect_failed(&decoded),
             ("refusal".into(), "I can't help with that.".into())
         );
         assert_eq!(decoded.usage.output_tokens, 7);
 
         let truncated = br#"{"custom_id":"r","response":{"status_code":200,"body":{"choices":[{"message":{"content":"{\"name\":\"A"},"finish_reason":"length"}]}},"error":null}"#;
-        let (kind, message) = failed(&decode(truncated).unwrap());
+        let (kind, message) = expect_failed(&decode(truncated).unwrap());
         assert_eq!(kind, "invalid_json");
         assert!(message.contains("cut off by the token limit"), "{message}");
 
         let no_choices = br#"{"custom_id":"r","response":{"status_code":200,"body":{"choices":[]}},"error":null}"#;
         assert_eq!(
-            failed(&decode(no_choices).unwrap()).0,
+            expect_failed(&decode(no_choices).unwrap()).0,
             "no_structured_output"
         );
         let no_content = br#"{"custom_id":"r","response":{"status_code":200,"body":{"choices":[{"message":{"content":null},"finish_reason":"stop"}]}},"error":null}"#;
         assert_eq!(
-            failed(&decode(no_content).unwrap()).0,
+            expect_failed(&decode(no_content).unwrap()).0,
             "no_structured_output"
         );
     }

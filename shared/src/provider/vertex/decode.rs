@@ -6,12 +6,10 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use super::encode::ROW_LABEL;
 use crate::results::{
     Answer, CodeText, Decoded, Malformed, Usage, error_type, lenient_count, optional_borrowed,
 };
-
-/// The label the request encoder sets to the request's row in its part.
-pub const ROW_LABEL: &str = "batchline_row";
 
 #[derive(Deserialize)]
 struct Line<'a> {
@@ -60,6 +58,7 @@ struct EchoedRequest {
 
 #[derive(Deserialize)]
 struct Labels {
+    /// Named [`ROW_LABEL`] by the encoder.
     batchline_row: Option<String>,
 }
 
@@ -300,24 +299,15 @@ fn answer_text(parts: Vec<Part<'_>>) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::expect_failed;
 
     fn ids() -> Vec<String> {
         vec!["a".into(), "b".into(), "c".into()]
     }
 
-    fn failed(decoded: &Decoded<'_>) -> (String, String) {
-        match &decoded.answer {
-            Answer::Failed {
-                error_type,
-                message,
-            } => (error_type.to_string(), message.clone()),
-            other => panic!("expected a failure, got {other:?}"),
-        }
-    }
-
     fn line_with(row: &str, rest: &str) -> Vec<u8> {
         format!(
-            r#"{{"processed_time":"2026-01-01T00:00:00Z","request":{{"contents":[{{"role":"user","parts":[{{"text":"hi"}}]}}],"labels":{{"batchline_row":"{row}"}}}},{rest}}}"#
+            r#"{{"processed_time":"2026-01-01T00:00:00Z","request":{{"contents":[{{"role":"user","parts":[{{"text":"hi"}}]}}],"labels":{{"{ROW_LABEL}":"{row}"}}}},{rest}}}"#
         )
         .into_bytes()
     }
@@ -353,18 +343,18 @@ mod tests {
         );
         let decoded = decode(&throttled, &ids).unwrap();
         assert_eq!(decoded.custom_id, "a");
-        let (kind, message) = failed(&decoded);
+        let (kind, message) = expect_failed(&decoded);
         assert_eq!(kind, "rate_limit");
         assert!(message.contains("Quota exceeded"));
 
         let http = line_with("2", r#""status":"429 Too Many Requests""#);
-        assert_eq!(failed(&decode(&http, &ids).unwrap()).0, "rate_limit");
+        assert_eq!(expect_failed(&decode(&http, &ids).unwrap()).0, "rate_limit");
 
         let other = line_with(
             "2",
             r#""status":"Bad Request: {\"error\": {\"code\": 400, \"message\": \"Invalid JSON payload\", \"status\": \"INVALID_ARGUMENT\"}}""#,
         );
-        let (kind, message) = failed(&decode(&other, &ids).unwrap());
+        let (kind, message) = expect_failed(&decode(&other, &ids).unwrap());
         assert_eq!(kind, "provider_error");
         assert!(message.contains("Invalid JSON payload"));
 
@@ -373,7 +363,7 @@ mod tests {
             r#""status":{"code":8,"message":"quota","status":"RESOURCE_EXHAUSTED"}"#,
         );
         assert_eq!(
-            failed(&decode(&rpc, &ids).unwrap()),
+            expect_failed(&decode(&rpc, &ids).unwrap()),
             ("rate_limit".into(), "RESOURCE_EXHAUSTED: 8: quota".into())
         );
     }
@@ -388,7 +378,7 @@ mod tests {
                     r#""status":"","response":{{"candidates":[{{"finishReason":"{reason}"}}]}}"#
                 ),
             );
-            let (kind, message) = failed(&decode(&line, &ids).unwrap());
+            let (kind, message) = expect_failed(&decode(&line, &ids).unwrap());
             assert_eq!(kind, "refusal");
             assert!(message.contains(reason));
         }
@@ -397,14 +387,14 @@ mod tests {
             r#""status":"","response":{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":"5"}}"#,
         );
         let decoded = decode(&blocked, &ids).unwrap();
-        assert_eq!(failed(&decoded).0, "refusal");
+        assert_eq!(expect_failed(&decoded).0, "refusal");
         assert_eq!(decoded.usage.input_tokens, 5);
 
         let truncated = line_with(
             "0",
             r#""status":"","response":{"candidates":[{"content":{"parts":[{"text":"{\"name\":\"A"}]},"finishReason":"MAX_TOKENS"}]}"#,
         );
-        let (kind, message) = failed(&decode(&truncated, &ids).unwrap());
+        let (kind, message) = expect_failed(&decode(&truncated, &ids).unwrap());
         assert_eq!(kind, "invalid_json");
         assert!(message.contains("cut off by the token limit"));
 
@@ -413,7 +403,7 @@ mod tests {
             r#""status":"","response":{"candidates":[{"content":{"parts":[]},"finishReason":"STOP"}]}"#,
         );
         assert_eq!(
-            failed(&decode(&empty, &ids).unwrap()).0,
+            expect_failed(&decode(&empty, &ids).unwrap()).0,
             "no_structured_output"
         );
     }
