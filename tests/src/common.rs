@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -383,6 +384,7 @@ pub fn ran_count(total: usize, fraction: f64) -> usize {
 }
 
 const DOWNLOAD_CHUNK: usize = 64 * 1024;
+const DROP_FLUSH_PAUSE: Duration = Duration::from_millis(20);
 
 /// Serves `content` from memory in zero-copy slices. With `drop_after`, the stream fails
 /// after that many bytes: the client sees a connection cut short of `Content-Length`.
@@ -398,13 +400,16 @@ pub fn download_response(
         let end = (start + DOWNLOAD_CHUNK).min(served.len());
         Ok::<_, std::io::Error>(served.slice(start..end))
     });
-    let failure = cut.then(|| {
+    // Pausing before the failure lets the server flush the headers and the served bytes:
+    // over a real connection the client then sees the body end early, not a failed send.
+    let failure = futures::stream::iter(cut.then_some(())).then(|()| async {
+        tokio::time::sleep(DROP_FLUSH_PAUSE).await;
         Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,
             "emulated connection drop",
         ))
     });
-    let body = Body::from_stream(futures::stream::iter(chunks.chain(failure)));
+    let body = Body::from_stream(futures::stream::iter(chunks).chain(failure));
     (
         [
             (header::CONTENT_TYPE, content_type.to_string()),

@@ -7,7 +7,10 @@
 
 pub mod anthropic;
 pub mod common;
+pub mod gcs;
 pub mod gemini;
+pub mod google;
+pub mod oauth;
 pub mod openai;
 pub mod vertex;
 
