@@ -68,8 +68,13 @@ pub trait ObjectStore: Send + Sync + Debug {
 
     async fn start_upload(&self, key: &str) -> StoreResult<String>;
     /// Uploads part `number` (1-based) and returns its entity tag.
-    async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: Bytes)
-    -> StoreResult<String>;
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String>;
     async fn complete_upload(
         &self,
         key: &str,
@@ -98,7 +103,11 @@ impl<'a> ObjectWriter<'a> {
         Self::with_part_size(store, key, Self::DEFAULT_PART_SIZE)
     }
 
-    pub fn with_part_size(store: &'a dyn ObjectStore, key: impl Into<String>, part_size: usize) -> Self {
+    pub fn with_part_size(
+        store: &'a dyn ObjectStore,
+        key: impl Into<String>,
+        part_size: usize,
+    ) -> Self {
         Self {
             store,
             key: key.into(),
@@ -169,7 +178,11 @@ impl<'a> ObjectWriter<'a> {
                 let Some((upload_id, parts)) = self.upload.take() else {
                     unreachable!("upload kept above")
                 };
-                if let Err(e) = self.store.complete_upload(&self.key, &upload_id, parts).await {
+                if let Err(e) = self
+                    .store
+                    .complete_upload(&self.key, &upload_id, parts)
+                    .await
+                {
                     let _ = self.store.abort_upload(&self.key, &upload_id).await;
                     return Err(e);
                 }
@@ -197,25 +210,39 @@ mod tests {
             large.write(chunk).await.unwrap();
         }
         large.finish().await.unwrap();
-        assert_eq!(store.get("b").await.unwrap().1, Bytes::from_static(b"0123456789"));
+        assert_eq!(
+            store.get("b").await.unwrap().1,
+            Bytes::from_static(b"0123456789")
+        );
         assert_eq!(store.completed_uploads(), 1);
     }
 
     #[tokio::test]
     async fn conditional_writes_refuse_stale_and_duplicate_writers() {
         let store = MemoryStore::new();
-        let first = store.put("r", Bytes::from_static(b"1"), PutMode::Create).await.unwrap();
+        let first = store
+            .put("r", Bytes::from_static(b"1"), PutMode::Create)
+            .await
+            .unwrap();
         assert!(matches!(
-            store.put("r", Bytes::from_static(b"2"), PutMode::Create).await,
+            store
+                .put("r", Bytes::from_static(b"2"), PutMode::Create)
+                .await,
             Err(StoreError::Conflict { .. })
         ));
         let second = store
-            .put("r", Bytes::from_static(b"2"), PutMode::Update(first.clone()))
+            .put(
+                "r",
+                Bytes::from_static(b"2"),
+                PutMode::Update(first.clone()),
+            )
             .await
             .unwrap();
         assert_ne!(first, second);
         assert!(matches!(
-            store.put("r", Bytes::from_static(b"3"), PutMode::Update(first)).await,
+            store
+                .put("r", Bytes::from_static(b"3"), PutMode::Update(first))
+                .await,
             Err(StoreError::Conflict { .. })
         ));
         assert_eq!(store.get("r").await.unwrap().1, Bytes::from_static(b"2"));

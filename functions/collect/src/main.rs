@@ -11,7 +11,9 @@ async fn main() -> Result<(), Error> {
     let ctx = env::context_from_env().await?;
     let max_receives = env::collect_max_receives();
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| async {
-        Ok::<SqsBatchResponse, Error>(events::handle_sqs_event(&ctx, event.payload, max_receives).await)
+        Ok::<SqsBatchResponse, Error>(
+            events::handle_sqs_event(&ctx, event.payload, max_receives).await,
+        )
     }))
     .await
 }

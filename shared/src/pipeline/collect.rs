@@ -35,21 +35,33 @@ impl ReadyMessage {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CollectOutcome {
-    Collected { succeeded: u64, failed: u64, job_closed: bool },
+    Collected {
+        succeeded: u64,
+        failed: u64,
+        job_closed: bool,
+    },
     /// Redelivery of a part that is already in.
     AlreadyCollected,
 }
 
 /// `final_attempt`: this is the last delivery the queue will make, so results the
 /// provider did not send are recorded as errors instead of retried.
-pub async fn collect(ctx: &Context, message: &ReadyMessage, final_attempt: bool) -> Result<CollectOutcome, PipelineError> {
+pub async fn collect(
+    ctx: &Context,
+    message: &ReadyMessage,
+    final_attempt: bool,
+) -> Result<CollectOutcome, PipelineError> {
     let snapshot = job::load(ctx.store.as_ref(), &message.job_id).await?;
     let record = &snapshot.record;
     let unknown = || PipelineError::UnknownPart {
         job: message.job_id.clone(),
         part: message.part,
     };
-    let part = record.parts.iter().find(|p| p.index == message.part).ok_or_else(unknown)?;
+    let part = record
+        .parts
+        .iter()
+        .find(|p| p.index == message.part)
+        .ok_or_else(unknown)?;
     if part.collected.is_some() {
         return Ok(CollectOutcome::AlreadyCollected);
     }
@@ -58,22 +70,35 @@ pub async fn collect(ctx: &Context, message: &ReadyMessage, final_attempt: bool)
     };
     let provider = ctx.providers.provider(spec.model.provider).await?;
     let status = provider.status(batch_id).await?;
-    let (_, manifest) = ctx.store.get(&keys::part_manifest(&message.job_id, message.part)).await?;
+    let (_, manifest) = ctx
+        .store
+        .get(&keys::part_manifest(&message.job_id, message.part))
+        .await?;
     let ids: Arc<[String]> = String::from_utf8_lossy(&manifest)
         .lines()
         .filter(|l| !l.is_empty())
         .map(str::to_string)
         .collect();
-    let parser = ResultParser::new(spec.model.provider, &spec.output_schema(), Some(ids.clone()))?;
+    let parser = ResultParser::new(
+        spec.model.provider,
+        &spec.output_schema(),
+        Some(ids.clone()),
+    )?;
 
     let mut part_run = PartRun::new(ctx, &message.job_id, message.part, &ids);
-    if let Err(e) = part_run.stream_results(provider.results(batch_id).await, &parser, status.state).await {
+    if let Err(e) = part_run
+        .stream_results(provider.results(batch_id).await, &parser, status.state)
+        .await
+    {
         part_run.abort().await;
         return Err(e);
     }
     let received = part_run.received;
     let expected = status.counts.succeeded + status.counts.failed;
-    if status.state == BatchState::Completed && received < expected.min(ids.len() as u64) && !final_attempt {
+    if status.state == BatchState::Completed
+        && received < expected.min(ids.len() as u64)
+        && !final_attempt
+    {
         // The provider says it has more results than arrived: a cut download, retried.
         part_run.abort().await;
         return Err(PipelineError::IncompleteResults {
@@ -83,19 +108,24 @@ pub async fn collect(ctx: &Context, message: &ReadyMessage, final_attempt: bool)
             expected,
         });
     }
-    let outcome = part_run.finish(status.state, status.error.as_deref()).await?;
+    let outcome = part_run
+        .finish(status.state, status.error.as_deref())
+        .await?;
     let (succeeded, failed) = (outcome.succeeded, outcome.failed);
 
     let mut closed = false;
     let mut versioned = job::update(ctx.store.as_ref(), &message.job_id, |record| {
-        let Some(part) = record.parts.iter_mut().find(|p| p.index == message.part) else { return false };
+        let Some(part) = record.parts.iter_mut().find(|p| p.index == message.part) else {
+            return false;
+        };
         if part.collected.is_some() {
             return false;
         }
         part.collected = Some(outcome.clone());
         part.state = Some(status.state);
         part.raw_status = Some(status.raw_status.clone());
-        closed = record.status == JobStatus::Open && record.parts.iter().all(|p| p.collected.is_some());
+        closed =
+            record.status == JobStatus::Open && record.parts.iter().all(|p| p.collected.is_some());
         if closed {
             record.status = JobStatus::Completed;
         }
@@ -105,7 +135,11 @@ pub async fn collect(ctx: &Context, message: &ReadyMessage, final_attempt: bool)
     if closed {
         summary::close_job(ctx, &mut versioned).await?;
     }
-    Ok(CollectOutcome::Collected { succeeded, failed, job_closed: closed })
+    Ok(CollectOutcome::Collected {
+        succeeded,
+        failed,
+        job_closed: closed,
+    })
 }
 
 /// Results of one part on their way to S3.
@@ -127,7 +161,11 @@ impl<'a> PartRun<'a> {
         Self {
             successes: ObjectWriter::new(ctx.store.as_ref(), keys::successes(job, part)),
             errors: ObjectWriter::new(ctx.store.as_ref(), keys::errors(job, part)),
-            rows: ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect(),
+            rows: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.as_str(), i))
+                .collect(),
             seen: vec![false; ids.len()],
             ids,
             outcome: PartOutcome::default(),
@@ -180,7 +218,11 @@ impl<'a> PartRun<'a> {
             }
             Outcome::Error(failure) => {
                 self.outcome.failed += 1;
-                *self.outcome.errors_by_type.entry(failure.error_type.clone()).or_insert(0) += 1;
+                *self
+                    .outcome
+                    .errors_by_type
+                    .entry(failure.error_type.clone())
+                    .or_insert(0) += 1;
                 failure.write_jsonl(&mut self.line);
                 self.errors.write(&self.line).await?;
             }
@@ -190,22 +232,42 @@ impl<'a> PartRun<'a> {
 
     /// Ids the provider sent nothing for become errors that say why, then both files
     /// are completed.
-    async fn finish(mut self, state: BatchState, batch_error: Option<&str>) -> Result<PartOutcome, PipelineError> {
+    async fn finish(
+        mut self,
+        state: BatchState,
+        batch_error: Option<&str>,
+    ) -> Result<PartOutcome, PipelineError> {
         let (kind, why) = match state {
-            BatchState::Expired => (error_type::EXPIRED, "the batch expired before this request ran".to_string()),
-            BatchState::Cancelled => (error_type::CANCELLED, "the batch was cancelled before this request ran".to_string()),
+            BatchState::Expired => (
+                error_type::EXPIRED,
+                "the batch expired before this request ran".to_string(),
+            ),
+            BatchState::Cancelled => (
+                error_type::CANCELLED,
+                "the batch was cancelled before this request ran".to_string(),
+            ),
             BatchState::Failed => (
                 BATCH_FAILED,
-                format!("the provider failed the whole batch: {}", batch_error.unwrap_or("no reason given")),
+                format!(
+                    "the provider failed the whole batch: {}",
+                    batch_error.unwrap_or("no reason given")
+                ),
             ),
-            _ => (MISSING_RESULT, "the provider returned no result for this request".to_string()),
+            _ => (
+                MISSING_RESULT,
+                "the provider returned no result for this request".to_string(),
+            ),
         };
-        let ids = self.ids;
-        for row in 0..ids.len() {
-            if !self.seen[row] {
-                let failure = Failure::new(ids[row].clone(), kind, why.clone());
-                self.record(Outcome::Error(failure)).await?;
-            }
+        let missing: Vec<&String> = self
+            .ids
+            .iter()
+            .zip(&self.seen)
+            .filter(|(_, seen)| !**seen)
+            .map(|(id, _)| id)
+            .collect();
+        for id in missing {
+            self.record(Outcome::Error(Failure::new(id.clone(), kind, why.clone())))
+                .await?;
         }
         if self.outcome.succeeded > 0 {
             self.successes.finish().await?;

@@ -48,13 +48,17 @@ pub fn init_tracing() {
 pub async fn context_from_env() -> Result<Context> {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let bucket = required("BUCKET_NAME")?;
-    let store = S3Store::new(S3Store::client_from(&sdk), bucket.clone());
+    let path_style = std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
+    let store = S3Store::new(S3Store::client_from(&sdk, path_style), bucket.clone());
     let queue: Arc<dyn Queue> = match std::env::var("READY_QUEUE_URL") {
         Ok(url) if !url.is_empty() => Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), url)),
         _ => Arc::new(NoQueue),
     };
     let mut settings = Settings::default();
-    if let Some(n) = std::env::var("POLL_CONCURRENCY").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("POLL_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         settings.poll_concurrency = n;
     }
     Ok(Context {
@@ -124,9 +128,16 @@ impl EnvProviders {
                 .with_decryption(true)
                 .send()
                 .await
-                .map_err(|e| secret_error(name, &aws_sdk_ssm::error::DisplayErrorContext(&e).to_string()))?;
+                .map_err(|e| {
+                    secret_error(
+                        name,
+                        &aws_sdk_ssm::error::DisplayErrorContext(&e).to_string(),
+                    )
+                })?;
             let value = out.parameter().and_then(|p| p.value()).map(str::to_string);
-            return value.map(Some).ok_or_else(|| secret_error(name, "the parameter has no value"));
+            return value
+                .map(Some)
+                .ok_or_else(|| secret_error(name, "the parameter has no value"));
         }
         Ok(std::env::var(name).ok())
     }
@@ -137,7 +148,12 @@ impl EnvProviders {
             .secret_id(arn)
             .send()
             .await
-            .map_err(|e| secret_error(name, &aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string()))?;
+            .map_err(|e| {
+                secret_error(
+                    name,
+                    &aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string(),
+                )
+            })?;
         out.secret_string()
             .map(str::to_string)
             .ok_or_else(|| secret_error(name, "the secret has no string value"))
@@ -151,10 +167,15 @@ impl EnvProviders {
             }
         }
         let mut config = ProviderConfig::from_lookup(kind, |name| {
-            values.get(name).cloned().or_else(|| std::env::var(name).ok())
+            values
+                .get(name)
+                .cloned()
+                .or_else(|| std::env::var(name).ok())
         })?;
-        if let (Some(vertex), Ok(arn)) = (config.vertex.as_mut(), std::env::var("GOOGLE_CREDENTIALS_SECRET_ARN"))
-            && !arn.is_empty()
+        if let (Some(vertex), Ok(arn)) = (
+            config.vertex.as_mut(),
+            std::env::var("GOOGLE_CREDENTIALS_SECRET_ARN"),
+        ) && !arn.is_empty()
         {
             let json = self.secret("GOOGLE_CREDENTIALS", &arn).await?;
             vertex.credentials = GoogleCredentials::ServiceAccountJson(ApiKey::new(json)?);

@@ -17,7 +17,10 @@ pub fn decode_s3_key(raw: &str) -> String {
 /// Submits every object the event names. Objects of another bucket are ignored.
 /// An error (S3 or provider unreachable) fails the invocation so that Lambda retries;
 /// submit resumes where it stopped.
-pub async fn handle_s3_event(ctx: &Context, event: S3Event) -> Result<Vec<SubmitOutcome>, PipelineError> {
+pub async fn handle_s3_event(
+    ctx: &Context,
+    event: S3Event,
+) -> Result<Vec<SubmitOutcome>, PipelineError> {
     let mut outcomes = Vec::with_capacity(event.records.len());
     for record in event.records {
         let key = decode_s3_key(record.s3.object.key.as_deref().unwrap_or_default());
@@ -30,7 +33,11 @@ pub async fn handle_s3_event(ctx: &Context, event: S3Event) -> Result<Vec<Submit
         }
         let object = UploadedObject {
             key,
-            version_id: record.s3.object.version_id.filter(|v| !v.is_empty() && v != "null"),
+            version_id: record
+                .s3
+                .object
+                .version_id
+                .filter(|v| !v.is_empty() && v != "null"),
         };
         let outcome = submit(ctx, &object).await?;
         tracing::info!(?outcome, "submit");
@@ -42,7 +49,11 @@ pub async fn handle_s3_event(ctx: &Context, event: S3Event) -> Result<Vec<Submit
 /// Collects every message; failed ones are reported back so that only they are
 /// delivered again. `max_receives` is the queue's redrive count: the delivery that
 /// reaches it is the last, and records what is still missing as errors.
-pub async fn handle_sqs_event(ctx: &Context, event: SqsEvent, max_receives: u32) -> SqsBatchResponse {
+pub async fn handle_sqs_event(
+    ctx: &Context,
+    event: SqsEvent,
+    max_receives: u32,
+) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     for message in event.records {
         let id = message.message_id.clone().unwrap_or_default();
@@ -74,7 +85,10 @@ mod tests {
 
     #[test]
     fn decodes_s3_event_keys() {
-        assert_eq!(decode_s3_key("inbox/demo/My+Invoices+%C3%A9t%C3%A9.jsonl"), "inbox/demo/My Invoices été.jsonl");
+        assert_eq!(
+            decode_s3_key("inbox/demo/My+Invoices+%C3%A9t%C3%A9.jsonl"),
+            "inbox/demo/My Invoices été.jsonl"
+        );
         assert_eq!(decode_s3_key("inbox/a%2Bb.jsonl"), "inbox/a+b.jsonl");
     }
 }

@@ -13,7 +13,9 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// Why a whole file cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("the file is gzip-compressed but its name does not end in .gz; rename it to …{suffix}.gz")]
+    #[error(
+        "the file is gzip-compressed but its name does not end in .gz; rename it to …{suffix}.gz"
+    )]
     CompressedWithoutSuffix { suffix: String },
     #[error("reading the file failed at line {line}: {message}")]
     Read { line: u64, message: String },
@@ -34,7 +36,11 @@ pub struct LineReader {
 
 impl LineReader {
     /// Wraps an object's stream; `key` decides whether it is gzip.
-    pub async fn open(key: &str, stream: ByteStream, max_line_bytes: usize) -> Result<Self, InputError> {
+    pub async fn open(
+        key: &str,
+        stream: ByteStream,
+        max_line_bytes: usize,
+    ) -> Result<Self, InputError> {
         let raw = StreamReader::new(stream.map_err(std::io::Error::other));
         let mut raw = BufReader::with_capacity(256 * 1024, raw);
         let head = raw.fill_buf().await.map_err(|e| InputError::Read {
@@ -134,7 +140,10 @@ mod tests {
     use super::*;
 
     fn stream(data: Vec<u8>) -> ByteStream {
-        let chunks: Vec<_> = data.chunks(3).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let chunks: Vec<_> = data
+            .chunks(3)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
         futures::stream::iter(chunks).boxed()
     }
 
@@ -149,13 +158,24 @@ mod tests {
 
     #[tokio::test]
     async fn numbers_lines_skips_blanks_and_flags_long_ones() {
-        let lines = read_all("a.jsonl", b"one\r\n\n0123456789\nthree".to_vec(), 5).await.unwrap();
+        let lines = read_all("a.jsonl", b"one\r\n\n0123456789\nthree".to_vec(), 5)
+            .await
+            .unwrap();
         assert_eq!(
             lines,
             vec![
-                InputLine::Line { number: 1, bytes: b"one".to_vec() },
-                InputLine::TooLong { number: 3, length: 10 },
-                InputLine::Line { number: 4, bytes: b"three".to_vec() },
+                InputLine::Line {
+                    number: 1,
+                    bytes: b"one".to_vec()
+                },
+                InputLine::TooLong {
+                    number: 3,
+                    length: 10
+                },
+                InputLine::Line {
+                    number: 4,
+                    bytes: b"three".to_vec()
+                },
             ]
         );
     }

@@ -77,14 +77,24 @@ impl SourceObject {
             .next()
             .unwrap_or_default()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
             .collect::<String>()
             .split('-')
             .filter(|s| !s.is_empty())
             .collect::<Vec<_>>()
             .join("-");
         let stem: String = stem.chars().take(40).collect();
-        if stem.is_empty() { digest } else { format!("{stem}-{digest}") }
+        if stem.is_empty() {
+            digest
+        } else {
+            format!("{stem}-{digest}")
+        }
     }
 }
 
@@ -178,9 +188,15 @@ pub async fn load(store: &dyn ObjectStore, job: &str) -> Result<Versioned, Pipel
 }
 
 /// Creates the record; `Ok(None)` if one exists already.
-pub async fn create(store: &dyn ObjectStore, record: JobRecord) -> Result<Option<Versioned>, PipelineError> {
+pub async fn create(
+    store: &dyn ObjectStore,
+    record: JobRecord,
+) -> Result<Option<Versioned>, PipelineError> {
     let body = Bytes::from(serde_json::to_vec_pretty(&record)?);
-    match store.put(&keys::job_record(&record.job_id), body, PutMode::Create).await {
+    match store
+        .put(&keys::job_record(&record.job_id), body, PutMode::Create)
+        .await
+    {
         Ok(etag) => Ok(Some(Versioned { record, etag })),
         Err(StoreError::Conflict { .. }) => Ok(None),
         Err(e) => Err(e.into()),
@@ -202,7 +218,11 @@ pub async fn save(store: &dyn ObjectStore, versioned: &mut Versioned) -> Result<
 
 /// Read-modify-write with retries on conflict: `change` is applied to the freshest
 /// record until a conditional write succeeds. `change` returns false to skip writing.
-pub async fn update<F>(store: &dyn ObjectStore, job: &str, mut change: F) -> Result<Versioned, PipelineError>
+pub async fn update<F>(
+    store: &dyn ObjectStore,
+    job: &str,
+    mut change: F,
+) -> Result<Versioned, PipelineError>
 where
     F: FnMut(&mut JobRecord) -> bool,
 {
@@ -221,7 +241,9 @@ where
             Err(e) => return Err(e),
         }
     }
-    Err(PipelineError::Contended { job: job.to_string() })
+    Err(PipelineError::Contended {
+        job: job.to_string(),
+    })
 }
 
 pub fn now() -> String {
@@ -262,6 +284,9 @@ mod tests {
         assert_eq!(a, source(Some("v1")).job_id());
         assert_ne!(a, source(Some("v2")).job_id());
         assert!(a.starts_with("my-invoices-t-"), "{a}");
-        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
     }
 }

@@ -3,14 +3,14 @@
 //! validated results in S3). Each step is idempotent; see `design.md` for the invariant.
 
 pub mod collect;
+pub mod env;
+pub mod events;
 pub mod input;
 pub mod job;
 pub mod poll;
 pub mod spec;
 pub mod submit;
 mod summary;
-pub mod env;
-pub mod events;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -44,7 +44,12 @@ pub enum PipelineError {
     #[error("job {job} has no part {part}")]
     UnknownPart { job: String, part: u32 },
     #[error("job {job} part {part}: {received} results arrived, the provider reports {expected}")]
-    IncompleteResults { job: String, part: u32, received: u64, expected: u64 },
+    IncompleteResults {
+        job: String,
+        part: u32,
+        received: u64,
+        expected: u64,
+    },
     #[error("invalid ready message {body:?}: {reason}")]
     InvalidMessage { body: String, reason: String },
     #[error("JSON: {0}")]

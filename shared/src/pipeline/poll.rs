@@ -91,11 +91,14 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<(usize, usize), Pipelin
         to_queue.clear();
         let mut changed = false;
         for (index, status) in &seen {
-            let Some(part) = record.parts.iter_mut().find(|p| p.index == *index) else { continue };
+            let Some(part) = record.parts.iter_mut().find(|p| p.index == *index) else {
+                continue;
+            };
             if part.collected.is_some() {
                 continue;
             }
-            changed |= part.state != Some(status.state) || part.raw_status.as_deref() != Some(&status.raw_status);
+            changed |= part.state != Some(status.state)
+                || part.raw_status.as_deref() != Some(&status.raw_status);
             part.state = Some(status.state);
             part.raw_status = Some(status.raw_status.clone());
             part.batch_error = status.error.clone();

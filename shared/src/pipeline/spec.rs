@@ -109,8 +109,12 @@ pub fn parse_line(line_no: u64, line: &[u8]) -> Result<Request, LineRejection> {
     let reject = |custom_id: String, reason: String| LineRejection { custom_id, reason };
     let text = std::str::from_utf8(line)
         .map_err(|e| reject(line_id(line_no), format!("line is not UTF-8 ({e})")))?;
-    let parsed: InputLine = serde_json::from_str(text)
-        .map_err(|e| reject(recover_id(text).unwrap_or_else(|| line_id(line_no)), format!("line is not a valid request: {e}")))?;
+    let parsed: InputLine = serde_json::from_str(text).map_err(|e| {
+        reject(
+            recover_id(text).unwrap_or_else(|| line_id(line_no)),
+            format!("line is not a valid request: {e}"),
+        )
+    })?;
     let custom_id = match parsed.custom_id {
         Some(id) => {
             check_custom_id(&id).map_err(|reason| reject(line_id(line_no), reason))?;
@@ -120,10 +124,16 @@ pub fn parse_line(line_no: u64, line: &[u8]) -> Result<Request, LineRejection> {
     };
     let messages = match (parsed.messages, parsed.text) {
         (Some(_), Some(_)) => {
-            return Err(reject(custom_id, "line has both `messages` and `text`; give one".into()));
+            return Err(reject(
+                custom_id,
+                "line has both `messages` and `text`; give one".into(),
+            ));
         }
         (None, None) => {
-            return Err(reject(custom_id, "line has neither `messages` nor `text`".into()));
+            return Err(reject(
+                custom_id,
+                "line has neither `messages` nor `text`".into(),
+            ));
         }
         (Some(messages), None) => messages,
         (None, Some(text)) => vec![Message::new(Role::User, text)],
@@ -131,7 +141,10 @@ pub fn parse_line(line_no: u64, line: &[u8]) -> Result<Request, LineRejection> {
     if messages.is_empty() {
         return Err(reject(custom_id, "`messages` is empty".into()));
     }
-    Ok(Request { custom_id, messages })
+    Ok(Request {
+        custom_id,
+        messages,
+    })
 }
 
 /// Ids become part of result lines and must never be able to act as paths or
@@ -141,13 +154,18 @@ pub fn check_custom_id(id: &str) -> Result<(), String> {
         return Err("custom_id is empty".into());
     }
     if id.chars().count() > MAX_CUSTOM_ID_CHARS {
-        return Err(format!("custom_id is longer than {MAX_CUSTOM_ID_CHARS} characters"));
+        return Err(format!(
+            "custom_id is longer than {MAX_CUSTOM_ID_CHARS} characters"
+        ));
     }
     if id.contains('/') || id.contains("..") {
         return Err(format!("custom_id {id:?} contains `/` or `..`"));
     }
     if id.chars().any(char::is_control) {
-        return Err(format!("custom_id {:?} contains control characters", id.escape_debug().to_string()));
+        return Err(format!(
+            "custom_id {:?} contains control characters",
+            id.escape_debug().to_string()
+        ));
     }
     Ok(())
 }
@@ -171,7 +189,11 @@ mod tests {
         let r = parse_line(3, br#"{"text":"hello"}"#).unwrap();
         assert_eq!(r.custom_id, "line-3");
         assert_eq!(r.messages, vec![Message::new(Role::User, "hello")]);
-        let r = parse_line(4, br#"{"custom_id":"a1","messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        let r = parse_line(
+            4,
+            br#"{"custom_id":"a1","messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .unwrap();
         assert_eq!(r.custom_id, "a1");
     }
 
@@ -181,9 +203,17 @@ mod tests {
             (b"not json", "line-1", "not a valid request"),
             (br#"{"custom_id":"k"}"#, "k", "neither"),
             (br#"{"custom_id":"k","messages":[]}"#, "k", "empty"),
-            (br#"{"custom_id":"k","messages":[{"role":"tool","content":"x"}]}"#, "k", "unknown variant"),
+            (
+                br#"{"custom_id":"k","messages":[{"role":"tool","content":"x"}]}"#,
+                "k",
+                "unknown variant",
+            ),
             (br#"{"custom_id":"a/b","text":"x"}"#, "line-1", "`/`"),
-            (br#"{"custom_id":"a\u0001","text":"x"}"#, "line-1", "control"),
+            (
+                br#"{"custom_id":"a\u0001","text":"x"}"#,
+                "line-1",
+                "control",
+            ),
             (b"\xff\xfe", "line-1", "UTF-8"),
         ];
         for (line, id, reason) in cases {

@@ -23,7 +23,12 @@ use crate::storage::{ObjectWriter, PutMode, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SubmitOutcome {
-    Submitted { job_id: String, parts: usize, requests: u64, rejected_lines: u64 },
+    Submitted {
+        job_id: String,
+        parts: usize,
+        requests: u64,
+        rejected_lines: u64,
+    },
     /// The job exists and is past submission: a repeated event.
     Duplicate { job_id: String },
     /// Another invocation is submitting this job right now.
@@ -45,7 +50,10 @@ pub struct UploadedObject {
     pub version_id: Option<String>,
 }
 
-pub async fn submit(ctx: &Context, object: &UploadedObject) -> Result<SubmitOutcome, PipelineError> {
+pub async fn submit(
+    ctx: &Context,
+    object: &UploadedObject,
+) -> Result<SubmitOutcome, PipelineError> {
     let key = object.key.as_str();
     if !key.starts_with(keys::INBOX) {
         return Ok(SubmitOutcome::Ignored {
@@ -75,7 +83,12 @@ pub async fn submit(ctx: &Context, object: &UploadedObject) -> Result<SubmitOutc
     };
 
     if meta.size == 0 {
-        return fail(ctx, versioned, format!("{key}: the file is empty (0 bytes)")).await;
+        return fail(
+            ctx,
+            versioned,
+            format!("{key}: the file is empty (0 bytes)"),
+        )
+        .await;
     }
     if meta.size > ctx.settings.max_object_bytes {
         let reason = format!(
@@ -84,13 +97,23 @@ pub async fn submit(ctx: &Context, object: &UploadedObject) -> Result<SubmitOutc
         );
         return fail(ctx, versioned, reason).await;
     }
-    let stream = ctx.store.get_stream(key, meta.version_id.as_deref()).await?;
+    let stream = ctx
+        .store
+        .get_stream(key, meta.version_id.as_deref())
+        .await?;
     let mut reader = match LineReader::open(key, stream, 64 * 1024 * 1024).await {
         Ok(reader) => reader,
         Err(e @ InputError::CompressedWithoutSuffix { .. }) => {
             return fail(ctx, versioned, format!("{key}: {e}")).await;
         }
-        Err(InputError::Read { message, .. }) => return Err(StoreError::Backend { operation: "read", key: key.into(), message }.into()),
+        Err(InputError::Read { message, .. }) => {
+            return Err(StoreError::Backend {
+                operation: "read",
+                key: key.into(),
+                message,
+            }
+            .into());
+        }
     };
 
     let first = next_line(&mut reader, key).await?;
@@ -122,25 +145,42 @@ pub async fn submit(ctx: &Context, object: &UploadedObject) -> Result<SubmitOutc
         rejected_lines: 0,
         requests: 0,
     };
-    let mut line = pending;
+    // The first line was either the header (consumed) or a request (handed back).
+    let mut line = match pending {
+        Some(line) => Some(line),
+        None => next_line(&mut reader, key).await?,
+    };
     loop {
         match line {
             None => break,
             Some(InputLine::TooLong { number, length }) => {
                 run.requests += 1;
-                let reason = format!("line is {length} bytes, more than the {} allowed", spec.max_line_bytes);
+                let reason = format!(
+                    "line is {length} bytes, more than the {} allowed",
+                    spec.max_line_bytes
+                );
                 run.reject(&spec::line_id(number), number, reason).await?;
             }
             Some(InputLine::Line { number, bytes }) => {
                 run.requests += 1;
                 if bytes.len() > spec.max_line_bytes {
-                    let reason = format!("line is {} bytes, more than the {} allowed", bytes.len(), spec.max_line_bytes);
+                    let reason = format!(
+                        "line is {} bytes, more than the {} allowed",
+                        bytes.len(),
+                        spec.max_line_bytes
+                    );
                     run.reject(&spec::line_id(number), number, reason).await?;
                 } else {
                     match spec::parse_line(number, &bytes) {
-                        Err(rejection) => run.reject(&rejection.custom_id, number, rejection.reason).await?,
+                        Err(rejection) => {
+                            run.reject(&rejection.custom_id, number, rejection.reason)
+                                .await?
+                        }
                         Ok(request) => match builder.push(&request) {
-                            Err(e) => run.reject(&request.custom_id, number, e.to_string()).await?,
+                            Err(e) => {
+                                run.reject(&request.custom_id, number, e.to_string())
+                                    .await?
+                            }
                             Ok(Some(part)) => run.submit_part(&mut versioned, part).await?,
                             Ok(None) => {}
                         },
@@ -159,7 +199,12 @@ pub async fn submit(ctx: &Context, object: &UploadedObject) -> Result<SubmitOutc
         run.rejected.finish().await?;
     }
     if requests == 0 {
-        return fail(ctx, versioned, format!("{key}: the file has no request lines")).await;
+        return fail(
+            ctx,
+            versioned,
+            format!("{key}: the file has no request lines"),
+        )
+        .await;
     }
     let parts = versioned.record.parts.len();
     versioned.record.requests = requests;
@@ -173,17 +218,32 @@ pub async fn submit(ctx: &Context, object: &UploadedObject) -> Result<SubmitOutc
     } else {
         // Index first: a crash between the two leaves an index entry that poll skips
         // until the record says open, never an open job that poll cannot see.
-        ctx.store.put(&keys::open_marker(&job_id), Bytes::new(), PutMode::Overwrite).await?;
+        ctx.store
+            .put(
+                &keys::open_marker(&job_id),
+                Bytes::new(),
+                PutMode::Overwrite,
+            )
+            .await?;
         versioned.record.status = JobStatus::Open;
         job::save(ctx.store.as_ref(), &mut versioned).await?;
     }
-    Ok(SubmitOutcome::Submitted { job_id, parts, requests, rejected_lines })
+    Ok(SubmitOutcome::Submitted {
+        job_id,
+        parts,
+        requests,
+        rejected_lines,
+    })
 }
 
 /// Creates the job record, or takes over one whose submit died (lease passed).
 /// `None` when the job belongs to someone else or is past submission; the flag says
 /// whether this run resumes a dead one.
-async fn claim(ctx: &Context, job_id: &str, source: SourceObject) -> Result<Option<(Versioned, bool)>, PipelineError> {
+async fn claim(
+    ctx: &Context,
+    job_id: &str,
+    source: SourceObject,
+) -> Result<Option<(Versioned, bool)>, PipelineError> {
     let lease_until = job::after(ctx.settings.submit_lease);
     let record = JobRecord {
         job_id: job_id.to_string(),
@@ -203,7 +263,11 @@ async fn claim(ctx: &Context, job_id: &str, source: SourceObject) -> Result<Opti
         return Ok(Some((created, false)));
     }
     let mut existing = job::load(ctx.store.as_ref(), job_id).await?;
-    let expired = existing.record.submit_lease_until.as_deref().is_none_or(job::has_passed);
+    let expired = existing
+        .record
+        .submit_lease_until
+        .as_deref()
+        .is_none_or(job::has_passed);
     if existing.record.status != JobStatus::Submitting || !expired {
         return Ok(None);
     }
@@ -248,7 +312,9 @@ async fn resolve_spec(
     {
         return Ok(match serde_json::from_slice::<SpecHeader>(bytes) {
             Ok(header) => Ok((header.spec, None)),
-            Err(e) => Err(format!("{key} line 1: the header is not a valid job spec: {e}")),
+            Err(e) => Err(format!(
+                "{key} line 1: the header is not a valid job spec: {e}"
+            )),
         });
     }
     let rest = &key[keys::INBOX.len()..];
@@ -275,7 +341,11 @@ async fn resolve_spec(
 }
 
 /// Marks the job failed with `reason` and closes it (summary written, nothing submitted).
-async fn fail(ctx: &Context, mut versioned: Versioned, reason: String) -> Result<SubmitOutcome, PipelineError> {
+async fn fail(
+    ctx: &Context,
+    mut versioned: Versioned,
+    reason: String,
+) -> Result<SubmitOutcome, PipelineError> {
     tracing::warn!(job = %versioned.record.job_id, %reason, "job failed before submission");
     versioned.record.status = JobStatus::Failed;
     versioned.record.failure = Some(reason.clone());
@@ -301,11 +371,20 @@ struct SubmitRun<'a> {
 }
 
 impl SubmitRun<'_> {
-    async fn reject(&mut self, custom_id: &str, line: u64, reason: String) -> Result<(), PipelineError> {
+    async fn reject(
+        &mut self,
+        custom_id: &str,
+        line: u64,
+        reason: String,
+    ) -> Result<(), PipelineError> {
         self.rejected_lines += 1;
         let failure = Failure {
             line: Some(line),
-            ..Failure::new(custom_id, INVALID_INPUT, format!("{} line {line}: {reason}", self.key))
+            ..Failure::new(
+                custom_id,
+                INVALID_INPUT,
+                format!("{} line {line}: {reason}", self.key),
+            )
         };
         let mut bytes = serde_json::to_vec(&failure)?;
         bytes.push(b'\n');
@@ -315,7 +394,11 @@ impl SubmitRun<'_> {
 
     /// Records the part's ids, then creates its batch (or finds the one a crashed
     /// run created), then records the batch id. Parts with a batch are skipped.
-    async fn submit_part(&mut self, versioned: &mut Versioned, part: BatchPart) -> Result<(), PipelineError> {
+    async fn submit_part(
+        &mut self,
+        versioned: &mut Versioned,
+        part: BatchPart,
+    ) -> Result<(), PipelineError> {
         let index = part.index;
         let job_id = versioned.record.job_id.clone();
         if let Some(done) = versioned.record.parts.iter().find(|p| p.index == index)
@@ -327,7 +410,11 @@ impl SubmitRun<'_> {
         manifest.push(b'\n');
         self.ctx
             .store
-            .put(&keys::part_manifest(&job_id, index), Bytes::from(manifest), PutMode::Overwrite)
+            .put(
+                &keys::part_manifest(&job_id, index),
+                Bytes::from(manifest),
+                PutMode::Overwrite,
+            )
             .await?;
         let tags: BatchTags = BTreeMap::from([
             ("batchline_job".to_string(), job_id.clone()),
@@ -342,7 +429,11 @@ impl SubmitRun<'_> {
                 tracing::info!(job = %job_id, part = index, batch = %found.batch_id, "found the batch a previous run created");
                 found
             }
-            None => self.provider.create(&self.spec.model.model, part.body, &tags).await?,
+            None => {
+                self.provider
+                    .create(&self.spec.model.model, part.body, &tags)
+                    .await?
+            }
         };
         tracing::info!(job = %job_id, part = index, batch = %status.batch_id, requests = part.custom_ids.len(), "submitted part");
         versioned.record.parts.retain(|p| p.index != index);

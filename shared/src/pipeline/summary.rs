@@ -57,18 +57,26 @@ struct Timings<'a> {
 }
 
 fn seconds_between(start: &str, end: &str) -> Option<i64> {
-    let parse = |t: &str| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok();
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+    };
     Some((parse(end)? - parse(start)?).whole_seconds())
 }
 
 /// Writes the summary, saves the record as closed and removes it from the open index.
 /// The record's status must already be `Completed` or `Failed`.
-pub(super) async fn close_job(ctx: &Context, versioned: &mut Versioned) -> Result<(), PipelineError> {
+pub(super) async fn close_job(
+    ctx: &Context,
+    versioned: &mut Versioned,
+) -> Result<(), PipelineError> {
     let record = &mut versioned.record;
     record.completed_at.get_or_insert_with(job::now);
     let mut errors_by_type = BTreeMap::new();
     if record.input_errors > 0 {
-        errors_by_type.insert(super::submit::INVALID_INPUT.to_string(), record.input_errors);
+        errors_by_type.insert(
+            super::submit::INVALID_INPUT.to_string(),
+            record.input_errors,
+        );
     }
     let mut usage = Usage::default();
     let (mut succeeded, mut failed) = (0, record.input_errors);
@@ -80,7 +88,9 @@ pub(super) async fn close_job(ctx: &Context, versioned: &mut Versioned) -> Resul
         files.errors.push(keys::input_errors(&record.job_id));
     }
     for part in &record.parts {
-        let Some(outcome) = &part.collected else { continue };
+        let Some(outcome) = &part.collected else {
+            continue;
+        };
         succeeded += outcome.succeeded;
         failed += outcome.failed;
         usage.input_tokens += outcome.usage.input_tokens;
@@ -89,7 +99,9 @@ pub(super) async fn close_job(ctx: &Context, versioned: &mut Versioned) -> Resul
             *errors_by_type.entry(kind.clone()).or_insert(0) += n;
         }
         if outcome.succeeded > 0 {
-            files.successes.push(keys::successes(&record.job_id, part.index));
+            files
+                .successes
+                .push(keys::successes(&record.job_id, part.index));
         }
         if outcome.failed > 0 {
             files.errors.push(keys::errors(&record.job_id, part.index));
@@ -135,8 +147,16 @@ pub(super) async fn close_job(ctx: &Context, versioned: &mut Versioned) -> Resul
         tracing::error!(job = %record.job_id, requests = record.requests, succeeded, failed, "results do not account for every request");
     }
     let body = Bytes::from(serde_json::to_vec_pretty(&summary)?);
-    ctx.store.put(&keys::summary(&record.job_id), body, crate::storage::PutMode::Overwrite).await?;
+    ctx.store
+        .put(
+            &keys::summary(&record.job_id),
+            body,
+            crate::storage::PutMode::Overwrite,
+        )
+        .await?;
     job::save(ctx.store.as_ref(), versioned).await?;
-    ctx.store.delete(&keys::open_marker(&versioned.record.job_id)).await?;
+    ctx.store
+        .delete(&keys::open_marker(&versioned.record.job_id))
+        .await?;
     Ok(())
 }

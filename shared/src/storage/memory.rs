@@ -38,7 +38,9 @@ impl MemoryStore {
             .expect("memory store lock")
             .get(key)
             .cloned()
-            .ok_or_else(|| StoreError::NotFound { key: key.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                key: key.to_string(),
+            })
     }
 }
 
@@ -68,10 +70,8 @@ impl ObjectStore for MemoryStore {
     async fn get_stream(&self, key: &str, _version: Option<&str>) -> StoreResult<ByteStream> {
         let (body, _) = self.lookup(key)?;
         // Small chunks so that readers meet chunk boundaries inside lines.
-        let chunks: Vec<StoreResult<Bytes>> = body
-            .chunks(4096)
-            .map(|c| Ok(body.slice_ref(c)))
-            .collect();
+        let chunks: Vec<StoreResult<Bytes>> =
+            body.chunks(4096).map(|c| Ok(body.slice_ref(c))).collect();
         Ok(futures::stream::iter(chunks).boxed())
     }
 
@@ -83,11 +83,15 @@ impl ObjectStore for MemoryStore {
             (PutMode::Create, existing) => existing.is_none(),
             (PutMode::Update(expected), Some(actual)) => expected == actual,
             (PutMode::Update(_), None) => {
-                return Err(StoreError::NotFound { key: key.to_string() });
+                return Err(StoreError::NotFound {
+                    key: key.to_string(),
+                });
             }
         };
         if !allowed {
-            return Err(StoreError::Conflict { key: key.to_string() });
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+            });
         }
         let etag = self.tag();
         objects.insert(key.to_string(), (body, etag.clone()));
@@ -112,20 +116,36 @@ impl ObjectStore for MemoryStore {
 
     async fn start_upload(&self, _key: &str) -> StoreResult<String> {
         let id = self.tag();
-        self.uploads.lock().expect("memory store lock").insert(id.clone(), Vec::new());
+        self.uploads
+            .lock()
+            .expect("memory store lock")
+            .insert(id.clone(), Vec::new());
         Ok(id)
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: Bytes) -> StoreResult<String> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
         let mut uploads = self.uploads.lock().expect("memory store lock");
-        let parts = uploads.get_mut(upload_id).ok_or_else(|| StoreError::NotFound {
-            key: format!("{key} upload {upload_id}"),
-        })?;
+        let parts = uploads
+            .get_mut(upload_id)
+            .ok_or_else(|| StoreError::NotFound {
+                key: format!("{key} upload {upload_id}"),
+            })?;
         parts.push((number, body));
         Ok(self.tag())
     }
 
-    async fn complete_upload(&self, key: &str, upload_id: &str, parts: Vec<(i32, String)>) -> StoreResult<()> {
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<(i32, String)>,
+    ) -> StoreResult<()> {
         let mut uploaded = self
             .uploads
             .lock()
@@ -152,7 +172,10 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn abort_upload(&self, _key: &str, upload_id: &str) -> StoreResult<()> {
-        self.uploads.lock().expect("memory store lock").remove(upload_id);
+        self.uploads
+            .lock()
+            .expect("memory store lock")
+            .remove(upload_id);
         Ok(())
     }
 }

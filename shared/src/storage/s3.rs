@@ -24,12 +24,11 @@ impl S3Store {
         }
     }
 
-    /// A client from the standard AWS configuration chain. `S3_FORCE_PATH_STYLE=true`
-    /// switches to path-style addressing, which local S3 servers (moto) need.
-    pub fn client_from(config: &aws_config::SdkConfig) -> Client {
-        let path_style = std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
+    /// A client from shared AWS configuration; path-style addressing is what local S3
+    /// servers (moto) need.
+    pub fn client_from(config: &aws_config::SdkConfig, force_path_style: bool) -> Client {
         let s3_config = aws_sdk_s3::config::Builder::from(config)
-            .force_path_style(path_style)
+            .force_path_style(force_path_style)
             .build();
         Client::from_conf(s3_config)
     }
@@ -48,10 +47,14 @@ where
     let status = err.raw_response().map(HasStatus::status_code);
     let code = err.code().map(str::to_string);
     match (status, code.as_deref()) {
-        (Some(404), _) | (_, Some("NoSuchKey" | "NotFound")) => StoreError::NotFound { key: key.to_string() },
+        (Some(404), _) | (_, Some("NoSuchKey" | "NotFound")) => StoreError::NotFound {
+            key: key.to_string(),
+        },
         // 409 is S3's answer when two conditional writes race.
         (Some(412 | 409), _) | (_, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
-            StoreError::Conflict { key: key.to_string() }
+            StoreError::Conflict {
+                key: key.to_string(),
+            }
         }
         _ => StoreError::Backend {
             operation,
@@ -188,7 +191,11 @@ impl ObjectStore for S3Store {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify("list", prefix, e))?;
-            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
         }
         Ok(keys)
     }
@@ -202,14 +209,22 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| classify("start_upload", key, e))?;
-        out.upload_id().map(str::to_string).ok_or_else(|| StoreError::Backend {
-            operation: "start_upload",
-            key: key.to_string(),
-            message: "no upload id in the answer".to_string(),
-        })
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Backend {
+                operation: "start_upload",
+                key: key.to_string(),
+                message: "no upload id in the answer".to_string(),
+            })
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: Bytes) -> StoreResult<String> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> StoreResult<String> {
         let out = self
             .client
             .upload_part()
@@ -224,7 +239,12 @@ impl ObjectStore for S3Store {
         Ok(out.e_tag().unwrap_or_default().to_string())
     }
 
-    async fn complete_upload(&self, key: &str, upload_id: &str, parts: Vec<(i32, String)>) -> StoreResult<()> {
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<(i32, String)>,
+    ) -> StoreResult<()> {
         let parts = parts
             .into_iter()
             .map(|(n, etag)| CompletedPart::builder().part_number(n).e_tag(etag).build())
@@ -234,7 +254,11 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| classify("complete_upload", key, e))?;

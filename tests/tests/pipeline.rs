@@ -1,0 +1,266 @@
+//! End-to-end: the pipeline steps, through the real AWS SDK against moto and the
+//! provider emulator, for every provider. Each test asserts the invariant on the
+//! files in S3.
+
+mod support;
+
+use batchline::model::ProviderKind;
+use batchline::pipeline::job::JobStatus;
+use serde_json::json;
+use support::{Harness, job_file};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_job_succeeds_for_every_provider() {
+    let h = Harness::start().await;
+    for kind in ProviderKind::ALL {
+        let (body, ids) = job_file(kind, 12, &[]);
+        let job = h
+            .submit(&format!("inbox/{kind}/Invoices été {kind}.jsonl"), body)
+            .await;
+        let record = h.run_to_end(&job).await;
+        assert_eq!(
+            record.status,
+            JobStatus::Completed,
+            "{kind}: {:?}",
+            record.failure
+        );
+        let results = h.assert_invariant(&job, &ids).await;
+        assert_eq!(results.successes.len(), 12, "{kind}: {:?}", results.errors);
+        assert!(
+            results.summary["usage"]["output_tokens"].as_u64() > Some(0),
+            "{kind}"
+        );
+        for success in &results.successes {
+            assert!(success["result"]["vendor"].is_string(), "{kind}: {success}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_and_schema_breaking_answers_become_errors() {
+    let h = Harness::start().await;
+    for kind in ProviderKind::ALL {
+        let extra = [
+            "this is not json".to_string(),
+            json!({"custom_id": "no-content"}).to_string(),
+            json!({"custom_id": "broken", "text": "Invoice [[fault:schema_break]]"}).to_string(),
+            json!({"custom_id": "refused", "text": "Invoice [[fault:refusal]]"}).to_string(),
+            json!({"text": "an id from the line number"}).to_string(),
+        ];
+        let (body, mut ids) = job_file(kind, 4, &extra);
+        ids.extend(["line-6", "no-content", "broken", "refused", "line-10"].map(String::from));
+        let key = format!("inbox/{kind}/bad.jsonl");
+        let job = h.submit(&key, body).await;
+        h.run_to_end(&job).await;
+        let results = h.assert_invariant(&job, &ids).await;
+        let types = results.error_types();
+        assert_eq!(types["line-6"], "invalid_input", "{kind}");
+        assert_eq!(types["no-content"], "invalid_input", "{kind}");
+        assert_eq!(types["broken"], "schema_mismatch", "{kind}");
+        assert_eq!(types["refused"], "refusal", "{kind}");
+        let bad = results
+            .errors
+            .iter()
+            .find(|e| e["custom_id"] == "line-6")
+            .expect("line 6");
+        let message = bad["error_message"].as_str().expect("message");
+        assert!(
+            message.contains(&key) && message.contains("line 6"),
+            "{message}"
+        );
+        assert_eq!(results.successes.len(), 5, "{kind}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_s3_event_creates_no_second_batch() {
+    let h = Harness::start().await;
+    for kind in ProviderKind::ALL {
+        let (body, ids) = job_file(kind, 3, &[]);
+        let key = format!("inbox/{kind}/dup.jsonl");
+        let version = h.upload(&key, body).await;
+        let before = h.batches_created(kind).await;
+        let job = h.submit_version(&key, &version).await;
+        let again = h.submit_version(&key, &version).await;
+        assert_eq!(job, again);
+        assert_eq!(h.batches_created(kind).await, before + 1, "{kind}");
+        h.run_to_end(&job).await;
+        h.assert_invariant(&job, &ids).await;
+        // The same event after the job closed is still no new batch.
+        h.submit_version(&key, &version).await;
+        assert_eq!(h.batches_created(kind).await, before + 1, "{kind}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_of_the_same_key_is_a_new_job() {
+    let h = Harness::start().await;
+    let kind = ProviderKind::OpenAi;
+    let key = "inbox/openai/same-key.jsonl";
+    let (first_body, ids) = job_file(kind, 2, &[]);
+    let first = h.submit(key, first_body).await;
+    let (second_body, _) = job_file(kind, 2, &[]);
+    let second = h.submit(key, second_body).await;
+    assert_ne!(first, second);
+    for job in [first, second] {
+        h.run_to_end(&job).await;
+        h.assert_invariant(&job, &ids).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_changes_nothing() {
+    let h = Harness::start().await;
+    for kind in ProviderKind::ALL {
+        let (body, ids) = job_file(kind, 5, &[]);
+        let job = h
+            .submit(&format!("inbox/{kind}/redeliver.jsonl"), body)
+            .await;
+        h.run_to_end(&job).await;
+        let before = h.assert_invariant(&job, &ids).await;
+        let message = json!({"job_id": job, "part": 0}).to_string();
+        h.sqs
+            .send_message()
+            .queue_url(&h.queue_url)
+            .message_body(&message)
+            .send()
+            .await
+            .expect("send");
+        h.sqs
+            .send_message()
+            .queue_url(&h.queue_url)
+            .message_body(&message)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(h.collect_queued().await, 2);
+        let after = h.assert_invariant(&job, &ids).await;
+        assert_eq!(before.successes, after.successes, "{kind}");
+        assert_eq!(before.summary, after.summary, "{kind}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_polls_at_once_queue_each_part_once() {
+    let h = Harness::start().await;
+    for kind in ProviderKind::ALL {
+        let (body, ids) = job_file(kind, 6, &[]);
+        let job = h.submit(&format!("inbox/{kind}/polls.jsonl"), body).await;
+        h.emulator.finish_all(true);
+        let (a, b) = tokio::join!(
+            batchline::pipeline::poll(&h.ctx),
+            batchline::pipeline::poll(&h.ctx)
+        );
+        let queued = a.expect("poll a").parts_queued + b.expect("poll b").parts_queued;
+        assert_eq!(queued, 1, "{kind}: exactly one poll queues the part");
+        h.run_to_end(&job).await;
+        h.assert_invariant(&job, &ids).await;
+        h.emulator.finish_all(false);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_the_part_limit_is_split_and_reassembled() {
+    let h = Harness::start().await;
+    for kind in ProviderKind::ALL {
+        let (body, ids) = job_file(kind, 10, &[]);
+        let body = body.replacen(
+            "\"max_tokens\":256",
+            "\"max_tokens\":256,\"max_requests_per_part\":4",
+            1,
+        );
+        let job = h.submit(&format!("inbox/{kind}/split.jsonl"), body).await;
+        let record = h.run_to_end(&job).await;
+        assert_eq!(record.parts.len(), 3, "{kind}: 10 requests at 4 a part");
+        assert!(
+            record.parts[0]
+                .split_reason
+                .as_deref()
+                .is_some_and(|r| r.contains('4')),
+            "{kind}: {:?}",
+            record.parts[0]
+        );
+        let results = h.assert_invariant(&job, &ids).await;
+        assert_eq!(results.successes.len(), 10, "{kind}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_batch_keeps_its_partial_results_and_reports_the_rest() {
+    let h = Harness::start().await;
+    for kind in ProviderKind::ALL {
+        h.emulator.set_faults(batchline_emulator::FaultPlan {
+            batch_fate: batchline_emulator::BatchFate::Expire,
+            partial: 0.5,
+            ..Default::default()
+        });
+        let (body, ids) = job_file(kind, 8, &[]);
+        let job = h.submit(&format!("inbox/{kind}/expire.jsonl"), body).await;
+        h.run_to_end(&job).await;
+        let results = h.assert_invariant(&job, &ids).await;
+        assert!(
+            !results.successes.is_empty(),
+            "{kind}: partial results kept"
+        );
+        assert!(!results.errors.is_empty(), "{kind}: the rest reported");
+        assert!(
+            results.errors.iter().all(|e| e["error_type"] == "expired"),
+            "{kind}: {:?}",
+            results.errors
+        );
+        h.emulator.set_faults(Default::default());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_file_problems_fail_the_job_with_a_reason_and_submit_nothing() {
+    let h = Harness::start().await;
+    let cases = [
+        ("inbox/empty.jsonl", String::new(), "empty"),
+        (
+            "inbox/nospec.jsonl",
+            json!({"text": "x"}).to_string(),
+            "no job spec",
+        ),
+        (
+            "inbox/badspec.jsonl",
+            "{\"spec\": {\"model\": \"nope/x\"}}\n".to_string(),
+            "header",
+        ),
+        (
+            "inbox/openai/no-pipeline.jsonl",
+            json!({"text": "x"}).to_string(),
+            "pipelines/openai.json",
+        ),
+    ];
+    for (key, body, reason) in cases {
+        let job = h.submit(key, body).await;
+        let record = h.record(&job).await;
+        assert_eq!(record.status, JobStatus::Failed, "{key}");
+        let failure = record.failure.unwrap_or_default();
+        assert!(
+            failure.contains(reason) && failure.contains(key.rsplit('/').next().unwrap_or(key)),
+            "{key}: {failure}"
+        );
+        assert!(record.parts.is_empty());
+    }
+    assert_eq!(h.batches_created(ProviderKind::OpenAi).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_pipeline_spec_applies_to_uploads_under_its_prefix() {
+    let h = Harness::start().await;
+    let spec: serde_json::Value =
+        serde_json::from_str(&support::header(ProviderKind::Anthropic, json!({}))).expect("header");
+    h.upload("pipelines/claims.json", spec["spec"].to_string())
+        .await;
+    let body = (0..3)
+        .map(|i| json!({"custom_id": format!("c{i}"), "text": "claim"}).to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let job = h.submit("inbox/claims/2026/batch one.jsonl", body).await;
+    h.run_to_end(&job).await;
+    let ids: Vec<String> = (0..3).map(|i| format!("c{i}")).collect();
+    let results = h.assert_invariant(&job, &ids).await;
+    assert_eq!(results.successes.len(), 3);
+}

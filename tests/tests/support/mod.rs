@@ -1,0 +1,508 @@
+//! Test support for end-to-end pipeline tests: a moto server (real S3 and SQS
+//! protocols) started on a free port, the provider emulator in-process, and the
+//! pipeline context wired to both through the real AWS SDK.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_lambda_events::event::s3::S3Event;
+use aws_lambda_events::event::sqs::SqsEvent;
+use batchline::model::ProviderKind;
+use batchline::pipeline::job::{self, JobRecord, JobStatus, keys};
+use batchline::pipeline::{Context, ProviderSource, Settings, events};
+use batchline::provider::config::{ApiKey, GoogleCredentials, ProviderConfig, VertexSettings};
+use batchline::provider::{BatchProvider, connect};
+use batchline::queue::SqsQueue;
+use batchline::storage::S3Store;
+use batchline_emulator::{Config, Emulator};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+pub const BUCKET: &str = "batchline-test";
+pub const API_KEY: &str = "test-key";
+
+/// A moto server process, stopped on drop.
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        let port = free_port();
+        let binary = std::env::var("MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server")
+            });
+        assert!(
+            binary.exists(),
+            "{} not found: run `make venv` first",
+            binary.display()
+        );
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto_server");
+        let moto = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Every provider pointed at the emulator.
+#[derive(Debug)]
+pub struct EmulatorProviders {
+    base: String,
+}
+
+impl EmulatorProviders {
+    pub fn config(&self, kind: ProviderKind) -> ProviderConfig {
+        let key = || ApiKey::new(API_KEY).expect("key");
+        let mut config = match kind {
+            ProviderKind::Google => ProviderConfig::vertex(
+                Some(&self.base),
+                VertexSettings {
+                    project: "test-project".into(),
+                    location: "us-central1".into(),
+                    bucket: "gcs-test".into(),
+                    storage_base_url: self.base.parse().expect("url"),
+                    credentials: GoogleCredentials::StaticToken(key()),
+                },
+            ),
+            _ => ProviderConfig::with_api_key(&self.base, key()),
+        }
+        .expect("provider config");
+        // Keep fault-injection tests quick: short backoff.
+        config.retry.base_delay = Duration::from_millis(20);
+        config.retry.max_delay = Duration::from_millis(200);
+        config
+    }
+}
+
+#[async_trait]
+impl ProviderSource for EmulatorProviders {
+    async fn provider(&self, kind: ProviderKind) -> batchline::Result<Arc<dyn BatchProvider>> {
+        connect(kind, &self.config(kind))
+    }
+}
+
+/// moto + emulator + the pipeline context, for one test.
+pub struct Harness {
+    pub moto: Moto,
+    pub emulator: Emulator,
+    pub ctx: Context,
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub queue_url: String,
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        let moto = Moto::start();
+        let emulator = Emulator::start(Config {
+            step: Duration::from_millis(50),
+            api_key: API_KEY.into(),
+        })
+        .await
+        .expect("emulator");
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&moto.url)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .load()
+            .await;
+        let s3 = S3Store::client_from(&sdk, true);
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        s3.create_bucket()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .expect("create bucket");
+        s3.put_bucket_versioning()
+            .bucket(BUCKET)
+            .versioning_configuration(
+                aws_sdk_s3::types::VersioningConfiguration::builder()
+                    .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("versioning");
+        let queue_url = sqs
+            .create_queue()
+            .queue_name("batchline-ready")
+            .send()
+            .await
+            .expect("create queue")
+            .queue_url()
+            .expect("queue url")
+            .to_string();
+        let ctx = Context {
+            store: Arc::new(S3Store::new(s3.clone(), BUCKET)),
+            bucket: BUCKET.into(),
+            queue: Arc::new(SqsQueue::new(sqs.clone(), queue_url.clone())),
+            providers: Arc::new(EmulatorProviders {
+                base: emulator.base_url(),
+            }),
+            settings: Settings::default(),
+        };
+        Self {
+            moto,
+            emulator,
+            ctx,
+            s3,
+            sqs,
+            queue_url,
+        }
+    }
+
+    pub fn providers(&self) -> EmulatorProviders {
+        EmulatorProviders {
+            base: self.emulator.base_url(),
+        }
+    }
+
+    /// Uploads and returns the new version id.
+    pub async fn upload(&self, key: &str, body: impl Into<Bytes>) -> String {
+        let out = self
+            .s3
+            .put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body.into()))
+            .send()
+            .await
+            .expect("upload");
+        out.version_id().expect("versioned bucket").to_string()
+    }
+
+    /// The S3 notification for `key`, URL-encoded as S3 sends it.
+    pub fn s3_event(&self, key: &str, version: &str) -> S3Event {
+        let encoded: String = url_encode_key(key);
+        serde_json::from_value(json!({"Records": [{
+            "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+            "eventTime": "2026-11-21T00:00:00.000Z", "eventName": "ObjectCreated:Put",
+            "userIdentity": {"principalId": "test"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+            "responseElements": {},
+            "s3": {"s3SchemaVersion": "1.0", "configurationId": "inbox",
+                   "bucket": {"name": BUCKET, "ownerIdentity": {"principalId": "test"}, "arn": format!("arn:aws:s3:::{BUCKET}")},
+                   "object": {"key": encoded, "size": 1, "eTag": "x", "versionId": version, "sequencer": "0"}}
+        }]}))
+        .expect("S3 event")
+    }
+
+    /// Uploads and plays the S3 notification; returns the job id.
+    pub async fn submit(&self, key: &str, body: impl Into<Bytes>) -> String {
+        let version = self.upload(key, body).await;
+        self.submit_version(key, &version).await
+    }
+
+    pub async fn submit_version(&self, key: &str, version: &str) -> String {
+        let outcomes = events::handle_s3_event(&self.ctx, self.s3_event(key, version))
+            .await
+            .expect("submit");
+        let value = serde_json::to_value(&outcomes).expect("outcome json");
+        value[0]["job_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no job in {value}"))
+            .to_string()
+    }
+
+    /// Receives what is on the ready queue as one SQS event (at most 10 messages).
+    pub async fn receive(&self) -> Option<(SqsEvent, Vec<String>)> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .expect("receive");
+        let messages = out.messages();
+        if messages.is_empty() {
+            return None;
+        }
+        let records: Vec<Value> = messages
+            .iter()
+            .map(|m| {
+                let attributes: HashMap<String, String> = m
+                    .attributes()
+                    .map(|a| a.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect())
+                    .unwrap_or_default();
+                json!({
+                    "messageId": m.message_id(), "receiptHandle": m.receipt_handle(), "body": m.body(),
+                    "attributes": attributes, "messageAttributes": {}, "md5OfBody": m.md5_of_body(),
+                    "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:batchline-ready",
+                    "awsRegion": "us-east-1"
+                })
+            })
+            .collect();
+        let handles = messages
+            .iter()
+            .filter_map(|m| m.receipt_handle().map(str::to_string))
+            .collect();
+        Some((
+            serde_json::from_value(json!({ "Records": records })).expect("SQS event"),
+            handles,
+        ))
+    }
+
+    /// Delivers queued messages to collect, deleting those it did not report failed.
+    pub async fn collect_queued(&self) -> usize {
+        let mut delivered = 0;
+        while let Some((event, handles)) = self.receive().await {
+            let ids: Vec<String> = event
+                .records
+                .iter()
+                .filter_map(|r| r.message_id.clone())
+                .collect();
+            let response = events::handle_sqs_event(&self.ctx, event, 5).await;
+            let failed: Vec<&str> = response
+                .batch_item_failures
+                .iter()
+                .map(|f| f.item_identifier.as_str())
+                .collect();
+            for (id, handle) in ids.iter().zip(handles) {
+                if !failed.contains(&id.as_str()) {
+                    self.sqs
+                        .delete_message()
+                        .queue_url(&self.queue_url)
+                        .receipt_handle(handle)
+                        .send()
+                        .await
+                        .expect("delete");
+                }
+            }
+            delivered += ids.len();
+        }
+        delivered
+    }
+
+    /// Polls and collects until the job is closed, ending batches early through the
+    /// emulator's control endpoint after the first poll.
+    pub async fn run_to_end(&self, job: &str) -> JobRecord {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let record = self.record(job).await;
+            if matches!(record.status, JobStatus::Completed | JobStatus::Failed) {
+                return record;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job} did not finish: {record:?}"
+            );
+            batchline::pipeline::poll(&self.ctx).await.expect("poll");
+            self.emulator.finish_all(true);
+            self.collect_queued().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn record(&self, job: &str) -> JobRecord {
+        job::load(self.ctx.store.as_ref(), job)
+            .await
+            .expect("job record")
+            .record
+    }
+
+    pub async fn get_json_lines(&self, key: &str) -> Vec<Value> {
+        let (_, body) = self.ctx.store.get(key).await.expect(key);
+        body.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("result line is JSON"))
+            .collect()
+    }
+
+    /// Reads every result file of the job and checks the invariant: each expected id
+    /// exactly once, as a success or an error; nothing else; summary agrees.
+    pub async fn assert_invariant(&self, job: &str, expected_ids: &[String]) -> JobResults {
+        let summary: Value = serde_json::from_slice(
+            &self
+                .ctx
+                .store
+                .get(&keys::summary(job))
+                .await
+                .expect("summary")
+                .1,
+        )
+        .expect("summary JSON");
+        let mut results = JobResults {
+            summary,
+            ..JobResults::default()
+        };
+        for key in self
+            .ctx
+            .store
+            .list(&format!("results/{job}/"))
+            .await
+            .expect("list")
+        {
+            if key.ends_with(".jsonl") {
+                let lines = self.get_json_lines(&key).await;
+                if key.contains("/successes/") {
+                    results.successes.extend(lines);
+                } else {
+                    results.errors.extend(lines);
+                }
+            }
+        }
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for line in results.successes.iter().chain(&results.errors) {
+            let id = line["custom_id"].as_str().expect("custom_id").to_string();
+            *seen.entry(id).or_default() += 1;
+        }
+        let expected: BTreeMap<String, usize> =
+            expected_ids.iter().map(|id| (id.clone(), 1)).collect();
+        assert_eq!(seen, expected, "every request exactly once (job {job})");
+        let summary = &results.summary;
+        assert_eq!(
+            summary["succeeded"].as_u64(),
+            Some(results.successes.len() as u64),
+            "{summary}"
+        );
+        assert_eq!(
+            summary["failed"].as_u64(),
+            Some(results.errors.len() as u64),
+            "{summary}"
+        );
+        assert_eq!(
+            summary["requests"].as_u64(),
+            Some(expected_ids.len() as u64),
+            "{summary}"
+        );
+        assert_eq!(summary["invariant_holds"], json!(true), "{summary}");
+        results
+    }
+
+    pub async fn batches_created(&self, kind: ProviderKind) -> usize {
+        let provider = self.providers().provider(kind).await.expect("provider");
+        provider.list().await.expect("list").len()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct JobResults {
+    pub summary: Value,
+    pub successes: Vec<Value>,
+    pub errors: Vec<Value>,
+}
+
+impl JobResults {
+    pub fn error_types(&self) -> BTreeMap<String, String> {
+        self.errors
+            .iter()
+            .map(|e| {
+                (
+                    e["custom_id"].as_str().unwrap_or_default().to_string(),
+                    e["error_type"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// S3's notification encoding: `+` for spaces, percent-encoding for the rest.
+pub fn url_encode_key(key: &str) -> String {
+    key.split(' ')
+        .map(|part| percent_encoding::utf8_percent_encode(part, KEY_SET).to_string())
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+const KEY_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.');
+
+pub fn model_for(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::OpenAi => "openai/gpt-4o-mini",
+        ProviderKind::Anthropic => "anthropic/claude-3-5-haiku-latest",
+        ProviderKind::Google => "google/gemini-2.0-flash-001",
+        ProviderKind::Gemini => "gemini/gemini-2.0-flash",
+    }
+}
+
+pub fn invoice_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "vendor": {"type": "string"},
+            "total": {"type": "number"},
+            "currency": {"type": "string", "enum": ["EUR", "USD"]},
+            "paid": {"type": "boolean"},
+            "lines": {"type": "array", "items": {"type": "string"}}
+        },
+        "required": ["vendor", "total", "currency", "paid", "lines"],
+        "additionalProperties": false
+    })
+}
+
+pub fn header(kind: ProviderKind, extra: Value) -> String {
+    let mut spec = json!({
+        "model": model_for(kind),
+        "schema_name": "invoice",
+        "schema": invoice_schema(),
+        "system_prompt": "Extract the invoice.",
+        "max_tokens": 256
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    json!({ "spec": spec }).to_string()
+}
+
+/// A job file: header + `n` text requests `doc-0..n`, with `extra_lines` appended.
+pub fn job_file(kind: ProviderKind, n: usize, extra_lines: &[String]) -> (String, Vec<String>) {
+    let mut lines = vec![header(kind, json!({}))];
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = format!("doc-{i}");
+        lines.push(
+            json!({"custom_id": id, "text": format!("Invoice {i} from ACME, total {i}.50 EUR")})
+                .to_string(),
+        );
+        ids.push(id);
+    }
+    lines.extend(extra_lines.iter().cloned());
+    (lines.join("\n") + "\n", ids)
+}
