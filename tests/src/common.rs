@@ -297,7 +297,7 @@ impl<'a> AnswerGen<'a> {
             "array" => {
                 let min = schema.get("minItems").and_then(Value::as_u64).unwrap_or(1);
                 let items = schema.get("items").cloned().unwrap_or(json!({"type":"string"}));
-                let n = min.max(1).min(3);
+                let n = min.clamp(1, 3);
                 Value::Array((0..n).map(|_| self.value(&items)).collect())
             }
             "integer" => {
@@ -311,7 +311,7 @@ impl<'a> AnswerGen<'a> {
                 let frac = (self.next() % 1000) as f64 / 1000.0;
                 json!(lo + (hi - lo) * frac)
             }
-            "boolean" => json!(self.next() % 2 == 0),
+            "boolean" => json!(self.next().is_multiple_of(2)),
             "null" => Value::Null,
             _ => {
                 let word = WORDS[(self.next() % WORDS.len() as u64) as usize];
