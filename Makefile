@@ -1,0 +1,34 @@
+# Developer entry points. `make` alone lists the targets.
+# Add a target with a `## description` comment after its name so that `make help` lists it.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+# Written after a successful `pip install`; redone when tests/requirements.txt changes.
+VENV_STAMP := $(VENV)/.requirements-installed
+PROVIDER ?= openai
+
+.PHONY: help venv build demo test-e2e-lambda
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
+		| awk 'BEGIN {FS = ":.*## "} {printf "  %-18s %s\n", $$1, $$2}'
+
+venv: $(VENV_STAMP) ## Python venv with the test and demo tooling (moto, boto3, cargo-lambda, pytest)
+
+$(VENV_STAMP): tests/requirements.txt
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet -r tests/requirements.txt
+	touch $@
+
+build: ## Debug build of the three functions and the provider emulator
+	cargo build --bins -p submit -p poll -p collect -p batchline-emulator
+
+# The demo builds the binaries itself (timed), like `make build`.
+demo: venv ## One job through moto + emulator + cargo lambda watch (PROVIDER=openai|anthropic|google|gemini)
+	$(PYTHON) tests/scripts/demo.py --provider $(PROVIDER)
+
+test-e2e-lambda: venv ## End-to-end test through the real binaries under cargo lambda watch
+	$(PYTHON) -m pytest tests/e2e/test_lambda_watch.py -v
