@@ -877,7 +877,7 @@ mod tests {
                     "kind": {"type": ["string", "null"], "enum": ["a", "b", null]},
                     "maybe": {"type": ["string", "null"]}
                 },
-                "required": ["age", "kind", "maybe", "name", "tags"],
+                "required": ["name", "age", "tags", "kind", "maybe"],
                 "additionalProperties": false
             })
         );
