@@ -10,7 +10,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -96,16 +96,22 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// `x-api-key` must be the configured key and `anthropic-version` must be present.
+/// The configured key must come in `x-api-key` (or as `Authorization: Bearer`, which the
+/// current official SDK sends), and `anthropic-version` must be present.
 async fn check_headers(
     State(state): State<Arc<Anthropic>>,
     request: Request,
     next: Next,
 ) -> Response {
     let headers = request.headers();
+    let key = state.shared.config.api_key.as_bytes();
+    let bearer = format!("Bearer {}", state.shared.config.api_key);
     let key_ok = headers
         .get("x-api-key")
-        .is_some_and(|key| key.as_bytes() == state.shared.config.api_key.as_bytes());
+        .is_some_and(|sent| sent.as_bytes() == key)
+        || headers
+            .get(header::AUTHORIZATION)
+            .is_some_and(|sent| sent.as_bytes() == bearer.as_bytes());
     if !key_ok {
         return ApiError {
             status: StatusCode::UNAUTHORIZED,
@@ -822,6 +828,19 @@ mod tests {
             ),
             (
                 vec![("x-api-key", "test-key")],
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+            ),
+            (
+                vec![
+                    ("authorization", "Bearer wrong-secret-9"),
+                    ("anthropic-version", "2023-06-01"),
+                ],
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+            ),
+            (
+                vec![("authorization", "Bearer test-key")],
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
             ),
