@@ -32,3 +32,13 @@ demo: venv ## One job through moto + emulator + cargo lambda watch (PROVIDER=ope
 
 test-e2e-lambda: venv ## End-to-end test through the real binaries under cargo lambda watch
 	$(PYTHON) -m pytest tests/e2e/test_lambda_watch.py -v
+
+.PHONY: test lint
+lint: ## cargo fmt --check and clippy with warnings as errors
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test: venv lint build ## Everything CI runs: lint, Rust unit + end-to-end tests, SDK conformance, template checks
+	cargo test --workspace
+	$(PYTHON) -m pytest -q tests/conformance tests/infra tests/e2e
+	bash infra/check.sh
