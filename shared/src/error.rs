@@ -7,7 +7,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A model string that is not `provider/model` with a known provider.
-    #[error("invalid model {model:?}: {reason}; expected one of openai/<model>, anthropic/<model>, google/<model>, gemini/<model>")]
+    #[error(
+        "invalid model {model:?}: {reason}; expected one of openai/<model>, anthropic/<model>, google/<model>, gemini/<model>"
+    )]
     InvalidModel { model: String, reason: String },
 
     /// A request the library refuses to build (bad id, empty conversation, …).

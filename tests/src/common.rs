@@ -296,18 +296,27 @@ impl<'a> AnswerGen<'a> {
             }
             "array" => {
                 let min = schema.get("minItems").and_then(Value::as_u64).unwrap_or(1);
-                let items = schema.get("items").cloned().unwrap_or(json!({"type":"string"}));
+                let items = schema
+                    .get("items")
+                    .cloned()
+                    .unwrap_or(json!({"type":"string"}));
                 let n = min.clamp(1, 3);
                 Value::Array((0..n).map(|_| self.value(&items)).collect())
             }
             "integer" => {
                 let lo = schema.get("minimum").and_then(Value::as_i64).unwrap_or(0);
-                let hi = schema.get("maximum").and_then(Value::as_i64).unwrap_or(lo + 100);
+                let hi = schema
+                    .get("maximum")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(lo + 100);
                 json!(lo + (self.next() % ((hi - lo).max(0) as u64 + 1)) as i64)
             }
             "number" => {
                 let lo = schema.get("minimum").and_then(Value::as_f64).unwrap_or(0.0);
-                let hi = schema.get("maximum").and_then(Value::as_f64).unwrap_or(lo + 100.0);
+                let hi = schema
+                    .get("maximum")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(lo + 100.0);
                 let frac = (self.next() % 1000) as f64 / 1000.0;
                 json!(lo + (hi - lo) * frac)
             }

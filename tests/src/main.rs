@@ -16,7 +16,9 @@ async fn main() -> std::io::Result<()> {
             }
             "--api-key" => config.api_key = args.next().unwrap_or_default(),
             other => {
-                eprintln!("unknown argument {other}; usage: provider-emulator [--port N] [--step-ms MS] [--api-key KEY]");
+                eprintln!(
+                    "unknown argument {other}; usage: provider-emulator [--port N] [--step-ms MS] [--api-key KEY]"
+                );
                 std::process::exit(2);
             }
         }
