@@ -10,7 +10,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -268,16 +268,26 @@ fn results_url(base_url: &str, id: &str) -> String {
     format!("{base_url}/v1/messages/batches/{id}/results")
 }
 
-async fn create_batch(State(state): State<Arc<Anthropic>>, body: Body) -> ApiResult<Response> {
+async fn create_batch(
+    State(state): State<Arc<Anthropic>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let too_large = || ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        kind: "request_too_large",
+        message: format!("Request exceeds the maximum allowed number of bytes ({MAX_BODY_BYTES})."),
+    };
+    // A declared length over the limit is refused before reading any of the body.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
     let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
-        .map_err(|_| ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            kind: "request_too_large",
-            message: format!(
-                "Request exceeds the maximum allowed number of bytes ({MAX_BODY_BYTES})."
-            ),
-        })?;
+        .map_err(|_| too_large())?;
     let (fate, partial) = state.shared.fate_for_new_batch();
     // Checking up to 256 MB of requests is CPU work: keep it off the async workers.
     let planned = tokio::task::spawn_blocking(move || plan_batch(&body, fate))
@@ -941,6 +951,24 @@ mod tests {
             .status,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[tokio::test]
+    async fn bodies_over_256_mb_are_refused_with_413() {
+        let harness = Harness::new();
+        let length = (MAX_BODY_BYTES + 1).to_string();
+        let mut headers = HEADERS.to_vec();
+        headers.push(("content-length", &length));
+        let (status, body) = call_json(
+            &harness.router,
+            "POST",
+            "/v1/messages/batches",
+            &headers,
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["error"]["type"], "request_too_large");
     }
 
     #[tokio::test]
