@@ -27,7 +27,7 @@ const MAX_QUOTED_BODY: usize = 300;
 /// Whether a request may be sent again after it possibly reached the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resend {
-    /// Repeating it is harmless (reads, cancels, uploads of content-addressed input).
+    /// Repeating it is harmless (reads, cancels, uploads: a duplicate file costs nothing).
     Always,
     /// Repeating it could do the work twice (creating a paid batch): after a timeout the
     /// server may have acted, so only failures before the request left are retried.
@@ -67,8 +67,11 @@ impl HttpClient {
         })
     }
 
-    pub fn provider(&self) -> ProviderKind {
-        self.provider
+    /// A copy that also scrubs `secret` (a short-lived token) from its errors.
+    pub fn with_secret(&self, secret: &ApiKey) -> Self {
+        let mut client = self.clone();
+        client.secrets.push(secret.clone());
+        client
     }
 
     /// Sends the request `build` makes, making it again for every retry (so bodies must
@@ -206,7 +209,7 @@ impl HttpClient {
     }
 
     /// Replaces every known secret in `text`.
-    pub fn scrub(&self, text: &str) -> String {
+    fn scrub(&self, text: &str) -> String {
         self.secrets.iter().fold(text.to_string(), |acc, secret| {
             acc.replace(secret.expose(), "***")
         })
@@ -277,7 +280,7 @@ pub fn endpoint(base: &Url, path: &str) -> String {
 }
 
 /// Same scheme, host and port: the only URLs credentials may be sent to.
-pub fn same_origin(a: &Url, b: &Url) -> bool {
+fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
         && a.host_str() == b.host_str()
         && a.port_or_known_default() == b.port_or_known_default()
@@ -471,16 +474,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn never_puts_the_key_in_errors() {
-        let echo = openai_error(&format!("Incorrect API key provided: {SECRET}"));
+    async fn never_puts_the_key_or_a_session_token_in_errors() {
+        const TOKEN: &str = "ya29.session-token-value";
+        let echo = openai_error(&format!(
+            "Incorrect API key provided: {SECRET}, token {TOKEN}"
+        ));
         let (base, _) = scripted_server(vec![(401, vec![], echo)]).await;
-        let client = client(&base, 2);
+        let client = client(&base, 2).with_secret(&ApiKey::new(TOKEN).unwrap());
         let err = get(&client, &base).await.unwrap_err();
         for text in [err.to_string(), format!("{err:?}"), format!("{client:?}")] {
-            assert!(!text.contains(SECRET), "{text}");
+            assert!(!text.contains(SECRET) && !text.contains(TOKEN), "{text}");
         }
         assert!(
-            err.to_string().contains("Incorrect API key provided: ***"),
+            err.to_string()
+                .contains("Incorrect API key provided: ***, token ***"),
             "{err}"
         );
     }

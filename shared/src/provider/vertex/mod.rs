@@ -191,6 +191,12 @@ impl VertexClient {
         })
     }
 
+    /// A fresh bearer token, and the HTTP client that scrubs it from its errors.
+    async fn session(&self) -> Result<(HttpClient, ApiKey)> {
+        let token = self.tokens.bearer().await?;
+        Ok((self.http.with_secret(&token), token))
+    }
+
     fn parent(&self) -> String {
         format!("projects/{}/locations/{}", self.project, self.location)
     }
@@ -214,8 +220,8 @@ impl VertexClient {
 
     async fn get_job(&self, batch_id: &str) -> Result<Job> {
         let url = self.job_url(batch_id, "")?;
-        let token = self.tokens.bearer().await?;
-        self.http
+        let (client, token) = self.session().await?;
+        client
             .json(Resend::Always, |http| {
                 http.get(&url).bearer_auth(token.expose())
             })
@@ -227,8 +233,8 @@ impl VertexClient {
             &self.storage,
             &format!("/upload/storage/v1/b/{}/o", self.bucket),
         );
-        let token = self.tokens.bearer().await?;
-        self.http
+        let (client, token) = self.session().await?;
+        client
             .send_with_retry(Resend::Always, |http| {
                 http.post(&url)
                     .bearer_auth(token.expose())
@@ -243,12 +249,11 @@ impl VertexClient {
     /// Names of the `predictions*.jsonl` objects under `gs://bucket/prefix`, in order.
     async fn prediction_objects(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
         let url = endpoint(&self.storage, &format!("/storage/v1/b/{bucket}/o"));
-        let token = self.tokens.bearer().await?;
+        let (client, token) = self.session().await?;
         let mut names = Vec::new();
         let mut page_token: Option<String> = None;
         loop {
-            let page: ObjectPage = self
-                .http
+            let page: ObjectPage = client
                 .json(Resend::Always, |http| {
                     let mut request = http
                         .get(&url)
@@ -288,8 +293,8 @@ impl VertexClient {
                     utf8_percent_encode(&object, OBJECT_NAME)
                 ),
             );
-            let token = this.tokens.bearer().await?;
-            this.http
+            let (client, token) = this.session().await?;
+            client
                 .lines(|http| {
                     http.get(&url)
                         .bearer_auth(token.expose())
@@ -329,9 +334,8 @@ impl BatchProvider for VertexClient {
             }
         }))?);
         let url = self.jobs_url();
-        let token = self.tokens.bearer().await?;
-        let job: Job = self
-            .http
+        let (client, token) = self.session().await?;
+        let job: Job = client
             .json(Resend::OnlyIfUnsent, |http| {
                 http.post(&url)
                     .bearer_auth(token.expose())
@@ -348,8 +352,8 @@ impl BatchProvider for VertexClient {
 
     async fn cancel(&self, batch_id: &str) -> Result<BatchStatus> {
         let url = self.job_url(batch_id, ":cancel")?;
-        let token = self.tokens.bearer().await?;
-        self.http
+        let (client, token) = self.session().await?;
+        client
             .send_with_retry(Resend::Always, |http| {
                 http.post(&url)
                     .bearer_auth(token.expose())
@@ -362,12 +366,11 @@ impl BatchProvider for VertexClient {
 
     async fn list(&self) -> Result<Vec<BatchStatus>> {
         let url = self.jobs_url();
-        let token = self.tokens.bearer().await?;
+        let (client, token) = self.session().await?;
         let mut all = Vec::new();
         let mut page_token: Option<String> = None;
         loop {
-            let page: JobPage = self
-                .http
+            let page: JobPage = client
                 .json(Resend::Always, |http| {
                     let mut request = http
                         .get(&url)
