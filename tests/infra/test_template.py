@@ -51,7 +51,7 @@ COMMON_ENV = {
 EXTRA_ENV = {
     "SubmitFunction": set(),
     "PollFunction": {"READY_QUEUE_URL", "POLL_CONCURRENCY"},
-    "CollectFunction": {"READY_QUEUE_URL"},
+    "CollectFunction": {"READY_QUEUE_URL", "COLLECT_MAX_RECEIVES"},
 }
 
 
@@ -331,6 +331,13 @@ def check_queues(cfn):
             continue
         if redrive.get("maxReceiveCount") != 5:
             problems.append(f"{queue_name}: maxReceiveCount {redrive.get('maxReceiveCount')}, want 5")
+        consumer_env = (
+            cfn["Resources"][function_name]["Properties"].get("Environment", {}).get("Variables", {})
+        )
+        if consumer_env.get("COLLECT_MAX_RECEIVES") != str(redrive.get("maxReceiveCount")):
+            problems.append(
+                f"{function_name}: COLLECT_MAX_RECEIVES differs from {queue_name}'s maxReceiveCount"
+            )
         dead_letter_retention = queues[dead_letter]["Properties"].get("MessageRetentionPeriod", 345600)
         if dead_letter_retention <= queue.get("MessageRetentionPeriod", 345600):
             problems.append(f"{dead_letter}: retention must outlast {queue_name}'s")
@@ -444,16 +451,18 @@ def test_each_function_gets_exactly_its_s3_access(template):
         return grants
 
     assert s3_grants("SubmitRole") == {
+        # Unconditional, so that a missing key is a 404 and not a 403.
+        BUCKET_ARN: {"s3:listbucket"},
         "inbox/": {"s3:getobject", "s3:getobjectversion"},
         "pipelines/": {"s3:getobject"},
         "jobs/": {"s3:getobject", "s3:putobject"},
-        "results/": {"s3:getobject", "s3:putobject"},
-        "open/": {"s3:getobject", "s3:putobject"},
+        "results/": {"s3:getobject", "s3:putobject", "s3:abortmultipartupload"},
+        "open/": {"s3:getobject", "s3:putobject", "s3:deleteobject"},
     }
     assert s3_grants("PollRole") == {
         BUCKET_ARN: {"s3:listbucket"},
         "jobs/": {"s3:getobject", "s3:putobject"},
-        "open/": {"s3:getobject", "s3:putobject"},
+        "open/": {"s3:getobject", "s3:putobject", "s3:deleteobject"},
     }
     assert s3_grants("CollectRole") == {
         "jobs/": {"s3:getobject", "s3:putobject", "s3:deleteobject"},
@@ -681,6 +690,10 @@ MUTATIONS = {
     "longer collect timeout": (
         set_in(["Resources", "CollectFunction", "Properties", "Timeout"], 901),
         "visibility timeout",
+    ),
+    "receive count out of step": (
+        set_in(["Resources", "ReadyQueue", "Properties", "RedrivePolicy", "maxReceiveCount"], 3),
+        "COLLECT_MAX_RECEIVES differs",
     ),
     "bigger batches": (
         set_in(
