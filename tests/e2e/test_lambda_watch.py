@@ -39,6 +39,7 @@ class FinishedJob:
     batches_after_first: int
     batches_after_repeats: list[int]
     record: dict
+    dead_letters: int
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> FinishedJob:
             batches_after_first=batches_after_first,
             batches_after_repeats=batches_after_repeats,
             record=pipeline.get_json(f"jobs/{job_id}/job.json") or {},
+            dead_letters=pipeline.dead_letters(),
         )
 
 
@@ -99,6 +101,7 @@ def test_summary_counts_add_up_to_the_requests(job: FinishedJob) -> None:
     assert summary["invariant_holds"] is True
     assert summary["source"]["key"] == UPLOAD_KEY
     assert job.record["status"] == "completed"
+    assert job.dead_letters == 0
 
 
 def test_the_bad_line_is_an_invalid_input_error_naming_file_and_line(job: FinishedJob) -> None:

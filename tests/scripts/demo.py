@@ -99,6 +99,10 @@ def tool_env() -> dict[str, str]:
     return env
 
 
+def target_dir() -> Path:
+    return Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -180,20 +184,44 @@ class Processes:
         self.running.clear()
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (from /proc; Linux only)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name in parentheses may hold spaces: split after it.
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
 def stop_group(name: str, process: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+    """SIGTERM to the process group, SIGKILL after a grace period, then SIGKILL to any
+    descendant that lives on in a group of its own (`cargo lambda watch` starts each
+    function instance in a new group)."""
+    spawned = descendants(process.pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
             break
         try:
-            process.wait(timeout=grace)
-            # The leader is gone; make sure no child of the group outlives it.
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            process.wait(timeout=5)
             break
         except subprocess.TimeoutExpired:
             log(f"{name} did not stop on {sig.name}")
+    for pid in spawned:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def wait_for_http(url: str, what: str, timeout: float, processes: Processes) -> None:
@@ -212,13 +240,15 @@ def wait_for_http(url: str, what: str, timeout: float, processes: Processes) -> 
             time.sleep(0.2)
 
 
-def raise_on_sigterm() -> None:
-    """SIGTERM (e.g. from CI or `kill`) unwinds like Ctrl-C, so `finally` blocks stop
-    the background processes."""
+def interrupt_on_signals() -> None:
+    """Ctrl-C and SIGTERM (CI, `kill`) unwind as KeyboardInterrupt, so that `finally`
+    blocks stop the background processes. Set explicitly because a shell starts
+    background jobs with SIGINT ignored."""
 
     def handler(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
+    signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
 
@@ -278,6 +308,10 @@ def sqs_event(messages: list[dict], queue_arn: str, region: str) -> dict:
     return {"Records": records}
 
 
+def queue_arn(sqs: Any, queue_url: str) -> str:
+    return sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+
 # ------------------------------------------------------------------ job files
 
 
@@ -332,10 +366,10 @@ class LocalPipeline:
     """moto + provider emulator + `cargo lambda watch`, and the AWS resources of
     infra/template.yaml inside moto. Use as a context manager: leaving it stops all."""
 
-    def __init__(self, run_dir: Path, provider_env: dict[str, str] | None = None) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.processes = Processes()
-        self.env = read_env_file(LOCAL_ENV_FILE) | (provider_env or {})
+        self.env = read_env_file(LOCAL_ENV_FILE)
         self.bucket = self.env["BUCKET_NAME"]
         self.region = self.env["AWS_REGION"]
         self.api_key = self.env["OPENAI_API_KEY"]
@@ -376,7 +410,7 @@ class LocalPipeline:
         self.processes.start(
             "provider-emulator",
             [
-                str(ROOT / "target" / "debug" / "provider-emulator"),
+                str(target_dir() / "debug" / "provider-emulator"),
                 "--port", str(emulator_port),
                 "--step-ms", str(EMULATOR_STEP_MS),
                 "--api-key", self.api_key,
@@ -446,7 +480,7 @@ class LocalPipeline:
             Attributes={"MessageRetentionPeriod": "1209600", "SqsManagedSseEnabled": "true"},
         )
         self.dlq_url = dlq["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        dlq_arn = queue_arn(sqs, self.dlq_url)
         ready = sqs.create_queue(
             QueueName="batchline-ready",
             Attributes={
@@ -457,7 +491,7 @@ class LocalPipeline:
             },
         )
         self.queue_url = ready["QueueUrl"]
-        self.queue_arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        self.queue_arn = queue_arn(sqs, self.queue_url)
 
     # -- functions
 
@@ -486,7 +520,8 @@ class LocalPipeline:
         return s3_put_event(self.bucket, key, put.get("VersionId"), len(body), put["ETag"])
 
     def put_pipeline_spec(self, name: str, spec: dict) -> None:
-        self.client("s3").put_object(Bucket=self.bucket, Key=f"pipelines/{name}.json", Body=json.dumps(spec).encode())
+        body = json.dumps(spec).encode()
+        self.client("s3").put_object(Bucket=self.bucket, Key=f"pipelines/{name}.json", Body=body)
 
     def submit(self, event: dict) -> list[dict]:
         return self.invoke("submit", event)
@@ -519,6 +554,13 @@ class LocalPipeline:
             else:
                 sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
         return len(received), len(failed)
+
+    def dead_letters(self) -> int:
+        """Messages collect gave up on (moved to the ready queue's DLQ)."""
+        attributes = self.client("sqs").get_queue_attributes(
+            QueueUrl=self.dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"])
 
     def advance_batches(self) -> None:
         """The emulator's control endpoint: every batch goes to its end now."""
@@ -565,7 +607,8 @@ class LocalPipeline:
         summary = self.get_json(f"results/{job_id}/summary.json")
         if summary is None:
             raise DemoError(f"results/{job_id}/summary.json does not exist")
-        files = {key: self.read_jsonl(key) for key in self.keys(f"results/{job_id}/") if key.endswith(".jsonl")}
+        result_keys = [key for key in self.keys(f"results/{job_id}/") if key.endswith(".jsonl")]
+        files = {key: self.read_jsonl(key) for key in result_keys}
         successes = [line for key, lines in files.items() if "/successes/" in key for line in lines]
         errors = [line for key, lines in files.items() if "/errors/" in key for line in lines]
         return JobResults(summary=summary, successes=successes, errors=errors, files=files)
@@ -588,10 +631,12 @@ class LocalPipeline:
             tick += 1
             report = self.poll()
             record = self.get_json(f"jobs/{job_id}/job.json") or {}
-            states = ", ".join(f"part {p['index']}: {p.get('raw_status', '?')}" for p in record.get("parts", []))
+            parts = record.get("parts", [])
+            states = ", ".join(f"part {p['index']}: {p.get('raw_status', '?')}" for p in parts)
             progress(
-                f"poll #{tick}: {report.get('open_jobs')} open job(s), {report.get('parts_checked')} part(s) checked, "
-                f"{report.get('parts_queued')} queued; job {record.get('status', '?')} ({states})"
+                f"poll #{tick}: {report.get('open_jobs')} open job(s), "
+                f"{report.get('parts_checked')} part(s) checked, {report.get('parts_queued')} queued; "
+                f"job {record.get('status', '?')} ({states})"
             )
             if report.get("failed_jobs"):
                 progress(f"poll could not check {report['failed_jobs']} (retried on the next tick)")
@@ -609,7 +654,9 @@ class LocalPipeline:
                 return summary
             self.processes.check_alive()
             if time.monotonic() > deadline:
-                raise DemoError(f"job {job_id} did not finish within {timeout:.0f}s; last record: {json.dumps(record)}")
+                raise DemoError(
+                    f"job {job_id} did not finish within {timeout:.0f}s; last record: {json.dumps(record)}"
+                )
             time.sleep(1)
 
 
@@ -664,7 +711,8 @@ def run_demo(provider: str, build: bool, keep: bool) -> None:
         )
         body = job_with_header(example_spec(provider))
         event = pipeline.upload(DEMO_KEY, body)
-        log(f"uploaded s3://{pipeline.bucket}/{DEMO_KEY} ({len(request_lines(body))} request lines, model {MODELS[provider]})")
+        lines = len(request_lines(body))
+        log(f"uploaded s3://{pipeline.bucket}/{DEMO_KEY} ({lines} request lines, model {MODELS[provider]})")
         with timed(timings, "submit"):
             outcomes = pipeline.submit(event)
         log(f"submit: {json.dumps(outcomes)}")
@@ -672,6 +720,7 @@ def run_demo(provider: str, build: bool, keep: bool) -> None:
         with timed(timings, "poll + collect"):
             pipeline.run_to_completion(job_id)
         print_results(pipeline.results(job_id), shown=3)
+        print(f"\nready-queue DLQ: {pipeline.dead_letters()} message(s)")
         print(f"\nresults: s3://{pipeline.bucket}/results/{job_id}/ (in moto; gone when the demo ends)")
     except BaseException:
         log(f"failed; logs are in {run_dir}")
@@ -688,14 +737,16 @@ def run_demo(provider: str, build: bool, keep: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--provider", default="openai", help="openai, anthropic, google (Vertex AI) or gemini")
+    parser.add_argument(
+        "--provider", default="openai", help="openai, anthropic, google (Vertex AI, also: vertex) or gemini"
+    )
     parser.add_argument("--no-build", action="store_true", help="skip `cargo build` (binaries are current)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory after a successful run")
     args = parser.parse_args(argv)
     provider = PROVIDER_ALIASES.get(args.provider, args.provider)
     if provider not in MODELS:
         parser.error(f"unknown provider {args.provider!r}; one of {', '.join(MODELS)}")
-    raise_on_sigterm()
+    interrupt_on_signals()
     try:
         run_demo(provider, build=not args.no_build, keep=args.keep)
         return 0
