@@ -2,20 +2,28 @@
 //! schema validation into S3, then records the part and closes the job after its
 //! last part.
 //!
-//! Redelivery is safe: result objects are rewritten with identical content, and a
-//! part already recorded as collected is skipped.
+//! Redelivery is safe: a part is collected under a lease taken with a conditional
+//! write, result objects are rewritten with identical content, and a part already
+//! recorded as collected is skipped.
+//!
+//! Requests that failed for a retryable reason go into a retry part (rebuilt from the
+//! source object's lines) while attempts remain; that part is polled and collected
+//! like any other, and its last attempt writes what still fails as errors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::job::{self, JobStatus, PartOutcome, keys};
-use super::{Context, PipelineError, summary};
+use super::job::{self, JobRecord, JobStatus, PartOutcome, PartRecord, keys};
+use super::spec::JobSpec;
+use super::{Context, PipelineError, submit, summary};
+use crate::build::BatchBuilder;
+use crate::provider::BatchProvider;
 use crate::results::{Failure, Outcome, ResultParser, error_type};
 use crate::status::BatchState;
-use crate::storage::ObjectWriter;
+use crate::storage::{ObjectStore, ObjectWriter};
 
 /// The ready-queue message: one part of one job has ended at the provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,98 +60,317 @@ pub async fn collect(
     final_attempt: bool,
 ) -> Result<CollectOutcome, PipelineError> {
     let snapshot = job::load(ctx.store.as_ref(), &message.job_id).await?;
-    let record = &snapshot.record;
     let unknown = || PipelineError::UnknownPart {
         job: message.job_id.clone(),
         part: message.part,
     };
-    let part = record
+    let part = snapshot
+        .record
         .parts
         .iter()
         .find(|p| p.index == message.part)
-        .ok_or_else(unknown)?;
+        .ok_or_else(unknown)?
+        .clone();
     if part.collected.is_some() {
+        // A collect that died after recording its part may have left the job closed
+        // without its summary: finish that.
+        summary::finish_closing(ctx, snapshot).await?;
         return Ok(CollectOutcome::AlreadyCollected);
     }
-    let (Some(spec), Some(batch_id)) = (record.spec.as_ref(), part.batch_id.as_deref()) else {
+    let (Some(spec), Some(batch_id)) = (snapshot.record.spec.clone(), part.batch_id.clone()) else {
         return Err(unknown());
     };
-    let provider = ctx.providers.provider(spec.model.provider).await?;
-    let status = provider.status(batch_id).await?;
-    let (_, manifest) = ctx
-        .store
-        .get(&keys::part_manifest(&message.job_id, message.part))
-        .await?;
-    let ids: Arc<[String]> = String::from_utf8_lossy(&manifest)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    let parser = ResultParser::new(
-        spec.model.provider,
-        &spec.output_schema(),
-        Some(ids.clone()),
-    )?;
-
-    let mut part_run = PartRun::new(ctx, &message.job_id, message.part, &ids);
-    if let Err(e) = part_run
-        .stream_results(provider.results(batch_id).await, &parser, status.state)
-        .await
-    {
-        part_run.abort().await;
-        return Err(e);
+    if !take_lease(ctx, message).await? {
+        return Ok(CollectOutcome::AlreadyCollected);
     }
-    let received = part_run.received;
-    let expected = status.counts.succeeded + status.counts.failed;
-    if status.state == BatchState::Completed
-        && received < expected.min(ids.len() as u64)
-        && !final_attempt
-    {
-        // The provider says it has more results than arrived: a cut download, retried.
-        part_run.abort().await;
-        return Err(PipelineError::IncompleteResults {
-            job: message.job_id.clone(),
-            part: message.part,
-            received,
-            expected,
-        });
+    let run = CollectRun {
+        ctx,
+        record: &snapshot.record,
+        spec: &spec,
+        part: &part,
+        batch_id: &batch_id,
+    };
+    match run.collect(final_attempt).await {
+        Ok(outcome) => Ok(outcome),
+        Err(e) => {
+            release_lease(ctx, message).await;
+            Err(e)
+        }
     }
-    let outcome = part_run
-        .finish(status.state, status.error.as_deref())
-        .await?;
-    let (succeeded, failed) = (outcome.succeeded, outcome.failed);
+}
 
-    let mut closed = false;
-    let mut versioned = job::update(ctx.store.as_ref(), &message.job_id, |record| {
+/// Takes the part for this invocation with a conditional write, so that two
+/// deliveries of the same message never collect (and resubmit) it twice at once.
+/// False when the part turned out to be collected already.
+async fn take_lease(ctx: &Context, message: &ReadyMessage) -> Result<bool, PipelineError> {
+    let mut busy_until = None;
+    let mut collected = false;
+    job::update(ctx.store.as_ref(), &message.job_id, |record| {
+        busy_until = None;
+        collected = false;
         let Some(part) = record.parts.iter_mut().find(|p| p.index == message.part) else {
             return false;
         };
         if part.collected.is_some() {
+            collected = true;
             return false;
         }
-        part.collected = Some(outcome.clone());
-        part.state = Some(status.state);
-        part.raw_status = Some(status.raw_status.clone());
-        closed =
-            record.status == JobStatus::Open && record.parts.iter().all(|p| p.collected.is_some());
-        if closed {
-            record.status = JobStatus::Completed;
+        if let Some(until) = &part.collect_lease_until
+            && !job::has_passed(until)
+        {
+            busy_until = Some(until.clone());
+            return false;
         }
+        part.collect_lease_until = Some(job::after(ctx.settings.collect_lease));
         true
     })
     .await?;
-    if closed {
-        summary::close_job(ctx, &mut versioned).await?;
+    if let Some(until) = busy_until {
+        return Err(PipelineError::Busy {
+            job: message.job_id.clone(),
+            part: message.part,
+            until,
+        });
     }
-    Ok(CollectOutcome::Collected {
-        succeeded,
-        failed,
-        job_closed: closed,
+    Ok(!collected)
+}
+
+/// Gives the part back after a failure, so that the next delivery need not wait for
+/// the lease (best effort: the lease runs out anyway).
+async fn release_lease(ctx: &Context, message: &ReadyMessage) {
+    let released = job::update(ctx.store.as_ref(), &message.job_id, |record| {
+        match record.parts.iter_mut().find(|p| p.index == message.part) {
+            Some(part) if part.collected.is_none() && part.collect_lease_until.is_some() => {
+                part.collect_lease_until = None;
+                true
+            }
+            _ => false,
+        }
     })
+    .await;
+    if let Err(e) = released {
+        tracing::warn!(job = %message.job_id, part = message.part, error = %e, "could not release the collect lease; it runs out by itself");
+    }
+}
+
+/// One collect of one part, holding its lease.
+struct CollectRun<'a> {
+    ctx: &'a Context,
+    record: &'a JobRecord,
+    spec: &'a JobSpec,
+    part: &'a PartRecord,
+    batch_id: &'a str,
+}
+
+impl CollectRun<'_> {
+    async fn collect(&self, final_attempt: bool) -> Result<CollectOutcome, PipelineError> {
+        let (ctx, job_id, index) = (self.ctx, self.record.job_id.as_str(), self.part.index);
+        let provider = ctx.providers.provider(self.spec.model.provider).await?;
+        let status = provider.status(self.batch_id).await?;
+        let (_, manifest) = ctx.store.get(&keys::part_manifest(job_id, index)).await?;
+        let ids: Arc<[String]> = String::from_utf8_lossy(&manifest)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        let parser = ResultParser::new(
+            self.spec.model.provider,
+            &self.spec.output_schema(),
+            Some(ids.clone()),
+        )?;
+
+        let retry_allowed = self.part.attempt < self.spec.max_attempts;
+        let mut part_run = PartRun::new(ctx, job_id, self.part, &ids, retry_allowed);
+        if let Err(e) = part_run
+            .stream_results(provider.results(self.batch_id).await, &parser, status.state)
+            .await
+        {
+            part_run.abort().await;
+            return Err(e);
+        }
+        let received = part_run.received;
+        let expected = status.counts.succeeded + status.counts.failed;
+        if status.state == BatchState::Completed
+            && received < expected.min(ids.len() as u64)
+            && !final_attempt
+        {
+            // The provider says it has more results than arrived: a cut download, retried.
+            part_run.abort().await;
+            return Err(PipelineError::IncompleteResults {
+                job: job_id.to_string(),
+                part: index,
+                received,
+                expected,
+            });
+        }
+        part_run
+            .record_missing(status.state, status.error.as_deref())
+            .await?;
+        let retry = match part_run.retryable.is_empty() {
+            true => None,
+            false => {
+                let wanted: Vec<&str> = part_run
+                    .retryable
+                    .iter()
+                    .map(|f| f.custom_id.as_str())
+                    .collect();
+                self.resubmit(provider.as_ref(), &wanted).await?
+            }
+        };
+        part_run.settle_retryable(retry.as_ref()).await?;
+        let outcome = part_run.finish().await?;
+        let (succeeded, failed) = (outcome.succeeded, outcome.failed);
+        let retry_part = retry.map(|r| r.part);
+
+        let mut closed = false;
+        let mut versioned = job::update(ctx.store.as_ref(), job_id, |record| {
+            let Some(part) = record.parts.iter_mut().find(|p| p.index == index) else {
+                return false;
+            };
+            if part.collected.is_some() {
+                return false;
+            }
+            part.collected = Some(outcome.clone());
+            part.collect_lease_until = None;
+            part.state = Some(status.state);
+            part.raw_status = Some(status.raw_status.clone());
+            if let Some(retry) = &retry_part
+                && !record.parts.iter().any(|p| p.index == retry.index)
+            {
+                record.parts.push(retry.clone());
+            }
+            closed = record.status == JobStatus::Open
+                && record.parts.iter().all(|p| p.collected.is_some());
+            if closed {
+                record.status = JobStatus::Completed;
+            }
+            true
+        })
+        .await?;
+        if closed {
+            summary::close_job(ctx, &mut versioned).await?;
+        }
+        Ok(CollectOutcome::Collected {
+            succeeded,
+            failed,
+            job_closed: closed,
+        })
+    }
+
+    /// Builds a new part from the original request lines of the `wanted` ids and
+    /// creates its batch (or finds the one a crashed collect created). `None` when it
+    /// cannot be built (the source object is gone): the failures then stay final.
+    async fn resubmit(
+        &self,
+        provider: &dyn BatchProvider,
+        wanted: &[&str],
+    ) -> Result<Option<Resubmitted>, PipelineError> {
+        let (job_id, index) = (self.record.job_id.as_str(), self.part.index);
+        let wanted: HashSet<&str> = wanted.iter().copied().collect();
+        let Some(requests) =
+            submit::reread_requests(self.ctx, &self.record.source, self.spec, &wanted).await?
+        else {
+            tracing::warn!(job = %job_id, part = index, "the source object is gone: retryable failures are final");
+            return Ok(None);
+        };
+        let mut builder = BatchBuilder::new(
+            &self.spec.model,
+            &self.spec.output_schema(),
+            &self.spec.params(),
+        )?;
+        for request in &requests {
+            // A subset of one part always fits in one part; if not, do not guess.
+            if builder.push(request)?.is_some() {
+                tracing::warn!(job = %job_id, part = index, "the retry part does not fit one batch: failures are final");
+                return Ok(None);
+            }
+        }
+        let Some(mut batch) = builder.finish() else {
+            return Ok(None);
+        };
+        // Deterministic, so that a rerun finds the same part: after every first-attempt
+        // part, at the same offset as the part it retries.
+        let initial_parts = self
+            .record
+            .parts
+            .iter()
+            .filter(|p| p.retry_of.is_none())
+            .count() as u32;
+        batch.index = index + initial_parts;
+        let status = submit::create_batch(
+            self.ctx,
+            provider,
+            &self.spec.model.model,
+            job_id,
+            &batch,
+            true,
+        )
+        .await?;
+        tracing::info!(job = %job_id, part = index, retry_part = batch.index, batch = %status.batch_id, requests = batch.custom_ids.len(), "resubmitted retryable failures");
+        Ok(Some(Resubmitted {
+            part: PartRecord {
+                attempt: self.part.attempt + 1,
+                retry_of: Some(index),
+                ..PartRecord::submitted(batch.index, batch.custom_ids.len() as u64, status)
+            },
+            ids: batch.custom_ids.into_iter().collect(),
+        }))
+    }
+}
+
+/// A retry part created for some of a part's failures.
+struct Resubmitted {
+    part: PartRecord,
+    ids: HashSet<String>,
+}
+
+/// Error types worth another attempt: throttling, overload and server errors (each
+/// provider's own code for them), and requests that never ran (expired, cancelled).
+/// Failures of the request itself (invalid, refused, schema) would fail again.
+pub fn is_retryable(error_type: &str) -> bool {
+    const RETRYABLE: [&str; 17] = [
+        error_type::RATE_LIMIT,
+        error_type::EXPIRED,
+        error_type::CANCELLED,
+        // OpenAI codes
+        "rate_limit_exceeded",
+        "server_error",
+        // Anthropic types
+        "rate_limit_error",
+        "overloaded_error",
+        "api_error",
+        // Google statuses and HTTP codes
+        "RESOURCE_EXHAUSTED",
+        "UNAVAILABLE",
+        "INTERNAL",
+        "DEADLINE_EXCEEDED",
+        "429",
+        "500",
+        "502",
+        "503",
+        "504",
+    ];
+    RETRYABLE.contains(&error_type)
+}
+
+/// A result line with the number of attempts its request took.
+#[derive(Serialize)]
+struct Attempted<'a, T: Serialize> {
+    #[serde(flatten)]
+    outcome: &'a T,
+    attempts: u32,
+}
+
+fn write_line<T: Serialize>(outcome: &T, attempts: u32, out: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail and results hold only string-keyed JSON.
+    serde_json::to_writer(&mut *out, &Attempted { outcome, attempts })
+        .expect("results serialise to JSON");
+    out.push(b'\n');
 }
 
 /// Results of one part on their way to S3.
 struct PartRun<'a> {
+    store: &'a dyn ObjectStore,
     successes: ObjectWriter<'a>,
     errors: ObjectWriter<'a>,
     /// custom_id → row, and whether that row has its outcome yet.
@@ -154,13 +381,24 @@ struct PartRun<'a> {
     line: Vec<u8>,
     /// Provider lines read, whatever they held.
     received: u64,
+    attempt: u32,
+    retry_allowed: bool,
+    /// Failures held back for a retry part (raw data dropped to bound memory).
+    retryable: Vec<Failure>,
 }
 
 impl<'a> PartRun<'a> {
-    fn new(ctx: &'a Context, job: &str, part: u32, ids: &'a [String]) -> Self {
+    fn new(
+        ctx: &'a Context,
+        job: &str,
+        part: &PartRecord,
+        ids: &'a [String],
+        retry_allowed: bool,
+    ) -> Self {
         Self {
-            successes: ObjectWriter::new(ctx.store.as_ref(), keys::successes(job, part)),
-            errors: ObjectWriter::new(ctx.store.as_ref(), keys::errors(job, part)),
+            store: ctx.store.as_ref(),
+            successes: ObjectWriter::new(ctx.store.as_ref(), keys::successes(job, part.index)),
+            errors: ObjectWriter::new(ctx.store.as_ref(), keys::errors(job, part.index)),
             rows: ids
                 .iter()
                 .enumerate()
@@ -171,6 +409,9 @@ impl<'a> PartRun<'a> {
             outcome: PartOutcome::default(),
             line: Vec::with_capacity(4096),
             received: 0,
+            attempt: part.attempt,
+            retry_allowed,
+            retryable: Vec::new(),
         }
     }
 
@@ -195,8 +436,8 @@ impl<'a> PartRun<'a> {
         Ok(())
     }
 
-    /// Writes an outcome for a row that has none yet; anything else is counted and
-    /// dropped so that every id appears exactly once.
+    /// Writes an outcome for a row that has none yet (or holds a retryable failure
+    /// back); anything else is counted and dropped so that every id appears once.
     async fn record(&mut self, outcome: Outcome) -> Result<(), PipelineError> {
         match self.rows.get(outcome.custom_id()) {
             Some(&row) if !self.seen[row] => self.seen[row] = true,
@@ -206,37 +447,46 @@ impl<'a> PartRun<'a> {
                 return Ok(());
             }
         }
-        self.line.clear();
         let usage = outcome.usage();
         self.outcome.usage.input_tokens += usage.input_tokens;
         self.outcome.usage.output_tokens += usage.output_tokens;
-        match &outcome {
+        match outcome {
             Outcome::Success(success) => {
                 self.outcome.succeeded += 1;
-                success.write_jsonl(&mut self.line);
+                self.line.clear();
+                write_line(&success, self.attempt, &mut self.line);
                 self.successes.write(&self.line).await?;
             }
-            Outcome::Error(failure) => {
-                self.outcome.failed += 1;
-                *self
-                    .outcome
-                    .errors_by_type
-                    .entry(failure.error_type.clone())
-                    .or_insert(0) += 1;
-                failure.write_jsonl(&mut self.line);
-                self.errors.write(&self.line).await?;
+            Outcome::Error(mut failure)
+                if self.retry_allowed && is_retryable(&failure.error_type) =>
+            {
+                failure.raw_data = None;
+                self.retryable.push(failure);
             }
+            Outcome::Error(failure) => self.write_error(&failure).await?,
         }
         Ok(())
     }
 
-    /// Ids the provider sent nothing for become errors that say why, then both files
-    /// are completed.
-    async fn finish(
-        mut self,
+    async fn write_error(&mut self, failure: &Failure) -> Result<(), PipelineError> {
+        self.outcome.failed += 1;
+        *self
+            .outcome
+            .errors_by_type
+            .entry(failure.error_type.clone())
+            .or_insert(0) += 1;
+        self.line.clear();
+        write_line(failure, self.attempt, &mut self.line);
+        self.errors.write(&self.line).await?;
+        Ok(())
+    }
+
+    /// Ids the provider sent nothing for get an outcome that says why.
+    async fn record_missing(
+        &mut self,
         state: BatchState,
         batch_error: Option<&str>,
-    ) -> Result<PartOutcome, PipelineError> {
+    ) -> Result<(), PipelineError> {
         let (kind, why) = match state {
             BatchState::Expired => (
                 error_type::EXPIRED,
@@ -269,11 +519,33 @@ impl<'a> PartRun<'a> {
             self.record(Outcome::Error(Failure::new(id.clone(), kind, why.clone())))
                 .await?;
         }
-        if self.outcome.succeeded > 0 {
-            self.successes.finish().await?;
+        Ok(())
+    }
+
+    /// Held-back failures are either in the retry part (counted as retried) or, when
+    /// none could be made for them, written as errors now.
+    async fn settle_retryable(&mut self, retry: Option<&Resubmitted>) -> Result<(), PipelineError> {
+        for failure in std::mem::take(&mut self.retryable) {
+            match retry {
+                Some(retry) if retry.ids.contains(&failure.custom_id) => self.outcome.retried += 1,
+                _ => self.write_error(&failure).await?,
+            }
         }
-        if self.outcome.failed > 0 {
-            self.errors.finish().await?;
+        Ok(())
+    }
+
+    /// Completes both files; a file with nothing in it is removed instead, so that one
+    /// an earlier attempt wrote cannot linger next to the other.
+    async fn finish(self) -> Result<PartOutcome, PipelineError> {
+        for (writer, lines) in [
+            (self.successes, self.outcome.succeeded),
+            (self.errors, self.outcome.failed),
+        ] {
+            if lines > 0 {
+                writer.finish().await?;
+            } else {
+                self.store.delete(writer.key()).await?;
+            }
         }
         Ok(self.outcome)
     }

@@ -21,17 +21,26 @@ pub enum InputError {
     Read { line: u64, message: String },
 }
 
-/// One line as read: its number and bytes, or that it was too long (its bytes skipped).
+/// One line as read: its number and bytes, or that it was too long (its bytes skipped),
+/// or that the file cannot be read from this line on (corrupt compression, over the
+/// size cap): the reader ends after it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum InputLine {
     Line { number: u64, bytes: Vec<u8> },
     TooLong { number: u64, length: u64 },
+    Unreadable { number: u64, reason: String },
 }
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 pub struct LineReader {
     reader: Box<dyn AsyncBufRead + Send + Unpin>,
     max_line_bytes: usize,
     number: u64,
+    /// Bytes read so far (after decompression) and the most accepted.
+    total: u64,
+    max_total: u64,
+    ended: bool,
 }
 
 impl LineReader {
@@ -60,29 +69,65 @@ impl LineReader {
             reader,
             max_line_bytes,
             number: 0,
+            total: 0,
+            max_total: u64::MAX,
+            ended: false,
         })
     }
 
+    /// Caps the bytes read (after decompression): a small compressed upload cannot
+    /// make a job of unbounded size.
+    pub fn with_max_total_bytes(mut self, max_total: u64) -> Self {
+        self.max_total = max_total;
+        self
+    }
+
     /// The next non-empty line, or `None` at the end. Blank lines are skipped but counted.
+    /// Corrupt data (a broken gzip stream) is reported as an [`InputLine::Unreadable`]
+    /// line; only a failure to fetch the bytes is an error (worth retrying).
     pub async fn next_line(&mut self) -> Result<Option<InputLine>, InputError> {
+        if self.ended {
+            return Ok(None);
+        }
         loop {
             self.number += 1;
             let mut bytes = Vec::new();
             let limit = self.max_line_bytes as u64 + 2;
-            let read = (&mut self.reader)
+            let read = match (&mut self.reader)
                 .take(limit)
                 .read_until(b'\n', &mut bytes)
                 .await
-                .map_err(|e| self.read_error(e))?;
+            {
+                Ok(read) => read,
+                Err(e) => return self.unreadable_or_error(e),
+            };
             if read == 0 {
                 return Ok(None);
             }
+            self.total += read as u64;
             if !bytes.ends_with(b"\n") && read as u64 == limit {
-                let skipped = self.skip_rest_of_line().await?;
+                let skipped = match self.skip_rest_of_line().await {
+                    Ok(skipped) => skipped,
+                    Err(InputError::Read { message, .. }) if self.ended => {
+                        return Ok(Some(self.unreadable(message)));
+                    }
+                    Err(e) => return Err(e),
+                };
+                self.total += skipped;
                 return Ok(Some(InputLine::TooLong {
                     number: self.number,
                     length: read as u64 + skipped,
                 }));
+            }
+            if self.total > self.max_total {
+                let reason = format!(
+                    "the file holds more than {} bytes (uncompressed); the rest was not read",
+                    self.max_total
+                );
+                return Ok(Some(self.unreadable(reason)));
+            }
+            if self.number == 1 && bytes.starts_with(UTF8_BOM) {
+                bytes.drain(..UTF8_BOM.len());
             }
             while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                 bytes.pop();
@@ -101,10 +146,16 @@ impl LineReader {
         let mut skipped = 0u64;
         loop {
             let line = self.number;
-            let buf = self.reader.fill_buf().await.map_err(|e| InputError::Read {
-                line,
-                message: e.to_string(),
-            })?;
+            let buf = match self.reader.fill_buf().await {
+                Ok(buf) => buf,
+                Err(e) => {
+                    self.ended = is_corrupt_data(&e);
+                    return Err(InputError::Read {
+                        line,
+                        message: e.to_string(),
+                    });
+                }
+            };
             if buf.is_empty() {
                 return Ok(skipped);
             }
@@ -122,12 +173,35 @@ impl LineReader {
         }
     }
 
-    fn read_error(&self, e: std::io::Error) -> InputError {
-        InputError::Read {
+    /// Corrupt data ends the file with an unreadable line; anything else is an error.
+    fn unreadable_or_error(&mut self, e: std::io::Error) -> Result<Option<InputLine>, InputError> {
+        if is_corrupt_data(&e) {
+            return Ok(Some(self.unreadable(format!(
+                "the file cannot be decompressed from here on ({e})"
+            ))));
+        }
+        Err(InputError::Read {
             line: self.number,
             message: e.to_string(),
+        })
+    }
+
+    fn unreadable(&mut self, reason: String) -> InputLine {
+        self.ended = true;
+        InputLine::Unreadable {
+            number: self.number,
+            reason,
         }
     }
+}
+
+/// Errors of the data itself (a gzip decoder's), as opposed to fetching it: retrying
+/// cannot help, so they are reported instead of retried.
+fn is_corrupt_data(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 #[cfg(test)]
@@ -189,5 +263,51 @@ mod tests {
         assert_eq!(lines.len(), 2);
         let err = read_all("in.jsonl", gz, 100).await.unwrap_err();
         assert!(err.to_string().contains("in.jsonl.gz"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn corrupt_gzip_ends_with_an_unreadable_line_instead_of_an_error() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for i in 0..2000 {
+            writeln!(gz, "line {i} with some text to compress").unwrap();
+        }
+        let gz = gz.finish().unwrap();
+        let truncated = gz[..gz.len() / 2].to_vec();
+        let garbage = [&GZIP_MAGIC[..], b"this is not deflate data at all"].concat();
+        for data in [truncated, garbage] {
+            let lines = read_all("in.jsonl.gz", data, 100).await.unwrap();
+            let Some(InputLine::Unreadable { reason, .. }) = lines.last() else {
+                panic!("no unreadable line at the end: {:?}", lines.last());
+            };
+            assert!(reason.contains("decompressed"), "{reason}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bom_is_dropped_and_the_total_size_is_capped() {
+        let mut reader = LineReader::open(
+            "a.jsonl",
+            stream(b"\xEF\xBB\xBF{}\nabc\ndef\n".to_vec()),
+            100,
+        )
+        .await
+        .unwrap()
+        .with_max_total_bytes(8);
+        let mut out = Vec::new();
+        while let Some(line) = reader.next_line().await.unwrap() {
+            out.push(line);
+        }
+        assert_eq!(
+            out[0],
+            InputLine::Line {
+                number: 1,
+                bytes: b"{}".to_vec()
+            }
+        );
+        assert!(
+            matches!(&out[1], InputLine::Unreadable { number: 2, reason } if reason.contains("8 bytes")),
+            "{out:?}"
+        );
+        assert_eq!(out.len(), 2);
     }
 }

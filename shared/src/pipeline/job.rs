@@ -120,6 +120,10 @@ pub struct PartOutcome {
     /// Lines the provider sent for ids not in the part, or twice (ignored, counted).
     #[serde(default)]
     pub unexpected_lines: u64,
+    /// Requests that failed for a retryable reason and went into a retry part
+    /// (counted there, not here).
+    #[serde(default)]
+    pub retried: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +146,39 @@ pub struct PartRecord {
     /// Why this part was closed before the end of the file (a provider limit), if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_reason: Option<String>,
+    /// 1 for the parts submit creates; a retry part has its source part's attempt + 1.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// The part whose retryable failures this part resubmits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<u32>,
+    /// A running collect owns the part until then; another one waits (or takes over after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collect_lease_until: Option<String>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+impl PartRecord {
+    /// A part as submit creates it: first attempt, not yet polled or collected.
+    pub fn submitted(index: u32, requests: u64, status: crate::status::BatchStatus) -> Self {
+        Self {
+            index,
+            requests,
+            batch_id: Some(status.batch_id),
+            state: Some(status.state),
+            raw_status: Some(status.raw_status),
+            batch_error: status.error,
+            enqueued_at: None,
+            collected: None,
+            split_reason: None,
+            attempt: first_attempt(),
+            retry_of: None,
+            collect_lease_until: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -41,6 +41,12 @@ pub enum PipelineError {
     CorruptRecord { key: String, reason: String },
     #[error("job {job}: too many concurrent updates of its record")]
     Contended { job: String },
+    #[error("job {job} part {part} is being collected by another invocation until {until}")]
+    Busy {
+        job: String,
+        part: u32,
+        until: String,
+    },
     #[error("job {job} has no part {part}")]
     UnknownPart { job: String, part: u32 },
     #[error("job {job} part {part}: {received} results arrived, the provider reports {expected}")]
@@ -74,6 +80,9 @@ pub struct Settings {
     /// How long a submit owns a job before a repeated event may take it over;
     /// longer than the function's timeout.
     pub submit_lease: Duration,
+    /// How long a collect owns a part before another delivery may take it over;
+    /// longer than the function's timeout.
+    pub collect_lease: Duration,
     /// Largest upload accepted.
     pub max_object_bytes: u64,
 }
@@ -84,6 +93,7 @@ impl Default for Settings {
             poll_concurrency: 8,
             requeue_after: Duration::from_secs(30 * 60),
             submit_lease: Duration::from_secs(16 * 60),
+            collect_lease: Duration::from_secs(16 * 60),
             max_object_bytes: 5 * 1024 * 1024 * 1024,
         }
     }

@@ -10,8 +10,9 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::collect::ReadyMessage;
-use super::job::{self, JobStatus, keys};
-use super::{Context, PipelineError};
+use super::job::{self, JobStatus, Versioned, keys};
+use super::submit::{self, SubmitOutcome, UploadedObject};
+use super::{Context, PipelineError, summary};
 use crate::status::BatchStatus;
 
 /// What one poll saw.
@@ -59,11 +60,13 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<(usize, usize), Pipelin
     let snapshot = job::load(ctx.store.as_ref(), job_id).await?;
     match snapshot.record.status {
         JobStatus::Open => {}
-        // Still submitting: submit puts the index entry before opening the record.
-        JobStatus::Submitting => return Ok((0, 0)),
-        // Closed, but the index entry outlived it (a crash after the summary).
+        JobStatus::Submitting => {
+            resume_dead_submit(ctx, snapshot).await?;
+            return Ok((0, 0));
+        }
+        // Closed, but the close did not finish (summary or index entry left).
         JobStatus::Completed | JobStatus::Failed => {
-            ctx.store.delete(&keys::open_marker(job_id)).await?;
+            summary::finish_closing(ctx, snapshot).await?;
             return Ok((0, 0));
         }
     }
@@ -123,6 +126,41 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<(usize, usize), Pipelin
         ctx.queue.send(serde_json::to_string(&message)?).await?;
     }
     Ok((checked, to_queue.len()))
+}
+
+/// A submit whose lease has passed died (its Lambda retries may all have come while
+/// it still held the lease): run it again from its source, which skips the parts it
+/// created. If the object changed under an unversioned key the job can never finish,
+/// so it fails with that reason.
+async fn resume_dead_submit(ctx: &Context, snapshot: Versioned) -> Result<(), PipelineError> {
+    let record = &snapshot.record;
+    if record
+        .submit_lease_until
+        .as_deref()
+        .is_some_and(|until| !job::has_passed(until))
+    {
+        return Ok(());
+    }
+    tracing::warn!(job = %record.job_id, key = %record.source.key, "resuming a submit that died");
+    let object = UploadedObject {
+        key: record.source.key.clone(),
+        version_id: record.source.version_id.clone(),
+    };
+    let resumed_job = match submit::submit(ctx, &object).await? {
+        SubmitOutcome::Submitted { job_id, .. }
+        | SubmitOutcome::Duplicate { job_id }
+        | SubmitOutcome::InProgress { job_id }
+        | SubmitOutcome::Failed { job_id, .. } => Some(job_id),
+        SubmitOutcome::Ignored { .. } => None,
+    };
+    if resumed_job.as_deref() != Some(record.job_id.as_str()) {
+        let reason = format!(
+            "{}: the object changed or disappeared before its submission finished; upload it again",
+            record.source.key
+        );
+        submit::fail(ctx, snapshot, reason).await?;
+    }
+    Ok(())
 }
 
 fn requeue_due(enqueued_at: &str, after: std::time::Duration) -> bool {

@@ -29,6 +29,15 @@ pub struct JobSpec {
     /// Requests per provider batch, below the provider's own limit (None: the provider's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_part: Option<usize>,
+    /// Attempts per request, the first included: requests that failed for a retryable
+    /// reason (rate limit, overload, server error, expired, cancelled) are resubmitted
+    /// in a new part until they succeed, fail otherwise or reach this (default 2).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_max_attempts() -> u32 {
+    2
 }
 
 fn default_max_tokens() -> u32 {

@@ -5,7 +5,7 @@
 //! by the next event once its lease has passed: parts that already have a batch are
 //! skipped, and a batch created just before the crash is found again by its tags.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use super::spec::{self, JobSpec, SpecHeader};
 use super::{Context, PipelineError, summary};
 use crate::build::{BatchBuilder, BatchPart};
 use crate::provider::{BatchProvider, BatchTags, PartLimits};
+use crate::request::Request;
 use crate::results::Failure;
 use crate::storage::{ObjectWriter, PutMode, StoreError};
 
@@ -81,6 +82,8 @@ pub async fn submit(
     let Some((mut versioned, resuming)) = claim(ctx, &job_id, source).await? else {
         return existing_outcome(ctx, &job_id).await;
     };
+    // Indexed from the start, so that poll can resume this submit if it dies.
+    put_open_marker(ctx, &job_id).await?;
 
     if meta.size == 0 {
         return fail(
@@ -97,11 +100,7 @@ pub async fn submit(
         );
         return fail(ctx, versioned, reason).await;
     }
-    let stream = ctx
-        .store
-        .get_stream(key, meta.version_id.as_deref())
-        .await?;
-    let mut reader = match LineReader::open(key, stream, 64 * 1024 * 1024).await {
+    let mut reader = match open_reader(ctx, key, meta.version_id.as_deref()).await? {
         Ok(reader) => reader,
         Err(e @ InputError::CompressedWithoutSuffix { .. }) => {
             return fail(ctx, versioned, format!("{key}: {e}")).await;
@@ -144,49 +143,33 @@ pub async fn submit(
         rejected: ObjectWriter::new(ctx.store.as_ref(), keys::input_errors(&job_id)),
         rejected_lines: 0,
         requests: 0,
+        ids: HashSet::new(),
     };
     // The first line was either the header (consumed) or a request (handed back).
     let mut line = match pending {
         Some(line) => Some(line),
         None => next_line(&mut reader, key).await?,
     };
-    loop {
-        match line {
-            None => break,
-            Some(InputLine::TooLong { number, length }) => {
-                run.requests += 1;
+    while let Some(current) = line {
+        run.requests += 1;
+        match read_request(&spec, current) {
+            Err((custom_id, number, reason)) => run.reject(custom_id, number, reason).await?,
+            Ok((number, request)) if !run.ids.insert(request.custom_id.clone()) => {
                 let reason = format!(
-                    "line is {length} bytes, more than the {} allowed",
-                    spec.max_line_bytes
+                    "duplicate custom_id {:?}: an earlier line has it; ids must be unique within a job",
+                    request.custom_id
                 );
-                run.reject(&spec::line_id(number), number, reason).await?;
+                run.reject(spec::line_id(number), number, reason).await?;
             }
-            Some(InputLine::Line { number, bytes }) => {
-                run.requests += 1;
-                if bytes.len() > spec.max_line_bytes {
-                    let reason = format!(
-                        "line is {} bytes, more than the {} allowed",
-                        bytes.len(),
-                        spec.max_line_bytes
-                    );
-                    run.reject(&spec::line_id(number), number, reason).await?;
-                } else {
-                    match spec::parse_line(number, &bytes) {
-                        Err(rejection) => {
-                            run.reject(&rejection.custom_id, number, rejection.reason)
-                                .await?
-                        }
-                        Ok(request) => match builder.push(&request) {
-                            Err(e) => {
-                                run.reject(&request.custom_id, number, e.to_string())
-                                    .await?
-                            }
-                            Ok(Some(part)) => run.submit_part(&mut versioned, part).await?,
-                            Ok(None) => {}
-                        },
-                    }
+            Ok((number, request)) => match builder.push(&request) {
+                // The id is this line's (claimed above): report it under that id.
+                Err(e) => {
+                    run.write_rejection(request.custom_id, number, e.to_string())
+                        .await?
                 }
-            }
+                Ok(Some(part)) => run.submit_part(&mut versioned, part).await?,
+                Ok(None) => {}
+            },
         }
         line = next_line(&mut reader, key).await?;
     }
@@ -216,15 +199,6 @@ pub async fn submit(
         versioned.record.status = JobStatus::Completed;
         summary::close_job(ctx, &mut versioned).await?;
     } else {
-        // Index first: a crash between the two leaves an index entry that poll skips
-        // until the record says open, never an open job that poll cannot see.
-        ctx.store
-            .put(
-                &keys::open_marker(&job_id),
-                Bytes::new(),
-                PutMode::Overwrite,
-            )
-            .await?;
         versioned.record.status = JobStatus::Open;
         job::save(ctx.store.as_ref(), &mut versioned).await?;
     }
@@ -281,11 +255,96 @@ async fn claim(
 
 async fn existing_outcome(ctx: &Context, job_id: &str) -> Result<SubmitOutcome, PipelineError> {
     let existing = job::load(ctx.store.as_ref(), job_id).await?;
-    let job_id = job_id.to_string();
     Ok(match existing.record.status {
-        JobStatus::Submitting => SubmitOutcome::InProgress { job_id },
-        _ => SubmitOutcome::Duplicate { job_id },
+        JobStatus::Submitting => {
+            // The owner may have died before it indexed the job: index it again so
+            // that poll resumes the submit once the lease has passed.
+            put_open_marker(ctx, job_id).await?;
+            SubmitOutcome::InProgress {
+                job_id: job_id.to_string(),
+            }
+        }
+        _ => SubmitOutcome::Duplicate {
+            job_id: job_id.to_string(),
+        },
     })
+}
+
+/// The open-jobs index entry poll works from (idempotent).
+async fn put_open_marker(ctx: &Context, job_id: &str) -> Result<(), PipelineError> {
+    ctx.store
+        .put(&keys::open_marker(job_id), Bytes::new(), PutMode::Overwrite)
+        .await?;
+    Ok(())
+}
+
+/// The uploaded object's lines, capped in total size; the inner `Err` is a whole-file
+/// problem (compressed without the suffix).
+async fn open_reader(
+    ctx: &Context,
+    key: &str,
+    version: Option<&str>,
+) -> Result<Result<LineReader, InputError>, PipelineError> {
+    const READ_LIMIT: usize = 64 * 1024 * 1024;
+    let stream = ctx.store.get_stream(key, version).await?;
+    Ok(LineReader::open(key, stream, READ_LIMIT)
+        .await
+        .map(|reader| reader.with_max_total_bytes(ctx.settings.max_object_bytes)))
+}
+
+/// A line turned into a request, or (id to report it under, line number, reason).
+fn read_request(spec: &JobSpec, line: InputLine) -> Result<(u64, Request), (String, u64, String)> {
+    let too_long = |number: u64, length: u64| {
+        let reason = format!(
+            "line is {length} bytes, more than the {} allowed",
+            spec.max_line_bytes
+        );
+        Err((spec::line_id(number), number, reason))
+    };
+    match line {
+        InputLine::TooLong { number, length } => too_long(number, length),
+        InputLine::Unreadable { number, reason } => Err((spec::line_id(number), number, reason)),
+        InputLine::Line { number, bytes } if bytes.len() > spec.max_line_bytes => {
+            too_long(number, bytes.len() as u64)
+        }
+        InputLine::Line { number, bytes } => spec::parse_line(number, &bytes)
+            .map(|request| (number, request))
+            .map_err(|rejection| (rejection.custom_id, number, rejection.reason)),
+    }
+}
+
+/// The requests with `wanted` ids, read again from the job's source object (the
+/// version it was submitted from), in file order: what a retry part resubmits.
+/// `None` when the object is gone.
+pub(super) async fn reread_requests(
+    ctx: &Context,
+    source: &SourceObject,
+    spec: &JobSpec,
+    wanted: &HashSet<&str>,
+) -> Result<Option<Vec<Request>>, PipelineError> {
+    let key = source.key.as_str();
+    let mut reader = match open_reader(ctx, key, source.version_id.as_deref()).await {
+        Ok(Ok(reader)) => reader,
+        Err(PipelineError::Store(StoreError::NotFound { .. })) | Ok(Err(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut found: Vec<Request> = Vec::with_capacity(wanted.len());
+    let mut taken: HashSet<String> = HashSet::with_capacity(wanted.len());
+    while let Some(line) = next_line(&mut reader, key).await? {
+        if let InputLine::Line { number: 1, bytes } = &line
+            && spec::is_header(bytes)
+        {
+            continue;
+        }
+        // Only the first line with an id was accepted: later ones were duplicates.
+        if let Ok((_, request)) = read_request(spec, line)
+            && wanted.contains(request.custom_id.as_str())
+            && taken.insert(request.custom_id.clone())
+        {
+            found.push(request);
+        }
+    }
+    Ok(Some(found))
 }
 
 async fn next_line(reader: &mut LineReader, key: &str) -> Result<Option<InputLine>, PipelineError> {
@@ -307,20 +366,25 @@ async fn resolve_spec(
     key: &str,
     first: Option<InputLine>,
 ) -> Result<Result<(JobSpec, Option<InputLine>), String>, PipelineError> {
-    if let Some(InputLine::Line { bytes, .. }) = &first
-        && spec::is_header(bytes)
-    {
-        return Ok(match serde_json::from_slice::<SpecHeader>(bytes) {
-            Ok(header) => Ok((header.spec, None)),
-            Err(e) => Err(format!(
-                "{key} line 1: the header is not a valid job spec: {e}"
-            )),
-        });
+    match &first {
+        Some(InputLine::Line { bytes, number }) if spec::is_header(bytes) => {
+            return Ok(match serde_json::from_slice::<SpecHeader>(bytes) {
+                Ok(header) => Ok((header.spec, None)),
+                Err(e) => Err(format!(
+                    "{key} line {number}: the header is not a valid job spec: {e}"
+                )),
+            });
+        }
+        Some(InputLine::Unreadable { number, reason }) => {
+            return Ok(Err(format!("{key} line {number}: {reason}")));
+        }
+        _ => {}
     }
     let rest = &key[keys::INBOX.len()..];
     let Some((name, _)) = rest.split_once('/') else {
         return Ok(Err(format!(
-            "{key}: no job spec: the first line is not a {{\"spec\": …}} header and the file is not under {}<pipeline>/",
+            "{key}: no job spec: {} and the file is not under {}<pipeline>/",
+            first_line_problem(first.as_ref()),
             keys::INBOX
         )));
     };
@@ -340,8 +404,26 @@ async fn resolve_spec(
     })
 }
 
+/// Why the first line is not a header, in words.
+fn first_line_problem(first: Option<&InputLine>) -> String {
+    const NOT_HEADER: &str = "the first line is not a {\"spec\": …} header";
+    match first {
+        Some(InputLine::Line { number, bytes }) => match std::str::from_utf8(bytes) {
+            Err(_) => format!("{NOT_HEADER}: line {number} is not UTF-8 text"),
+            Ok(text) => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Err(e) => format!("{NOT_HEADER}: line {number} is not JSON ({e})"),
+                Ok(_) => format!("{NOT_HEADER}: line {number} is a request"),
+            },
+        },
+        Some(InputLine::TooLong { number, length }) => {
+            format!("{NOT_HEADER}: line {number} is {length} bytes long")
+        }
+        _ => NOT_HEADER.to_string(),
+    }
+}
+
 /// Marks the job failed with `reason` and closes it (summary written, nothing submitted).
-async fn fail(
+pub(super) async fn fail(
     ctx: &Context,
     mut versioned: Versioned,
     reason: String,
@@ -357,6 +439,37 @@ async fn fail(
     })
 }
 
+/// Writes the part's manifest (its ids in row order), then creates its batch tagged
+/// with the job and part, or with `find_first` finds the one a crashed run created.
+pub(super) async fn create_batch(
+    ctx: &Context,
+    provider: &dyn BatchProvider,
+    model: &str,
+    job_id: &str,
+    part: &BatchPart,
+    find_first: bool,
+) -> Result<crate::status::BatchStatus, PipelineError> {
+    let index = part.index;
+    let mut manifest = part.custom_ids.join("\n").into_bytes();
+    manifest.push(b'\n');
+    ctx.store
+        .put(
+            &keys::part_manifest(job_id, index),
+            Bytes::from(manifest),
+            PutMode::Overwrite,
+        )
+        .await?;
+    let tags: BatchTags = BTreeMap::from([
+        ("batchline_job".to_string(), job_id.to_string()),
+        ("batchline_part".to_string(), index.to_string()),
+    ]);
+    if find_first && let Some(found) = provider.find(&tags).await? {
+        tracing::info!(job = %job_id, part = index, batch = %found.batch_id, "found the batch a previous run created");
+        return Ok(found);
+    }
+    Ok(provider.create(model, part.body.clone(), &tags).await?)
+}
+
 /// The state of one pass over the input file.
 struct SubmitRun<'a> {
     ctx: &'a Context,
@@ -368,12 +481,30 @@ struct SubmitRun<'a> {
     rejected: ObjectWriter<'a>,
     rejected_lines: u64,
     requests: u64,
+    /// Every id a line has taken so far, accepted or rejected: a later line with the
+    /// same id is reported under its line number, so that each id appears once.
+    ids: HashSet<String>,
 }
 
 impl SubmitRun<'_> {
     async fn reject(
         &mut self,
-        custom_id: &str,
+        custom_id: String,
+        line: u64,
+        reason: String,
+    ) -> Result<(), PipelineError> {
+        let custom_id = if self.ids.insert(custom_id.clone()) {
+            custom_id
+        } else {
+            spec::line_id(line)
+        };
+        self.write_rejection(custom_id, line, reason).await
+    }
+
+    /// Writes the rejection of `line` under `custom_id`, which the line has claimed.
+    async fn write_rejection(
+        &mut self,
+        custom_id: String,
         line: u64,
         reason: String,
     ) -> Result<(), PipelineError> {
@@ -381,7 +512,7 @@ impl SubmitRun<'_> {
         let failure = Failure {
             line: Some(line),
             ..Failure::new(
-                custom_id,
+                custom_id.as_str(),
                 INVALID_INPUT,
                 format!("{} line {line}: {reason}", self.key),
             )
@@ -406,47 +537,20 @@ impl SubmitRun<'_> {
         {
             return Ok(());
         }
-        let mut manifest = part.custom_ids.join("\n").into_bytes();
-        manifest.push(b'\n');
-        self.ctx
-            .store
-            .put(
-                &keys::part_manifest(&job_id, index),
-                Bytes::from(manifest),
-                PutMode::Overwrite,
-            )
-            .await?;
-        let tags: BatchTags = BTreeMap::from([
-            ("batchline_job".to_string(), job_id.clone()),
-            ("batchline_part".to_string(), index.to_string()),
-        ]);
-        let found = match self.resuming {
-            true => self.provider.find(&tags).await?,
-            false => None,
-        };
-        let status = match found {
-            Some(found) => {
-                tracing::info!(job = %job_id, part = index, batch = %found.batch_id, "found the batch a previous run created");
-                found
-            }
-            None => {
-                self.provider
-                    .create(&self.spec.model.model, part.body, &tags)
-                    .await?
-            }
-        };
+        let status = create_batch(
+            self.ctx,
+            self.provider.as_ref(),
+            &self.spec.model.model,
+            &job_id,
+            &part,
+            self.resuming,
+        )
+        .await?;
         tracing::info!(job = %job_id, part = index, batch = %status.batch_id, requests = part.custom_ids.len(), "submitted part");
         versioned.record.parts.retain(|p| p.index != index);
         versioned.record.parts.push(PartRecord {
-            index,
-            requests: part.custom_ids.len() as u64,
-            batch_id: Some(status.batch_id),
-            state: Some(status.state),
-            raw_status: Some(status.raw_status),
-            batch_error: status.error,
-            enqueued_at: None,
-            collected: None,
             split_reason: part.split.map(|s| s.to_string()),
+            ..PartRecord::submitted(index, part.custom_ids.len() as u64, status)
         });
         versioned.record.submit_lease_until = Some(job::after(self.ctx.settings.submit_lease));
         job::save(self.ctx.store.as_ref(), versioned).await

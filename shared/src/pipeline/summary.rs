@@ -22,6 +22,10 @@ struct Summary<'a> {
     succeeded: u64,
     failed: u64,
     errors_by_type: BTreeMap<String, u64>,
+    /// Requests resubmitted after a retryable failure (each counted once per retry).
+    retried: u64,
+    /// Final outcomes by the attempt they came from ("1": first try, "2": one retry…).
+    outcomes_by_attempt: BTreeMap<u32, u64>,
     usage: Usage,
     /// successes + failed == requests: every request is accounted for exactly once.
     invariant_holds: bool,
@@ -33,6 +37,9 @@ struct Summary<'a> {
 #[derive(Debug, Serialize)]
 struct PartSummary<'a> {
     index: u32,
+    attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_of: Option<u32>,
     batch_id: Option<&'a str>,
     provider_status: Option<&'a str>,
     requests: u64,
@@ -63,6 +70,28 @@ fn seconds_between(start: &str, end: &str) -> Option<i64> {
     Some((parse(end)? - parse(start)?).whole_seconds())
 }
 
+/// Finishes closing a job whose record says closed but whose close did not complete
+/// (a crash between the record write and the summary); otherwise only drops a
+/// leftover open-index entry. `close_job` stamps `completed_at` last-but-one, so a
+/// closed record without it has no summary yet.
+pub(super) async fn finish_closing(
+    ctx: &Context,
+    mut versioned: Versioned,
+) -> Result<(), PipelineError> {
+    let record = &versioned.record;
+    if !matches!(record.status, JobStatus::Completed | JobStatus::Failed) {
+        return Ok(());
+    }
+    if record.completed_at.is_none() {
+        tracing::info!(job = %record.job_id, "finishing the close of a job whose closing step died");
+        return close_job(ctx, &mut versioned).await;
+    }
+    ctx.store
+        .delete(&keys::open_marker(&versioned.record.job_id))
+        .await?;
+    Ok(())
+}
+
 /// Writes the summary, saves the record as closed and removes it from the open index.
 /// The record's status must already be `Completed` or `Failed`.
 pub(super) async fn close_job(
@@ -79,7 +108,11 @@ pub(super) async fn close_job(
         );
     }
     let mut usage = Usage::default();
-    let (mut succeeded, mut failed) = (0, record.input_errors);
+    let (mut succeeded, mut failed, mut retried) = (0, record.input_errors, 0);
+    let mut outcomes_by_attempt = BTreeMap::new();
+    if record.input_errors > 0 {
+        outcomes_by_attempt.insert(1, record.input_errors);
+    }
     let mut files = Files {
         successes: Vec::new(),
         errors: Vec::new(),
@@ -93,6 +126,11 @@ pub(super) async fn close_job(
         };
         succeeded += outcome.succeeded;
         failed += outcome.failed;
+        retried += outcome.retried;
+        if outcome.succeeded + outcome.failed > 0 {
+            *outcomes_by_attempt.entry(part.attempt).or_insert(0) +=
+                outcome.succeeded + outcome.failed;
+        }
         usage.input_tokens += outcome.usage.input_tokens;
         usage.output_tokens += outcome.usage.output_tokens;
         for (kind, n) in &outcome.errors_by_type {
@@ -117,6 +155,8 @@ pub(super) async fn close_job(
         succeeded,
         failed,
         errors_by_type,
+        retried,
+        outcomes_by_attempt,
         usage,
         invariant_holds: succeeded + failed == record.requests,
         parts: record
@@ -124,6 +164,8 @@ pub(super) async fn close_job(
             .iter()
             .map(|p| PartSummary {
                 index: p.index,
+                attempt: p.attempt,
+                retry_of: p.retry_of,
                 batch_id: p.batch_id.as_deref(),
                 provider_status: p.raw_status.as_deref(),
                 requests: p.requests,
