@@ -10,9 +10,11 @@ pub mod common;
 pub mod gcs;
 pub mod gemini;
 pub mod google;
+pub mod harness;
 pub mod oauth;
 pub mod openai;
 pub mod vertex;
+pub mod workload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

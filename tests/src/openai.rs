@@ -60,6 +60,10 @@ fn routes(state: Arc<OpenAi>) -> Router {
         .route("/v1/batches/{id}", get(get_batch))
         .route("/v1/batches/{id}/cancel", post(cancel_batch))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route(
+            "/_emulator/openai/batches",
+            post(preload_finished_batch).layer(DefaultBodyLimit::disable()),
+        )
         .with_state(state)
 }
 
@@ -466,7 +470,11 @@ impl BatchRecord {
     }
 
     fn total(&self) -> usize {
-        self.plan.as_ref().map_or(0, |plan| plan.requests.len())
+        // Every request ends in exactly one of the two files (preloaded batches have no plan).
+        match &self.outcome {
+            Some(outcome) => outcome.completed + outcome.failed,
+            None => self.plan.as_ref().map_or(0, |plan| plan.requests.len()),
+        }
     }
 
     /// How many requests have run if the batch is cancelled now.
@@ -513,8 +521,8 @@ impl BatchRecord {
             serde_json::to_writer(&mut *target, &line).expect("serializing a JSON value");
             target.push(b'\n');
         }
-        outcome.output_file_id = store_result_file(files, &self.id, "output", output);
-        outcome.error_file_id = store_result_file(files, &self.id, "error", errors);
+        outcome.output_file_id = store_result_file(files, &self.id, "output", output.into());
+        outcome.error_file_id = store_result_file(files, &self.id, "error", errors.into());
         self.outcome = Some(outcome);
     }
 
@@ -615,16 +623,12 @@ fn store_result_file(
     files: &mut HashMap<String, StoredFile>,
     batch_id: &str,
     kind: &str,
-    content: Vec<u8>,
+    content: Bytes,
 ) -> Option<String> {
     if content.is_empty() {
         return None;
     }
-    let file = StoredFile::new(
-        format!("{batch_id}_{kind}.jsonl"),
-        "batch_output",
-        Bytes::from(content),
-    );
+    let file = StoredFile::new(format!("{batch_id}_{kind}.jsonl"), "batch_output", content);
     let id = file.id.clone();
     files.insert(id.clone(), file);
     Some(id)
@@ -760,6 +764,60 @@ async fn create_batch(State(state): State<Arc<OpenAi>>, body: Bytes) -> ApiResul
     let answer = batch.to_json();
     store.batches.push(batch);
     Ok(axum::Json(answer).into_response())
+}
+
+/// `POST /_emulator/openai/batches` (control endpoint, no key) with a results JSONL
+/// body: adds a batch that has already completed with that body as its output file,
+/// so that a benchmark can download a large file without running as many requests.
+/// Answers the batch object.
+async fn preload_finished_batch(
+    State(state): State<Arc<OpenAi>>,
+    output: Bytes,
+) -> axum::Json<Value> {
+    let completed = output
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .count();
+    let now = unix_now();
+    let mut store = lock(&state.store);
+    let input = StoredFile::new("preloaded_input.jsonl".to_string(), "batch", Bytes::new());
+    let input_file_id = input.id.clone();
+    store.files.insert(input_file_id.clone(), input);
+    let id = new_id("batch_");
+    let output_file_id = store_result_file(&mut store.files, &id, "output", output);
+    let batch = BatchRecord {
+        id,
+        input_file_id,
+        completion_window: "24h".to_string(),
+        metadata: None,
+        created: Instant::now(),
+        created_at: now,
+        fate: BatchFate::Complete,
+        partial: 1.0,
+        plan: Ok(Plan {
+            model: "gpt-4o-mini".to_string(),
+            requests: Vec::new(),
+        }),
+        status: Status::Completed,
+        times: Timestamps {
+            in_progress_at: Some(now),
+            finalizing_at: Some(now),
+            completed_at: Some(now),
+            ..Timestamps::default()
+        },
+        cancel: None,
+        outcome: Some(Outcome {
+            output_file_id,
+            error_file_id: None,
+            completed,
+            failed: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+        }),
+    };
+    let answer = batch.to_json();
+    store.batches.push(batch);
+    axum::Json(answer)
 }
 
 /// Finds a batch, brings it up to date and answers with `f` of it.
@@ -2099,5 +2157,34 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_preloaded_batch_is_completed_with_the_given_output() {
+        let harness = Harness::new();
+        let output = b"{\"custom_id\":\"a\"}\n\n{\"custom_id\":\"b\"}\n";
+        let (status, created) = call_json(
+            &harness.router,
+            "POST",
+            "/_emulator/openai/batches",
+            &[],
+            &output[..],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        let batch = harness.batch(created["id"].as_str().unwrap()).await;
+        assert_eq!(batch["status"], "completed");
+        assert_eq!(
+            batch["request_counts"],
+            json!({"total": 2, "completed": 2, "failed": 0})
+        );
+        assert!(batch["error_file_id"].is_null());
+        let uri = format!(
+            "/v1/files/{}/content",
+            batch["output_file_id"].as_str().unwrap()
+        );
+        let (status, served) = call(&harness.router, "GET", &uri, &[AUTH], Body::empty()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&served[..], &output[..]);
     }
 }

@@ -4,121 +4,24 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::SqsEvent;
 use batchline::model::ProviderKind;
 use batchline::pipeline::job::{self, JobRecord, JobStatus, keys};
 use batchline::pipeline::{Context, ProviderSource, Settings, events};
-use batchline::provider::config::{ApiKey, GoogleCredentials, ProviderConfig, VertexSettings};
-use batchline::provider::{BatchProvider, connect};
 use batchline::queue::SqsQueue;
 use batchline::storage::S3Store;
+use batchline_emulator::harness::moto_sdk_config;
 use batchline_emulator::{Config, Emulator};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+pub use batchline_emulator::harness::{API_KEY, EmulatorProviders, Moto};
+
 pub const BUCKET: &str = "batchline-test";
-pub const API_KEY: &str = "test-key";
-
-/// A moto server process, stopped on drop.
-pub struct Moto {
-    child: Child,
-    pub url: String,
-}
-
-impl Moto {
-    pub fn start() -> Self {
-        let port = free_port();
-        let binary = std::env::var("MOTO_SERVER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server")
-            });
-        assert!(
-            binary.exists(),
-            "{} not found: run `make venv` first",
-            binary.display()
-        );
-        let child = Command::new(binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting moto_server");
-        let moto = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        moto
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Every provider pointed at the emulator.
-#[derive(Debug)]
-pub struct EmulatorProviders {
-    base: String,
-}
-
-impl EmulatorProviders {
-    pub fn config(&self, kind: ProviderKind) -> ProviderConfig {
-        let key = || ApiKey::new(API_KEY).expect("key");
-        let mut config = match kind {
-            ProviderKind::Google => ProviderConfig::vertex(
-                Some(&self.base),
-                VertexSettings {
-                    project: "test-project".into(),
-                    location: "us-central1".into(),
-                    bucket: "gcs-test".into(),
-                    storage_base_url: self.base.parse().expect("url"),
-                    credentials: GoogleCredentials::StaticToken(key()),
-                },
-            ),
-            _ => ProviderConfig::with_api_key(&self.base, key()),
-        }
-        .expect("provider config");
-        // Keep fault-injection tests quick: short backoff.
-        config.retry.base_delay = Duration::from_millis(20);
-        config.retry.max_delay = Duration::from_millis(200);
-        config
-    }
-}
-
-#[async_trait]
-impl ProviderSource for EmulatorProviders {
-    async fn provider(&self, kind: ProviderKind) -> batchline::Result<Arc<dyn BatchProvider>> {
-        connect(kind, &self.config(kind))
-    }
-}
 
 /// moto + emulator + the pipeline context, for one test.
 pub struct Harness {
@@ -139,14 +42,7 @@ impl Harness {
         })
         .await
         .expect("emulator");
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(&moto.url)
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "test", "test", None, None, "test",
-            ))
-            .load()
-            .await;
+        let sdk = moto_sdk_config(&moto.url).await;
         let s3 = S3Store::client_from(&sdk, true);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         s3.create_bucket()
@@ -177,9 +73,7 @@ impl Harness {
             store: Arc::new(S3Store::new(s3.clone(), BUCKET)),
             bucket: BUCKET.into(),
             queue: Arc::new(SqsQueue::new(sqs.clone(), queue_url.clone())),
-            providers: Arc::new(EmulatorProviders {
-                base: emulator.base_url(),
-            }),
+            providers: Arc::new(EmulatorProviders::new(emulator.base_url())),
             settings: Settings::default(),
         };
         Self {
@@ -193,9 +87,7 @@ impl Harness {
     }
 
     pub fn providers(&self) -> EmulatorProviders {
-        EmulatorProviders {
-            base: self.emulator.base_url(),
-        }
+        EmulatorProviders::new(self.emulator.base_url())
     }
 
     /// Uploads and returns the new version id.

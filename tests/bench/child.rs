@@ -1,0 +1,138 @@
+//! The measured work, each run in a process of its own (`batchline-bench child …`) so
+//! that its peak RSS is its own: build, parse + validate, collect end to end.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use batchline::Request;
+use batchline::build::build_batch;
+use batchline::model::{ModelRef, ProviderKind};
+use batchline::pipeline::{CollectOutcome, Context, ReadyMessage, Settings, collect};
+use batchline::queue::MemoryQueue;
+use batchline::results::{Outcome, ResultParser};
+use batchline::storage::S3Store;
+use batchline_emulator::harness::{EmulatorProviders, moto_sdk_config};
+use batchline_emulator::workload;
+
+use crate::measure::Report;
+
+/// The model each provider is benchmarked with.
+pub fn model_for(provider: ProviderKind) -> &'static str {
+    match provider {
+        ProviderKind::OpenAi => "openai/gpt-4o-mini",
+        ProviderKind::Anthropic => "anthropic/claude-sonnet-4-5",
+        ProviderKind::Google => "google/gemini-2.5-flash",
+        ProviderKind::Gemini => "gemini/gemini-2.5-flash",
+    }
+}
+
+/// `child build PROVIDER REQUESTS_FILE`: every request into the provider's batch input.
+pub fn build(provider: ProviderKind, requests_file: &Path) -> Result<Report, String> {
+    let requests: Vec<Request> = read_lines(requests_file)?
+        .iter()
+        .map(|line| serde_json::from_str(line).map_err(|e| format!("request line: {e}")))
+        .collect::<Result<_, _>>()?;
+    let model: ModelRef = model_for(provider).parse().map_err(|e| format!("{e}"))?;
+    let schema = workload::invoice_schema();
+    let started = Instant::now();
+    let plan = build_batch(&model, &schema, &workload::generation_params(), &requests)
+        .map_err(|e| e.to_string())?;
+    let seconds = started.elapsed().as_secs_f64();
+    let built: usize = plan.parts.iter().map(|p| p.custom_ids.len()).sum();
+    if built != requests.len() {
+        return Err(format!("built {built} of {} requests", requests.len()));
+    }
+    Ok(Report {
+        seconds,
+        bytes: plan.parts.iter().map(|p| p.body.len() as u64).sum(),
+        items: built as u64,
+    })
+}
+
+/// `child parse PROVIDER RESULTS_FILE ROWS`: streams the file through parsing and
+/// schema validation; every line must be a success.
+pub fn parse(provider: ProviderKind, results_file: &Path, rows: usize) -> Result<Report, String> {
+    let row_ids: Arc<[String]> = (0..rows).map(workload::custom_id).collect();
+    let parser = ResultParser::new(provider, &workload::invoice_schema(), Some(row_ids))
+        .map_err(|e| e.to_string())?;
+    let file = File::open(results_file).map_err(|e| format!("{}: {e}", results_file.display()))?;
+    let bytes = file.metadata().map_err(|e| e.to_string())?.len();
+    let started = Instant::now();
+    let mut items = 0u64;
+    for outcome in parser.parse_reader(BufReader::with_capacity(1 << 20, file)) {
+        if let Outcome::Error(failure) = outcome {
+            return Err(format!("line {:?} failed: {failure:?}", failure.line));
+        }
+        items += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if items != rows as u64 {
+        return Err(format!("parsed {items} results, expected {rows}"));
+    }
+    Ok(Report {
+        seconds,
+        bytes,
+        items,
+    })
+}
+
+/// Where the collect child finds moto, the emulator and the prepared job.
+pub struct CollectTarget<'a> {
+    pub moto_url: &'a str,
+    pub emulator_url: &'a str,
+    pub bucket: &'a str,
+    pub job_id: &'a str,
+    /// Size of the part's results at the provider.
+    pub results_bytes: u64,
+}
+
+/// `child collect …`: one ended part through `batchline::pipeline::collect`, from the
+/// emulator's results download into S3 multipart uploads on moto.
+pub fn collect_part(target: &CollectTarget<'_>) -> Result<Report, String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let sdk = moto_sdk_config(target.moto_url).await;
+        let ctx = Context {
+            store: Arc::new(S3Store::new(
+                S3Store::client_from(&sdk, true),
+                target.bucket,
+            )),
+            bucket: target.bucket.to_string(),
+            queue: Arc::new(MemoryQueue::default()),
+            providers: Arc::new(EmulatorProviders::new(target.emulator_url)),
+            settings: Settings::default(),
+        };
+        let message = ReadyMessage {
+            job_id: target.job_id.to_string(),
+            part: 0,
+        };
+        let started = Instant::now();
+        let outcome = collect(&ctx, &message, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let seconds = started.elapsed().as_secs_f64();
+        match outcome {
+            CollectOutcome::Collected {
+                succeeded,
+                failed: 0,
+                job_closed: true,
+            } => Ok(Report {
+                seconds,
+                bytes: target.results_bytes,
+                items: succeeded,
+            }),
+            other => Err(format!("collect ended with {other:?}")),
+        }
+    })
+}
+
+fn read_lines(path: &Path) -> Result<Vec<String>, String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    BufReader::new(file)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,126 @@
+//! The world the collect benchmark runs in: moto S3 (a child process), the provider
+//! emulator (in this process) holding one finished OpenAI batch with the results
+//! body, and one fresh job record per run that points at that batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchline::model::ProviderKind;
+use batchline::pipeline::job::{self, JobStatus, keys};
+use batchline::storage::{ObjectStore, S3Store};
+use batchline_emulator::harness::{API_KEY, Moto, moto_sdk_config, store_ended_part};
+use batchline_emulator::{Config, Emulator};
+use bytes::Bytes;
+
+use crate::child::model_for;
+
+pub const BUCKET: &str = "batchline-bench";
+
+pub struct CollectEnv {
+    runtime: tokio::runtime::Runtime,
+    pub moto: Moto,
+    pub emulator: Emulator,
+    store: Arc<dyn ObjectStore>,
+    batch_id: String,
+    rows: usize,
+}
+
+impl CollectEnv {
+    /// Starts moto and the emulator and hands the emulator a finished batch whose
+    /// output file is `results` (`rows` lines, ids `request-0…`).
+    pub fn start(results: Bytes, rows: usize) -> Result<Self, String> {
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        let moto = Moto::start();
+        let (emulator, store, batch_id) = runtime.block_on(async {
+            let emulator = Emulator::start(Config {
+                step: Duration::from_millis(50),
+                api_key: API_KEY.into(),
+            })
+            .await
+            .map_err(|e| format!("emulator: {e}"))?;
+            let batch_id = preload(&emulator.base_url(), results).await?;
+            let sdk = moto_sdk_config(&moto.url).await;
+            let client = S3Store::client_from(&sdk, true);
+            client
+                .create_bucket()
+                .bucket(BUCKET)
+                .send()
+                .await
+                .map_err(|e| format!("creating the bucket: {e}"))?;
+            let store: Arc<dyn ObjectStore> = Arc::new(S3Store::new(client, BUCKET));
+            Ok::<_, String>((emulator, store, batch_id))
+        })?;
+        Ok(Self {
+            runtime,
+            moto,
+            emulator,
+            store,
+            batch_id,
+            rows,
+        })
+    }
+
+    /// A job of one ended part whose batch is the preloaded one; answers its id.
+    pub fn prepare_job(&self, run: usize) -> Result<String, String> {
+        let job_id = format!("bench-collect-{run}");
+        self.runtime
+            .block_on(store_ended_part(
+                self.store.as_ref(),
+                BUCKET,
+                &job_id,
+                model_for(ProviderKind::OpenAi),
+                &self.batch_id,
+                self.rows,
+            ))
+            .map_err(|e| e.to_string())?;
+        Ok(job_id)
+    }
+
+    /// Checks that the run closed the job with a summary and wrote its successes, then
+    /// deletes what it wrote so that moto's memory stays flat across runs. Answers
+    /// the size of the successes object.
+    pub fn check_and_clean(&self, job_id: &str) -> Result<u64, String> {
+        self.runtime.block_on(async {
+            let closed = job::load(self.store.as_ref(), job_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if closed.record.status != JobStatus::Completed {
+                return Err(format!("job {job_id} is {:?}", closed.record.status));
+            }
+            self.store
+                .head(&keys::summary(job_id), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let successes = self
+                .store
+                .head(&keys::successes(job_id, 0), None)
+                .await
+                .map_err(|e| e.to_string())?
+                .size;
+            for prefix in [format!("results/{job_id}/"), format!("jobs/{job_id}/")] {
+                for key in self.store.list(&prefix).await.map_err(|e| e.to_string())? {
+                    self.store.delete(&key).await.map_err(|e| e.to_string())?;
+                }
+            }
+            Ok(successes)
+        })
+    }
+}
+
+/// `POST /_emulator/openai/batches`: a batch that ended with `results` as its output.
+async fn preload(base: &str, results: Bytes) -> Result<String, String> {
+    let batch: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/_emulator/openai/batches"))
+        .body(results)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("preloading the batch: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("preloading the batch: {e}"))?;
+    batch["id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("the emulator answered no batch id: {batch}"))
+}

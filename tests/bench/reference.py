@@ -1,0 +1,81 @@
+"""The Python reference side of `make bench`: instructor's BatchProcessor on the same data.
+
+Run by batchline-bench, one measurement per process (so that its peak RSS is its own):
+
+    reference.py build PROVIDER REQUESTS_FILE   # create_batch_from_messages(file_path=None)
+    reference.py parse PROVIDER RESULTS_FILE    # parse_results(content)
+
+Reading the input is not timed; only the library call is (time.perf_counter). The last
+stdout line is a JSON report {"seconds", "bytes", "items", "peak_rss_bytes"}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import resource
+import sys
+import time
+from typing import Literal
+
+from instructor.batch import BatchProcessor, BatchSuccess
+from pydantic import BaseModel, ConfigDict
+
+MODELS = {
+    "openai": "openai/gpt-4o-mini",
+    "anthropic": "anthropic/claude-sonnet-4-5",
+}
+
+
+class Invoice(BaseModel):
+    """The bench's five-field schema (batchline: `workload::invoice_schema`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vendor: str
+    total: float
+    currency: Literal["EUR", "USD"]
+    paid: bool
+    lines: list[str]
+
+
+def build(processor: BatchProcessor, path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        conversations = [json.loads(line)["messages"] for line in f if line.strip()]
+    # The library prints a line per batch; keep stdout for the report.
+    with contextlib.redirect_stdout(io.StringIO()):
+        started = time.perf_counter()
+        buffer = processor.create_batch_from_messages(conversations, file_path=None)
+        seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "bytes": len(buffer.getbuffer()),
+        "items": len(conversations),
+    }
+
+
+def parse(processor: BatchProcessor, path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        content = f.read()
+    started = time.perf_counter()
+    results = processor.parse_results(content)
+    seconds = time.perf_counter() - started
+    failed = [r for r in results if not isinstance(r, BatchSuccess)]
+    if failed:
+        raise SystemExit(f"{len(failed)} results failed, first: {failed[0]!r}"[:2000])
+    return {"seconds": seconds, "bytes": os.path.getsize(path), "items": len(results)}
+
+
+def main() -> None:
+    mode, provider, path = sys.argv[1:4]
+    processor = BatchProcessor(MODELS[provider], Invoice)
+    report = {"build": build, "parse": parse}[mode](processor, path)
+    # ru_maxrss is in KiB on Linux.
+    report["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+//! The printed table (Markdown, so that it can go into the README as is), with the
+//! ratios batchline / reference and every target checked.
+
+use batchline::model::ProviderKind;
+
+use crate::measure::{Figures, Run, Stats};
+
+const BUILD_RATIO_TARGET: f64 = 100.0;
+const PARSE_RATIO_TARGET: f64 = 20.0;
+const PARSE_OPENAI_MB_S_TARGET: f64 = 300.0;
+const COLLECT_RSS_MIB_TARGET: f64 = 128.0;
+const COLD_START_MS_TARGET: f64 = 30.0;
+const BINARY_MB_TARGET: f64 = 12.0;
+
+/// One provider's figures for one kind of work, ours and the reference's.
+pub struct Measured {
+    pub provider: ProviderKind,
+    pub rows: usize,
+    /// Input size where it is worth showing (the large file).
+    pub bytes: u64,
+    pub ours: Figures,
+    pub reference: Option<Figures>,
+}
+
+impl Measured {
+    pub fn new(
+        provider: ProviderKind,
+        rows: usize,
+        ours: Vec<Run>,
+        reference: Option<Vec<Run>>,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            provider,
+            rows,
+            bytes: 0,
+            ours: Figures::of(&ours).ok_or("no runs")?,
+            reference: match reference {
+                Some(runs) => Some(Figures::of(&runs).ok_or("no reference runs")?),
+                None => None,
+            },
+        })
+    }
+
+    /// batchline / reference, on the median rate.
+    fn ratio(&self) -> Option<f64> {
+        self.reference
+            .map(|r| self.ours.items_per_s.median / r.items_per_s.median)
+    }
+}
+
+pub struct CollectFigures {
+    pub rows: usize,
+    pub results_bytes: u64,
+    pub successes_bytes: u64,
+    pub figures: Figures,
+}
+
+pub struct ColdStart {
+    pub name: &'static str,
+    pub runs: usize,
+    pub millis: Stats,
+    pub size_bytes: u64,
+}
+
+pub struct Table {
+    runs: usize,
+    pub build: Vec<Measured>,
+    pub parse: Vec<Measured>,
+    pub parse_big: Option<Measured>,
+    pub collect: Option<CollectFigures>,
+    pub cold_start: Vec<ColdStart>,
+}
+
+/// A target and whether this run met it.
+struct Check {
+    text: String,
+    met: bool,
+}
+
+impl Table {
+    pub fn new(runs: usize) -> Self {
+        Self {
+            runs,
+            build: Vec::new(),
+            parse: Vec::new(),
+            parse_big: None,
+            collect: None,
+            cold_start: Vec::new(),
+        }
+    }
+
+    pub fn print(&self) {
+        let mut checks = Vec::new();
+        println!("{}", self.heading());
+        if !self.build.is_empty() {
+            println!(
+                "\n### 1. Build: {} requests (system + 600-character user message, five-field schema) into each provider's batch input, one core\n",
+                thousands(self.build[0].rows as f64)
+            );
+            print_throughput(&self.build, "requests/s");
+            for m in &self.build {
+                if let Some(ratio) = m.ratio() {
+                    checks.push(Check {
+                        text: format!(
+                            "build {}: {} x the reference (target >= {BUILD_RATIO_TARGET} x)",
+                            m.provider,
+                            number(ratio)
+                        ),
+                        met: ratio >= BUILD_RATIO_TARGET,
+                    });
+                }
+            }
+        }
+        if !self.parse.is_empty() || self.parse_big.is_some() {
+            println!(
+                "\n### 2. Parse + validate results files (every line a valid answer), one core\n"
+            );
+            let rows: Vec<&Measured> = self.parse.iter().chain(&self.parse_big).collect();
+            print_throughput_rows(&rows, "results/s");
+            for m in rows {
+                let label = parse_label(m);
+                if let Some(ratio) = m.ratio() {
+                    checks.push(Check {
+                        text: format!(
+                            "parse {label}: {} x the reference (target >= {PARSE_RATIO_TARGET} x)",
+                            number(ratio)
+                        ),
+                        met: ratio >= PARSE_RATIO_TARGET,
+                    });
+                }
+                if m.provider == ProviderKind::OpenAi {
+                    let mb_s = m.ours.mb_per_s.median;
+                    checks.push(Check {
+                        text: format!(
+                            "parse {label}: {} MB/s on one core (target >= {PARSE_OPENAI_MB_S_TARGET})",
+                            number(mb_s)
+                        ),
+                        met: mb_s >= PARSE_OPENAI_MB_S_TARGET,
+                    });
+                }
+            }
+        }
+        if let Some(c) = &self.collect {
+            println!(
+                "\n### 3. Collect end to end: one OpenAI part of {} requests, {} MB of results, emulator -> `pipeline::collect` -> moto S3 ({} MB of successes written)\n",
+                thousands(c.rows as f64),
+                number(c.results_bytes as f64 / 1e6),
+                number(c.successes_bytes as f64 / 1e6)
+            );
+            println!("| wall time s | MB/s | results/s | peak RSS MiB |");
+            println!("|---|---|---|---|");
+            let f = &c.figures;
+            println!(
+                "| {} | {} | {} | {} |",
+                cell(&f.seconds),
+                cell(&f.mb_per_s),
+                cell(&f.items_per_s),
+                cell(&f.rss_mib)
+            );
+            checks.push(Check {
+                text: format!(
+                    "collect peak RSS {} MiB (target <= {COLLECT_RSS_MIB_TARGET} MiB)",
+                    number(f.rss_mib.max)
+                ),
+                met: f.rss_mib.max <= COLLECT_RSS_MIB_TARGET,
+            });
+        }
+        if !self.cold_start.is_empty() {
+            println!(
+                "\n### 4. Cold start: process start -> first `GET /2018-06-01/runtime/invocation/next` (runtime API stub), release binaries\n"
+            );
+            println!("| function | runs | first event request ms | stripped binary MB |");
+            println!("|---|---|---|---|");
+            for c in &self.cold_start {
+                let size_mb = c.size_bytes as f64 / 1e6;
+                println!(
+                    "| {} | {} | {} | {} |",
+                    c.name,
+                    c.runs,
+                    cell(&c.millis),
+                    number(size_mb)
+                );
+                checks.push(Check {
+                    text: format!(
+                        "{} cold start {} ms (target <= {COLD_START_MS_TARGET} ms)",
+                        c.name,
+                        number(c.millis.median)
+                    ),
+                    met: c.millis.median <= COLD_START_MS_TARGET,
+                });
+                checks.push(Check {
+                    text: format!(
+                        "{} binary {} MB (target <= {BINARY_MB_TARGET} MB)",
+                        c.name,
+                        number(size_mb)
+                    ),
+                    met: size_mb <= BINARY_MB_TARGET,
+                });
+            }
+        }
+        println!("\n### Targets\n");
+        for check in &checks {
+            let verdict = if check.met { "met" } else { "MISSED" };
+            println!("- {verdict}: {}", check.text);
+        }
+        if self
+            .build
+            .iter()
+            .chain(&self.parse)
+            .any(|m| m.reference.is_none())
+        {
+            println!(
+                "\nreference: n/a where instructor's batch module has no such provider (it supports openai and anthropic only) or the reference run was skipped"
+            );
+        }
+    }
+
+    fn heading(&self) -> String {
+        let cores = std::thread::available_parallelism().map_or(0, usize::from);
+        let now = time::OffsetDateTime::now_utc();
+        let date = now
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute] UTC"
+            ))
+            .unwrap_or_default();
+        format!(
+            "## batchline benchmark ({date}, {cores} cores, {cpu})\n\n\
+             Command: `make bench`. Each cell: median (min-max) of {runs} runs, each run a fresh process; \
+             MB = 10^6 bytes; peak RSS in MiB from the kernel (wait4 ru_maxrss). \
+             Reference: Python `instructor` {reference} `BatchProcessor`, same data, same core.",
+            cpu = cpu_model(),
+            runs = self.runs,
+            reference = reference_version(),
+        )
+    }
+}
+
+fn parse_label(m: &Measured) -> String {
+    if m.bytes > 0 {
+        format!("{} {} MB file", m.provider, number(m.bytes as f64 / 1e6))
+    } else {
+        format!("{} {} lines", m.provider, thousands(m.rows as f64))
+    }
+}
+
+fn print_throughput(rows: &[Measured], rate: &str) {
+    let rows: Vec<&Measured> = rows.iter().collect();
+    print_throughput_rows(&rows, rate);
+}
+
+fn print_throughput_rows(rows: &[&Measured], rate: &str) {
+    println!(
+        "| input | batchline MB/s | batchline {rate} | batchline peak RSS MiB | reference MB/s | reference {rate} | reference peak RSS MiB | ratio {rate} | ratio RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for m in rows {
+        let (ref_mb, ref_rate, ref_rss, ratio, rss_ratio) = match &m.reference {
+            Some(r) => (
+                cell(&r.mb_per_s),
+                cell(&r.items_per_s),
+                cell(&r.rss_mib),
+                format!("{} x", number(m.ratio().unwrap_or_default())),
+                format!("{} x", number(m.ours.rss_mib.median / r.rss_mib.median)),
+            ),
+            None => Default::default(),
+        };
+        let na = |s: String| if s.is_empty() { "n/a".to_string() } else { s };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            parse_label(m),
+            cell(&m.ours.mb_per_s),
+            cell(&m.ours.items_per_s),
+            cell(&m.ours.rss_mib),
+            na(ref_mb),
+            na(ref_rate),
+            na(ref_rss),
+            na(ratio),
+            na(rss_ratio),
+        );
+    }
+}
+
+fn cell(stats: &Stats) -> String {
+    format!(
+        "{} ({}-{})",
+        number(stats.median),
+        number(stats.min),
+        number(stats.max)
+    )
+}
+
+/// Three significant digits or so, thousands grouped.
+fn number(value: f64) -> String {
+    if value >= 1000.0 {
+        thousands(value)
+    } else if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.round());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string())
+}
+
+/// The pinned version, from the bench's requirements file.
+fn reference_version() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/requirements.txt");
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix("instructor=="))
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_naturally() {
+        assert_eq!(thousands(1_234_567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(number(1234.0), "1,234");
+        assert_eq!(number(123.4), "123");
+        assert_eq!(number(12.34), "12.3");
+        assert_eq!(number(1.234), "1.23");
+    }
+}

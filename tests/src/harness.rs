@@ -1,0 +1,195 @@
+//! Local stand-ins for AWS and the providers, shared by the end-to-end tests and the
+//! benchmark: a moto server process (real S3 and SQS protocols) on a free port, the
+//! AWS SDK configuration that points at it, and a provider source that connects
+//! every provider to the emulator.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use batchline::model::ProviderKind;
+use batchline::pipeline::job::{self, keys};
+use batchline::pipeline::{PipelineError, ProviderSource};
+use batchline::provider::config::{ApiKey, GoogleCredentials, ProviderConfig, VertexSettings};
+use batchline::provider::{BatchProvider, connect};
+use batchline::storage::{ObjectStore, PutMode, StoreError};
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::workload;
+
+/// The API key the emulator is started with in tests and benchmarks.
+pub const API_KEY: &str = "test-key";
+
+/// A moto server process, stopped on drop.
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Moto {
+    /// Starts `$MOTO_SERVER`, or the test venv's `moto_server`, and waits until it listens.
+    pub fn start() -> Self {
+        let port = free_port();
+        let binary = std::env::var("MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server")
+            });
+        assert!(
+            binary.exists(),
+            "{} not found: run `make venv` first",
+            binary.display()
+        );
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting moto_server");
+        let moto = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The AWS SDK configuration for a moto server at `endpoint` (fixed region, fake keys).
+pub async fn moto_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await
+}
+
+/// Every provider pointed at the emulator at `base`.
+#[derive(Debug, Clone)]
+pub struct EmulatorProviders {
+    base: String,
+}
+
+impl EmulatorProviders {
+    pub fn new(base: impl Into<String>) -> Self {
+        Self { base: base.into() }
+    }
+
+    pub fn config(&self, kind: ProviderKind) -> ProviderConfig {
+        let key = || ApiKey::new(API_KEY).expect("key");
+        let mut config = match kind {
+            ProviderKind::Google => ProviderConfig::vertex(
+                Some(&self.base),
+                VertexSettings {
+                    project: "test-project".into(),
+                    location: "us-central1".into(),
+                    bucket: "gcs-test".into(),
+                    storage_base_url: self.base.parse().expect("url"),
+                    credentials: GoogleCredentials::StaticToken(key()),
+                },
+            ),
+            _ => ProviderConfig::with_api_key(&self.base, key()),
+        }
+        .expect("provider config");
+        // Keep fault-injection tests quick: short backoff.
+        config.retry.base_delay = Duration::from_millis(20);
+        config.retry.max_delay = Duration::from_millis(200);
+        config
+    }
+}
+
+#[async_trait]
+impl ProviderSource for EmulatorProviders {
+    async fn provider(&self, kind: ProviderKind) -> batchline::Result<Arc<dyn BatchProvider>> {
+        connect(kind, &self.config(kind))
+    }
+}
+
+/// Stores what `collect` needs for a job whose only part ended at the provider as
+/// `batch_id`: an open job record with the workload's spec for `model`, and the part's
+/// manifest of `rows` ids (`request-0…`). Lets collect be measured or tested without
+/// running submit and poll first.
+pub async fn store_ended_part(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    job_id: &str,
+    model: &str,
+    batch_id: &str,
+    rows: usize,
+) -> Result<(), PipelineError> {
+    let mut manifest = String::with_capacity(rows * 16);
+    for row in 0..rows {
+        manifest.push_str(&workload::custom_id(row));
+        manifest.push('\n');
+    }
+    store
+        .put(
+            &keys::part_manifest(job_id, 0),
+            Bytes::from(manifest),
+            PutMode::Overwrite,
+        )
+        .await?;
+    let now = job::now();
+    let params = workload::generation_params();
+    // Written as the record's JSON so that fields added later take their defaults.
+    let record = serde_json::from_value(json!({
+        "job_id": job_id,
+        "source": {"bucket": bucket, "key": format!("inbox/{job_id}.jsonl"), "etag": "generated"},
+        "status": "open",
+        "spec": {
+            "model": model,
+            "schema_name": workload::SCHEMA_NAME,
+            "schema": workload::invoice_schema().schema,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature
+        },
+        "requests": rows,
+        "input_errors": 0,
+        "parts": [{
+            "index": 0,
+            "requests": rows,
+            "batch_id": batch_id,
+            "state": "completed",
+            "raw_status": "completed",
+            "enqueued_at": now
+        }],
+        "created_at": now,
+        "submitted_at": now
+    }))?;
+    match job::create(store, record).await? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Conflict {
+            key: keys::job_record(job_id),
+        }
+        .into()),
+    }
+}
