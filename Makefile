@@ -42,3 +42,22 @@ test: venv lint build ## Everything CI runs: lint, Rust unit + end-to-end tests,
 	cargo test --workspace
 	$(PYTHON) -m pytest -q tests/conformance tests/infra tests/e2e
 	bash infra/check.sh
+
+# The Python reference library lives in its own venv so that the test venv is untouched.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.requirements-installed
+# e.g. BENCH_ARGS="--quick" for a smoke run, "--only parse --runs 7".
+BENCH_ARGS ?=
+
+.PHONY: bench bench-venv
+bench-venv: $(BENCH_STAMP) ## Separate venv with the Python reference library (instructor) for `make bench`
+
+$(BENCH_STAMP): tests/bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r tests/bench/requirements.txt
+	touch $@
+
+bench: venv bench-venv ## Throughput, memory and cold start vs the Python reference library, as one table (BENCH_ARGS=...)
+	cargo build --release -p submit -p poll -p collect
+	cargo build --release -p batchline-emulator --bin batchline-bench
+	"$${CARGO_TARGET_DIR:-target}/release/batchline-bench" $(BENCH_ARGS)
