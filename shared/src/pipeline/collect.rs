@@ -324,10 +324,29 @@ struct Resubmitted {
     ids: HashSet<String>,
 }
 
-/// Error types worth another attempt: throttling, overload and server errors (each
+/// Failures worth another attempt: throttling, overload and server errors (each
 /// provider's own code for them), and requests that never ran (expired, cancelled).
 /// Failures of the request itself (invalid, refused, schema) would fail again.
-pub fn is_retryable(error_type: &str) -> bool {
+/// Vertex reports a line's failure as free text (a generic `provider_error`): its
+/// server-side statuses are recognised in the message.
+pub fn is_retryable(failure: &Failure) -> bool {
+    const SERVER_SIDE_TEXT: [&str; 6] = [
+        "Internal Server Error",
+        "Service Unavailable",
+        "Too Many Requests",
+        "\"INTERNAL\"",
+        "\"UNAVAILABLE\"",
+        "\"RESOURCE_EXHAUSTED\"",
+    ];
+    is_retryable_type(&failure.error_type)
+        || (failure.error_type == error_type::PROVIDER_ERROR
+            && SERVER_SIDE_TEXT
+                .iter()
+                .any(|text| failure.error_message.contains(text)))
+}
+
+/// Error types that name a temporary, server-side failure.
+fn is_retryable_type(error_type: &str) -> bool {
     const RETRYABLE: [&str; 17] = [
         error_type::RATE_LIMIT,
         error_type::EXPIRED,
@@ -457,9 +476,7 @@ impl<'a> PartRun<'a> {
                 write_line(&success, self.attempt, &mut self.line);
                 self.successes.write(&self.line).await?;
             }
-            Outcome::Error(mut failure)
-                if self.retry_allowed && is_retryable(&failure.error_type) =>
-            {
+            Outcome::Error(mut failure) if self.retry_allowed && is_retryable(&failure) => {
                 failure.raw_data = None;
                 self.retryable.push(failure);
             }

@@ -75,6 +75,9 @@ pub enum CrashPoint {
     AfterEffect(usize),
     /// When the Nth call (1-based) of this kind is made; that call fails.
     AtCall(Op, usize),
+    /// Not a crash: the process with this pid (moto) is paused with SIGSTOP just
+    /// before the Nth call of this kind, which then runs (and times out).
+    PauseAt(Op, usize, u32),
 }
 
 /// The shared log and kill switch of one crash run.
@@ -111,14 +114,18 @@ impl Crasher {
         }
         let mut calls = self.calls.lock().expect("crash calls");
         calls.push(op);
-        if let CrashPoint::AtCall(kind, nth) = self.point
-            && kind == op
-            && calls.iter().filter(|c| **c == op).count() == nth
-        {
-            self.dead.store(true, Ordering::SeqCst);
-            return false;
+        let nth_of_kind = calls.iter().filter(|c| **c == op).count();
+        match self.point {
+            CrashPoint::AtCall(kind, nth) if kind == op && nth == nth_of_kind => {
+                self.dead.store(true, Ordering::SeqCst);
+                false
+            }
+            CrashPoint::PauseAt(kind, nth, pid) if kind == op && nth == nth_of_kind => {
+                signal(pid, libc::SIGSTOP);
+                true
+            }
+            _ => true,
         }
-        true
     }
 
     /// Called after a call succeeded.
@@ -154,6 +161,14 @@ impl Crasher {
             ..ctx.clone()
         }
     }
+}
+
+/// Sends `signal` to `pid` (a child process of the test).
+pub fn signal(pid: u32, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child.
+    let status = unsafe { libc::kill(pid, signal) };
+    assert_eq!(status, 0, "kill({pid}, {signal})");
 }
 
 const CRASHED: &str = "injected crash: the process is gone";
@@ -362,5 +377,133 @@ impl BatchProvider for CrashProvider {
     async fn results(&self, batch_id: &str) -> batchline::Result<LineStream> {
         self.guard(Op::Results, batch_id, self.inner.results(batch_id))
             .await
+    }
+}
+
+impl super::Harness {
+    /// Receives one batch of ready messages and hands it to collect under `ctx`,
+    /// deleting those it did not report failed. `None` when the queue is empty;
+    /// else (delivered, failed).
+    pub async fn deliver_with(&self, ctx: &Context) -> Option<(usize, usize)> {
+        let (event, handles) = self.receive().await?;
+        let ids: Vec<String> = event
+            .records
+            .iter()
+            .filter_map(|r| r.message_id.clone())
+            .collect();
+        let response = batchline::pipeline::events::handle_sqs_event(ctx, event, 5).await;
+        let failed: Vec<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        for (id, handle) in ids.iter().zip(handles) {
+            if !failed.contains(&id.as_str()) {
+                self.sqs
+                    .delete_message()
+                    .queue_url(&self.queue_url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await
+                    .expect("delete");
+            }
+        }
+        Some((ids.len(), failed.len()))
+    }
+
+    /// Plays the upload's S3 event, then polls and collects under `ctx` until the job
+    /// closes or the crasher fires. Step errors are what a crash looks like from the
+    /// outside; they are left for the rerun.
+    pub async fn drive(&self, ctx: &Context, crasher: &Crasher, key: &str, version: &str) {
+        let _ =
+            batchline::pipeline::events::handle_s3_event(ctx, self.s3_event(key, version)).await;
+        for _ in 0..20 {
+            if crasher.crashed() {
+                return;
+            }
+            let _ = batchline::pipeline::poll(ctx).await;
+            while !crasher.crashed()
+                && let Some((_, failed)) = self.deliver_with(ctx).await
+            {
+                if failed > 0 {
+                    break;
+                }
+            }
+            if crasher.crashed()
+                || self
+                    .ctx
+                    .store
+                    .list("open/")
+                    .await
+                    .is_ok_and(|k| k.is_empty())
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// A context whose providers end every results stream cleanly after `lines` lines:
+/// a results file that is shorter than the provider says.
+pub fn truncating_context(ctx: &Context, lines: usize) -> Context {
+    Context {
+        providers: Arc::new(TruncatingProviders {
+            inner: ctx.providers.clone(),
+            lines,
+        }),
+        ..ctx.clone()
+    }
+}
+
+#[derive(Debug)]
+struct TruncatingProviders {
+    inner: Arc<dyn ProviderSource>,
+    lines: usize,
+}
+
+#[async_trait]
+impl ProviderSource for TruncatingProviders {
+    async fn provider(&self, kind: ProviderKind) -> batchline::Result<Arc<dyn BatchProvider>> {
+        Ok(Arc::new(TruncatingProvider {
+            inner: self.inner.provider(kind).await?,
+            lines: self.lines,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct TruncatingProvider {
+    inner: Arc<dyn BatchProvider>,
+    lines: usize,
+}
+
+#[async_trait]
+impl BatchProvider for TruncatingProvider {
+    fn kind(&self) -> ProviderKind {
+        self.inner.kind()
+    }
+    async fn create(
+        &self,
+        model: &str,
+        input: Bytes,
+        tags: &BatchTags,
+    ) -> batchline::Result<BatchStatus> {
+        self.inner.create(model, input, tags).await
+    }
+    async fn status(&self, batch_id: &str) -> batchline::Result<BatchStatus> {
+        self.inner.status(batch_id).await
+    }
+    async fn cancel(&self, batch_id: &str) -> batchline::Result<BatchStatus> {
+        self.inner.cancel(batch_id).await
+    }
+    async fn list(&self) -> batchline::Result<Vec<BatchStatus>> {
+        self.inner.list().await
+    }
+    async fn find(&self, tags: &BatchTags) -> batchline::Result<Option<BatchStatus>> {
+        self.inner.find(tags).await
+    }
+    async fn results(&self, batch_id: &str) -> batchline::Result<LineStream> {
+        use futures::StreamExt;
+        Ok(self.inner.results(batch_id).await?.take(self.lines).boxed())
     }
 }

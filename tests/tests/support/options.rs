@@ -10,7 +10,7 @@ use batchline::provider::config::{ApiKey, GoogleCredentials};
 use batchline::provider::{BatchProvider, connect};
 use batchline::queue::SqsQueue;
 use batchline::storage::S3Store;
-use batchline_emulator::harness::{EmulatorProviders, moto_sdk_config};
+use batchline_emulator::harness::{API_KEY, EmulatorProviders, moto_sdk_config};
 use batchline_emulator::{Config, Emulator};
 
 use super::{BUCKET, Harness};
@@ -24,6 +24,11 @@ pub struct HarnessOptions {
     /// paused moto makes a step fail quickly instead of hanging. The harness's own
     /// clients (`h.s3`, `h.sqs`) keep the defaults.
     pub aws_attempt_timeout: Option<Duration>,
+    /// Longest wait for a provider's answer (default: the library's 60 s).
+    pub provider_read_timeout: Option<Duration>,
+    /// How long the emulator keeps a batch in each stage (default 50 ms); a long one
+    /// keeps batches running until `finish_all`.
+    pub emulator_step: Option<Duration>,
     pub settings: Settings,
 }
 
@@ -31,14 +36,26 @@ pub struct HarnessOptions {
 /// delay short enough to pass within a test.
 pub fn quick_settings() -> Settings {
     Settings {
-        submit_lease: Duration::from_millis(300),
-        requeue_after: Duration::from_millis(300),
+        submit_lease: Duration::from_secs(1),
+        collect_lease: Duration::from_secs(1),
+        requeue_after: Duration::from_secs(1),
+        ..Settings::default()
+    }
+}
+
+/// Settings where every lease and delay has already passed: a rerun right after a
+/// crash takes over at once (for tests that run one step at a time).
+pub fn no_wait_settings() -> Settings {
+    Settings {
+        submit_lease: Duration::ZERO,
+        collect_lease: Duration::ZERO,
+        requeue_after: Duration::ZERO,
         ..Settings::default()
     }
 }
 
 /// How long to wait for a lease from [`quick_settings`] to pass.
-pub const LEASE_PASSES: Duration = Duration::from_millis(400);
+pub const LEASE_PASSES: Duration = Duration::from_millis(1_100);
 
 impl Harness {
     pub async fn start_with(options: HarnessOptions) -> Self {
@@ -62,19 +79,38 @@ impl Harness {
                 h.queue_url.clone(),
             ));
         }
-        if let Some(key) = options.api_key {
+        if options.api_key.is_some() || options.emulator_step.is_some() {
             h.emulator = Emulator::start(Config {
-                step: Duration::from_millis(50),
-                api_key: key.clone(),
+                step: options.emulator_step.unwrap_or(Duration::from_millis(50)),
+                api_key: options
+                    .api_key
+                    .clone()
+                    .unwrap_or_else(|| API_KEY.to_string()),
             })
             .await
             .expect("emulator");
-            h.ctx.providers = Arc::new(KeyedProviders {
-                inner: EmulatorProviders::new(h.emulator.base_url()),
-                key,
-            });
         }
+        h.ctx.providers = Arc::new(TunedProviders {
+            inner: EmulatorProviders::new(h.emulator.base_url()),
+            key: options.api_key,
+            read_timeout: options.provider_read_timeout,
+        });
         h
+    }
+
+    /// Runs the job to its end, then until its close is complete: a step whose record
+    /// write landed late (after a timeout) leaves the summary to the next poll.
+    pub async fn run_to_close(&self, job: &str) -> batchline::pipeline::job::JobRecord {
+        let mut record = self.run_to_end(job).await;
+        for _ in 0..20 {
+            if record.completed_at.is_some() {
+                return record;
+            }
+            batchline::pipeline::poll(&self.ctx).await.expect("poll");
+            self.collect_queued().await;
+            record = self.record(job).await;
+        }
+        panic!("job {job} never finished closing: {record:?}");
     }
 
     /// Batches the provider lists, through the pipeline's own provider source (so it
@@ -85,21 +121,27 @@ impl Harness {
     }
 }
 
-/// The emulator's providers with another API key.
+/// The emulator's providers with another API key or read timeout.
 #[derive(Debug)]
-pub struct KeyedProviders {
+pub struct TunedProviders {
     pub inner: EmulatorProviders,
-    pub key: String,
+    pub key: Option<String>,
+    pub read_timeout: Option<Duration>,
 }
 
 #[async_trait]
-impl ProviderSource for KeyedProviders {
+impl ProviderSource for TunedProviders {
     async fn provider(&self, kind: ProviderKind) -> batchline::Result<Arc<dyn BatchProvider>> {
-        let key = ApiKey::new(self.key.as_str())?;
         let mut config = self.inner.config(kind);
-        match config.vertex.as_mut() {
-            Some(vertex) => vertex.credentials = GoogleCredentials::StaticToken(key),
-            None => config.api_key = Some(key),
+        if let Some(key) = &self.key {
+            let key = ApiKey::new(key.as_str())?;
+            match config.vertex.as_mut() {
+                Some(vertex) => vertex.credentials = GoogleCredentials::StaticToken(key),
+                None => config.api_key = Some(key),
+            }
+        }
+        if let Some(read) = self.read_timeout {
+            config.timeouts.read = read;
         }
         connect(kind, &config)
     }
