@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::job::{self, JobRecord, JobStatus, PartOutcome, PartRecord, keys};
 use super::spec::JobSpec;
 use super::{Context, PipelineError, submit, summary};
-use crate::build::BatchBuilder;
+use crate::build::{BatchBuilder, BatchPart};
 use crate::provider::BatchProvider;
 use crate::results::{Failure, Outcome, ResultParser, error_type};
 use crate::status::BatchState;
@@ -181,12 +181,19 @@ impl CollectRun<'_> {
 
         let retry_allowed = self.part.attempt < self.spec.max_attempts;
         let mut part_run = PartRun::new(ctx, job_id, self.part, &ids, retry_allowed);
+        // The last delivery records what could not be read instead of failing again
+        // (a refused results URL, a stream that always breaks): nothing stays unknown.
+        let mut read_failure = None;
         if let Err(e) = part_run
             .stream_results(provider.results(self.batch_id).await, &parser, status.state)
             .await
         {
-            part_run.abort().await;
-            return Err(e);
+            if !final_attempt {
+                part_run.abort().await;
+                return Err(e);
+            }
+            tracing::error!(job = %job_id, part = index, error = %e, "results unreadable on the last delivery; recording the rest as errors");
+            read_failure = Some(e.to_string());
         }
         let received = part_run.received;
         let expected = status.counts.succeeded + status.counts.failed;
@@ -204,7 +211,11 @@ impl CollectRun<'_> {
             });
         }
         part_run
-            .record_missing(status.state, status.error.as_deref())
+            .record_missing(
+                status.state,
+                status.error.as_deref(),
+                read_failure.as_deref(),
+            )
             .await?;
         let retry = match part_run.retryable.is_empty() {
             true => None,
@@ -214,13 +225,18 @@ impl CollectRun<'_> {
                     .iter()
                     .map(|f| f.custom_id.as_str())
                     .collect();
-                self.resubmit(provider.as_ref(), &wanted).await?
+                self.retry_part(&wanted).await?
             }
         };
         part_run.settle_retryable(retry.as_ref()).await?;
         let outcome = part_run.finish().await?;
         let (succeeded, failed) = (outcome.succeeded, outcome.failed);
-        let retry_part = retry.map(|r| r.part);
+        // Created last, just before the record names it: the shortest window in which
+        // a crash leaves a batch that Anthropic (no tags) cannot find again.
+        let retry_part = match retry {
+            Some(batch) => Some(self.submit_retry(provider.as_ref(), &batch).await?),
+            None => None,
+        };
 
         let mut closed = false;
         let mut versioned = job::update(ctx.store.as_ref(), job_id, |record| {
@@ -257,14 +273,9 @@ impl CollectRun<'_> {
         })
     }
 
-    /// Builds a new part from the original request lines of the `wanted` ids and
-    /// creates its batch (or finds the one a crashed collect created). `None` when it
-    /// cannot be built (the source object is gone): the failures then stay final.
-    async fn resubmit(
-        &self,
-        provider: &dyn BatchProvider,
-        wanted: &[&str],
-    ) -> Result<Option<Resubmitted>, PipelineError> {
+    /// Builds a new part from the original request lines of the `wanted` ids. `None`
+    /// when it cannot be built (the source object is gone): the failures stay final.
+    async fn retry_part(&self, wanted: &[&str]) -> Result<Option<BatchPart>, PipelineError> {
         let (job_id, index) = (self.record.job_id.as_str(), self.part.index);
         let wanted: HashSet<&str> = wanted.iter().copied().collect();
         let Some(requests) =
@@ -297,31 +308,32 @@ impl CollectRun<'_> {
             .filter(|p| p.retry_of.is_none())
             .count() as u32;
         batch.index = index + initial_parts;
+        Ok(Some(batch))
+    }
+
+    /// Creates the retry part's batch (or finds the one a crashed collect created).
+    async fn submit_retry(
+        &self,
+        provider: &dyn BatchProvider,
+        batch: &BatchPart,
+    ) -> Result<PartRecord, PipelineError> {
+        let (job_id, index) = (self.record.job_id.as_str(), self.part.index);
         let status = submit::create_batch(
             self.ctx,
             provider,
             &self.spec.model.model,
             job_id,
-            &batch,
+            batch,
             true,
         )
         .await?;
         tracing::info!(job = %job_id, part = index, retry_part = batch.index, batch = %status.batch_id, requests = batch.custom_ids.len(), "resubmitted retryable failures");
-        Ok(Some(Resubmitted {
-            part: PartRecord {
-                attempt: self.part.attempt + 1,
-                retry_of: Some(index),
-                ..PartRecord::submitted(batch.index, batch.custom_ids.len() as u64, status)
-            },
-            ids: batch.custom_ids.into_iter().collect(),
-        }))
+        Ok(PartRecord {
+            attempt: self.part.attempt + 1,
+            retry_of: Some(index),
+            ..PartRecord::submitted(batch.index, batch.custom_ids.len() as u64, status)
+        })
     }
-}
-
-/// A retry part created for some of a part's failures.
-struct Resubmitted {
-    part: PartRecord,
-    ids: HashSet<String>,
 }
 
 /// Failures worth another attempt: throttling, overload and server errors (each
@@ -503,8 +515,13 @@ impl<'a> PartRun<'a> {
         &mut self,
         state: BatchState,
         batch_error: Option<&str>,
+        read_failure: Option<&str>,
     ) -> Result<(), PipelineError> {
         let (kind, why) = match state {
+            _ if let Some(failure) = read_failure => (
+                error_type::READ_ERROR,
+                format!("the results could not be read: {failure}"),
+            ),
             BatchState::Expired => (
                 error_type::EXPIRED,
                 "the batch expired before this request ran".to_string(),
@@ -541,11 +558,15 @@ impl<'a> PartRun<'a> {
 
     /// Held-back failures are either in the retry part (counted as retried) or, when
     /// none could be made for them, written as errors now.
-    async fn settle_retryable(&mut self, retry: Option<&Resubmitted>) -> Result<(), PipelineError> {
+    async fn settle_retryable(&mut self, retry: Option<&BatchPart>) -> Result<(), PipelineError> {
+        let resubmitted: HashSet<&str> = retry
+            .iter()
+            .flat_map(|part| part.custom_ids.iter().map(String::as_str))
+            .collect();
         for failure in std::mem::take(&mut self.retryable) {
-            match retry {
-                Some(retry) if retry.ids.contains(&failure.custom_id) => self.outcome.retried += 1,
-                _ => self.write_error(&failure).await?,
+            match resubmitted.contains(failure.custom_id.as_str()) {
+                true => self.outcome.retried += 1,
+                false => self.write_error(&failure).await?,
             }
         }
         Ok(())

@@ -17,7 +17,7 @@ use super::{Context, PipelineError, summary};
 use crate::build::{BatchBuilder, BatchPart};
 use crate::provider::{BatchProvider, BatchTags, PartLimits};
 use crate::request::Request;
-use crate::results::Failure;
+use crate::results::{Failure, ResultParser};
 use crate::storage::{ObjectWriter, PutMode, StoreError};
 
 /// What one submit invocation did.
@@ -124,6 +124,12 @@ pub async fn submit(
         Ok(builder) => builder,
         Err(e) => return fail(ctx, versioned, format!("{key}: {e}")).await,
     };
+    // Collect validates answers with this schema: refuse now one it could not compile,
+    // rather than submit batches whose results can never be read.
+    let no_rows = Some(std::sync::Arc::from(Vec::new()));
+    if let Err(e) = ResultParser::new(spec.model.provider, &spec.output_schema(), no_rows) {
+        return fail(ctx, versioned, format!("{key}: {e}")).await;
+    }
     if let Some(max) = spec.max_requests_per_part {
         let limits = builder.limits();
         builder = builder.with_limits(PartLimits {
@@ -400,7 +406,7 @@ async fn resolve_spec(
     };
     Ok(match serde_json::from_slice::<JobSpec>(&body) {
         Ok(spec) => Ok((spec, first)),
-        Err(e) => Err(format!("{spec_key}: not a valid job spec: {e}")),
+        Err(e) => Err(format!("{key}: {spec_key}: not a valid job spec: {e}")),
     })
 }
 

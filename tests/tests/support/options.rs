@@ -92,7 +92,9 @@ impl Harness {
         }
         h.ctx.providers = Arc::new(TunedProviders {
             inner: EmulatorProviders::new(h.emulator.base_url()),
-            key: options.api_key,
+            key: options
+                .api_key
+                .map(|key| ApiKey::new(key).expect("a test key")),
             read_timeout: options.provider_read_timeout,
         });
         h
@@ -125,7 +127,8 @@ impl Harness {
 #[derive(Debug)]
 pub struct TunedProviders {
     pub inner: EmulatorProviders,
-    pub key: Option<String>,
+    /// Held as an `ApiKey`, so that a context's `Debug` never shows it.
+    pub key: Option<ApiKey>,
     pub read_timeout: Option<Duration>,
 }
 
@@ -133,8 +136,7 @@ pub struct TunedProviders {
 impl ProviderSource for TunedProviders {
     async fn provider(&self, kind: ProviderKind) -> batchline::Result<Arc<dyn BatchProvider>> {
         let mut config = self.inner.config(kind);
-        if let Some(key) = &self.key {
-            let key = ApiKey::new(key.as_str())?;
+        if let Some(key) = self.key.clone() {
             match config.vertex.as_mut() {
                 Some(vertex) => vertex.credentials = GoogleCredentials::StaticToken(key),
                 None => config.api_key = Some(key),
