@@ -94,7 +94,7 @@ async fn crash_after_every_side_effect(kind: ProviderKind) {
         );
     }
 
-    for i in 0..effects.len() {
+    for (i, planned) in effects.iter().enumerate() {
         let key = format!("inbox/{kind}/crash-{i:02}.jsonl");
         let version = h.upload(&key, body.clone()).await;
         let before = h.provider_batches(kind).await;
@@ -103,8 +103,7 @@ async fn crash_after_every_side_effect(kind: ProviderKind) {
             .await;
         assert!(
             crasher.crashed(),
-            "{kind}: never got to effect {i}: {}",
-            effects[i]
+            "{kind}: never got to effect {i}: {planned}"
         );
         // Parts may be collected in another order than in the dry run: what this run
         // did last is what matters.
