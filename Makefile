@@ -39,9 +39,11 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test: venv lint build ## Everything CI runs: lint, Rust unit + end-to-end tests, SDK conformance, template checks
+	rm -rf target/reliability
 	cargo test --workspace
 	$(PYTHON) -m pytest -q tests/conformance tests/infra tests/e2e
 	bash infra/check.sh
+	$(PYTHON) tests/scripts/reliability_report.py
 
 # The Python reference library lives in its own venv so that the test venv is untouched.
 BENCH_VENV := .venv-bench

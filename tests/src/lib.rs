@@ -131,7 +131,9 @@ async fn http_faults(State(shared): State<Arc<Shared>>, request: Request, next: 
         let found = plan.http.iter_mut().find(|f| {
             f.times > 0
                 && path.starts_with(&f.path_prefix)
-                && f.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(&method))
+                && f.method
+                    .as_deref()
+                    .is_none_or(|m| m.eq_ignore_ascii_case(&method))
         });
         found.map(|f| {
             f.times -= 1;
@@ -164,7 +166,10 @@ async fn http_faults(State(shared): State<Arc<Shared>>, request: Request, next: 
 
 /// The error body each provider sends with an HTTP error, chosen by path.
 fn fault_body(path: &str, status: StatusCode) -> String {
-    let message = format!("emulated fault: {}", status.canonical_reason().unwrap_or("error"));
+    let message = format!(
+        "emulated fault: {}",
+        status.canonical_reason().unwrap_or("error")
+    );
     if path.starts_with("/v1/messages") {
         let kind = match status.as_u16() {
             429 => "rate_limit_error",
@@ -173,7 +178,11 @@ fn fault_body(path: &str, status: StatusCode) -> String {
         };
         serde_json::json!({"type":"error","error":{"type":kind,"message":message}}).to_string()
     } else if path.starts_with("/v1/") && !path.starts_with("/v1/projects") {
-        let kind = if status.as_u16() == 429 { "rate_limit_exceeded" } else { "server_error" };
+        let kind = if status.as_u16() == 429 {
+            "rate_limit_exceeded"
+        } else {
+            "server_error"
+        };
         serde_json::json!({"error":{"message":message,"type":kind,"param":null,"code":null}})
             .to_string()
     } else {

@@ -3,6 +3,10 @@
 //! pipeline context wired to both through the real AWS SDK.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod crash;
+pub mod options;
+pub mod report;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
