@@ -469,7 +469,14 @@ impl<'a> PartRun<'a> {
 
     /// Writes an outcome for a row that has none yet (or holds a retryable failure
     /// back); anything else is counted and dropped so that every id appears once.
-    async fn record(&mut self, outcome: Outcome) -> Result<(), PipelineError> {
+    async fn record(&mut self, mut outcome: Outcome) -> Result<(), PipelineError> {
+        // `line` in result files means the line of the uploaded file; the provider's
+        // results-file line only matters for a line that was not readable at all.
+        if let Outcome::Error(failure) = &mut outcome
+            && failure.error_type != error_type::MALFORMED_LINE
+        {
+            failure.line = None;
+        }
         match self.rows.get(outcome.custom_id()) {
             Some(&row) if !self.seen[row] => self.seen[row] = true,
             _ => {
