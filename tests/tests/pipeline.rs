@@ -14,6 +14,9 @@ async fn a_normal_job_succeeds_for_every_provider() {
     let h = Harness::start().await;
     for kind in ProviderKind::ALL {
         let (body, ids) = job_file(kind, 12, &[]);
+        let prices =
+            r#""max_tokens":256,"prices":{"input_per_million":1.0,"output_per_million":2.0}"#;
+        let body = body.replacen("\"max_tokens\":256", prices, 1);
         let job = h
             .submit(&format!("inbox/{kind}/Invoices été {kind}.jsonl"), body)
             .await;
@@ -26,9 +29,18 @@ async fn a_normal_job_succeeds_for_every_provider() {
         );
         let results = h.assert_invariant(&job, &ids).await;
         assert_eq!(results.successes.len(), 12, "{kind}: {:?}", results.errors);
+        let usage = &results.summary["usage"];
+        let (input, output) = (
+            usage["input_tokens"].as_f64().unwrap_or(0.0),
+            usage["output_tokens"].as_f64().unwrap_or(0.0),
+        );
+        assert!(output > 0.0, "{kind}");
+        let cost = results.summary["cost_usd"]
+            .as_f64()
+            .expect("cost from the spec's prices");
         assert!(
-            results.summary["usage"]["output_tokens"].as_u64() > Some(0),
-            "{kind}"
+            (cost - (input + 2.0 * output) / 1e6).abs() < 1e-12,
+            "{kind}: {cost}"
         );
         for success in &results.successes {
             assert!(success["result"]["vendor"].is_string(), "{kind}: {success}");

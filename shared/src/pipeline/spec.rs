@@ -34,6 +34,26 @@ pub struct JobSpec {
     /// in a new part until they succeed, fail otherwise or reach this (default 2).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Your batch prices, so that the summary can state the job's cost (prices change
+    /// and differ by account, so batchline ships none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<TokenPrices>,
+}
+
+/// US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenPrices {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+impl TokenPrices {
+    pub fn cost_usd(&self, usage: &crate::results::Usage) -> f64 {
+        (usage.input_tokens as f64 * self.input_per_million
+            + usage.output_tokens as f64 * self.output_per_million)
+            / 1_000_000.0
+    }
 }
 
 fn default_max_attempts() -> u32 {

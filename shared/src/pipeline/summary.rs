@@ -27,6 +27,9 @@ struct Summary<'a> {
     /// Final outcomes by the attempt they came from ("1": first try, "2": one retry…).
     outcomes_by_attempt: BTreeMap<u32, u64>,
     usage: Usage,
+    /// From the spec's `prices`, where given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost_usd: Option<f64>,
     /// successes + failed == requests: every request is accounted for exactly once.
     invariant_holds: bool,
     parts: Vec<PartSummary<'a>>,
@@ -157,6 +160,11 @@ pub(super) async fn close_job(
         errors_by_type,
         retried,
         outcomes_by_attempt,
+        cost_usd: record
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.prices)
+            .map(|prices| prices.cost_usd(&usage)),
         usage,
         invariant_holds: succeeded + failed == record.requests,
         parts: record
