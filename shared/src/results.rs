@@ -432,6 +432,8 @@ pub struct ResultParser {
     provider: ProviderKind,
     schema: OutputSchema,
     validator: jsonschema::Validator,
+    /// OpenAI strict mode made optional properties nullable (decided once per schema).
+    strips_nulls: bool,
     /// The part's custom_ids by row, for Vertex lines that carry only a row number.
     row_ids: Arc<[String]>,
 }
@@ -473,6 +475,8 @@ impl ResultParser {
             provider,
             schema: schema.clone(),
             validator,
+            strips_nulls: provider == ProviderKind::OpenAi
+                && crate::schema::introduces_nulls(&schema.schema),
             row_ids,
         })
     }
@@ -520,7 +524,7 @@ impl ResultParser {
                 );
             }
         };
-        if self.provider == ProviderKind::OpenAi {
+        if self.strips_nulls {
             self.drop_strict_mode_nulls(&mut result);
         }
         if let Some(message) = self.schema_mismatch(&result) {

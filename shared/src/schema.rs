@@ -205,6 +205,14 @@ pub fn remove_introduced_nulls(original: &Value, answer: &mut Value) {
     NullRemoval { root: original }.walk(original, answer, 0);
 }
 
+/// Whether [`remove_introduced_nulls`] can ever change an answer to `original`: some
+/// property it reaches is optional and does not accept null. When none is (every
+/// property required, or nullable already), answers need no walk at all, so a
+/// parser decides this once per schema instead of walking every line.
+pub fn introduces_nulls(original: &Value) -> bool {
+    NullRemoval { root: original }.has_removable(original, &mut Vec::new(), 0)
+}
+
 fn check_name(schema: &OutputSchema, provider: ProviderKind) -> Result<()> {
     if is_identifier(&schema.name) {
         return Ok(());
@@ -706,6 +714,54 @@ impl<'a> NullRemoval<'a> {
         }
     }
 
+    /// Whether a property that [`Self::walk`] could remove is reachable from `schema`
+    /// (through the same keywords, every `anyOf`/`oneOf` variant included).
+    fn has_removable(&self, schema: &'a Value, seen: &mut Vec<*const Value>, depth: usize) -> bool {
+        let Value::Object(node) = schema else {
+            return false;
+        };
+        let address: *const Value = schema;
+        if depth > MAX_SCHEMA_DEPTH || seen.contains(&address) {
+            return false;
+        }
+        seen.push(address);
+        let required: HashSet<&str> = node
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let properties = node
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten();
+        for (name, property) in properties {
+            if !required.contains(name.as_str()) && !self.accepts_null(property, 0) {
+                return true;
+            }
+            if self.has_removable(property, seen, depth + 1) {
+                return true;
+            }
+        }
+        let variants = ["allOf", "anyOf", "oneOf"]
+            .into_iter()
+            .filter_map(|key| node.get(key).and_then(Value::as_array))
+            .flatten();
+        let children = self
+            .ref_target(node)
+            .into_iter()
+            .chain(node.get("items"))
+            .chain(variants);
+        for child in children {
+            if self.has_removable(child, seen, depth + 1) {
+                return true;
+            }
+        }
+        false
+    }
+
     fn ref_target(&self, node: &Map<String, Value>) -> Option<&'a Value> {
         let reference = node.get("$ref")?.as_str()?;
         resolve_local(self.root, reference)
@@ -1045,6 +1101,40 @@ mod tests {
             }
         }
         assert!(openai_strict_schema(&schema(&"x".repeat(64), body)).is_ok());
+    }
+
+    #[test]
+    fn introduced_nulls_are_found_wherever_the_walk_reaches() {
+        let closed = |properties: Value, required: Value| json!({"type": "object", "properties": properties, "required": required});
+        let all_required = closed(
+            json!({"a": {"type": "string"}, "b": {"type": "array", "items": {"type": "number"}}}),
+            json!(["a", "b"]),
+        );
+        assert!(!introduces_nulls(&all_required));
+        let nullable_optional = closed(json!({"a": {"type": ["string", "null"]}}), json!([]));
+        assert!(!introduces_nulls(&nullable_optional));
+        assert!(introduces_nulls(&closed(
+            json!({"a": {"type": "string"}}),
+            json!([])
+        )));
+        // Deep inside: through items, a $ref, and one anyOf variant.
+        let deep = json!({
+            "type": "object",
+            "properties": {"list": {"type": "array", "items": {"$ref": "#/$defs/Item"}}},
+            "required": ["list"],
+            "$defs": {"Item": {"anyOf": [
+                {"type": "string"},
+                {"type": "object", "properties": {"x": {"type": "integer"}}}
+            ]}}
+        });
+        assert!(introduces_nulls(&deep));
+        // A recursive schema with nothing optional ends.
+        let recursive = json!({
+            "type": "object",
+            "properties": {"child": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}},
+            "required": ["child"]
+        });
+        assert!(!introduces_nulls(&recursive));
     }
 
     #[test]

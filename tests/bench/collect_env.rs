@@ -30,7 +30,8 @@ impl CollectEnv {
     /// output file is `results` (`rows` lines, ids `request-0…`).
     pub fn start(results: Bytes, rows: usize) -> Result<Self, String> {
         let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        let moto = Moto::start();
+        // The bench venv's moto completes multipart uploads the way the SDK expects.
+        let moto = Moto::start_in(".venv-bench");
         let (emulator, store, batch_id) = runtime.block_on(async {
             let emulator = Emulator::start(Config {
                 step: Duration::from_millis(50),

@@ -33,15 +33,23 @@ pub struct Moto {
 impl Moto {
     /// Starts `$MOTO_SERVER`, or the test venv's `moto_server`, and waits until it listens.
     pub fn start() -> Self {
+        Self::start_in(".venv")
+    }
+
+    /// Like [`Moto::start`] with the `moto_server` of the workspace's venv `venv`.
+    pub fn start_in(venv: &str) -> Self {
         let port = free_port();
         let binary = std::env::var("MOTO_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|_| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server")
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("..")
+                    .join(venv)
+                    .join("bin/moto_server")
             });
         assert!(
             binary.exists(),
-            "{} not found: run `make venv` first",
+            "{} not found: create the venv first (`make venv`, `make bench-venv`)",
             binary.display()
         );
         let child = Command::new(binary)
