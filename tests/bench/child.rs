@@ -17,7 +17,7 @@ use batchline::storage::S3Store;
 use batchline_emulator::harness::{EmulatorProviders, moto_sdk_config};
 use batchline_emulator::workload;
 
-use crate::measure::Report;
+use crate::measure::{Report, own_peak_rss_bytes};
 
 /// The model each provider is benchmarked with.
 pub fn model_for(provider: ProviderKind) -> &'static str {
@@ -49,14 +49,20 @@ pub fn build(provider: ProviderKind, requests_file: &Path) -> Result<Report, Str
         seconds,
         bytes: plan.parts.iter().map(|p| p.body.len() as u64).sum(),
         items: built as u64,
+        peak_rss_bytes: own_peak_rss_bytes()?,
     })
 }
 
 /// `child parse PROVIDER RESULTS_FILE ROWS`: streams the file through parsing and
 /// schema validation; every line must be a success.
 pub fn parse(provider: ProviderKind, results_file: &Path, rows: usize) -> Result<Report, String> {
-    let row_ids: Arc<[String]> = (0..rows).map(workload::custom_id).collect();
-    let parser = ResultParser::new(provider, &workload::invoice_schema(), Some(row_ids))
+    // Only Vertex lines need the part's ids (they carry a row number instead).
+    let row_ids = (provider == ProviderKind::Google).then(|| {
+        (0..rows)
+            .map(workload::custom_id)
+            .collect::<Arc<[String]>>()
+    });
+    let parser = ResultParser::new(provider, &workload::invoice_schema(), row_ids)
         .map_err(|e| e.to_string())?;
     let file = File::open(results_file).map_err(|e| format!("{}: {e}", results_file.display()))?;
     let bytes = file.metadata().map_err(|e| e.to_string())?.len();
@@ -76,6 +82,7 @@ pub fn parse(provider: ProviderKind, results_file: &Path, rows: usize) -> Result
         seconds,
         bytes,
         items,
+        peak_rss_bytes: own_peak_rss_bytes()?,
     })
 }
 
@@ -123,6 +130,7 @@ pub fn collect_part(target: &CollectTarget<'_>) -> Result<Report, String> {
                 seconds,
                 bytes: target.results_bytes,
                 items: succeeded,
+                peak_rss_bytes: own_peak_rss_bytes()?,
             }),
             other => Err(format!("collect ended with {other:?}")),
         }

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! batchline-bench [--runs N] [--quick] [--only build,parse,collect,coldstart]
-//!                 [--python PATH | --no-python]
+//!                 [--python PATH | --no-python] [--keep-data]
 //! ```
 
 mod child;
@@ -25,7 +25,7 @@ use batchline::model::ProviderKind;
 use batchline_emulator::workload::{self, FileSize};
 use bytes::Bytes;
 
-use measure::{Figures, Run, run_child};
+use measure::{Figures, Report, run_child};
 use report::{ColdStart, CollectFigures, Measured, Table};
 
 /// The providers the reference library's batch module supports.
@@ -92,6 +92,8 @@ struct Options {
     big_bytes: u64,
     sections: Vec<Section>,
     python: Option<PathBuf>,
+    /// Leave the generated data in place (its directory is printed) for profiling.
+    keep_data: bool,
 }
 
 impl Options {
@@ -108,6 +110,7 @@ impl Options {
                 Section::ColdStart,
             ],
             python: Some(workspace.join(".venv-bench/bin/python")),
+            keep_data: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -138,6 +141,7 @@ impl Options {
                 }
                 "--python" => options.python = Some(PathBuf::from(value()?)),
                 "--no-python" => options.python = None,
+                "--keep-data" => options.keep_data = true,
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -241,7 +245,7 @@ fn run_bench(options: &Options) -> Result<(), String> {
     let mut table = Table::new(options.runs);
 
     let ours = |mode: &str, provider: ProviderKind, file: &Path, rows: Option<usize>| {
-        let mut command = Command::new(&me);
+        let mut command = child_command(&me);
         command.args(["child", mode, provider.as_str()]).arg(file);
         if let Some(rows) = rows {
             command.arg(rows.to_string());
@@ -256,7 +260,7 @@ fn run_bench(options: &Options) -> Result<(), String> {
         let (Some(python), true) = (&python, REFERENCE_PROVIDERS.contains(&provider)) else {
             return Ok(None);
         };
-        let mut command = Command::new(python);
+        let mut command = child_command(python);
         command
             .arg(&reference_script)
             .args([mode, provider.as_str()])
@@ -300,7 +304,9 @@ fn run_bench(options: &Options) -> Result<(), String> {
     if options.wants(Section::ColdStart) {
         table.cold_start = bench_cold_start(options, &me)?;
     }
-    drop(data);
+    if options.keep_data {
+        progress(&format!("data kept in {}", data.dir.keep().display()));
+    }
     table.print();
     Ok(())
 }
@@ -320,7 +326,7 @@ fn bench_collect(options: &Options, me: &Path) -> Result<CollectFigures, String>
     .map_err(|e| e.to_string())?;
     let results_bytes = results.len() as u64;
     let env = collect_env::CollectEnv::start(Bytes::from(results), options.rows)?;
-    let mut runs: Vec<Run> = Vec::new();
+    let mut runs: Vec<Report> = Vec::new();
     let mut written = 0;
     for run in 0..options.runs {
         progress(&format!(
@@ -329,7 +335,7 @@ fn bench_collect(options: &Options, me: &Path) -> Result<CollectFigures, String>
             options.runs
         ));
         let job_id = env.prepare_job(run)?;
-        let mut command = Command::new(me);
+        let mut command = child_command(me);
         command.args([
             "child",
             "collect",
@@ -380,14 +386,30 @@ fn bench_cold_start(options: &Options, me: &Path) -> Result<Vec<ColdStart>, Stri
 fn repeat(
     runs: usize,
     label: &str,
-    mut once: impl FnMut() -> Result<Run, String>,
-) -> Result<Vec<Run>, String> {
+    mut once: impl FnMut() -> Result<Report, String>,
+) -> Result<Vec<Report>, String> {
     (0..runs)
         .map(|run| {
             progress(&format!("{label}: run {}/{runs}", run + 1));
             once()
         })
         .collect()
+}
+
+/// A command for a measured child: `program`, or `$BENCH_CHILD_WRAPPER program` when
+/// that is set (e.g. `heaptrack` or `perf record -g` to profile one measurement; the
+/// figures then describe the wrapper).
+fn child_command(program: &Path) -> Command {
+    let wrapper = std::env::var("BENCH_CHILD_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    match words.next() {
+        Some(tool) => {
+            let mut command = Command::new(tool);
+            command.args(words).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
 }
 
 /// `Command` is not `Clone`; each run needs its own.

@@ -1,6 +1,10 @@
-//! Running one measurement in a fresh child process: its own report (time, bytes,
-//! items) on stdout, its peak RSS from the kernel (`wait4`), optionally pinned to one
-//! core the way `taskset -c 0` would.
+//! Running one measurement in a fresh child process that reports its own time, bytes,
+//! items and peak RSS, optionally pinned to one core the way `taskset -c 0` would.
+//!
+//! Peak RSS is the child's `VmHWM` from `/proc/self/status`, read at its end. The
+//! kernel's `ru_maxrss` (wait4, getrusage) is no good here: it keeps the high-water
+//! mark of the address space the child had between fork and exec, which is a copy
+//! of this process, and this process holds the collect benchmark's gigabyte.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -17,6 +21,8 @@ pub struct Report {
     pub bytes: u64,
     /// Requests built or results parsed.
     pub items: u64,
+    /// The child's peak resident set (`VmHWM`), in bytes.
+    pub peak_rss_bytes: u64,
 }
 
 impl Report {
@@ -28,15 +34,21 @@ impl Report {
     }
 }
 
-/// One finished run: the child's report and its peak resident set.
-#[derive(Debug, Clone, Copy)]
-pub struct Run {
-    pub report: Report,
-    pub peak_rss_bytes: u64,
+/// This process's peak resident set so far, from `VmHWM` in `/proc/self/status`.
+pub fn own_peak_rss_bytes() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("/proc/self/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| "no VmHWM in /proc/self/status".to_string())
 }
 
 /// Runs `command` to completion; `pin` restricts it to CPU 0 before it starts.
-pub fn run_child(mut command: Command, pin: bool) -> Result<Run, String> {
+pub fn run_child(mut command: Command, pin: bool) -> Result<Report, String> {
     if pin {
         // SAFETY: only async-signal-safe calls between fork and exec (sched_setaffinity
         // on a stack-local set).
@@ -62,39 +74,15 @@ pub fn run_child(mut command: Command, pin: bool) -> Result<Run, String> {
         out.read_to_string(&mut stdout)
             .map_err(|e| format!("reading the output of {description}: {e}"))?;
     }
-    let (status, peak_rss_bytes) = wait_with_rusage(child.id())?;
-    if status != 0 {
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for {description}: {e}"))?;
+    if !status.success() {
         return Err(format!("{description} failed ({status}): {stdout}"));
     }
     let last = stdout.lines().last().unwrap_or_default();
-    let report = serde_json::from_str(last)
-        .map_err(|e| format!("{description} printed no report ({e}): {stdout}"))?;
-    Ok(Run {
-        report,
-        peak_rss_bytes,
-    })
-}
-
-/// Reaps the child and answers its exit code (or 128 + signal) and peak RSS in bytes.
-fn wait_with_rusage(pid: u32) -> Result<(i32, u64), String> {
-    let mut status = 0;
-    // SAFETY: rusage is plain old data that wait4 fills in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // The pid fits: it came from spawn.
-    let reaped = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
-    if reaped < 0 {
-        return Err(format!(
-            "waiting for process {pid}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    };
-    // Linux reports ru_maxrss in KiB.
-    Ok((code, usage.ru_maxrss.max(0) as u64 * 1024))
+    serde_json::from_str(last)
+        .map_err(|e| format!("{description} printed no report ({e}): {stdout}"))
 }
 
 /// Median, min and max of a sample.
@@ -136,21 +124,15 @@ pub struct Figures {
 }
 
 impl Figures {
-    pub fn of(runs: &[Run]) -> Option<Self> {
+    pub fn of(runs: &[Report]) -> Option<Self> {
         Some(Self {
-            mb_per_s: Stats::of(
-                runs.iter()
-                    .map(|r| r.report.bytes as f64 / 1e6 / r.report.seconds),
-            )?,
-            items_per_s: Stats::of(
-                runs.iter()
-                    .map(|r| r.report.items as f64 / r.report.seconds),
-            )?,
+            mb_per_s: Stats::of(runs.iter().map(|r| r.bytes as f64 / 1e6 / r.seconds))?,
+            items_per_s: Stats::of(runs.iter().map(|r| r.items as f64 / r.seconds))?,
             rss_mib: Stats::of(
                 runs.iter()
                     .map(|r| r.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
             )?,
-            seconds: Stats::of(runs.iter().map(|r| r.report.seconds))?,
+            seconds: Stats::of(runs.iter().map(|r| r.seconds))?,
         })
     }
 }

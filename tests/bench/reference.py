@@ -6,7 +6,9 @@ Run by batchline-bench, one measurement per process (so that its peak RSS is its
     reference.py parse PROVIDER RESULTS_FILE    # parse_results(content)
 
 Reading the input is not timed; only the library call is (time.perf_counter). The last
-stdout line is a JSON report {"seconds", "bytes", "items", "peak_rss_bytes"}.
+stdout line is a JSON report {"seconds", "bytes", "items", "peak_rss_bytes"}. Peak RSS
+is VmHWM from /proc/self/status: resource.getrusage's ru_maxrss would also count the
+copy of the (large) benchmark process this one was forked from before exec.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import contextlib
 import io
 import json
 import os
-import resource
 import sys
 import time
 from typing import Literal
@@ -68,12 +69,19 @@ def parse(processor: BatchProcessor, path: str) -> dict:
     return {"seconds": seconds, "bytes": os.path.getsize(path), "items": len(results)}
 
 
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise SystemExit("no VmHWM in /proc/self/status")
+
+
 def main() -> None:
     mode, provider, path = sys.argv[1:4]
     processor = BatchProcessor(MODELS[provider], Invoice)
     report = {"build": build, "parse": parse}[mode](processor, path)
-    # ru_maxrss is in KiB on Linux.
-    report["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    report["peak_rss_bytes"] = peak_rss_bytes()
     print(json.dumps(report))
 
 

@@ -3,7 +3,7 @@
 
 use batchline::model::ProviderKind;
 
-use crate::measure::{Figures, Run, Stats};
+use crate::measure::{Figures, Report, Stats};
 
 const BUILD_RATIO_TARGET: f64 = 100.0;
 const PARSE_RATIO_TARGET: f64 = 20.0;
@@ -26,8 +26,8 @@ impl Measured {
     pub fn new(
         provider: ProviderKind,
         rows: usize,
-        ours: Vec<Run>,
-        reference: Option<Vec<Run>>,
+        ours: Vec<Report>,
+        reference: Option<Vec<Report>>,
     ) -> Result<Self, String> {
         Ok(Self {
             provider,
@@ -226,7 +226,7 @@ impl Table {
         format!(
             "## batchline benchmark ({date}, {cores} cores, {cpu})\n\n\
              Command: `make bench`. Each cell: median (min-max) of {runs} runs, each run a fresh process; \
-             MB = 10^6 bytes; peak RSS in MiB from the kernel (wait4 ru_maxrss). \
+             MB = 10^6 bytes; peak RSS in MiB (the process's VmHWM). \
              Reference: Python `instructor` {reference} `BatchProcessor`, same data, same core.",
             cpu = cpu_model(),
             runs = self.runs,
