@@ -17,7 +17,7 @@ use batchline::storage::S3Store;
 use batchline_emulator::harness::{EmulatorProviders, moto_sdk_config};
 use batchline_emulator::workload;
 
-use crate::measure::{Report, own_peak_rss_bytes};
+use crate::measure::{Report, own_cpu_seconds, own_peak_rss_bytes};
 
 /// The model each provider is benchmarked with.
 pub fn model_for(provider: ProviderKind) -> &'static str {
@@ -50,6 +50,7 @@ pub fn build(provider: ProviderKind, requests_file: &Path) -> Result<Report, Str
         bytes: plan.parts.iter().map(|p| p.body.len() as u64).sum(),
         items: built as u64,
         peak_rss_bytes: own_peak_rss_bytes()?,
+        cpu_seconds: own_cpu_seconds(),
     })
 }
 
@@ -83,6 +84,7 @@ pub fn parse(provider: ProviderKind, results_file: &Path, rows: usize) -> Result
         bytes,
         items,
         peak_rss_bytes: own_peak_rss_bytes()?,
+        cpu_seconds: own_cpu_seconds(),
     })
 }
 
@@ -131,6 +133,7 @@ pub fn collect_part(target: &CollectTarget<'_>) -> Result<Report, String> {
                 bytes: target.results_bytes,
                 items: succeeded,
                 peak_rss_bytes: own_peak_rss_bytes()?,
+                cpu_seconds: own_cpu_seconds(),
             }),
             other => Err(format!("collect ended with {other:?}")),
         }

@@ -23,6 +23,9 @@ pub struct Report {
     pub items: u64,
     /// The child's peak resident set (`VmHWM`), in bytes.
     pub peak_rss_bytes: u64,
+    /// CPU time (user + system) the whole child used; Rust children only.
+    #[serde(default)]
+    pub cpu_seconds: f64,
 }
 
 impl Report {
@@ -45,6 +48,17 @@ pub fn own_peak_rss_bytes() -> Result<u64, String> {
         .and_then(|kib| kib.trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
         .ok_or_else(|| "no VmHWM in /proc/self/status".to_string())
+}
+
+/// CPU time (user + system) this process has used so far.
+pub fn own_cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain old data that getrusage fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Runs `command` to completion; `pin` restricts it to CPU 0 before it starts.
@@ -121,6 +135,7 @@ pub struct Figures {
     pub items_per_s: Stats,
     pub rss_mib: Stats,
     pub seconds: Stats,
+    pub cpu_seconds: Stats,
 }
 
 impl Figures {
@@ -133,6 +148,7 @@ impl Figures {
                     .map(|r| r.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
             )?,
             seconds: Stats::of(runs.iter().map(|r| r.seconds))?,
+            cpu_seconds: Stats::of(runs.iter().map(|r| r.cpu_seconds))?,
         })
     }
 }

@@ -147,15 +147,18 @@ impl Table {
                 number(c.results_bytes as f64 / 1e6),
                 number(c.successes_bytes as f64 / 1e6)
             );
-            println!("| wall time s | MB/s | results/s | peak RSS MiB |");
-            println!("|---|---|---|---|");
+            println!(
+                "| wall time s | MB/s | results/s | peak RSS MiB | collect process CPU s (whole process) |"
+            );
+            println!("|---|---|---|---|---|");
             let f = &c.figures;
             println!(
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 cell(&f.seconds),
                 cell(&f.mb_per_s),
                 cell(&f.items_per_s),
-                cell(&f.rss_mib)
+                cell(&f.rss_mib),
+                cell(&f.cpu_seconds)
             );
             checks.push(Check {
                 text: format!(
