@@ -300,8 +300,10 @@ fn number(value: f64) -> String {
         format!("{value:.0}")
     } else if value >= 10.0 {
         format!("{value:.1}")
-    } else {
+    } else if value >= 0.1 {
         format!("{value:.2}")
+    } else {
+        format!("{value:.4}")
     }
 }
 
@@ -354,5 +356,6 @@ mod tests {
         assert_eq!(number(123.4), "123");
         assert_eq!(number(12.34), "12.3");
         assert_eq!(number(1.234), "1.23");
+        assert_eq!(number(0.00246), "0.0025");
     }
 }
