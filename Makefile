@@ -59,7 +59,7 @@ $(BENCH_STAMP): tests/bench/requirements.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet -r tests/bench/requirements.txt
 	touch $@
 
-bench: venv bench-venv ## Throughput, memory and cold start vs the Python reference library, as one table (BENCH_ARGS=...)
+bench: bench-venv ## Throughput, memory and cold start vs the Python reference library, as one table (BENCH_ARGS=...)
 	cargo build --release -p submit -p poll -p collect
 	cargo build --release -p batchline-emulator --bin batchline-bench
 	"$${CARGO_TARGET_DIR:-target}/release/batchline-bench" $(BENCH_ARGS)
