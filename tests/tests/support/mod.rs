@@ -184,30 +184,8 @@ impl Harness {
     /// Delivers queued messages to collect, deleting those it did not report failed.
     pub async fn collect_queued(&self) -> usize {
         let mut delivered = 0;
-        while let Some((event, handles)) = self.receive().await {
-            let ids: Vec<String> = event
-                .records
-                .iter()
-                .filter_map(|r| r.message_id.clone())
-                .collect();
-            let response = events::handle_sqs_event(&self.ctx, event, 5).await;
-            let failed: Vec<&str> = response
-                .batch_item_failures
-                .iter()
-                .map(|f| f.item_identifier.as_str())
-                .collect();
-            for (id, handle) in ids.iter().zip(handles) {
-                if !failed.contains(&id.as_str()) {
-                    self.sqs
-                        .delete_message()
-                        .queue_url(&self.queue_url)
-                        .receipt_handle(handle)
-                        .send()
-                        .await
-                        .expect("delete");
-                }
-            }
-            delivered += ids.len();
+        while let Some((batch, _)) = self.deliver_with(&self.ctx).await {
+            delivered += batch;
         }
         delivered
     }
