@@ -266,6 +266,22 @@ fn http_fault(method: &str, path: &str, status: u16, times: u32) -> HttpFault {
 }
 
 /// Submits, runs to the end and checks the scenario: one batch a part.
+/// Submits `n` requests of `kind` with the next batch's fate set by `fate`; returns
+/// the job, its ids and how many provider batches existed before.
+async fn submit_with_fate(
+    h: &Harness,
+    kind: ProviderKind,
+    fate: FaultPlan,
+    n: usize,
+    file: &str,
+) -> (String, Vec<String>, usize) {
+    h.emulator.set_faults(fate);
+    let (body, expected) = job_file(kind, n, &[]);
+    let before = h.provider_batches(kind).await;
+    let job = h.submit(&format!("inbox/{kind}/{file}"), body).await;
+    (job, expected, before)
+}
+
 async fn run_and_check(
     h: &Harness,
     kind: ProviderKind,
@@ -572,13 +588,11 @@ async fn a_truncated_results_file_is_retried_then_reported() {
 async fn a_batch_that_fails_validation_reports_every_request() {
     let h = Harness::start().await;
     for kind in ProviderKind::ALL {
-        h.emulator.set_faults(FaultPlan {
+        let fate = FaultPlan {
             batch_fate: BatchFate::FailValidation,
             ..FaultPlan::default()
-        });
-        let (body, expected) = job_file(kind, 5, &[]);
-        let before = h.provider_batches(kind).await;
-        let job = h.submit(&format!("inbox/{kind}/invalid.jsonl"), body).await;
+        };
+        let (job, expected, before) = submit_with_fate(&h, kind, fate, 5, "invalid.jsonl").await;
         let results =
             run_and_check(&h, kind, "batch failed validation", &job, &expected, before).await;
         assert!(results.successes.is_empty(), "{kind}");
@@ -593,16 +607,13 @@ async fn a_batch_that_fails_validation_reports_every_request() {
 async fn an_expired_batch_keeps_partial_results_and_retries_the_rest() {
     let h = Harness::start().await;
     for kind in ProviderKind::ALL {
-        h.emulator.set_faults(FaultPlan {
+        let fate = FaultPlan {
             batch_fate: BatchFate::Expire,
             partial: 0.5,
             ..FaultPlan::default()
-        });
-        let (body, expected) = job_file(kind, 8, &[]);
-        let before = h.provider_batches(kind).await;
-        let job = h
-            .submit(&format!("inbox/{kind}/expire-retry.jsonl"), body)
-            .await;
+        };
+        let (job, expected, before) =
+            submit_with_fate(&h, kind, fate, 8, "expire-retry.jsonl").await;
         poll(&h.ctx).await.expect("poll");
         h.emulator.finish_all(true);
         // The retry part is created by collect, with the provider healthy again.
@@ -675,13 +686,11 @@ async fn a_batch_cancelled_at_the_provider_is_retried() {
 async fn a_batch_where_every_request_failed_has_every_error_and_is_retried_once() {
     let h = Harness::start().await;
     for kind in ProviderKind::ALL {
-        h.emulator.set_faults(FaultPlan {
+        let fate = FaultPlan {
             batch_fate: BatchFate::AllFail,
             ..FaultPlan::default()
-        });
-        let (body, expected) = job_file(kind, 5, &[]);
-        let before = h.provider_batches(kind).await;
-        let job = h.submit(&format!("inbox/{kind}/allfail.jsonl"), body).await;
+        };
+        let (job, expected, before) = submit_with_fate(&h, kind, fate, 5, "allfail.jsonl").await;
         let results = run_and_check(
             &h,
             kind,
