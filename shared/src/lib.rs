@@ -14,6 +14,7 @@ pub mod results;
 pub mod schema;
 pub mod status;
 pub mod storage;
+pub mod tls;
 
 pub use error::{Error, Result};
 pub use model::{ModelRef, ProviderKind};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use batchline::model::ProviderKind;
 use batchline::pipeline::job::{self, JobStatus, keys};
 use batchline::storage::{ObjectStore, S3Store};
-use batchline_emulator::harness::{API_KEY, Moto, moto_sdk_config, store_ended_part};
+use batchline_emulator::harness::{API_KEY, Moto, http_client, moto_sdk_config, store_ended_part};
 use batchline_emulator::{Config, Emulator};
 use bytes::Bytes;
 
@@ -110,7 +110,7 @@ impl CollectEnv {
 
 /// `POST /_emulator/openai/batches`: a batch that ended with `results` as its output.
 async fn preload(base: &str, results: Bytes) -> Result<String, String> {
-    let batch: serde_json::Value = reqwest::Client::new()
+    let batch: serde_json::Value = http_client()
         .post(format!("{base}/_emulator/openai/batches"))
         .body(results)
         .send()

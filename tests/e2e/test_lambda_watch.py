@@ -5,7 +5,8 @@ The job uses the named-pipeline route (pipelines/invoices.json, upload under
 inbox/invoices/) with a key that needs URL-encoding in the S3 event; `make demo` covers
 the header route. Checked on the objects in the bucket: the invariant (every request line
 exactly once across the successes and errors files), the summary's counts, the rejected
-input line, and that a repeated S3 event creates no second provider batch.
+input line, that a repeated S3 event creates no second provider batch, and that the key
+came from Secrets Manager.
 """
 
 import sys
@@ -40,6 +41,8 @@ class FinishedJob:
     batches_after_repeats: list[int]
     record: dict
     dead_letters: int
+    # The functions' environment as passed to `cargo lambda watch`.
+    lambda_env: str
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +75,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> FinishedJob:
             batches_after_repeats=batches_after_repeats,
             record=pipeline.get_json(f"jobs/{job_id}/job.json") or {},
             dead_letters=pipeline.dead_letters(),
+            lambda_env=(pipeline.run_dir / "lambda.env").read_text(),
         )
 
 
@@ -131,3 +135,11 @@ def test_a_repeated_s3_event_creates_no_second_batch(job: FinishedJob) -> None:
     for outcome in job.repeated_submits:
         assert outcome == [{"outcome": "duplicate", "job_id": job.job_id}], outcome
     assert job.batches_after_repeats == [parts, parts]
+
+
+def test_the_functions_read_the_key_from_secrets_manager(job: FinishedJob) -> None:
+    # The emulator accepts only this key and the job ran, yet the functions were never
+    # given it: they read it through OPENAI_API_KEY_SECRET_ARN, as when deployed.
+    assert demo.EMULATOR_API_KEY not in job.lambda_env
+    assert "OPENAI_API_KEY_SECRET_ARN=arn:aws:secretsmanager:" in job.lambda_env
+    assert job.results.successes

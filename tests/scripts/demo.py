@@ -59,6 +59,8 @@ MODELS = {
 PROVIDER_ALIASES = {"vertex": "google"}
 
 DEMO_KEY = "inbox/demo/My invoices (March).jsonl"
+# The key the emulator requires; the functions only find it in moto's secret stores.
+EMULATOR_API_KEY = "local-emulator-key"
 EMULATOR_STEP_MS = 300
 
 
@@ -124,7 +126,7 @@ def build_binaries() -> float:
     return time.monotonic() - started
 
 
-def write_service_account(path: Path, token_uri: str) -> None:
+def service_account_json(token_uri: str) -> str:
     """A throwaway service-account key whose `token_uri` is the emulator's /token, so
     that the Vertex client goes through the real JWT-bearer flow."""
     from cryptography.hazmat.primitives import serialization
@@ -145,8 +147,7 @@ def write_service_account(path: Path, token_uri: str) -> None:
         "client_id": "100000000000000000001",
         "token_uri": token_uri,
     }
-    path.write_text(json.dumps(account, indent=2))
-    path.chmod(0o600)
+    return json.dumps(account, indent=2)
 
 
 # ------------------------------------------------------------------ processes
@@ -372,7 +373,7 @@ class LocalPipeline:
         self.env = read_env_file(LOCAL_ENV_FILE)
         self.bucket = self.env["BUCKET_NAME"]
         self.region = self.env["AWS_REGION"]
-        self.api_key = self.env["OPENAI_API_KEY"]
+        self.api_key = EMULATOR_API_KEY
         self.moto_url = ""
         self.emulator_url = ""
         self.invoke_port = 0
@@ -422,8 +423,7 @@ class LocalPipeline:
         wait_for_http(self.emulator_url + "/", "provider-emulator", 30, self.processes)
         self.create_resources()
 
-        service_account = self.run_dir / "service-account.json"
-        write_service_account(service_account, self.emulator_url + "/token")
+        self.env |= self.store_keys()
         self.env |= {
             "AWS_ENDPOINT_URL": self.moto_url,
             "READY_QUEUE_URL": self.queue_url,
@@ -432,7 +432,6 @@ class LocalPipeline:
             "GEMINI_BASE_URL": self.emulator_url,
             "VERTEX_BASE_URL": self.emulator_url,
             "GCS_BASE_URL": self.emulator_url,
-            "GOOGLE_APPLICATION_CREDENTIALS": str(service_account),
         }
         env_file = self.run_dir / "lambda.env"
         write_env_file(env_file, self.env)
@@ -492,6 +491,24 @@ class LocalPipeline:
         )
         self.queue_url = ready["QueueUrl"]
         self.queue_arn = queue_arn(sqs, self.queue_url)
+
+    def store_keys(self) -> dict[str, str]:
+        """The API keys where the deployed stack keeps them (Secrets Manager; SSM for
+        Anthropic, the other route the functions support); the variables naming them."""
+        secrets, ssm = self.client("secretsmanager"), self.client("ssm")
+
+        def secret(name: str, value: str) -> str:
+            return secrets.create_secret(Name=f"batchline/{name}", SecretString=value)["ARN"]
+
+        ssm.put_parameter(Name="/batchline/anthropic-api-key", Value=self.api_key, Type="SecureString")
+        return {
+            "OPENAI_API_KEY_SECRET_ARN": secret("openai-api-key", self.api_key),
+            "GEMINI_API_KEY_SECRET_ARN": secret("gemini-api-key", self.api_key),
+            "ANTHROPIC_API_KEY_PARAMETER": "/batchline/anthropic-api-key",
+            "GOOGLE_CREDENTIALS_SECRET_ARN": secret(
+                "google-credentials", service_account_json(self.emulator_url + "/token")
+            ),
+        }
 
     # -- functions
 

@@ -317,7 +317,7 @@ mod tests {
     }
 
     fn client() -> reqwest::Client {
-        reqwest::Client::new()
+        crate::harness::http_client()
     }
 
     async fn put(emulator: &Emulator, bucket: &str, name: &str, body: &'static str) -> Value {

@@ -89,9 +89,16 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A plain reqwest client for test-side calls (control endpoints, direct API calls).
+pub fn http_client() -> reqwest::Client {
+    batchline::tls::reqwest_builder()
+        .build()
+        .expect("an HTTP client")
+}
+
 /// The AWS SDK configuration for a moto server at `endpoint` (fixed region, fake keys).
 pub async fn moto_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    batchline::tls::aws_config_loader()
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_s3::config::Credentials::new(

@@ -690,7 +690,7 @@ mod tests {
             };
             Self {
                 emulator: Emulator::start(config).await.unwrap(),
-                client: reqwest::Client::new(),
+                client: crate::harness::http_client(),
             }
         }
 

@@ -213,7 +213,7 @@ async fn submit(s: &Setup, requests: &[Request], job: &str) -> (BatchPart, Batch
 
 /// `POST /_emulator/advance {}`: every batch moves past its lifecycle stages.
 async fn advance_all(s: &Setup) {
-    let response = reqwest::Client::new()
+    let response = batchline_emulator::harness::http_client()
         .post(format!("{}/_emulator/advance", s.emulator.base_url()))
         .header("content-type", "application/json")
         .body("{}")

@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use batchline::model::ProviderKind;
 use batchline::pipeline::collect::{ReadyMessage, collect};
 use batchline::pipeline::job::{JobStatus, keys};
+use batchline::pipeline::secrets::SecretReader;
 use batchline::pipeline::{PipelineError, Settings, poll};
 use batchline::provider::config::ApiKey;
-use batchline_emulator::harness::EmulatorProviders;
+use batchline_emulator::harness::{EmulatorProviders, Moto, http_client, moto_sdk_config};
 use batchline_emulator::{FaultPlan, HttpFault};
-use serde_json::json;
+use serde_json::{Value, json};
 use support::options::{HarnessOptions, TunedProviders};
 use support::report::{BatchCount, Category, Measured, record};
 use support::{BUCKET, Harness, job_file};
@@ -398,4 +399,91 @@ async fn size_caps_bound_an_upload_with_clear_errors() {
             .is_some_and(|m| m.contains("more than 100000 bytes (uncompressed)")),
         "{error}"
     );
+}
+
+/// What moto answers to one AWS JSON 1.1 call. Only for setting up: moto routes on
+/// the credential scope and does not check signatures, so a dummy one is enough.
+async fn moto_json_call(moto: &Moto, service: &str, target: &str, input: Value) -> Value {
+    let scope = format!("test/20260101/us-east-1/{service}/aws4_request");
+    let response = http_client()
+        .post(format!("{}/", moto.url))
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amz-target", target)
+        .header(
+            "authorization",
+            format!("AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders=host, Signature=0"),
+        )
+        .body(input.to_string())
+        .send()
+        .await
+        .expect("moto answers");
+    assert!(response.status().is_success(), "{target}: {response:?}");
+    response.json().await.expect("moto answers JSON")
+}
+
+/// The functions' own path for keys: a Secrets Manager secret by ARN and an SSM
+/// SecureString parameter, each read with one signed request. A missing one fails
+/// with AWS's reason and its name; neither value reaches a log line or an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_read_from_secrets_manager_and_ssm_without_being_logged() {
+    let logs = captured_logs();
+    let moto = Moto::start();
+    let secret_value = format!("{FAKE_KEY}-from-secrets-manager");
+    let parameter_value = format!("{FAKE_KEY}-from-ssm");
+    let created = moto_json_call(
+        &moto,
+        "secretsmanager",
+        "secretsmanager.CreateSecret",
+        json!({"Name": "batchline/openai", "SecretString": secret_value}),
+    )
+    .await;
+    let arn = created["ARN"].as_str().expect("an ARN").to_string();
+    moto_json_call(
+        &moto,
+        "ssm",
+        "AmazonSSM.PutParameter",
+        json!({"Name": "/batchline/anthropic", "Value": parameter_value, "Type": "SecureString"}),
+    )
+    .await;
+
+    let reader = SecretReader::new(moto_sdk_config(&moto.url).await).expect("a reader");
+    assert_eq!(
+        reader.secret_string(&arn).await.expect("the secret"),
+        secret_value
+    );
+    assert_eq!(
+        reader
+            .parameter("/batchline/anthropic")
+            .await
+            .expect("the parameter"),
+        parameter_value
+    );
+
+    let missing_secret = reader
+        .secret_string("batchline/missing")
+        .await
+        .expect_err("no such secret")
+        .to_string();
+    assert!(
+        missing_secret.starts_with("GetSecretValue failed with HTTP 4")
+            && missing_secret.contains("ResourceNotFoundException"),
+        "{missing_secret}"
+    );
+    let missing_parameter = reader
+        .parameter("/batchline/missing")
+        .await
+        .expect_err("no such parameter")
+        .to_string();
+    assert!(
+        missing_parameter.contains("ParameterNotFound"),
+        "{missing_parameter}"
+    );
+
+    let logs = String::from_utf8_lossy(&logs.lock().expect("logs")).to_string();
+    for value in [&secret_value, &parameter_value] {
+        assert!(!logs.contains(value.as_str()), "a secret value was logged");
+        assert!(
+            !missing_secret.contains(value.as_str()) && !missing_parameter.contains(value.as_str())
+        );
+    }
 }

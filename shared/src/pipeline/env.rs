@@ -23,6 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
+use super::secrets::{SecretError, SecretReader};
 use super::{Context, ProviderSource, Settings};
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
@@ -46,7 +47,7 @@ pub fn init_tracing() {
 /// Builds the pipeline context. Cheap: no network call happens before first use, so
 /// cold starts stay short.
 pub async fn context_from_env() -> Result<Context> {
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = crate::tls::aws_config_loader().load().await;
     let bucket = required("BUCKET_NAME")?;
     let path_style = std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
     let store = S3Store::new(S3Store::client_from(&sdk, path_style), bucket.clone());
@@ -65,7 +66,9 @@ pub async fn context_from_env() -> Result<Context> {
         store: Arc::new(store),
         bucket,
         queue,
-        providers: Arc::new(EnvProviders::new(sdk)),
+        providers: Arc::new(EnvProviders::new(
+            SecretReader::new(sdk).map_err(|e| Error::Config(e.to_string()))?,
+        )),
         settings,
     })
 }
@@ -100,14 +103,14 @@ impl Queue for NoQueue {
 /// the life of the Lambda instance.
 #[derive(Debug)]
 pub struct EnvProviders {
-    sdk: aws_config::SdkConfig,
+    secrets: SecretReader,
     clients: Mutex<HashMap<ProviderKind, Arc<dyn BatchProvider>>>,
 }
 
 impl EnvProviders {
-    pub fn new(sdk: aws_config::SdkConfig) -> Self {
+    pub fn new(secrets: SecretReader) -> Self {
         Self {
-            sdk,
+            secrets,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -122,41 +125,21 @@ impl EnvProviders {
         if let Ok(parameter) = std::env::var(format!("{name}_PARAMETER"))
             && !parameter.is_empty()
         {
-            let out = aws_sdk_ssm::Client::new(&self.sdk)
-                .get_parameter()
-                .name(&parameter)
-                .with_decryption(true)
-                .send()
+            return self
+                .secrets
+                .parameter(&parameter)
                 .await
-                .map_err(|e| {
-                    secret_error(
-                        name,
-                        &aws_sdk_ssm::error::DisplayErrorContext(&e).to_string(),
-                    )
-                })?;
-            let value = out.parameter().and_then(|p| p.value()).map(str::to_string);
-            return value
                 .map(Some)
-                .ok_or_else(|| secret_error(name, "the parameter has no value"));
+                .map_err(|e| secret_error(name, &e));
         }
         Ok(std::env::var(name).ok())
     }
 
     async fn secret(&self, name: &str, arn: &str) -> Result<String> {
-        let out = aws_sdk_secretsmanager::Client::new(&self.sdk)
-            .get_secret_value()
-            .secret_id(arn)
-            .send()
+        self.secrets
+            .secret_string(arn)
             .await
-            .map_err(|e| {
-                secret_error(
-                    name,
-                    &aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string(),
-                )
-            })?;
-        out.secret_string()
-            .map(str::to_string)
-            .ok_or_else(|| secret_error(name, "the secret has no string value"))
+            .map_err(|e| secret_error(name, &e))
     }
 
     async fn config(&self, kind: ProviderKind) -> Result<ProviderConfig> {
@@ -185,7 +168,7 @@ impl EnvProviders {
 }
 
 /// Names the secret, never its value or the underlying error's echo of it.
-fn secret_error(name: &str, reason: &str) -> Error {
+fn secret_error(name: &str, reason: &SecretError) -> Error {
     Error::Config(format!("reading the secret for {name} failed: {reason}"))
 }
 

@@ -8,6 +8,7 @@ pub mod events;
 pub mod input;
 pub mod job;
 pub mod poll;
+pub mod secrets;
 pub mod spec;
 pub mod submit;
 mod summary;

@@ -46,7 +46,7 @@ pub struct HttpClient {
 
 impl HttpClient {
     pub fn new(provider: ProviderKind, config: &ProviderConfig) -> Result<Self> {
-        let inner = reqwest::Client::builder()
+        let inner = crate::tls::reqwest_builder()
             .connect_timeout(config.timeouts.connect)
             .read_timeout(config.timeouts.read)
             .user_agent(concat!("batchline/", env!("CARGO_PKG_VERSION")))
@@ -180,16 +180,8 @@ impl HttpClient {
         }
     }
 
-    /// A reqwest error with its causes ("error sending request: connection refused").
     fn describe(&self, error: &reqwest::Error) -> String {
-        let mut text = error.to_string();
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        self.scrub(&text)
+        self.scrub(&error_chain(error))
     }
 
     /// The provider's message from an error answer, or the start of its body.
@@ -275,6 +267,19 @@ fn quote(body: &[u8]) -> String {
 
 /// `base` root joined with `path` (which starts with `/`), keeping any path prefix of
 /// the base (a proxy root such as `https://gateway.test/openai`).
+/// An error with its causes ("error sending request: connection refused"): reqwest's
+/// own message leaves out the part that says what went wrong.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 pub fn endpoint(base: &Url, path: &str) -> String {
     format!("{}{path}", base.as_str().trim_end_matches('/'))
 }
