@@ -1,10 +1,8 @@
 //! One TLS stack for every connection the functions make: rustls with ring, shared by
-//! the providers' reqwest clients, the AWS SDK and gcp_auth. Linking a second crypto
+//! the providers' reqwest clients, the AWS SDK ([`crate::aws`]) and gcp_auth. Linking a second crypto
 //! library (aws-lc, the SDK's default) would add about 3 MB to each Lambda binary.
 
 use std::sync::Once;
-
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 
 /// Makes ring the process-wide rustls provider (reqwest is built without one of its own).
 pub fn install_crypto_provider() {
@@ -19,13 +17,4 @@ pub fn install_crypto_provider() {
 pub fn reqwest_builder() -> reqwest::ClientBuilder {
     install_crypto_provider();
     reqwest::Client::builder()
-}
-
-/// The AWS SDK's standard configuration chain (environment, credentials, region) with
-/// an HTTPS client on ring.
-pub fn aws_config_loader() -> aws_config::ConfigLoader {
-    let https = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https)
 }

@@ -103,7 +103,7 @@ pub struct CollectTarget<'a> {
 pub fn collect_part(target: &CollectTarget<'_>) -> Result<Report, String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let sdk = moto_sdk_config(target.moto_url).await;
+        let sdk = moto_sdk_config(target.moto_url);
         let ctx = Context {
             store: Arc::new(S3Store::new(
                 S3Store::client_from(&sdk, true),

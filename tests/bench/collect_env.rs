@@ -40,7 +40,7 @@ impl CollectEnv {
             .await
             .map_err(|e| format!("emulator: {e}"))?;
             let batch_id = preload(&emulator.base_url(), results).await?;
-            let sdk = moto_sdk_config(&moto.url).await;
+            let sdk = moto_sdk_config(&moto.url);
             let client = S3Store::client_from(&sdk, true);
             client
                 .create_bucket()

@@ -97,15 +97,13 @@ pub fn http_client() -> reqwest::Client {
 }
 
 /// The AWS SDK configuration for a moto server at `endpoint` (fixed region, fake keys).
-pub async fn moto_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    batchline::tls::aws_config_loader()
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .load()
-        .await
+pub fn moto_sdk_config(endpoint: &str) -> aws_types::SdkConfig {
+    let credentials = aws_sdk_s3::config::Credentials::new("test", "test", None, None, "test");
+    batchline::aws::sdk_config(
+        "us-east-1",
+        aws_sdk_s3::config::SharedCredentialsProvider::new(credentials),
+        Some(endpoint),
+    )
 }
 
 /// Every provider pointed at the emulator at `base`.

@@ -446,7 +446,7 @@ async fn keys_are_read_from_secrets_manager_and_ssm_without_being_logged() {
     )
     .await;
 
-    let reader = SecretReader::new(moto_sdk_config(&moto.url).await).expect("a reader");
+    let reader = SecretReader::new(moto_sdk_config(&moto.url)).expect("a reader");
     assert_eq!(
         reader.secret_string(&arn).await.expect("the secret"),
         secret_value

@@ -47,7 +47,7 @@ pub fn init_tracing() {
 /// Builds the pipeline context. Cheap: no network call happens before first use, so
 /// cold starts stay short.
 pub async fn context_from_env() -> Result<Context> {
-    let sdk = crate::tls::aws_config_loader().load().await;
+    let sdk = crate::aws::sdk_config_from_env()?;
     let bucket = required("BUCKET_NAME")?;
     let path_style = std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
     let store = S3Store::new(S3Store::client_from(&sdk, path_style), bucket.clone());

@@ -33,7 +33,7 @@ pub struct SecretError(String);
 /// Reads secrets and parameters with the credentials, region and endpoint of `sdk`.
 #[derive(Clone)]
 pub struct SecretReader {
-    sdk: aws_config::SdkConfig,
+    sdk: aws_types::SdkConfig,
     http: reqwest::Client,
 }
 
@@ -70,7 +70,7 @@ impl Service {
 }
 
 impl SecretReader {
-    pub fn new(sdk: aws_config::SdkConfig) -> Result<Self, SecretError> {
+    pub fn new(sdk: aws_types::SdkConfig) -> Result<Self, SecretError> {
         let http = crate::tls::reqwest_builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
@@ -304,6 +304,9 @@ fn aws_error(body: &[u8]) -> (String, String) {
 
 #[cfg(test)]
 mod tests {
+    use aws_credential_types::Credentials;
+    use aws_credential_types::provider::SharedCredentialsProvider;
+
     use super::*;
 
     #[test]
@@ -323,12 +326,9 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints_follow_the_region_unless_overridden() {
-        let sdk = |region: &str| {
-            aws_config::SdkConfig::builder()
-                .region(aws_config::Region::new(region.to_string()))
-                .behavior_version(aws_config::BehaviorVersion::latest())
-                .build()
-        };
+        let credentials =
+            || SharedCredentialsProvider::new(Credentials::new("id", "secret", None, None, "test"));
+        let sdk = |region: &str| crate::aws::sdk_config(region, credentials(), None);
         let reader = SecretReader::new(sdk("eu-west-1")).unwrap();
         assert_eq!(
             reader.endpoint(Service::Ssm).ok().unwrap(),
@@ -339,10 +339,8 @@ mod tests {
             reader.endpoint(Service::SecretsManager).ok().unwrap(),
             "https://secretsmanager.cn-north-1.amazonaws.com.cn/"
         );
-        let local = sdk("us-east-1")
-            .to_builder()
-            .endpoint_url("http://127.0.0.1:5000")
-            .build();
+        let local =
+            crate::aws::sdk_config("us-east-1", credentials(), Some("http://127.0.0.1:5000"));
         let reader = SecretReader::new(local).unwrap();
         assert_eq!(
             reader.endpoint(Service::Ssm).ok().unwrap(),

@@ -26,7 +26,7 @@ impl S3Store {
 
     /// A client from shared AWS configuration; path-style addressing is what local S3
     /// servers (moto) need.
-    pub fn client_from(config: &aws_config::SdkConfig, force_path_style: bool) -> Client {
+    pub fn client_from(config: &aws_types::SdkConfig, force_path_style: bool) -> Client {
         let s3_config = aws_sdk_s3::config::Builder::from(config)
             .force_path_style(force_path_style)
             .build();

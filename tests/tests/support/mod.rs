@@ -46,7 +46,7 @@ impl Harness {
         })
         .await
         .expect("emulator");
-        let sdk = moto_sdk_config(&moto.url).await;
+        let sdk = moto_sdk_config(&moto.url);
         let s3 = S3Store::client_from(&sdk, true);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         s3.create_bucket()

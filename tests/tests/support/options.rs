@@ -63,15 +63,16 @@ impl Harness {
         h.ctx.settings = options.settings;
         if let Some(attempt) = options.aws_attempt_timeout {
             let sdk = moto_sdk_config(&h.moto.url)
-                .await
                 .to_builder()
                 .timeout_config(
-                    aws_config::timeout::TimeoutConfig::builder()
+                    aws_sdk_s3::config::timeout::TimeoutConfig::builder()
                         .connect_timeout(attempt)
                         .operation_attempt_timeout(attempt)
                         .build(),
                 )
-                .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
+                .retry_config(
+                    aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(2),
+                )
                 .build();
             h.ctx.store = Arc::new(S3Store::new(S3Store::client_from(&sdk, true), BUCKET));
             h.ctx.queue = Arc::new(SqsQueue::new(
