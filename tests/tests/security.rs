@@ -25,15 +25,15 @@ use support::{BUCKET, Harness, job_file};
 const FAKE_KEY: &str = "sk-batchline-FAKE-7f3a9c1e5d2b4a60";
 const WRONG_KEY: &str = "sk-batchline-WRONG-0d9e8c7b6a5f4e3d";
 
-/// Everything every test of this binary logs, at debug level and below (trace for
-/// the library), captured once for the process.
+/// Everything every test of this binary logs, down to trace level, from every crate
+/// (HTTP and TLS libraries included), captured once for the process.
 fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let writer = buffer.clone();
         let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug,batchline=trace"))
+            .with_max_level(tracing::Level::TRACE)
             .with_writer(move || CaptureWriter(writer.clone()))
             .with_ansi(false)
             .finish();

@@ -22,6 +22,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use super::secrets::{SecretError, SecretReader};
 use super::{Context, ProviderSource, Settings};
@@ -32,15 +35,22 @@ use crate::provider::{BatchProvider, connect};
 use crate::queue::{Queue, QueueError, SqsQueue};
 use crate::storage::S3Store;
 
-/// JSON log lines for CloudWatch, level from `RUST_LOG` (default `info`).
+/// JSON log lines for CloudWatch, levels from `RUST_LOG` (default `info`), which takes
+/// `level` and `target=level` items, e.g. `info,batchline=debug`. (Not the span and
+/// field filters of `EnvFilter`, whose regex engine is not worth its size here.)
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false)
-        .without_time()
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| directives.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(false)
+                .without_time(),
+        )
+        .with(filter)
         .init();
 }
 
