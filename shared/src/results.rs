@@ -634,16 +634,9 @@ impl<P: Borrow<ResultParser>, R: BufRead> Iterator for OutcomeLines<P, R> {
 
     fn next(&mut self) -> Option<Outcome> {
         while !self.finished {
-            self.buffer.clear();
-            match self.reader.read_until(b'\n', &mut self.buffer) {
-                Ok(0) => self.finished = true,
-                Ok(_) => {
-                    self.line_no += 1;
-                    let line = self.buffer.trim_ascii();
-                    if !line.is_empty() {
-                        return Some(self.parser.borrow().parse_line(self.line_no, line));
-                    }
-                }
+            match self.next_line() {
+                Ok(Some(outcome)) => return Some(outcome),
+                Ok(None) => {}
                 Err(err) => {
                     self.finished = true;
                     let failed_line = self.line_no + 1;
@@ -660,6 +653,46 @@ impl<P: Borrow<ResultParser>, R: BufRead> Iterator for OutcomeLines<P, R> {
         }
         None
     }
+}
+
+impl<P: Borrow<ResultParser>, R: BufRead> OutcomeLines<P, R> {
+    /// Reads one line: its outcome, or `None` for a blank line or the end.
+    fn next_line(&mut self) -> std::io::Result<Option<Outcome>> {
+        let available = loop {
+            match self.reader.fill_buf() {
+                Ok(available) => break available,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        };
+        if available.is_empty() {
+            self.finished = true;
+            return Ok(None);
+        }
+        // Usually the whole line is in the reader's buffer: parse it there, uncopied.
+        if let Some(end) = memchr::memchr(b'\n', available) {
+            self.line_no += 1;
+            let outcome = line_outcome(self.parser.borrow(), self.line_no, &available[..end]);
+            self.reader.consume(end + 1);
+            return Ok(outcome);
+        }
+        // The line runs past the buffer's end: gather it.
+        self.buffer.clear();
+        self.reader.read_until(b'\n', &mut self.buffer)?;
+        self.line_no += 1;
+        Ok(line_outcome(
+            self.parser.borrow(),
+            self.line_no,
+            &self.buffer,
+        ))
+    }
+}
+
+/// The outcome of one line as read (newline and surrounding blanks trimmed); `None`
+/// for a blank line.
+fn line_outcome(parser: &ResultParser, line_no: u64, line: &[u8]) -> Option<Outcome> {
+    let line = line.trim_ascii();
+    (!line.is_empty()).then(|| parser.parse_line(line_no, line))
 }
 
 /// The line as text for a failure record, cut at [`RAW_DATA_LIMIT`] with a note.
@@ -983,6 +1016,17 @@ mod tests {
         );
         assert_eq!(throttled.error_type, "RESOURCE_EXHAUSTED");
         assert_eq!(outcomes[2].custom_id(), "line-4");
+
+        // Lines longer than the reader's buffer give the same outcomes as lines inside it.
+        let small_buffer: Vec<Outcome> = parse_reader(
+            ProviderKind::Gemini,
+            &person_schema(),
+            None,
+            BufReader::with_capacity(8, &file[..]),
+        )
+        .unwrap()
+        .collect();
+        assert_eq!(small_buffer, outcomes);
 
         let parser = parser(ProviderKind::Gemini);
         let first = answer_line(ProviderKind::Gemini, r#"{"name":"Ada"}"#);
