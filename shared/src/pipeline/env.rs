@@ -1,5 +1,6 @@
 //! The pipeline as the Lambda functions run it: configuration from the environment,
-//! API keys from Secrets Manager or SSM, AWS clients from the standard chain.
+//! API keys from Secrets Manager or SSM, AWS clients from Lambda's environment
+//! ([`crate::aws`]).
 //!
 //! | Variable | Used by | Meaning |
 //! |---|---|---|
@@ -11,7 +12,8 @@
 //! | `<NAME>_PARAMETER` | all | read `<NAME>` from this SSM SecureString parameter |
 //! | `GOOGLE_CREDENTIALS_SECRET_ARN` | all | service-account JSON for Vertex AI, from Secrets Manager |
 //! | `S3_FORCE_PATH_STYLE` | all | `true` for path-style S3 addressing (local S3 servers) |
-//! | `AWS_ENDPOINT_URL` | all | standard AWS SDK override (points at moto locally) |
+//! | `AWS_REGION`, `AWS_ACCESS_KEY_ID`, … | all | region and credentials, as Lambda sets them |
+//! | `AWS_ENDPOINT_URL` | all | one endpoint for every AWS service (moto locally) |
 //!
 //! Provider variables (`OPENAI_API_KEY`, `OPENAI_BASE_URL`, …) are those of
 //! [`crate::provider::config`]; a secret named by `_SECRET_ARN`/`_PARAMETER` wins over
