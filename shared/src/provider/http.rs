@@ -1,7 +1,7 @@
 //! The one HTTP client every provider uses: reqwest over rustls, timeouts, and retries
 //! with exponential backoff, full jitter and `Retry-After`.
 //!
-//! Errors never carry a secret: every message built here passes through [`HttpClient::scrub`].
+//! Errors never carry a secret: every message built here passes through `HttpClient::scrub`.
 
 use std::time::{Duration, SystemTime};
 
