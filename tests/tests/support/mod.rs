@@ -336,19 +336,9 @@ pub fn model_for(kind: ProviderKind) -> &'static str {
     }
 }
 
+/// The workload's invoice schema as it goes into a job spec.
 pub fn invoice_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "vendor": {"type": "string"},
-            "total": {"type": "number"},
-            "currency": {"type": "string", "enum": ["EUR", "USD"]},
-            "paid": {"type": "boolean"},
-            "lines": {"type": "array", "items": {"type": "string"}}
-        },
-        "required": ["vendor", "total", "currency", "paid", "lines"],
-        "additionalProperties": false
-    })
+    batchline_emulator::workload::invoice_schema().schema
 }
 
 pub fn header(kind: ProviderKind, extra: Value) -> String {
