@@ -15,12 +15,17 @@ use aws_sigv4::sign::v4;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::provider::http::error_chain;
+use crate::provider::config::RetryPolicy;
+use crate::provider::http::{backoff, error_chain, is_retryable_status};
 
-/// How often a throttled or failed call is tried before the invocation fails (and
-/// Lambda retries the event).
-const ATTEMPTS: u32 = 3;
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// A throttled or failed call is tried three times in a few seconds; after that the
+/// invocation fails and Lambda retries the event.
+const RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 3,
+    base_delay: Duration::from_millis(200),
+    max_delay: Duration::from_secs(2),
+    max_retry_after: Duration::from_secs(2),
+};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an error answer is quoted when it is not AWS's JSON error shape.
 const MAX_QUOTED_ERROR: usize = 200;
@@ -138,9 +143,9 @@ impl SecretReader {
                         SecretError(format!("{operation} answered with unexpected JSON: {e}"))
                     });
                 }
-                Err(failure) if failure.retryable && attempt < ATTEMPTS => {
+                Err(failure) if failure.retryable && attempt < RETRY.max_attempts => {
                     tracing::warn!(operation, attempt, reason = %failure.message, "retrying");
-                    tokio::time::sleep(FIRST_RETRY_DELAY * 2u32.pow(attempt - 1)).await;
+                    tokio::time::sleep(backoff(&RETRY, attempt)).await;
                     attempt += 1;
                 }
                 Err(failure) => return Err(SecretError(failure.message)),
@@ -182,7 +187,8 @@ impl SecretReader {
         }
         let (code, message) = aws_error(&answer);
         Err(CallFailure {
-            retryable: status.is_server_error() || code.contains("Throttl"),
+            // AWS JSON services throttle with a 400 and a `Throttling…` code.
+            retryable: is_retryable_status(status) || code.contains("Throttl"),
             message: format!(
                 "{operation} failed with HTTP {}: {code}: {message}",
                 status.as_u16()

@@ -208,12 +208,12 @@ impl HttpClient {
     }
 }
 
-fn is_retryable_status(status: StatusCode) -> bool {
+pub(crate) fn is_retryable_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504 | 529)
 }
 
 /// Full jitter: uniform in `[0, min(max_delay, base_delay * 2^(attempt-1))]`.
-fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+pub(crate) fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
     let exponent = attempt.saturating_sub(1).min(30);
     let ceiling = policy
         .base_delay
