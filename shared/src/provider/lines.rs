@@ -53,10 +53,7 @@ where
 {
     async fn next_line(&mut self) -> Option<crate::Result<Bytes>> {
         while !self.finished {
-            if let Some(offset) = self.pending[self.scanned..]
-                .iter()
-                .position(|&b| b == b'\n')
-            {
+            if let Some(offset) = memchr::memchr(b'\n', &self.pending[self.scanned..]) {
                 let end = self.scanned + offset;
                 let mut line = self.pending.split_to(end + 1).freeze();
                 line.truncate(end);
