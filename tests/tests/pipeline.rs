@@ -276,3 +276,81 @@ async fn a_named_pipeline_spec_applies_to_uploads_under_its_prefix() {
     let results = h.assert_invariant(&job, &ids).await;
     assert_eq!(results.successes.len(), 3);
 }
+
+/// Each S3 request's signed payload hash and the CRC32 it carried ("none" without one).
+#[derive(Debug, Clone, Default)]
+struct BodyHeaders(std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>);
+
+impl aws_sdk_s3::config::Intercept for BodyHeaders {
+    fn name(&self) -> &'static str {
+        "BodyHeaders"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        _: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let headers = context.request().headers();
+        if let Some(hash) = headers.get("x-amz-content-sha256") {
+            let checksum = headers.get("x-amz-checksum-crc32").unwrap_or("none");
+            let mut seen = self.0.lock().expect("not poisoned");
+            seen.push((hash.to_string(), checksum.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// Uploads skip SigV4 payload signing, which would hash every byte of the results once
+/// more; the CRC32 the SDK sends instead still lets S3 reject a damaged body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_carry_a_checksum_in_place_of_a_payload_signature() {
+    use batchline::storage::{ObjectStore, PutMode, S3Store};
+
+    let h = Harness::start().await;
+    let seen = BodyHeaders::default();
+    let config = aws_sdk_s3::config::Builder::from(&batchline_emulator::harness::moto_sdk_config(
+        &h.moto.url,
+    ))
+    .force_path_style(true)
+    .interceptor(seen.clone())
+    .build();
+    let store = S3Store::new(aws_sdk_s3::Client::from_conf(config), support::BUCKET);
+    store
+        .put(
+            "checks/single.jsonl",
+            "{\"a\":1}\n".into(),
+            PutMode::Overwrite,
+        )
+        .await
+        .expect("put");
+    let upload = store
+        .start_upload("checks/multi.jsonl")
+        .await
+        .expect("start");
+    let etag = store
+        .upload_part("checks/multi.jsonl", &upload, 1, "{\"b\":2}\n".into())
+        .await
+        .expect("part");
+    store
+        .complete_upload("checks/multi.jsonl", &upload, vec![(1, etag)])
+        .await
+        .expect("complete");
+
+    let seen = seen.0.lock().expect("not poisoned").clone();
+    let unsigned: Vec<&str> = seen
+        .iter()
+        .filter(|(hash, _)| hash == "UNSIGNED-PAYLOAD")
+        .map(|(_, crc32)| crc32.as_str())
+        .collect();
+    assert_eq!(unsigned.len(), 2, "the put and the part: {seen:?}");
+    for crc32 in unsigned {
+        // Four bytes, base64.
+        assert!(crc32.len() == 8 && crc32.ends_with("=="), "{seen:?}");
+    }
+    assert_eq!(
+        h.get_json_lines("checks/multi.jsonl").await,
+        vec![json!({"b": 2})]
+    );
+}
