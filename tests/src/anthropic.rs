@@ -1023,15 +1023,7 @@ mod tests {
     #[tokio::test]
     async fn request_fault_markers_shape_each_result() {
         let harness = Harness::new();
-        let kinds = [
-            "provider_error",
-            "rate_limit",
-            "server_error",
-            "non_json",
-            "schema_break",
-            "refusal",
-            "truncate",
-        ];
+        let kinds = RequestFault::ALL.map(|(name, _)| name);
         let batch: Vec<Value> = kinds
             .iter()
             .map(|kind| request(kind, &format!("Bob [[fault:{kind}]]")))

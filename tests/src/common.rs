@@ -108,20 +108,26 @@ pub enum RequestFault {
 }
 
 impl RequestFault {
+    /// Every fault, under the name its marker uses.
+    pub const ALL: [(&'static str, RequestFault); 7] = [
+        ("provider_error", Self::ProviderError),
+        ("rate_limit", Self::RateLimit),
+        ("server_error", Self::ServerError),
+        ("non_json", Self::NonJson),
+        ("schema_break", Self::SchemaBreak),
+        ("refusal", Self::Refusal),
+        ("truncate", Self::Truncate),
+    ];
+
     /// Finds the first fault marker in a request's serialized body.
     pub fn find_in(text: &str) -> Option<Self> {
         let start = text.find("[[fault:")? + "[[fault:".len();
         let end = text[start..].find("]]")? + start;
-        Some(match &text[start..end] {
-            "provider_error" => Self::ProviderError,
-            "rate_limit" => Self::RateLimit,
-            "server_error" => Self::ServerError,
-            "non_json" => Self::NonJson,
-            "schema_break" => Self::SchemaBreak,
-            "refusal" => Self::Refusal,
-            "truncate" => Self::Truncate,
-            _ => return None,
-        })
+        let name = &text[start..end];
+        Self::ALL
+            .iter()
+            .find(|(marker, _)| *marker == name)
+            .map(|&(_, fault)| fault)
     }
 }
 

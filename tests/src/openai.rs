@@ -1779,15 +1779,7 @@ mod tests {
     #[tokio::test]
     async fn request_fault_markers_shape_each_answer() {
         let harness = Harness::new();
-        let kinds = [
-            "provider_error",
-            "rate_limit",
-            "server_error",
-            "non_json",
-            "schema_break",
-            "refusal",
-            "truncate",
-        ];
+        let kinds = RequestFault::ALL.map(|(name, _)| name);
         let lines: Vec<Value> = kinds
             .iter()
             .map(|kind| line(kind, &format!("Bob [[fault:{kind}]]")))
