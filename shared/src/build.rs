@@ -408,6 +408,28 @@ pub(crate) fn system_texts<'a>(
     )
 }
 
+/// The conversation's user and assistant turns as a JSON array (system messages go to
+/// the provider's system field instead), each written by `turn` from the provider's
+/// role name (`assistant_role` for the model's turns) and the text.
+pub(crate) fn serialize_turns<'a, S: serde::Serializer, T: serde::Serialize>(
+    serializer: S,
+    messages: &'a [Message],
+    assistant_role: &'static str,
+    turn: impl Fn(&'static str, &'a str) -> T,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = serializer.serialize_seq(None)?;
+    for message in messages {
+        let role = match message.role {
+            Role::System => continue,
+            Role::User => "user",
+            Role::Assistant => assistant_role,
+        };
+        seq.serialize_element(&turn(role, &message.content))?;
+    }
+    seq.end()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,14 +8,15 @@
 use std::borrow::Cow;
 
 use serde::Serialize;
-use serde::ser::SerializeSeq;
 use serde_json::value::RawValue;
 
-use crate::build::{append_json, check_params, check_request, is_identifier, system_texts};
+use crate::build::{
+    append_json, check_params, check_request, is_identifier, serialize_turns, system_texts,
+};
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
 use crate::provider::{Framing, PartLimits, RequestEncoder};
-use crate::request::{GenerationParams, Message, OutputSchema, Request, Role};
+use crate::request::{GenerationParams, Message, OutputSchema, Request};
 use crate::schema::{AnthropicTool, anthropic_tool};
 
 /// Message Batches: 100,000 requests and 256 MB per batch.
@@ -86,19 +87,10 @@ struct Turn<'a> {
 
 impl Serialize for Turns<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(None)?;
-        for message in self.0 {
-            let role = match message.role {
-                Role::System => continue,
-                Role::User => "user",
-                Role::Assistant => "assistant",
-            };
-            seq.serialize_element(&Turn {
-                role,
-                content: &message.content,
-            })?;
-        }
-        seq.end()
+        serialize_turns(serializer, self.0, "assistant", |role, content| Turn {
+            role,
+            content,
+        })
     }
 }
 
@@ -157,6 +149,7 @@ impl RequestEncoder for AnthropicEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::Role;
     use serde_json::{Value, json};
 
     fn encoder(system_prompt: Option<&str>, temperature: Option<f64>) -> AnthropicEncoder {

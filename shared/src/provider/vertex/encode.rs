@@ -8,14 +8,14 @@
 //! `systemInstruction`, one part per text.
 
 use serde::Serialize;
-use serde::ser::{SerializeMap, SerializeSeq};
+use serde::ser::SerializeMap;
 use serde_json::value::{RawValue, to_raw_value};
 
-use crate::build::{append_json, check_params, check_request, system_texts};
+use crate::build::{append_json, check_params, check_request, serialize_turns, system_texts};
 use crate::error::Result;
 use crate::model::ProviderKind;
 use crate::provider::{Framing, PartLimits, RequestEncoder};
-use crate::request::{GenerationParams, Message, OutputSchema, Request, Role};
+use crate::request::{GenerationParams, Message, OutputSchema, Request};
 use crate::schema::google_response_json_schema;
 
 /// The request label that carries a line's row within its part.
@@ -122,21 +122,10 @@ struct TextPart<'a> {
 
 impl Serialize for Contents<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(None)?;
-        for message in self.0 {
-            let role = match message.role {
-                Role::System => continue,
-                Role::User => "user",
-                Role::Assistant => "model",
-            };
-            seq.serialize_element(&Content {
-                role,
-                parts: [TextPart {
-                    text: &message.content,
-                }],
-            })?;
-        }
-        seq.end()
+        serialize_turns(serializer, self.0, "model", |role, text| Content {
+            role,
+            parts: [TextPart { text }],
+        })
     }
 }
 
@@ -219,6 +208,7 @@ impl RequestEncoder for VertexEncoder {
 pub(crate) mod tests {
     use super::*;
     use crate::error::Error;
+    use crate::request::Role;
     use serde_json::{Value, json};
 
     pub(crate) fn schema() -> OutputSchema {
