@@ -11,11 +11,13 @@ use batchline::Request;
 use batchline::build::build_batch;
 use batchline::model::{ModelRef, ProviderKind};
 use batchline::pipeline::{CollectOutcome, Context, ReadyMessage, Settings, collect};
+use batchline::provider::openai;
 use batchline::queue::MemoryQueue;
 use batchline::results::{Outcome, ResultParser};
 use batchline::storage::S3Store;
 use batchline_emulator::harness::{EmulatorProviders, moto_sdk_config};
 use batchline_emulator::workload;
+use serde::de::IgnoredAny;
 
 use crate::measure::{Report, own_cpu_seconds, own_peak_rss_bytes};
 
@@ -82,6 +84,73 @@ pub fn parse(provider: ProviderKind, results_file: &Path, rows: usize) -> Result
     Ok(Report {
         seconds,
         bytes,
+        items,
+        peak_rss_bytes: own_peak_rss_bytes()?,
+        cpu_seconds: own_cpu_seconds(),
+    })
+}
+
+/// How far `child parse-stage` takes each OpenAI results line, to show where parse
+/// time goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseStage {
+    /// serde_json checks the line's syntax and keeps nothing (`IgnoredAny`).
+    Syntax,
+    /// The envelope read into the decoder's borrowed structs; the answer is not parsed.
+    Envelope,
+    /// What `parse_reader` does per line: envelope, answer and schema validation.
+    Full,
+}
+
+impl ParseStage {
+    pub const ALL: [ParseStage; 3] = [Self::Syntax, Self::Envelope, Self::Full];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Syntax => "syntax",
+            Self::Envelope => "envelope",
+            Self::Full => "full",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|stage| stage.name() == name)
+            .ok_or_else(|| format!("unknown parse stage {name:?}"))
+    }
+}
+
+/// `child parse-stage STAGE RESULTS_FILE ROWS`: an OpenAI results file, read into memory
+/// first (so that every stage is timed on the same lines, without I/O), taken to `stage`.
+pub fn parse_stage(stage: ParseStage, results_file: &Path, rows: usize) -> Result<Report, String> {
+    let content =
+        std::fs::read(results_file).map_err(|e| format!("{}: {e}", results_file.display()))?;
+    let parser = ResultParser::new(ProviderKind::OpenAi, &workload::invoice_schema(), None)
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut items = 0u64;
+    for line in content
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+    {
+        items += 1;
+        let readable = match stage {
+            ParseStage::Syntax => serde_json::from_slice::<IgnoredAny>(line).is_ok(),
+            ParseStage::Envelope => openai::decode::decode(line).is_ok(),
+            ParseStage::Full => parser.parse_line(items, line).is_success(),
+        };
+        if !readable {
+            return Err(format!("line {items} did not get through {}", stage.name()));
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if items != rows as u64 {
+        return Err(format!("read {items} lines, expected {rows}"));
+    }
+    Ok(Report {
+        seconds,
+        bytes: content.len() as u64,
         items,
         peak_rss_bytes: own_peak_rss_bytes()?,
         cpu_seconds: own_cpu_seconds(),

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// `child build|parse|collect …`: one measured run; prints its report.
+/// `child build|parse|parse-stage|collect …`: one measured run; prints its report.
 fn child_mode(args: &[String]) -> Result<(), String> {
     let arg = |i: usize| {
         args.get(i)
@@ -63,6 +63,11 @@ fn child_mode(args: &[String]) -> Result<(), String> {
     let report = match arg(0)? {
         "build" => child::build(provider(1)?, Path::new(arg(2)?))?,
         "parse" => child::parse(provider(1)?, Path::new(arg(2)?), number(3)? as usize)?,
+        "parse-stage" => child::parse_stage(
+            child::ParseStage::from_name(arg(1)?)?,
+            Path::new(arg(2)?),
+            number(3)? as usize,
+        )?,
         "collect" => child::collect_part(&child::CollectTarget {
             moto_url: arg(1)?,
             emulator_url: arg(2)?,
@@ -244,17 +249,16 @@ fn run_bench(options: &Options) -> Result<(), String> {
     let data = Data::generate(options)?;
     let mut table = Table::new(options.runs);
 
-    let ours = |mode: &str, provider: ProviderKind, file: &Path, rows: Option<usize>| {
+    // `subject`: the provider, or for `parse-stage` the stage.
+    let ours = |mode: &str, subject: &str, file: &Path, rows: Option<usize>| {
         let mut command = child_command(&me);
-        command.args(["child", mode, provider.as_str()]).arg(file);
+        command.args(["child", mode, subject]).arg(file);
         if let Some(rows) = rows {
             command.arg(rows.to_string());
         }
-        repeat(
-            options.runs,
-            &format!("batchline {mode} {provider}"),
-            || run_child(clone_command(&command), true),
-        )
+        repeat(options.runs, &format!("batchline {mode} {subject}"), || {
+            run_child(clone_command(&command), true)
+        })
     };
     let reference = |mode: &str, provider: ProviderKind, file: &Path| {
         let (Some(python), true) = (&python, REFERENCE_PROVIDERS.contains(&provider)) else {
@@ -275,7 +279,7 @@ fn run_bench(options: &Options) -> Result<(), String> {
 
     if options.wants(Section::Build) {
         for provider in ProviderKind::ALL {
-            let batchline = ours("build", provider, &data.requests(), None)?;
+            let batchline = ours("build", provider.as_str(), &data.requests(), None)?;
             let python = reference("build", provider, &data.requests())?;
             table
                 .build
@@ -285,14 +289,25 @@ fn run_bench(options: &Options) -> Result<(), String> {
     if options.wants(Section::Parse) {
         for provider in ProviderKind::ALL {
             let file = data.results(provider);
-            let batchline = ours("parse", provider, &file, Some(data.rows))?;
+            let batchline = ours("parse", provider.as_str(), &file, Some(data.rows))?;
             let python = reference("parse", provider, &file)?;
             table
                 .parse
                 .push(Measured::new(provider, data.rows, batchline, python)?);
         }
+        let file = data.results(ProviderKind::OpenAi);
+        for stage in child::ParseStage::ALL {
+            let runs = ours("parse-stage", stage.name(), &file, Some(data.rows))?;
+            let figures = Figures::of(&runs).ok_or("no runs")?;
+            table.parse_stages.push((stage.name(), figures));
+        }
         let file = data.big_results();
-        let batchline = ours("parse", ProviderKind::OpenAi, &file, Some(data.big_rows))?;
+        let batchline = ours(
+            "parse",
+            ProviderKind::OpenAi.as_str(),
+            &file,
+            Some(data.big_rows),
+        )?;
         let python = reference("parse", ProviderKind::OpenAi, &file)?;
         let mut big = Measured::new(ProviderKind::OpenAi, data.big_rows, batchline, python)?;
         big.bytes = file_size(&file)?;

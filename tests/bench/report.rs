@@ -67,6 +67,8 @@ pub struct Table {
     pub build: Vec<Measured>,
     pub parse: Vec<Measured>,
     pub parse_big: Option<Measured>,
+    /// OpenAI 50k lines taken to each `child::ParseStage`, by stage name.
+    pub parse_stages: Vec<(&'static str, Figures)>,
     pub collect: Option<CollectFigures>,
     pub cold_start: Vec<ColdStart>,
 }
@@ -84,6 +86,7 @@ impl Table {
             build: Vec::new(),
             parse: Vec::new(),
             parse_big: None,
+            parse_stages: Vec::new(),
             collect: None,
             cold_start: Vec::new(),
         }
@@ -139,6 +142,23 @@ impl Table {
                     });
                 }
             }
+        }
+        if !self.parse_stages.is_empty() {
+            println!(
+                "\n### 2b. Where parse time goes: the OpenAI results file above, in memory, each line taken only as far as the stage, one core\n"
+            );
+            println!("| stage | MB/s | microseconds per line |");
+            println!("|---|---|---|");
+            for (stage, figures) in &self.parse_stages {
+                println!(
+                    "| {stage} | {} | {} |",
+                    cell(&figures.mb_per_s),
+                    number(1e6 / figures.items_per_s.median)
+                );
+            }
+            println!(
+                "\nsyntax: serde_json checks each line and keeps nothing; envelope: the OpenAI decoder reads the line into borrowed structs, answer unparsed; full: envelope, answer parsed into a `serde_json::Value` and validated against the schema."
+            );
         }
         if let Some(c) = &self.collect {
             println!(
