@@ -145,7 +145,7 @@ impl Table {
         }
         if !self.parse_stages.is_empty() {
             println!(
-                "\n### 2b. Where parse time goes: the OpenAI results file above, in memory, each line taken only as far as the stage, one core\n"
+                "\n### 2b. Where parse time goes: the OpenAI results file above, each line taken only as far as the stage, one core\n"
             );
             println!("| stage | MB/s | microseconds per line |");
             println!("|---|---|---|");

@@ -1,8 +1,8 @@
 //! The S3 object store (also speaks to moto in tests through `AWS_ENDPOINT_URL`).
 //!
 //! Writes are not payload-signed: SigV4 would hash every byte of the results once
-//! more (15% of collect's CPU in a profile). The CRC32 the SDK sends with each body
-//! still lets S3 reject a damaged one, and TLS protects it on the way.
+//! more. The CRC32 the SDK sends with each body still lets S3 reject a damaged one,
+//! and TLS protects it on the way.
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
