@@ -2,7 +2,7 @@
 //! through their lifecycles, the fault plan, and deterministic answers.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -204,12 +204,19 @@ pub fn tokens(text: &str) -> u64 {
 }
 
 /// A deterministic answer that conforms to `schema`, seeded by the request text.
+///
+/// Answers reach the full depth of the schema: every property is filled at every
+/// level. A `$ref` met again inside its own expansion (a recursive schema) is answered
+/// with its smallest form: required properties only, arrays at `minItems`, the `null`
+/// or non-recursive branch of a union. A recursion no valid answer can escape (a
+/// required self-reference) ends in `null`.
 pub fn answer_for(schema: &Value, seed: &str) -> Value {
     let digest = Sha256::digest(seed.as_bytes());
     let mut generator = AnswerGen {
         root: schema,
         seed: u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")),
-        depth: 0,
+        expanding: vec![ROOT_REF.to_string()],
+        minimal: 0,
     };
     generator.value(schema)
 }
@@ -224,10 +231,29 @@ pub fn schema_breaking_answer(schema: &Value, seed: &str) -> Value {
     }
 }
 
+/// The reference that names the whole schema.
+const ROOT_REF: &str = "#";
+
+/// Keywords whose value is a schema or a list of schemas an answer may have to follow.
+const SUBSCHEMA_KEYWORDS: [&str; 6] = [
+    "items",
+    "prefixItems",
+    "additionalProperties",
+    "anyOf",
+    "oneOf",
+    "allOf",
+];
+
+/// What an array's items are when its schema does not say.
+static DEFAULT_ITEMS: LazyLock<Value> = LazyLock::new(|| json!({"type": "string"}));
+
 struct AnswerGen<'a> {
     root: &'a Value,
     seed: u64,
-    depth: u32,
+    /// The `$ref`s being expanded, outermost first (the root counts as `#`).
+    expanding: Vec<String>,
+    /// How many of those were met again inside themselves: above 0, answers are minimal.
+    minimal: usize,
 }
 
 impl<'a> AnswerGen<'a> {
@@ -239,26 +265,89 @@ impl<'a> AnswerGen<'a> {
         self.seed
     }
 
-    fn resolve<'s>(&self, schema: &'s Value) -> &'s Value
-    where
-        'a: 's,
-    {
-        let Some(reference) = schema.get("$ref").and_then(Value::as_str) else {
-            return schema;
-        };
-        let pointer = reference.trim_start_matches('#');
-        self.root.pointer(pointer).unwrap_or(&Value::Null)
+    fn target(&self, reference: &str) -> &'a Value {
+        reference
+            .strip_prefix('#')
+            .and_then(|pointer| self.root.pointer(pointer))
+            .unwrap_or(&Value::Null)
     }
 
-    fn value(&mut self, schema: &Value) -> Value {
-        self.depth += 1;
-        let out = self.value_inner(schema);
-        self.depth -= 1;
+    fn value(&mut self, schema: &'a Value) -> Value {
+        let Some(reference) = schema.get("$ref").and_then(Value::as_str) else {
+            return self.value_inner(schema);
+        };
+        let seen = self.expanding.iter().filter(|r| *r == reference).count();
+        if seen > 1 {
+            // Met again while already answering minimally: nothing finite is valid.
+            return Value::Null;
+        }
+        let recursive = seen == 1;
+        self.expanding.push(reference.to_string());
+        self.minimal += usize::from(recursive);
+        let out = self.value(self.target(reference));
+        self.minimal -= usize::from(recursive);
+        self.expanding.pop();
         out
     }
 
-    fn value_inner(&mut self, schema: &Value) -> Value {
-        let schema = self.resolve(schema);
+    /// Whether answering `schema` can lead back into a `$ref` being expanded.
+    fn recurses(&self, schema: &'a Value, visited: &mut Vec<&'a str>) -> bool {
+        let Value::Object(node) = schema else {
+            return false;
+        };
+        if let Some(reference) = node.get("$ref").and_then(Value::as_str) {
+            if self.expanding.iter().any(|r| r == reference) {
+                return true;
+            }
+            if visited.contains(&reference) {
+                return false;
+            }
+            visited.push(reference);
+            return self.recurses(self.target(reference), visited);
+        }
+        let properties = node
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(Map::values);
+        let subschemas = SUBSCHEMA_KEYWORDS
+            .iter()
+            .filter_map(|keyword| node.get(*keyword))
+            .flat_map(|child| match child {
+                Value::Array(list) => list.iter().collect::<Vec<_>>(),
+                other => vec![other],
+            });
+        properties
+            .chain(subschemas)
+            .any(|child| self.recurses(child, visited))
+    }
+
+    fn is_null_schema(&self, schema: &Value) -> bool {
+        let schema = match schema.get("$ref").and_then(Value::as_str) {
+            Some(reference) => self.target(reference),
+            None => schema,
+        };
+        schema.get("type") == Some(&json!("null"))
+    }
+
+    /// The union branch to answer with: one with content normally; when minimal, `null`
+    /// or else a branch that does not recurse.
+    fn branch(&self, options: &'a [Value]) -> Option<&'a Value> {
+        if self.minimal > 0 {
+            options
+                .iter()
+                .find(|o| self.is_null_schema(o))
+                .or_else(|| options.iter().find(|o| !self.recurses(o, &mut Vec::new())))
+                .or(options.first())
+        } else {
+            options
+                .iter()
+                .find(|o| !self.is_null_schema(o))
+                .or(options.first())
+        }
+    }
+
+    fn value_inner(&mut self, schema: &'a Value) -> Value {
         if let Some(options) = schema.get("enum").and_then(Value::as_array)
             && !options.is_empty()
         {
@@ -270,16 +359,17 @@ impl<'a> AnswerGen<'a> {
         }
         for key in ["anyOf", "oneOf"] {
             if let Some(options) = schema.get(key).and_then(Value::as_array) {
-                // Prefer a non-null branch so that answers carry content.
-                let branch = options
-                    .iter()
-                    .find(|o| self.resolve(o).get("type") != Some(&json!("null")))
-                    .or(options.first());
-                return branch.map(|b| self.value(b)).unwrap_or(Value::Null);
+                return self
+                    .branch(options)
+                    .map(|b| self.value(b))
+                    .unwrap_or(Value::Null);
             }
         }
         let ty = match schema.get("type") {
             Some(Value::String(t)) => t.as_str(),
+            Some(Value::Array(types)) if self.minimal > 0 && types.contains(&json!("null")) => {
+                "null"
+            }
             Some(Value::Array(types)) => types
                 .iter()
                 .filter_map(Value::as_str)
@@ -289,26 +379,8 @@ impl<'a> AnswerGen<'a> {
             _ => "string",
         };
         match ty {
-            "object" => {
-                let mut out = Map::new();
-                if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                    for (name, prop) in props {
-                        if self.depth < 8 {
-                            out.insert(name.clone(), self.value(prop));
-                        }
-                    }
-                }
-                Value::Object(out)
-            }
-            "array" => {
-                let min = schema.get("minItems").and_then(Value::as_u64).unwrap_or(1);
-                let items = schema
-                    .get("items")
-                    .cloned()
-                    .unwrap_or(json!({"type":"string"}));
-                let n = min.clamp(1, 3);
-                Value::Array((0..n).map(|_| self.value(&items)).collect())
-            }
+            "object" => self.object(schema),
+            "array" => self.array(schema),
             "integer" => {
                 let lo = schema.get("minimum").and_then(Value::as_i64).unwrap_or(0);
                 let hi = schema
@@ -341,6 +413,41 @@ impl<'a> AnswerGen<'a> {
                 json!(s)
             }
         }
+    }
+
+    /// Every property; only the required ones when answering minimally.
+    fn object(&mut self, schema: &'a Value) -> Value {
+        let required: Vec<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|names| names.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut out = Map::new();
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            for (name, prop) in props {
+                if self.minimal == 0 || required.contains(&name.as_str()) {
+                    out.insert(name.clone(), self.value(prop));
+                }
+            }
+        }
+        Value::Object(out)
+    }
+
+    /// One to three items (at least `minItems`, at most `maxItems`); exactly `minItems`
+    /// when answering minimally.
+    fn array(&mut self, schema: &'a Value) -> Value {
+        let min = schema.get("minItems").and_then(Value::as_u64).unwrap_or(0);
+        let max = schema
+            .get("maxItems")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::MAX);
+        let n = if self.minimal > 0 {
+            min
+        } else {
+            min.clamp(1, 3).min(max).max(min)
+        };
+        let items = schema.get("items").unwrap_or(&DEFAULT_ITEMS);
+        Value::Array((0..n).map(|_| self.value(items)).collect())
     }
 }
 
@@ -461,6 +568,108 @@ mod tests {
         assert!((1..=9).contains(&age));
         assert!(a["tags"][0].is_string());
         assert!(a["note"].is_string());
+    }
+
+    fn assert_valid(schema: &Value, answer: &Value) {
+        let validator = jsonschema::validator_for(schema).expect("a valid schema");
+        let errors: Vec<String> = validator
+            .iter_errors(answer)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:?} in {answer}");
+    }
+
+    #[test]
+    fn answers_reach_the_full_depth_of_the_schema() {
+        let levels = 20;
+        let schema = (1..levels).fold(
+            json!({"type": "object", "properties": {"leaf": {"type": "integer", "minimum": 7, "maximum": 7}}, "required": ["leaf"]}),
+            |inner, _| json!({"type": "object", "properties": {"name": {"type": "string"}, "child": inner}, "required": ["name", "child"]}),
+        );
+        let answer = answer_for(&schema, "deep");
+        assert_valid(&schema, &answer);
+        let mut node = &answer;
+        for level in 1..levels {
+            assert!(
+                node["name"].is_string(),
+                "no name at level {level}: {answer}"
+            );
+            node = &node["child"];
+        }
+        assert_eq!(node["leaf"], json!(7), "{answer}");
+    }
+
+    #[test]
+    fn recursive_schemas_get_finite_valid_answers() {
+        let tree = json!({
+            "$defs": {"node": {"type": "object", "properties": {
+                "name": {"type": "string"},
+                "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}
+            }, "required": ["name", "children"]}},
+            "$ref": "#/$defs/node"
+        });
+        let answer = answer_for(&tree, "tree");
+        assert_valid(&tree, &answer);
+        // The root is expanded in full, its children once more in their smallest form.
+        let children = answer["children"].as_array().expect("children");
+        assert!(!children.is_empty(), "{answer}");
+        assert!(
+            children.iter().all(|c| c["children"] == json!([])),
+            "{answer}"
+        );
+
+        let list = json!({
+            "type": "object",
+            "properties": {
+                "value": {"type": "integer"},
+                "note": {"type": "string"},
+                "next": {"anyOf": [{"$ref": "#"}, {"type": "null"}]},
+                "previous": {"type": ["object", "null"], "properties": {"next": {"$ref": "#"}}}
+            },
+            "required": ["value", "next"]
+        });
+        let answer = answer_for(&list, "list");
+        assert_valid(&list, &answer);
+        assert_eq!(answer["next"]["next"], Value::Null, "{answer}");
+        assert!(
+            answer["next"].get("note").is_none(),
+            "optional dropped: {answer}"
+        );
+
+        let branches = json!({
+            "$defs": {"expr": {"oneOf": [
+                {"type": "object", "properties": {"sum": {"type": "array", "minItems": 2, "items": {"$ref": "#/$defs/expr"}}}, "required": ["sum"]},
+                {"type": "object", "properties": {"number": {"type": "integer"}}, "required": ["number"]}
+            ]}},
+            "$ref": "#/$defs/expr"
+        });
+        let answer = answer_for(&branches, "expr");
+        assert_valid(&branches, &answer);
+        let terms = answer["sum"]
+            .as_array()
+            .expect("the root takes the first branch");
+        assert_eq!(terms.len(), 2);
+        assert!(terms.iter().all(|t| t["number"].is_i64()), "{answer}");
+    }
+
+    #[test]
+    fn inescapable_recursion_ends_in_null() {
+        let endless = json!({"type": "object", "properties": {"again": {"$ref": "#"}}, "required": ["again"]});
+        assert_eq!(answer_for(&endless, "x"), json!({"again": {"again": null}}));
+    }
+
+    #[test]
+    fn arrays_keep_between_min_and_max_items() {
+        let schema = json!({"type": "object", "properties": {
+            "five": {"type": "array", "minItems": 5, "items": {"type": "integer"}},
+            "none": {"type": "array", "maxItems": 0},
+            "some": {"type": "array"}
+        }});
+        let answer = answer_for(&schema, "arrays");
+        assert_valid(&schema, &answer);
+        assert_eq!(answer["five"].as_array().map(Vec::len), Some(5));
+        assert_eq!(answer["none"], json!([]));
+        assert!(answer["some"][0].is_string());
     }
 
     #[test]

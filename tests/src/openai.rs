@@ -39,6 +39,9 @@ const MAX_METADATA_PAIRS: usize = 16;
 const MAX_METADATA_KEY_CHARS: usize = 64;
 const MAX_METADATA_VALUE_CHARS: usize = 512;
 const MESSAGE_ROLES: [&str; 4] = ["system", "user", "assistant", "developer"];
+/// Structured outputs in strict mode: levels of nesting and object properties in total.
+const MAX_STRICT_NESTING: usize = 10;
+const MAX_STRICT_PROPERTIES: usize = 5000;
 const REASONING_MODEL_PREFIXES: [&str; 4] = ["o1", "o3", "o4", "gpt-5"];
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -1186,7 +1189,9 @@ fn check_response_format(format: &Value) -> Result<(), BodyError> {
     }
     if spec.get("strict").and_then(Value::as_bool) == Some(true) {
         let schema = spec.get("schema").unwrap_or(&Value::Null);
-        if let Some(problem) = strict_violation(schema, &mut Vec::new()) {
+        if let Some(problem) =
+            strict_violation(schema, &mut Vec::new()).or_else(|| size_violation(schema))
+        {
             return Err(BodyError::new(
                 "invalid_json_schema",
                 "response_format",
@@ -1267,6 +1272,63 @@ fn strict_violation(schema: &Value, context: &mut Vec<String>) -> Option<String>
         }
     }
     None
+}
+
+/// How deep and how large a strict schema is.
+#[derive(Debug, Default)]
+struct SchemaSize {
+    /// The deepest subschema's nesting level (the root is at 0).
+    depth: usize,
+    /// Object properties, summed over the whole schema.
+    properties: usize,
+}
+
+impl SchemaSize {
+    /// Measures `schema` at `depth`. Every step into a subschema (a property, `items`,
+    /// a union branch, a definition) is one level of nesting, as OpenAI's SDKs count it;
+    /// a `$ref` is not followed, so recursive schemas have a finite depth.
+    fn measure(&mut self, schema: &Value, depth: usize) {
+        let Value::Object(node) = schema else {
+            return;
+        };
+        self.depth = self.depth.max(depth);
+        for keyword in ["properties", "$defs", "definitions"] {
+            if let Some(children) = node.get(keyword).and_then(Value::as_object) {
+                if keyword == "properties" {
+                    self.properties += children.len();
+                }
+                for child in children.values() {
+                    self.measure(child, depth + 1);
+                }
+            }
+        }
+        for keyword in ["items", "anyOf", "oneOf", "allOf", "prefixItems"] {
+            match node.get(keyword) {
+                Some(Value::Array(list)) => list.iter().for_each(|c| self.measure(c, depth + 1)),
+                Some(child) => self.measure(child, depth + 1),
+                None => {}
+            }
+        }
+    }
+}
+
+/// The size limits of structured outputs a strict schema breaks (OpenAI, "Supported
+/// schemas": up to 5000 object properties in total, up to 10 levels of nesting).
+fn size_violation(schema: &Value) -> Option<String> {
+    let mut size = SchemaSize::default();
+    size.measure(schema, 0);
+    if size.depth > MAX_STRICT_NESTING {
+        return Some(format!(
+            "{} levels of nesting exceeds limit of {MAX_STRICT_NESTING}.",
+            size.depth
+        ));
+    }
+    (size.properties > MAX_STRICT_PROPERTIES).then(|| {
+        format!(
+            "{} object properties in total exceeds limit of {MAX_STRICT_PROPERTIES}.",
+            size.properties
+        )
+    })
 }
 
 /// The answer a valid line gets when it runs (or the error it gets).
@@ -1931,6 +1993,54 @@ mod tests {
             "properties": {"a": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {}}]}}
         });
         assert!(violation(nullable).unwrap().contains("'anyOf', '1'"));
+    }
+
+    /// A strict object nested `levels` deep: each level holds the next under `child`,
+    /// the deepest a string `leaf` (at nesting level `levels`).
+    fn nested_strict(levels: usize) -> Value {
+        (1..levels).fold(
+            json!({"type": "object", "properties": {"leaf": {"type": "string"}}, "required": ["leaf"], "additionalProperties": false}),
+            |inner, _| json!({"type": "object", "properties": {"child": inner}, "required": ["child"], "additionalProperties": false}),
+        )
+    }
+
+    #[test]
+    fn strict_schemas_nest_ten_levels_and_hold_five_thousand_properties_at_most() {
+        let format = |schema: Value| json!({"type": "json_schema", "json_schema": {"name": "deep", "strict": true, "schema": schema}});
+        assert_eq!(check_response_format(&format(nested_strict(10))), Ok(()));
+        let refused = check_response_format(&format(nested_strict(11))).unwrap_err();
+        assert_eq!(refused.code, "invalid_json_schema");
+        assert_eq!(
+            refused.message,
+            "Invalid schema for response_format 'deep': 11 levels of nesting exceeds limit of 10."
+        );
+        // Without strict mode the limits do not apply.
+        let loose = json!({"type": "json_schema", "json_schema": {"name": "deep", "schema": nested_strict(11)}});
+        assert_eq!(check_response_format(&loose), Ok(()));
+        // Items and union branches are levels too; a `$ref` is not followed.
+        let through_items = json!({"type": "object", "required": ["a"], "additionalProperties": false,
+            "properties": {"a": {"type": "array", "items": nested_strict(10)}}});
+        assert!(
+            size_violation(&through_items)
+                .unwrap()
+                .starts_with("12 levels")
+        );
+        let recursive = json!({"type": "object", "required": ["next"], "additionalProperties": false,
+            "properties": {"next": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}}});
+        assert_eq!(size_violation(&recursive), None);
+
+        let wide = |n: usize| {
+            let properties: Map<String, Value> = (0..n)
+                .map(|i| (format!("p{i}"), json!({"type": "string"})))
+                .collect();
+            let required: Vec<String> = properties.keys().cloned().collect();
+            json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
+        };
+        assert_eq!(check_response_format(&format(wide(5000))), Ok(()));
+        assert_eq!(
+            size_violation(&wide(5001)).as_deref(),
+            Some("5001 object properties in total exceeds limit of 5000.")
+        );
     }
 
     fn plan_errors(content: &[u8], limits: &InputLimits) -> Vec<(&'static str, Option<usize>)> {
