@@ -9,14 +9,12 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use bytes::Bytes;
-use serde::Serialize;
-
 use crate::error::{Error, Result};
 use crate::model::{ModelRef, ProviderKind};
-use crate::provider::{Framing, PartLimits, RequestEncoder};
-use crate::provider::{anthropic, gemini, openai, vertex};
+use crate::provider::descriptor;
+use crate::provider::encode::{Framing, PartLimits, RequestEncoder};
 use crate::request::{GenerationParams, Message, OutputSchema, Request, Role};
+use bytes::Bytes;
 
 /// Why a part was closed before the input ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,15 +55,7 @@ pub fn encoder_for(
     schema: &OutputSchema,
     params: &GenerationParams,
 ) -> Result<Box<dyn RequestEncoder>> {
-    let name = model.model.as_str();
-    Ok(match model.provider {
-        ProviderKind::OpenAi => Box::new(openai::encode::OpenAiEncoder::new(name, schema, params)?),
-        ProviderKind::Anthropic => Box::new(anthropic::encode::AnthropicEncoder::new(
-            name, schema, params,
-        )?),
-        ProviderKind::Google => Box::new(vertex::encode::VertexEncoder::new(schema, params)?),
-        ProviderKind::Gemini => Box::new(gemini::encode::GeminiEncoder::new(schema, params)?),
-    })
+    descriptor(model.provider).encoder(&model.model, schema, params)
 }
 
 /// Accumulates encoded requests into parts that fit the provider's limits.
@@ -85,12 +75,17 @@ pub struct BatchBuilder {
 }
 
 impl BatchBuilder {
+    /// A builder for `model`'s provider, within its limits.
     pub fn new(model: &ModelRef, schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
-        Ok(Self::with_encoder(encoder_for(model, schema, params)?))
+        let limits = descriptor(model.provider).limits();
+        Ok(Self::with_encoder(
+            encoder_for(model, schema, params)?,
+            limits,
+        ))
     }
 
-    pub fn with_encoder(encoder: Box<dyn RequestEncoder>) -> Self {
-        let limits = encoder.limits();
+    /// A builder over `encoder` whose parts stay within `limits`.
+    pub fn with_encoder(encoder: Box<dyn RequestEncoder>, limits: PartLimits) -> Self {
         let framing = encoder.framing();
         Self {
             encoder,
@@ -251,18 +246,9 @@ pub fn plan_summary(provider: ProviderKind, parts: &[BatchPart]) -> String {
     }
     format!(
         "{count}: {} allows {} per batch",
-        provider_display_name(provider),
+        descriptor(provider).display_name(),
         reasons.join(" and ")
     )
-}
-
-fn provider_display_name(provider: ProviderKind) -> &'static str {
-    match provider {
-        ProviderKind::OpenAi => "OpenAI",
-        ProviderKind::Anthropic => "Anthropic",
-        ProviderKind::Google => "Vertex AI",
-        ProviderKind::Gemini => "the Gemini API",
-    }
 }
 
 /// 50000 → "50,000".
@@ -331,103 +317,6 @@ impl Request {
 
 fn default_custom_id(i: usize) -> String {
     format!("request-{i}")
-}
-
-// ---- Helpers shared by the provider encoders ----
-
-/// `^[a-zA-Z0-9_-]{1,64}$`: Anthropic custom ids, OpenAI schema names, tool names.
-pub(crate) fn is_identifier(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// What every provider needs of a request: an id, and a conversation with a user turn.
-pub(crate) fn check_request(request: &Request) -> Result<()> {
-    let invalid = |reason: &str| Error::InvalidRequest {
-        custom_id: request.custom_id.clone(),
-        reason: reason.to_string(),
-    };
-    if request.custom_id.is_empty() {
-        return Err(invalid("custom_id is empty"));
-    }
-    if request.messages.is_empty() {
-        return Err(invalid("the conversation has no messages"));
-    }
-    if !request.messages.iter().any(|m| m.role == Role::User) {
-        return Err(invalid("the conversation has no user message"));
-    }
-    Ok(())
-}
-
-/// Rejects generation parameters the provider would refuse for every request.
-pub(crate) fn check_params(
-    params: &GenerationParams,
-    provider: ProviderKind,
-    max_temperature: f64,
-) -> Result<()> {
-    if params.max_tokens == 0 {
-        return Err(Error::Config(format!(
-            "max_tokens must be at least 1 for {provider}"
-        )));
-    }
-    if let Some(t) = params.temperature
-        && !(0.0..=max_temperature).contains(&t)
-    {
-        return Err(Error::Config(format!(
-            "temperature {t} is outside 0..={max_temperature} accepted by {provider}"
-        )));
-    }
-    Ok(())
-}
-
-/// Appends `value` as compact JSON (and a newline for JSONL); on error `out` is unchanged.
-pub(crate) fn append_json<T: Serialize>(value: &T, newline: bool, out: &mut Vec<u8>) -> Result<()> {
-    let start = out.len();
-    if let Err(e) = serde_json::to_writer(&mut *out, value) {
-        out.truncate(start);
-        return Err(e.into());
-    }
-    if newline {
-        out.push(b'\n');
-    }
-    Ok(())
-}
-
-/// Texts that go to a provider's separate system field: the batch's system prompt,
-/// then the conversation's system messages, in order.
-pub(crate) fn system_texts<'a>(
-    system_prompt: Option<&'a str>,
-    messages: &'a [Message],
-) -> impl Iterator<Item = &'a str> + Clone {
-    system_prompt.into_iter().chain(
-        messages
-            .iter()
-            .filter(|m| m.role == Role::System)
-            .map(|m| m.content.as_str()),
-    )
-}
-
-/// The conversation's user and assistant turns as a JSON array (system messages go to
-/// the provider's system field instead), each written by `turn` from the provider's
-/// role name (`assistant_role` for the model's turns) and the text.
-pub(crate) fn serialize_turns<'a, S: serde::Serializer, T: serde::Serialize>(
-    serializer: S,
-    messages: &'a [Message],
-    assistant_role: &'static str,
-    turn: impl Fn(&'static str, &'a str) -> T,
-) -> std::result::Result<S::Ok, S::Error> {
-    use serde::ser::SerializeSeq;
-    let mut seq = serializer.serialize_seq(None)?;
-    for message in messages {
-        let role = match message.role {
-            Role::System => continue,
-            Role::User => "user",
-            Role::Assistant => assistant_role,
-        };
-        seq.serialize_element(&turn(role, &message.content))?;
-    }
-    seq.end()
 }
 
 #[cfg(test)]

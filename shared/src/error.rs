@@ -1,16 +1,14 @@
 //! Typed errors of the library. Every variant carries enough context to act on.
 
-use crate::model::ProviderKind;
+use crate::model::{InvalidModel, ProviderKind};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A model string that is not `provider/model` with a known provider.
-    #[error(
-        "invalid model {model:?}: {reason}; expected one of openai/<model>, anthropic/<model>, google/<model>, gemini/<model>"
-    )]
-    InvalidModel { model: String, reason: String },
+    #[error(transparent)]
+    InvalidModel(#[from] InvalidModel),
 
     /// A request the library refuses to build (bad id, empty conversation, …).
     #[error("invalid request {custom_id:?}: {reason}")]

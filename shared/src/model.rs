@@ -5,7 +5,17 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+/// A model string that is not `provider/model` with a known provider.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid model {model:?}: {reason}; expected one of openai/<model>, anthropic/<model>, google/<model>, gemini/<model>"
+)]
+pub struct InvalidModel {
+    /// The string as given.
+    pub model: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
 
 /// The four batch APIs batchline speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -23,15 +33,15 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// Every provider, in declaration order.
     pub const ALL: [ProviderKind; 4] = [Self::OpenAi, Self::Anthropic, Self::Google, Self::Gemini];
 
+    /// The names users write before the `/` of a model string, in the order of [`Self::ALL`].
+    const NAMES: [&'static str; 4] = ["openai", "anthropic", "google", "gemini"];
+
+    /// The provider's name in model strings, logs and error messages.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OpenAi => "openai",
-            Self::Anthropic => "anthropic",
-            Self::Google => "google",
-            Self::Gemini => "gemini",
-        }
+        Self::NAMES[self as usize]
     }
 }
 
@@ -42,12 +52,12 @@ impl fmt::Display for ProviderKind {
 }
 
 impl FromStr for ProviderKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
+    type Err = InvalidModel;
+    fn from_str(s: &str) -> Result<Self, InvalidModel> {
         Self::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| Error::InvalidModel {
+            .ok_or_else(|| InvalidModel {
                 model: s.to_string(),
                 reason: format!("unknown provider {s:?}"),
             })
@@ -57,14 +67,16 @@ impl FromStr for ProviderKind {
 /// A parsed `provider/model` string, e.g. `openai/gpt-4o-mini`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ModelRef {
+    /// The batch API, from the part before the first `/`.
     pub provider: ProviderKind,
+    /// The provider's model name, everything after the first `/`.
     pub model: String,
 }
 
 impl FromStr for ModelRef {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        let invalid = |reason: &str| Error::InvalidModel {
+    type Err = InvalidModel;
+    fn from_str(s: &str) -> Result<Self, InvalidModel> {
+        let invalid = |reason: &str| InvalidModel {
             model: s.to_string(),
             reason: reason.to_string(),
         };
@@ -106,6 +118,14 @@ impl<'de> Deserialize<'de> for ModelRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_follow_the_order_of_all() {
+        for (i, kind) in ProviderKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i);
+            assert_eq!(kind.as_str(), ProviderKind::NAMES[i]);
+        }
+    }
 
     #[test]
     fn parses_each_provider() {

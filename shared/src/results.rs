@@ -1,8 +1,9 @@
 //! Results as a Maybe: every line becomes a success or an error, never a panic.
 //!
-//! A provider's `decode` module reads the envelope of one results line (borrowing
-//! from it, without building a JSON tree) into a [`Decoded`]; [`ResultParser`] then
-//! parses the answer, validates it against the job's schema and yields an [`Outcome`].
+//! A provider's decoder reads the envelope of one results line (borrowing from it,
+//! without building a JSON tree) into a [`Decoded`](crate::provider::decode::Decoded);
+//! [`ResultParser`] then resolves its request through the part's manifest, parses the
+//! answer, validates it against the job's schema and yields an [`Outcome`].
 
 use std::borrow::{Borrow, Cow};
 use std::collections::HashMap;
@@ -10,53 +11,17 @@ use std::fmt::{self, Write as _};
 use std::io::BufRead;
 use std::sync::Arc;
 
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
-use crate::provider::{anthropic, gemini, openai, vertex};
+use crate::provider::decode::{Answer, Malformed, RowKey};
+use crate::provider::{AnswerFixup, ProviderDescriptor, descriptor};
 use crate::request::OutputSchema;
 
-/// Error types batchline assigns itself; provider codes (`context_length_exceeded`,
-/// `rate_limit_error`, `RESOURCE_EXHAUSTED`, …) pass through unchanged.
-pub mod error_type {
-    /// The results line itself could not be read.
-    pub const MALFORMED_LINE: &str = "malformed_line";
-    /// The answer is not JSON, or was cut off by the token limit.
-    pub const INVALID_JSON: &str = "invalid_json";
-    /// The answer is JSON but does not match the schema.
-    pub const SCHEMA_MISMATCH: &str = "schema_mismatch";
-    /// The model answered without the structured part (no content, no tool call).
-    pub const NO_STRUCTURED_OUTPUT: &str = "no_structured_output";
-    /// The model or the provider's safety system declined to answer.
-    pub const REFUSAL: &str = "refusal";
-    /// The batch expired before the request ran.
-    pub const EXPIRED: &str = "expired";
-    /// The batch was cancelled before the request ran.
-    pub const CANCELLED: &str = "cancelled";
-    /// The provider throttled the request (Vertex status without a code of its own).
-    pub const RATE_LIMIT: &str = "rate_limit";
-    /// The provider failed the request without a more specific code.
-    pub const PROVIDER_ERROR: &str = "provider_error";
-    /// The results stream broke before its end.
-    pub const READ_ERROR: &str = "read_error";
-}
-
-/// Token usage of one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-}
-
-impl Usage {
-    pub fn is_zero(&self) -> bool {
-        self.input_tokens == 0 && self.output_tokens == 0
-    }
-}
+pub use crate::provider::decode::{Usage, error_type};
 
 /// A validated answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,151 +238,6 @@ pub fn results_by_custom_id<'a>(
 }
 
 // ---------------------------------------------------------------------------------
-// What the provider decoders hand over.
-
-/// What one provider results line says, before its answer is parsed and validated.
-#[derive(Debug, Clone)]
-pub struct Decoded<'a> {
-    pub custom_id: Cow<'a, str>,
-    pub usage: Usage,
-    pub answer: Answer<'a>,
-}
-
-/// The answer part of a results line.
-#[derive(Debug, Clone)]
-pub enum Answer<'a> {
-    /// JSON text the model wrote (OpenAI message content, Google parts' text).
-    Text(Cow<'a, str>),
-    /// A JSON value embedded in the line (Anthropic `tool_use` input).
-    Embedded(&'a RawValue),
-    /// The request produced no answer to parse.
-    Failed {
-        error_type: Cow<'a, str>,
-        message: String,
-    },
-}
-
-impl<'a> Answer<'a> {
-    pub fn failed(error_type: impl Into<Cow<'a, str>>, message: impl Into<String>) -> Self {
-        Answer::Failed {
-            error_type: error_type.into(),
-            message: message.into(),
-        }
-    }
-
-    /// The model hit its output token limit, so whatever JSON it wrote is incomplete.
-    pub fn truncated(signal: &str) -> Self {
-        Self::failed(
-            error_type::INVALID_JSON,
-            format!("the answer was cut off by the token limit ({signal}); raise max_tokens"),
-        )
-    }
-}
-
-/// The error type and message of a decoded failure; panics on an answer (tests only).
-#[cfg(test)]
-pub(crate) fn expect_failed(decoded: &Decoded<'_>) -> (String, String) {
-    match &decoded.answer {
-        Answer::Failed {
-            error_type,
-            message,
-        } => (error_type.to_string(), message.clone()),
-        other => panic!("expected a failure, got {other:?}"),
-    }
-}
-
-/// A results line whose envelope could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Malformed {
-    /// The request's id, when the part of the line naming it could still be read.
-    pub custom_id: Option<String>,
-    pub reason: String,
-}
-
-impl Malformed {
-    pub fn new(custom_id: Option<String>, reason: impl Into<String>) -> Self {
-        Self {
-            custom_id,
-            reason: reason.into(),
-        }
-    }
-
-    /// A line serde rejected; `id_field` names the top-level field that may still
-    /// give the request's id when the line is JSON of an unexpected shape.
-    pub(crate) fn unreadable(err: &serde_json::Error, line: &[u8], id_field: &str) -> Self {
-        Self::new(
-            top_level_string(line, id_field),
-            format!("not a readable results line: {err}"),
-        )
-    }
-}
-
-/// A top-level string field of a JSON object line, read without looking at the rest.
-fn top_level_string(line: &[u8], field: &str) -> Option<String> {
-    let fields: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_slice(line).ok()?;
-    let raw = fields.get(field)?;
-    serde_json::from_str::<String>(raw.get()).ok()
-}
-
-/// An error code that some APIs send as a number and others as a string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CodeText(pub String);
-
-impl<'de> Deserialize<'de> for CodeText {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct CodeVisitor;
-        impl Visitor<'_> for CodeVisitor {
-            type Value = CodeText;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an error code (string or integer)")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<CodeText, E> {
-                Ok(CodeText(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<CodeText, E> {
-                Ok(CodeText(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<CodeText, E> {
-                Ok(CodeText(v.to_string()))
-            }
-        }
-        deserializer.deserialize_any(CodeVisitor)
-    }
-}
-
-/// An optional string borrowed from the line when it has no escapes (serde's own
-/// `Option<Cow<str>>` always copies).
-pub(crate) fn optional_borrowed<'de: 'a, 'a, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Cow<'a, str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
-    Ok(Option::<Borrowed<'a>>::deserialize(deserializer)?.map(|b| b.0))
-}
-
-/// A token count as a JSON number or, as Google encodes int64, a digit string.
-pub(crate) fn lenient_count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    struct CountVisitor;
-    impl Visitor<'_> for CountVisitor {
-        type Value = u64;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a token count")
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
-            Ok(v)
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
-            u64::try_from(v).map_err(|_| E::custom(format!("negative token count {v}")))
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
-            v.parse()
-                .map_err(|_| E::custom(format!("token count {v:?} is not a number")))
-        }
-    }
-    deserializer.deserialize_any(CountVisitor)
-}
-
-// ---------------------------------------------------------------------------------
 // Parsing and validation.
 
 /// Longest excerpt of a results line kept in [`Failure::raw_data`].
@@ -429,19 +249,20 @@ const VALIDATION_MESSAGE_LIMIT: usize = 300;
 
 /// Turns one part's results lines into outcomes. Compiles the schema once.
 pub struct ResultParser {
-    provider: ProviderKind,
+    provider: &'static dyn ProviderDescriptor,
     schema: OutputSchema,
     validator: jsonschema::Validator,
-    /// OpenAI strict mode made optional properties nullable (decided once per schema).
-    strips_nulls: bool,
-    /// The part's custom_ids by row, for Vertex lines that carry only a row number.
+    /// What the provider's schema translation makes the model write that the job's
+    /// schema does not accept (OpenAI's strict-mode nulls), decided once per schema.
+    fixup: Option<AnswerFixup>,
+    /// The part's custom_ids by row (its manifest), for lines that carry only a row.
     row_ids: Arc<[String]>,
 }
 
 impl fmt::Debug for ResultParser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResultParser")
-            .field("provider", &self.provider)
+            .field("provider", &self.provider.kind())
             .field("schema", &self.schema.name)
             .field("rows", &self.row_ids.len())
             .finish_non_exhaustive()
@@ -449,11 +270,11 @@ impl fmt::Debug for ResultParser {
 }
 
 impl ResultParser {
-    /// `row_ids` is the part's custom_ids in input order; Vertex results need it.
+    /// `row_ids` is the part's manifest: its custom_ids in input order.
     pub fn new(
         provider: ProviderKind,
         schema: &OutputSchema,
-        row_ids: Option<Arc<[String]>>,
+        row_ids: Arc<[String]>,
     ) -> Result<Self> {
         let validator =
             jsonschema::validator_for(&schema.schema).map_err(|err| Error::UnsupportedSchema {
@@ -461,50 +282,46 @@ impl ResultParser {
                 provider,
                 reason: format!("not a usable JSON Schema: {err}"),
             })?;
-        let row_ids = match (provider, row_ids) {
-            (_, Some(ids)) => ids,
-            (ProviderKind::Google, None) => {
-                return Err(Error::Config(
-                    "Vertex results carry only a row number: the parser needs the part's custom_id list"
-                        .to_string(),
-                ));
-            }
-            (_, None) => Arc::from(Vec::new()),
-        };
+        let provider = descriptor(provider);
         Ok(Self {
+            fixup: provider.answer_fixup(&schema.schema),
             provider,
             schema: schema.clone(),
             validator,
-            strips_nulls: provider == ProviderKind::OpenAi
-                && crate::schema::introduces_nulls(&schema.schema),
             row_ids,
         })
     }
 
     /// One results line (without its newline) to an outcome. `line_no` is 1-based.
     pub fn parse_line(&self, line_no: u64, line: &[u8]) -> Outcome {
-        let decoded = match self.decode(line) {
+        let malformed = |custom_id: Option<&str>, reason: String| {
+            Outcome::Error(Failure {
+                raw_data: Some(capped_text(line)),
+                line: Some(line_no),
+                ..Failure::new(
+                    custom_id.map_or_else(|| format!("line-{line_no}"), str::to_string),
+                    error_type::MALFORMED_LINE,
+                    reason,
+                )
+            })
+        };
+        let decoded = match self.provider.decode(line) {
             Ok(decoded) => decoded,
-            Err(malformed) => {
-                return Outcome::Error(Failure {
-                    raw_data: Some(capped_text(line)),
-                    line: Some(line_no),
-                    ..Failure::new(
-                        malformed
-                            .custom_id
-                            .unwrap_or_else(|| format!("line-{line_no}")),
-                        error_type::MALFORMED_LINE,
-                        malformed.reason,
-                    )
-                });
+            Err(Malformed { key, reason }) => {
+                let custom_id = key.as_ref().and_then(|key| self.resolve(key).ok());
+                return malformed(custom_id, reason);
             }
+        };
+        let custom_id = match self.resolve(&decoded.key) {
+            Ok(custom_id) => custom_id,
+            Err(reason) => return malformed(None, reason),
         };
         let fail = |error_type: &str, message: String| {
             Outcome::Error(Failure {
                 raw_data: Some(capped_text(line)),
                 line: Some(line_no),
                 usage: decoded.usage,
-                ..Failure::new(decoded.custom_id.as_ref(), error_type, message)
+                ..Failure::new(custom_id, error_type, message)
             })
         };
         let parsed = match &decoded.answer {
@@ -524,39 +341,36 @@ impl ResultParser {
                 );
             }
         };
-        if self.strips_nulls {
-            self.drop_strict_mode_nulls(&mut result);
+        if let Some(fixup) = self.fixup {
+            fixup(&self.schema.schema, &mut result);
         }
         if let Some(message) = self.schema_mismatch(&result) {
             return fail(error_type::SCHEMA_MISMATCH, message);
         }
         Outcome::Success(Success {
-            custom_id: decoded.custom_id.into_owned(),
+            custom_id: custom_id.to_string(),
             result,
             usage: decoded.usage,
         })
+    }
+
+    /// The custom_id a line's key names: as echoed, or the manifest's id of its row.
+    fn resolve<'a>(&'a self, key: &'a RowKey<'_>) -> Result<&'a str, String> {
+        match key {
+            RowKey::CustomId(id) => Ok(id),
+            RowKey::Row(row) => self.row_ids.get(*row).map(String::as_str).ok_or_else(|| {
+                format!(
+                    "row {row} is outside this part's {} requests",
+                    self.row_ids.len()
+                )
+            }),
+        }
     }
 
     /// Every line of `reader` as outcomes, one line in memory at a time. Blank lines
     /// are skipped; a read error ends the iteration with a `read_error` failure.
     pub fn parse_reader<R: BufRead>(&self, reader: R) -> OutcomeLines<&Self, R> {
         OutcomeLines::new(self, reader)
-    }
-
-    fn decode<'a>(&'a self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {
-        match self.provider {
-            ProviderKind::OpenAi => openai::decode::decode(line),
-            ProviderKind::Anthropic => anthropic::decode::decode(line),
-            ProviderKind::Google => vertex::decode::decode(line, &self.row_ids),
-            ProviderKind::Gemini => gemini::decode::decode(line),
-        }
-    }
-
-    /// OpenAI strict mode made every optional property required and nullable; the
-    /// model then sends `null` for what it would have left out. Undo that before
-    /// validating against the caller's own schema.
-    fn drop_strict_mode_nulls(&self, result: &mut Value) {
-        crate::schema::remove_introduced_nulls(&self.schema.schema, result);
     }
 
     /// The first few validation errors with their JSON pointers, or `None` if valid.
@@ -598,7 +412,7 @@ impl ResultParser {
 pub fn parse_reader<R: BufRead>(
     provider: ProviderKind,
     schema: &OutputSchema,
-    row_ids: Option<Arc<[String]>>,
+    row_ids: Arc<[String]>,
     reader: R,
 ) -> Result<OutcomeLines<ResultParser, R>> {
     Ok(OutcomeLines::new(
@@ -751,7 +565,7 @@ mod tests {
     }
 
     fn parser(provider: ProviderKind) -> ResultParser {
-        ResultParser::new(provider, &person_schema(), Some(row_ids())).unwrap()
+        ResultParser::new(provider, &person_schema(), row_ids()).unwrap()
     }
 
     /// A successful results line of `provider` for request `r-1` (Vertex row 1) whose
@@ -957,16 +771,15 @@ mod tests {
     }
 
     #[test]
-    fn vertex_needs_the_row_ids_and_bad_schemas_are_refused() {
-        let err = ResultParser::new(ProviderKind::Google, &person_schema(), None).unwrap_err();
-        assert!(matches!(err, Error::Config(_)), "{err}");
-        assert!(ResultParser::new(ProviderKind::Gemini, &person_schema(), None).is_ok());
+    fn bad_schemas_are_refused() {
+        // Vertex lines carry only a row: the parser always holds the part's manifest.
+        assert!(ResultParser::new(ProviderKind::Google, &person_schema(), row_ids()).is_ok());
 
         let broken = OutputSchema {
             name: "broken".into(),
             schema: json!({"type": 12}),
         };
-        let err = ResultParser::new(ProviderKind::OpenAi, &broken, None).unwrap_err();
+        let err = ResultParser::new(ProviderKind::OpenAi, &broken, row_ids()).unwrap_err();
         assert!(matches!(err, Error::UnsupportedSchema { .. }), "{err}");
     }
 
@@ -1004,7 +817,7 @@ mod tests {
         file.extend_from_slice(br#"{"key":"r-2","error":{"code":429,"message":"slow down","status":"RESOURCE_EXHAUSTED"}}"#);
         file.extend_from_slice(b"\nnot json");
         let outcomes: Vec<Outcome> =
-            parse_reader(ProviderKind::Gemini, &person_schema(), None, &file[..])
+            parse_reader(ProviderKind::Gemini, &person_schema(), row_ids(), &file[..])
                 .unwrap()
                 .collect();
         assert_eq!(outcomes.len(), 3);
@@ -1021,7 +834,7 @@ mod tests {
         let small_buffer: Vec<Outcome> = parse_reader(
             ProviderKind::Gemini,
             &person_schema(),
-            None,
+            row_ids(),
             BufReader::with_capacity(8, &file[..]),
         )
         .unwrap()
@@ -1142,7 +955,7 @@ mod tests {
             "string"
         );
 
-        let parser = ResultParser::new(ProviderKind::Anthropic, &schema, None).unwrap();
+        let parser = ResultParser::new(ProviderKind::Anthropic, &schema, row_ids()).unwrap();
         let good = answer_line(
             ProviderKind::Anthropic,
             r#"{"number":"INV-1","total_cents":1250,"billing":{"city":"Lyon"}}"#,

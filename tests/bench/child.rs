@@ -60,11 +60,11 @@ pub fn build(provider: ProviderKind, requests_file: &Path) -> Result<Report, Str
 /// schema validation; every line must be a success.
 pub fn parse(provider: ProviderKind, results_file: &Path, rows: usize) -> Result<Report, String> {
     // Only Vertex lines need the part's ids (they carry a row number instead).
-    let row_ids = (provider == ProviderKind::Google).then(|| {
-        (0..rows)
-            .map(workload::custom_id)
-            .collect::<Arc<[String]>>()
-    });
+    let row_ids: Arc<[String]> = if provider == ProviderKind::Google {
+        (0..rows).map(workload::custom_id).collect()
+    } else {
+        Arc::from([])
+    };
     let parser = ResultParser::new(provider, &workload::invoice_schema(), row_ids)
         .map_err(|e| e.to_string())?;
     let file = File::open(results_file).map_err(|e| format!("{}: {e}", results_file.display()))?;
@@ -125,7 +125,7 @@ impl ParseStage {
 /// taken only as far as `stage`. Lines are read the same way for every stage (copied
 /// out of a 1 MiB buffer), so the stages differ only in what they do with a line.
 pub fn parse_stage(stage: ParseStage, results_file: &Path, rows: usize) -> Result<Report, String> {
-    let parser = ResultParser::new(ProviderKind::OpenAi, &workload::invoice_schema(), None)
+    let parser = ResultParser::new(ProviderKind::OpenAi, &workload::invoice_schema(), Arc::from([]))
         .map_err(|e| e.to_string())?;
     let file = File::open(results_file).map_err(|e| format!("{}: {e}", results_file.display()))?;
     let bytes = file.metadata().map_err(|e| e.to_string())?.len();

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use batchline::model::ProviderKind;
 use batchline::pipeline::job::{self, keys};
 use batchline::pipeline::{PipelineError, ProviderSource};
-use batchline::provider::config::{ApiKey, GoogleCredentials, ProviderConfig, VertexSettings};
+use batchline::provider::config::{Credential, GoogleCredentials, ProviderConfig, VertexSettings};
 use batchline::provider::{BatchProvider, connect};
 use batchline::storage::{ObjectStore, PutMode, StoreError};
 use bytes::Bytes;
@@ -118,7 +118,7 @@ impl EmulatorProviders {
     }
 
     pub fn config(&self, kind: ProviderKind) -> ProviderConfig {
-        let key = || ApiKey::new(API_KEY).expect("key");
+        let key = || Credential::new(API_KEY).expect("key");
         let mut config = match kind {
             ProviderKind::Google => ProviderConfig::vertex(
                 Some(&self.base),

@@ -374,7 +374,7 @@ mod tests {
     fn every_provider_line_parses_as_a_valid_success_of_its_row() {
         let ids: Arc<[String]> = (0..4).map(custom_id).collect();
         for provider in ProviderKind::ALL {
-            let parser = ResultParser::new(provider, &invoice_schema(), Some(ids.clone())).unwrap();
+            let parser = ResultParser::new(provider, &invoice_schema(), ids.clone()).unwrap();
             for row in 0..4 {
                 let mut line = Vec::new();
                 write_results_line(provider, row, 3, &mut line).unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use batchline::build::{BatchBuilder, BatchPart};
 use batchline::provider::config::{
-    ApiKey, GoogleCredentials, ProviderConfig, RetryPolicy, Timeouts, VertexSettings,
+    Credential, GoogleCredentials, ProviderConfig, RetryPolicy, Timeouts, VertexSettings,
 };
 use batchline::provider::{BatchProvider, BatchTags, connect};
 use batchline::results::{Failure, Outcome, ResultParser, error_type};
@@ -114,7 +114,7 @@ async fn setup(kind: ProviderKind, step: Duration) -> Setup {
             )
         }
         _ => (
-            ProviderConfig::with_api_key(&base, ApiKey::new(KEY).expect("key")).expect("config"),
+            ProviderConfig::with_api_key(&base, Credential::new(KEY).expect("key")).expect("config"),
             None,
         ),
     };
@@ -242,7 +242,7 @@ async fn wait_terminal(s: &Setup, batch_id: &str) -> BatchStatus {
 
 async fn collect(s: &Setup, part: &BatchPart, batch_id: &str) -> Vec<Outcome> {
     let ids: Arc<[String]> = Arc::from(part.custom_ids.clone());
-    let parser = ResultParser::new(s.kind, &schema(), Some(ids)).expect("parser");
+    let parser = ResultParser::new(s.kind, &schema(), ids).expect("parser");
     let lines: Vec<Bytes> = s
         .provider
         .results(batch_id)
@@ -635,11 +635,11 @@ async fn wrong_key_is_reported_without_the_key(kind: ProviderKind) {
                 location: "us-central1".to_string(),
                 bucket: BUCKET.to_string(),
                 storage_base_url: base.parse().expect("emulator URL"),
-                credentials: GoogleCredentials::StaticToken(ApiKey::new(WRONG).expect("key")),
+                credentials: GoogleCredentials::StaticToken(Credential::new(WRONG).expect("key")),
             };
             ProviderConfig::vertex(Some(&base), settings).expect("config")
         }
-        _ => ProviderConfig::with_api_key(&base, ApiKey::new(WRONG).expect("key")).expect("config"),
+        _ => ProviderConfig::with_api_key(&base, Credential::new(WRONG).expect("key")).expect("config"),
     };
     let provider = connect(kind, &config).expect("client");
     let err = provider.list().await.unwrap_err();
@@ -734,7 +734,7 @@ async fn anthropic_results_url_must_be_on_the_api_host() {
     let port = s.emulator.addr.port();
     let config = ProviderConfig::with_api_key(
         &format!("http://localhost:{port}"),
-        ApiKey::new(KEY).expect("key"),
+        Credential::new(KEY).expect("key"),
     )
     .expect("config");
     let provider = connect(ProviderKind::Anthropic, &config).expect("client");

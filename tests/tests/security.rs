@@ -14,7 +14,7 @@ use batchline::pipeline::collect::{ReadyMessage, collect};
 use batchline::pipeline::job::{JobStatus, keys};
 use batchline::pipeline::secrets::SecretReader;
 use batchline::pipeline::{PipelineError, Settings, poll};
-use batchline::provider::config::ApiKey;
+use batchline::provider::config::Credential;
 use batchline_emulator::harness::{EmulatorProviders, Moto, http_client, moto_sdk_config};
 use batchline_emulator::{FaultPlan, HttpFault};
 use serde_json::{Value, json};
@@ -142,7 +142,7 @@ async fn a_fake_api_key_appears_in_no_log_no_object_and_no_error() {
         let mut wrong = h.ctx.clone();
         wrong.providers = Arc::new(TunedProviders {
             inner: EmulatorProviders::new(h.emulator.base_url()),
-            key: Some(ApiKey::new(WRONG_KEY).expect("key")),
+            key: Some(Credential::new(WRONG_KEY).expect("key")),
             read_timeout: None,
         });
         let (body, _) = job_file(kind, 1, &[]);

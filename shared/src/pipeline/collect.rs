@@ -176,7 +176,7 @@ impl CollectRun<'_> {
         let parser = ResultParser::new(
             self.spec.model.provider,
             &self.spec.output_schema(),
-            Some(ids.clone()),
+            ids.clone(),
         )?;
 
         let retry_allowed = self.part.attempt < self.spec.max_attempts;

@@ -32,8 +32,8 @@ use super::secrets::{SecretError, SecretReader};
 use super::{Context, ProviderSource, Settings};
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
-use crate::provider::config::{ApiKey, GoogleCredentials, ProviderConfig};
-use crate::provider::{BatchProvider, connect};
+use crate::provider::config::ProviderConfig;
+use crate::provider::{BatchProvider, connect, descriptor};
 use crate::queue::{Queue, QueueError, SqsQueue};
 use crate::storage::S3Store;
 
@@ -156,26 +156,17 @@ impl EnvProviders {
 
     async fn config(&self, kind: ProviderKind) -> Result<ProviderConfig> {
         let mut values = HashMap::new();
-        for name in ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY"] {
+        for name in descriptor(kind).secret_variables() {
             if let Some(v) = self.lookup(name).await? {
                 values.insert(name.to_string(), v);
             }
         }
-        let mut config = ProviderConfig::from_lookup(kind, |name| {
+        ProviderConfig::from_lookup(kind, |name| {
             values
                 .get(name)
                 .cloned()
                 .or_else(|| std::env::var(name).ok())
-        })?;
-        if let (Some(vertex), Ok(arn)) = (
-            config.vertex.as_mut(),
-            std::env::var("GOOGLE_CREDENTIALS_SECRET_ARN"),
-        ) && !arn.is_empty()
-        {
-            let json = self.secret("GOOGLE_CREDENTIALS", &arn).await?;
-            vertex.credentials = GoogleCredentials::ServiceAccountJson(ApiKey::new(json)?);
-        }
-        Ok(config)
+        })
     }
 }
 

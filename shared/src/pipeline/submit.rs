@@ -126,7 +126,7 @@ pub async fn submit(
     };
     // Collect validates answers with this schema: refuse now one it could not compile,
     // rather than submit batches whose results can never be read.
-    let no_rows = Some(std::sync::Arc::from(Vec::new()));
+    let no_rows = std::sync::Arc::from(Vec::new());
     if let Err(e) = ResultParser::new(spec.model.provider, &spec.output_schema(), no_rows) {
         return fail(ctx, versioned, format!("{key}: {e}")).await;
     }

@@ -1,25 +1,10 @@
-//! Where each provider lives and how to talk to it: base URLs, credentials, timeouts
-//! and the retry policy.
+//! How to talk to a provider: base URL, credentials, timeouts and the retry policy.
 //!
-//! [`ProviderConfig::from_env`] reads these environment variables (empty counts as unset):
-//!
-//! | Variable | Provider | Meaning |
-//! |---|---|---|
-//! | `OPENAI_API_KEY` | openai | API key (required) |
-//! | `OPENAI_BASE_URL` | openai | API root, default `https://api.openai.com` |
-//! | `ANTHROPIC_API_KEY` | anthropic | API key (required) |
-//! | `ANTHROPIC_BASE_URL` | anthropic | API root, default `https://api.anthropic.com` |
-//! | `GEMINI_API_KEY` | gemini | API key (required) |
-//! | `GEMINI_BASE_URL` | gemini | API root, default `https://generativelanguage.googleapis.com` |
-//! | `GOOGLE_CLOUD_PROJECT` | google | Vertex AI project id (required) |
-//! | `GOOGLE_CLOUD_LOCATION` | google | Vertex AI region, default `us-central1` |
-//! | `GCS_BUCKET` | google | Cloud Storage bucket for batch input and output (required) |
-//! | `VERTEX_BASE_URL` | google | API root, default `https://{location}-aiplatform.googleapis.com` (`https://aiplatform.googleapis.com` for `global`) |
-//! | `GCS_BASE_URL` | google | Cloud Storage root, default `https://storage.googleapis.com` |
-//! | `GOOGLE_ACCESS_TOKEN` | google | a ready OAuth2 access token (local runs); wins over the two below |
-//! | `GOOGLE_APPLICATION_CREDENTIALS` | google | service-account JSON file; unset means the metadata server |
-//!
-//! Base URLs are roots without a version: clients add `/v1/…`, `/v1beta/…` themselves.
+//! Each provider's descriptor reads its own variables into a [`ProviderConfig`]
+//! ([`ProviderConfig::from_env`], [`ProviderConfig::from_lookup`]); the variables are
+//! listed in the documentation of each descriptor (`provider/<name>/mod.rs`). Empty
+//! counts as unset. Base URLs are roots without a version: clients add `/v1/…`,
+//! `/v1beta/…` themselves.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,13 +15,13 @@ use url::Url;
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
 
-/// A secret (API key or OAuth token). Its `Debug` and `Display` never show it, and the
-/// HTTP layer scrubs it from every error message.
+/// A secret: an API key, an OAuth access token or a service account's JSON. Its `Debug`
+/// and `Display` never show it, and the HTTP layer scrubs it from every error message.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
+pub struct Credential(String);
 
-impl ApiKey {
-    /// Rejects an empty key, which would only fail later with a confusing 401.
+impl Credential {
+    /// Rejects an empty secret, which would only fail later with a confusing 401.
     pub fn new(key: impl Into<String>) -> Result<Self> {
         let key = key.into();
         if key.trim().is_empty() {
@@ -51,15 +36,15 @@ impl ApiKey {
     }
 }
 
-impl fmt::Debug for ApiKey {
+impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(***)")
+        f.write_str("Credential(***)")
     }
 }
 
-impl fmt::Display for ApiKey {
+impl fmt::Display for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(***)")
+        f.write_str("Credential(***)")
     }
 }
 
@@ -112,11 +97,11 @@ pub enum GoogleCredentials {
     /// local server).
     ServiceAccountFile(PathBuf),
     /// The same JSON held in memory (read from a secret store).
-    ServiceAccountJson(ApiKey),
+    ServiceAccountJson(Credential),
     /// The GCE/Cloud Run metadata server.
     MetadataServer,
     /// A fixed bearer token (tests, or a token minted elsewhere).
-    StaticToken(ApiKey),
+    StaticToken(Credential),
 }
 
 /// The Vertex AI specifics: project, region, bucket, Cloud Storage and credentials.
@@ -135,7 +120,7 @@ pub struct ProviderConfig {
     /// API root without a version path, e.g. `https://api.openai.com`.
     pub base_url: Url,
     /// For OpenAI, Anthropic and Gemini.
-    pub api_key: Option<ApiKey>,
+    pub api_key: Option<Credential>,
     /// For Vertex AI (`ProviderKind::Google`) only.
     pub vertex: Option<VertexSettings>,
     pub timeouts: Timeouts,
@@ -147,31 +132,30 @@ pub struct ProviderConfig {
 /// Results lines are single JSON documents; a line beyond this is a broken stream.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 32 * 1024 * 1024;
 
-pub const DEFAULT_VERTEX_LOCATION: &str = "us-central1";
-pub const DEFAULT_STORAGE_BASE_URL: &str = "https://storage.googleapis.com";
-
 impl ProviderConfig {
     /// A key-authenticated provider (OpenAI, Anthropic, Gemini) at `base_url`.
-    pub fn with_api_key(base_url: &str, api_key: ApiKey) -> Result<Self> {
+    pub fn with_api_key(base_url: &str, api_key: Credential) -> Result<Self> {
         Ok(Self {
             api_key: Some(api_key),
             ..Self::bare(parse_base_url("base URL", base_url)?)
         })
     }
 
-    /// Vertex AI at `base_url` (`None`: the regional default for `settings.location`).
-    pub fn vertex(base_url: Option<&str>, settings: VertexSettings) -> Result<Self> {
-        let base_url = match base_url {
-            Some(url) => parse_base_url("Vertex base URL", url)?,
-            None => default_vertex_base_url(&settings.location)?,
-        };
-        Ok(Self {
-            vertex: Some(settings),
-            ..Self::bare(base_url)
-        })
+    /// A key-authenticated provider read from `vars`: the key from `key_var` (required),
+    /// the API root from `url_var`, `default_url` when unset.
+    pub fn keyed(
+        vars: &Variables<'_>,
+        key_var: &str,
+        url_var: &str,
+        default_url: &str,
+    ) -> Result<Self> {
+        let key = Credential::new(vars.required(key_var)?)?;
+        let url = vars.get(url_var).unwrap_or_else(|| default_url.to_string());
+        Self::with_api_key(&url, key)
     }
 
-    fn bare(base_url: Url) -> Self {
+    /// A provider at `base_url` with nothing but the defaults.
+    pub(crate) fn bare(base_url: Url) -> Self {
         Self {
             base_url,
             api_key: None,
@@ -181,89 +165,35 @@ impl ProviderConfig {
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
         }
     }
-
-    /// Reads the variables listed in the [module documentation](self).
-    pub fn from_env(kind: ProviderKind) -> Result<Self> {
-        Self::from_lookup(kind, |name| std::env::var(name).ok())
-    }
-
-    /// Like [`Self::from_env`] with `lookup` in place of the process environment.
-    pub fn from_lookup(
-        kind: ProviderKind,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let required = |name: &str| {
-            get(name).ok_or_else(|| Error::Config(format!("{name} is not set (needed for {kind})")))
-        };
-        let keyed = |key_var: &str, url_var: &str, default_url: &str| {
-            let key = ApiKey::new(required(key_var)?)?;
-            let url = get(url_var).unwrap_or_else(|| default_url.to_string());
-            Self::with_api_key(&url, key)
-        };
-        match kind {
-            ProviderKind::OpenAi => keyed(
-                "OPENAI_API_KEY",
-                "OPENAI_BASE_URL",
-                "https://api.openai.com",
-            ),
-            ProviderKind::Anthropic => keyed(
-                "ANTHROPIC_API_KEY",
-                "ANTHROPIC_BASE_URL",
-                "https://api.anthropic.com",
-            ),
-            ProviderKind::Gemini => keyed(
-                "GEMINI_API_KEY",
-                "GEMINI_BASE_URL",
-                "https://generativelanguage.googleapis.com",
-            ),
-            ProviderKind::Google => {
-                let storage =
-                    get("GCS_BASE_URL").unwrap_or_else(|| DEFAULT_STORAGE_BASE_URL.to_string());
-                let settings = VertexSettings {
-                    project: required("GOOGLE_CLOUD_PROJECT")?,
-                    location: get("GOOGLE_CLOUD_LOCATION")
-                        .unwrap_or_else(|| DEFAULT_VERTEX_LOCATION.to_string()),
-                    bucket: required("GCS_BUCKET")?,
-                    storage_base_url: parse_base_url("GCS_BASE_URL", &storage)?,
-                    credentials: match (
-                        get("GOOGLE_ACCESS_TOKEN"),
-                        get("GOOGLE_APPLICATION_CREDENTIALS"),
-                    ) {
-                        (Some(token), _) => GoogleCredentials::StaticToken(ApiKey::new(token)?),
-                        (None, Some(path)) => {
-                            GoogleCredentials::ServiceAccountFile(PathBuf::from(path))
-                        }
-                        (None, None) => GoogleCredentials::MetadataServer,
-                    },
-                };
-                Self::vertex(get("VERTEX_BASE_URL").as_deref(), settings)
-            }
-        }
-    }
 }
 
-/// `https://{location}-aiplatform.googleapis.com`, or the global endpoint.
-pub fn default_vertex_base_url(location: &str) -> Result<Url> {
-    let valid = !location.is_empty()
-        && location
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !valid {
-        return Err(Error::Config(format!(
-            "GOOGLE_CLOUD_LOCATION {location:?} is not a region name like us-central1"
-        )));
+/// The variables a provider's configuration is read from (the environment, or a
+/// lookup that puts secrets first); empty counts as unset.
+pub struct Variables<'a> {
+    kind: ProviderKind,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl<'a> Variables<'a> {
+    /// The variables `lookup` answers, for `kind` (named in errors).
+    pub fn new(kind: ProviderKind, lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Self { kind, lookup }
     }
-    let url = if location == "global" {
-        "https://aiplatform.googleapis.com".to_string()
-    } else {
-        format!("https://{location}-aiplatform.googleapis.com")
-    };
-    parse_base_url("Vertex base URL", &url)
+
+    /// `name`, unless it is unset or empty.
+    pub fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// `name`, or an error that names it and the provider.
+    pub fn required(&self, name: &str) -> Result<String> {
+        self.get(name)
+            .ok_or_else(|| Error::Config(format!("{name} is not set (needed for {})", self.kind)))
+    }
 }
 
 /// Parses an API root; a trailing slash is dropped so paths join the same either way.
-fn parse_base_url(what: &str, raw: &str) -> Result<Url> {
+pub(crate) fn parse_base_url(what: &str, raw: &str) -> Result<Url> {
     let url = Url::parse(raw.trim_end_matches('/'))
         .map_err(|e| Error::Config(format!("{what} {raw:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -295,12 +225,12 @@ mod tests {
 
     #[test]
     fn api_key_never_prints() {
-        let key = ApiKey::new("sk-secret-123").unwrap();
-        assert_eq!(format!("{key}"), "ApiKey(***)");
-        assert_eq!(format!("{key:?}"), "ApiKey(***)");
+        let key = Credential::new("sk-secret-123").unwrap();
+        assert_eq!(format!("{key}"), "Credential(***)");
+        assert_eq!(format!("{key:?}"), "Credential(***)");
         let config = ProviderConfig::with_api_key("https://x.test", key).unwrap();
         assert!(!format!("{config:?}").contains("sk-secret-123"));
-        assert!(ApiKey::new("  ").is_err());
+        assert!(Credential::new("  ").is_err());
     }
 
     #[test]
@@ -325,7 +255,7 @@ mod tests {
         for (kind, var, url) in cases {
             let config = ProviderConfig::from_lookup(kind, lookup(&[(var, "k1")])).unwrap();
             assert_eq!(config.base_url.as_str(), url);
-            assert_eq!(config.api_key.as_ref().map(ApiKey::expose), Some("k1"));
+            assert_eq!(config.api_key.as_ref().map(Credential::expose), Some("k1"));
             let missing = ProviderConfig::from_lookup(kind, lookup(&[(var, "")])).unwrap_err();
             assert!(missing.to_string().contains(var), "{missing}");
         }
@@ -355,55 +285,5 @@ mod tests {
             .unwrap_err();
             assert!(matches!(err, Error::Config(_)), "{bad}: {err}");
         }
-    }
-
-    #[test]
-    fn vertex_defaults_and_overrides() {
-        let base = [("GOOGLE_CLOUD_PROJECT", "p1"), ("GCS_BUCKET", "b1")];
-        let config = ProviderConfig::from_lookup(ProviderKind::Google, lookup(&base)).unwrap();
-        assert_eq!(
-            config.base_url.as_str(),
-            "https://us-central1-aiplatform.googleapis.com/"
-        );
-        let vertex = config.vertex.unwrap();
-        assert_eq!(vertex.location, "us-central1");
-        assert_eq!(
-            vertex.storage_base_url.as_str(),
-            "https://storage.googleapis.com/"
-        );
-        assert_eq!(vertex.credentials, GoogleCredentials::MetadataServer);
-
-        let mut vars = base.to_vec();
-        vars.extend([
-            ("GOOGLE_CLOUD_LOCATION", "global"),
-            ("GOOGLE_APPLICATION_CREDENTIALS", "/tmp/sa.json"),
-            ("GCS_BASE_URL", "http://127.0.0.1:7"),
-        ]);
-        let config = ProviderConfig::from_lookup(ProviderKind::Google, lookup(&vars)).unwrap();
-        assert_eq!(
-            config.base_url.as_str(),
-            "https://aiplatform.googleapis.com/"
-        );
-        let vertex = config.vertex.unwrap();
-        assert_eq!(
-            vertex.credentials,
-            GoogleCredentials::ServiceAccountFile(PathBuf::from("/tmp/sa.json"))
-        );
-        assert_eq!(vertex.storage_base_url.as_str(), "http://127.0.0.1:7/");
-
-        vars.push(("VERTEX_BASE_URL", "http://127.0.0.1:8"));
-        let config = ProviderConfig::from_lookup(ProviderKind::Google, lookup(&vars)).unwrap();
-        assert_eq!(config.base_url.as_str(), "http://127.0.0.1:8/");
-
-        let err =
-            ProviderConfig::from_lookup(ProviderKind::Google, lookup(&base[..1])).unwrap_err();
-        assert!(err.to_string().contains("GCS_BUCKET"), "{err}");
-        let bad_location = [("GOOGLE_CLOUD_LOCATION", "us/../evil")];
-        let err = ProviderConfig::from_lookup(
-            ProviderKind::Google,
-            lookup(&[base[0], base[1], bad_location[0]]),
-        )
-        .unwrap_err();
-        assert!(matches!(err, Error::Config(_)), "{err}");
     }
 }

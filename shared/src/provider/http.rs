@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::LineStream;
-use super::config::{ApiKey, ProviderConfig, RetryPolicy};
+use super::config::{Credential, ProviderConfig, RetryPolicy};
 use super::lines::split_lines;
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
@@ -41,7 +41,7 @@ pub struct HttpClient {
     provider: ProviderKind,
     retry: RetryPolicy,
     max_line_bytes: usize,
-    secrets: Vec<ApiKey>,
+    secrets: Vec<Credential>,
 }
 
 impl HttpClient {
@@ -52,7 +52,7 @@ impl HttpClient {
             .user_agent(concat!("batchline/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
-        let mut secrets: Vec<ApiKey> = config.api_key.iter().cloned().collect();
+        let mut secrets: Vec<Credential> = config.api_key.iter().cloned().collect();
         if let Some(vertex) = &config.vertex
             && let super::config::GoogleCredentials::StaticToken(token) = &vertex.credentials
         {
@@ -68,7 +68,7 @@ impl HttpClient {
     }
 
     /// A copy that also scrubs `secret` (a short-lived token) from its errors.
-    pub fn with_secret(&self, secret: &ApiKey) -> Self {
+    pub fn with_secret(&self, secret: &Credential) -> Self {
         let mut client = self.clone();
         client.secrets.push(secret.clone());
         client
@@ -376,7 +376,8 @@ mod tests {
     const SECRET: &str = "sk-test-SECRET-value";
 
     fn client(base: &str, max_attempts: u32) -> HttpClient {
-        let mut config = ProviderConfig::with_api_key(base, ApiKey::new(SECRET).unwrap()).unwrap();
+        let mut config =
+            ProviderConfig::with_api_key(base, Credential::new(SECRET).unwrap()).unwrap();
         config.retry = RetryPolicy {
             max_attempts,
             base_delay: Duration::from_millis(1),
@@ -485,7 +486,7 @@ mod tests {
             "Incorrect API key provided: {SECRET}, token {TOKEN}"
         ));
         let (base, _) = scripted_server(vec![(401, vec![], echo)]).await;
-        let client = client(&base, 2).with_secret(&ApiKey::new(TOKEN).unwrap());
+        let client = client(&base, 2).with_secret(&Credential::new(TOKEN).unwrap());
         let err = get(&client, &base).await.unwrap_err();
         for text in [err.to_string(), format!("{err:?}"), format!("{client:?}")] {
             assert!(!text.contains(SECRET) && !text.contains(TOKEN), "{text}");

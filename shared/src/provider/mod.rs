@@ -1,19 +1,26 @@
-//! Provider batch APIs behind one trait, one module per provider (as `object_store`
-//! does for storage backends).
+//! Provider batch APIs: one folder per provider, each described once by a
+//! [`ProviderDescriptor`] (as `object_store` does for storage backends). [`descriptor`]
+//! is the only place that maps a [`ProviderKind`] to its provider.
 //!
-//! Each provider module has three parts:
-//! - `encode`: pure request-line encoding (schema translation applied), golden-tested;
-//! - `decode`: pure result-line decoding into [`crate::results::Decoded`], golden-tested;
-//! - the client (`mod.rs`): the HTTP operations over [`http::HttpClient`].
+//! Each provider folder has:
+//! - `encode.rs`: pure request-line encoding (schema translation applied), golden-tested,
+//!   a [`RequestEncoder`] (contract and shared helpers in [`encode`]);
+//! - `decode.rs`: pure result-line decoding into a [`decode::Decoded`], golden-tested;
+//! - `schema.rs`: the translation of the job's JSON Schema into what the API takes;
+//! - `mod.rs`: the descriptor, the configuration it reads and the client, the HTTP
+//!   operations over [`http::HttpClient`].
+//!
+//! The two Google APIs (Vertex AI, model prefix `google/`, and the Gemini API, `gemini/`)
+//! share their request and response bodies, schema subset and wire details in `google/`.
 
 pub mod anthropic;
 pub mod config;
-pub mod gemini;
-mod google;
+pub mod decode;
+pub mod encode;
+pub mod google;
 pub mod http;
 pub mod lines;
 pub mod openai;
-pub mod vertex;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -22,12 +29,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
-use crate::request::Request;
+use crate::request::{GenerationParams, OutputSchema};
 use crate::status::BatchStatus;
-use config::ProviderConfig;
+use config::{ProviderConfig, Variables};
+use decode::{Decoded, Malformed};
+pub use encode::{Framing, PartLimits, RequestEncoder};
 
 /// Tags attached to a provider batch so that it can be found again after a crash
 /// (OpenAI `metadata`, Vertex `labels`, Gemini `displayName`; Anthropic has none).
@@ -35,39 +45,6 @@ pub type BatchTags = BTreeMap<String, String>;
 
 /// One results line (without its newline), or the error that broke the stream.
 pub type LineStream = BoxStream<'static, Result<Bytes>>;
-
-/// How much one provider batch may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartLimits {
-    pub max_requests: usize,
-    pub max_bytes: usize,
-}
-
-/// How request lines are laid out in a provider's batch input: JSONL for most,
-/// one JSON document `{"requests":[…]}` for Anthropic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Framing {
-    pub prefix: &'static [u8],
-    pub separator: &'static [u8],
-    pub suffix: &'static [u8],
-}
-
-impl Framing {
-    pub const JSONL: Framing = Framing {
-        prefix: b"",
-        separator: b"",
-        suffix: b"",
-    };
-}
-
-/// Encodes requests into one provider's batch input. Pure: no I/O, no clock.
-pub trait RequestEncoder: Send + Sync + Debug {
-    fn limits(&self) -> PartLimits;
-    fn framing(&self) -> Framing;
-    /// Appends the encoding of `request` (row `row` of its part) to `out`. JSONL
-    /// encoders end the line with `\n`. On error `out` is left as it was.
-    fn encode(&self, row: usize, request: &Request, out: &mut Vec<u8>) -> Result<()>;
-}
 
 /// The operations of a provider's batch API.
 #[async_trait]
@@ -99,19 +76,86 @@ pub trait BatchProvider: Send + Sync + Debug {
     async fn results(&self, batch_id: &str) -> Result<LineStream>;
 }
 
+/// Everything batchline knows about one provider. Each provider implements it once,
+/// in its own folder; [`descriptor`] is the only `match` on [`ProviderKind`].
+pub trait ProviderDescriptor: Send + Sync + Debug {
+    /// Which provider this is.
+    fn kind(&self) -> ProviderKind;
+
+    /// The provider's name in a sentence ("OpenAI", "Vertex AI", "the Gemini API").
+    fn display_name(&self) -> &'static str;
+
+    /// How much one batch may hold.
+    fn limits(&self) -> PartLimits;
+
+    /// The encoder of requests to `model`, with `schema` translated once for the batch.
+    fn encoder(
+        &self,
+        model: &str,
+        schema: &OutputSchema,
+        params: &GenerationParams,
+    ) -> Result<Box<dyn RequestEncoder>>;
+
+    /// Reads the envelope of one results line (without its newline).
+    fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed>;
+
+    /// What to undo in answers to `schema` before they are validated against it (what
+    /// the schema translation made the model write that `schema` does not accept), or
+    /// `None` when answers to `schema` need nothing.
+    fn answer_fixup(&self, _schema: &Value) -> Option<AnswerFixup> {
+        None
+    }
+
+    /// The variables that may come from a secret store instead of the environment
+    /// (the Lambda functions read `<NAME>_SECRET_ARN` and `<NAME>_PARAMETER`).
+    fn secret_variables(&self) -> &'static [&'static str];
+
+    /// The client configuration from `vars`; fails when a required variable is missing.
+    fn config(&self, vars: &Variables<'_>) -> Result<ProviderConfig>;
+
+    /// The client, configured by `config`. Fails early when the configuration lacks
+    /// what the provider needs.
+    fn connect(&self, config: &ProviderConfig) -> Result<Arc<dyn BatchProvider>>;
+}
+
+/// Rewrites an answer (second argument) so that it validates against the job's own
+/// schema (first argument); see [`ProviderDescriptor::answer_fixup`].
+pub type AnswerFixup = fn(&Value, &mut Value);
+
+/// The descriptor of `kind`.
+pub fn descriptor(kind: ProviderKind) -> &'static dyn ProviderDescriptor {
+    match kind {
+        ProviderKind::OpenAi => &openai::OpenAi,
+        ProviderKind::Anthropic => &anthropic::Anthropic,
+        ProviderKind::Google => &google::vertex::Vertex,
+        ProviderKind::Gemini => &google::gemini::Gemini,
+    }
+}
+
 /// The client for `kind`, configured by `config` (see [`ProviderConfig::from_env`]).
 /// Fails early when the configuration lacks what the provider needs.
 pub fn connect(kind: ProviderKind, config: &ProviderConfig) -> Result<Arc<dyn BatchProvider>> {
-    Ok(match kind {
-        ProviderKind::OpenAi => Arc::new(openai::OpenAiClient::new(config)?),
-        ProviderKind::Anthropic => Arc::new(anthropic::AnthropicClient::new(config)?),
-        ProviderKind::Google => Arc::new(vertex::VertexClient::new(config)?),
-        ProviderKind::Gemini => Arc::new(gemini::GeminiClient::new(config)?),
-    })
+    descriptor(kind).connect(config)
+}
+
+// Defined here rather than in `config.rs`, which knows no provider.
+impl ProviderConfig {
+    /// Reads the variables of `kind` from the process environment.
+    pub fn from_env(kind: ProviderKind) -> Result<Self> {
+        Self::from_lookup(kind, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`Self::from_env`] with `lookup` in place of the process environment.
+    pub fn from_lookup(
+        kind: ProviderKind,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        descriptor(kind).config(&Variables::new(kind, &lookup))
+    }
 }
 
 /// The API key a key-authenticated provider needs.
-fn required_key(kind: ProviderKind, config: &ProviderConfig) -> Result<config::ApiKey> {
+fn required_key(kind: ProviderKind, config: &ProviderConfig) -> Result<config::Credential> {
     config
         .api_key
         .clone()

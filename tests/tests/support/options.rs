@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use batchline::model::ProviderKind;
 use batchline::pipeline::{ProviderSource, Settings};
-use batchline::provider::config::{ApiKey, GoogleCredentials};
+use batchline::provider::config::{Credential, GoogleCredentials};
 use batchline::provider::{BatchProvider, connect};
 use batchline::queue::SqsQueue;
 use batchline::storage::S3Store;
@@ -95,7 +95,7 @@ impl Harness {
             inner: EmulatorProviders::new(h.emulator.base_url()),
             key: options
                 .api_key
-                .map(|key| ApiKey::new(key).expect("a test key")),
+                .map(|key| Credential::new(key).expect("a test key")),
             read_timeout: options.provider_read_timeout,
         });
         h
@@ -128,8 +128,8 @@ impl Harness {
 #[derive(Debug)]
 pub struct TunedProviders {
     pub inner: EmulatorProviders,
-    /// Held as an `ApiKey`, so that a context's `Debug` never shows it.
-    pub key: Option<ApiKey>,
+    /// Held as an `Credential`, so that a context's `Debug` never shows it.
+    pub key: Option<Credential>,
     pub read_timeout: Option<Duration>,
 }
 

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::results::{Answer, Decoded, Malformed, Usage, error_type};
+use crate::provider::decode::{Answer, Decoded, Malformed, RowKey, Usage, error_type};
 
 #[derive(Deserialize)]
 struct Line<'a> {
@@ -106,7 +106,7 @@ pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
         }
     };
     Ok(Decoded {
-        custom_id: parsed.custom_id,
+        key: RowKey::CustomId(parsed.custom_id),
         usage,
         answer,
     })
@@ -167,13 +167,13 @@ fn errored(error: Option<ErrorResponse>) -> Answer<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::expect_failed;
+    use crate::provider::decode::expect_failed;
 
     #[test]
     fn success_borrows_the_tool_input() {
         let line = br#"{"custom_id":"doc-1","result":{"type":"succeeded","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Here you go"},{"type":"tool_use","id":"toolu_1","name":"person","input":{"name":"Ada","age":36}}],"stop_reason":"tool_use","stop_sequence":null,"usage":{"input_tokens":20,"output_tokens":9}}}}"#;
         let decoded = decode(line).unwrap();
-        assert_eq!(decoded.custom_id, "doc-1");
+        assert_eq!(decoded.key.custom_id(), Some("doc-1"));
         assert_eq!(
             decoded.usage,
             Usage {
@@ -235,18 +235,12 @@ mod tests {
     fn unknown_or_broken_results_are_malformed_with_their_id() {
         let unknown = br#"{"custom_id":"d-6","result":{"type":"postponed"}}"#;
         let err = decode(unknown).unwrap_err();
-        assert_eq!(err.custom_id.as_deref(), Some("d-6"));
+        assert_eq!(err.custom_id(), Some("d-6"));
         assert!(err.reason.contains("postponed"));
         let no_message = br#"{"custom_id":"d-7","result":{"type":"succeeded"}}"#;
-        assert_eq!(
-            decode(no_message).unwrap_err().custom_id.as_deref(),
-            Some("d-7")
-        );
+        assert_eq!(decode(no_message).unwrap_err().custom_id(), Some("d-7"));
         let no_result = br#"{"custom_id":"d-8"}"#;
-        assert_eq!(
-            decode(no_result).unwrap_err().custom_id.as_deref(),
-            Some("d-8")
-        );
-        assert_eq!(decode(b"\x00\x01").unwrap_err().custom_id, None);
+        assert_eq!(decode(no_result).unwrap_err().custom_id(), Some("d-8"));
+        assert_eq!(decode(b"\x00\x01").unwrap_err().key, None);
     }
 }

@@ -10,14 +10,14 @@ use std::borrow::Cow;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::build::{
-    append_json, check_params, check_request, is_identifier, serialize_turns, system_texts,
-};
+use super::schema::{AnthropicTool, anthropic_tool};
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
-use crate::provider::{Framing, PartLimits, RequestEncoder};
+use crate::provider::encode::{
+    Framing, PartLimits, RequestEncoder, append_json, check_params, check_request, is_identifier,
+    serialize_turns, system_texts,
+};
 use crate::request::{GenerationParams, Message, OutputSchema, Request};
-use crate::schema::{AnthropicTool, anthropic_tool};
 
 /// Message Batches: 100,000 requests and 256 MB per batch.
 pub const LIMITS: PartLimits = PartLimits {
@@ -114,10 +114,6 @@ fn joined_system<'a>(
 }
 
 impl RequestEncoder for AnthropicEncoder {
-    fn limits(&self) -> PartLimits {
-        LIMITS
-    }
-
     fn framing(&self) -> Framing {
         FRAMING
     }

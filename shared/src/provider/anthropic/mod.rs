@@ -4,6 +4,9 @@
 
 pub mod decode;
 pub mod encode;
+pub mod schema;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,22 +14,85 @@ use reqwest::RequestBuilder;
 use serde::Deserialize;
 use url::Url;
 
-use super::config::{ApiKey, ProviderConfig};
+use super::config::{Credential, ProviderConfig};
 use super::http::{HttpClient, Resend, checked_url, endpoint};
 use super::{BatchProvider, BatchTags, LineStream, id_path, required_key};
 use crate::error::Result;
 use crate::model::ProviderKind;
+use crate::provider::ProviderDescriptor;
+use crate::provider::config::Variables;
+use crate::provider::decode::{Decoded, Malformed};
+use crate::provider::encode::{PartLimits, RequestEncoder};
+use crate::request::{GenerationParams, OutputSchema};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 
 const KIND: ProviderKind = ProviderKind::Anthropic;
 const API_VERSION: &str = "2023-06-01";
 const PAGE_SIZE: &str = "100";
 
+/// Anthropic Message Batches, model prefix `anthropic/`. Its variables:
+///
+/// | Variable | Meaning |
+/// |---|---|
+/// | `ANTHROPIC_API_KEY` | API key (required) |
+/// | `ANTHROPIC_BASE_URL` | API root, default `https://api.anthropic.com` |
+#[derive(Debug)]
+pub struct Anthropic;
+
+impl ProviderDescriptor for Anthropic {
+    fn kind(&self) -> ProviderKind {
+        KIND
+    }
+
+    fn display_name(&self) -> &'static str {
+        "Anthropic"
+    }
+
+    fn limits(&self) -> PartLimits {
+        encode::LIMITS
+    }
+
+    fn encoder(
+        &self,
+        model: &str,
+        schema: &OutputSchema,
+        params: &GenerationParams,
+    ) -> Result<Box<dyn RequestEncoder>> {
+        Ok(Box::new(encode::AnthropicEncoder::new(
+            model, schema, params,
+        )?))
+    }
+
+    fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {
+        decode::decode(line)
+    }
+
+    fn secret_variables(&self) -> &'static [&'static str] {
+        &[API_KEY_VARIABLE]
+    }
+
+    fn config(&self, vars: &Variables<'_>) -> Result<ProviderConfig> {
+        ProviderConfig::keyed(
+            vars,
+            API_KEY_VARIABLE,
+            "ANTHROPIC_BASE_URL",
+            "https://api.anthropic.com",
+        )
+    }
+
+    fn connect(&self, config: &ProviderConfig) -> Result<Arc<dyn BatchProvider>> {
+        Ok(Arc::new(AnthropicClient::new(config)?))
+    }
+}
+
+/// The variable that holds the API key.
+const API_KEY_VARIABLE: &str = "ANTHROPIC_API_KEY";
+
 #[derive(Debug, Clone)]
 pub struct AnthropicClient {
     http: HttpClient,
     base: Url,
-    key: ApiKey,
+    key: Credential,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,7 +341,7 @@ mod tests {
         ended["results_url"] = json!(format!("{foreign}/v1/messages/batches/msgbatch_1/results"));
         let (api, api_hits) = scripted_server(vec![(200, vec![], ended.to_string())]).await;
         let config =
-            ProviderConfig::with_api_key(&api, ApiKey::new("sk-ant-secret").unwrap()).unwrap();
+            ProviderConfig::with_api_key(&api, Credential::new("sk-ant-secret").unwrap()).unwrap();
         let client = AnthropicClient::new(&config).unwrap();
 
         let err = match client.results("msgbatch_1").await {

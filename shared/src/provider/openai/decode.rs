@@ -5,7 +5,9 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::results::{Answer, CodeText, Decoded, Malformed, Usage, error_type, optional_borrowed};
+use crate::provider::decode::{
+    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, optional_borrowed,
+};
 
 #[derive(Deserialize)]
 struct Line<'a> {
@@ -85,7 +87,7 @@ pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
         }
     };
     Ok(Decoded {
-        custom_id: parsed.custom_id,
+        key: RowKey::CustomId(parsed.custom_id),
         usage,
         answer,
     })
@@ -183,13 +185,16 @@ fn completion_answer(choices: Vec<Choice<'_>>) -> Answer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::expect_failed;
+    use crate::provider::decode::expect_failed;
 
     #[test]
     fn success_borrows_custom_id_and_reads_usage() {
         let line = br#"{"id":"batch_req_1","custom_id":"r-1","response":{"status_code":200,"request_id":"req_1","body":{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"{\"name\":\"Ada\"}","refusal":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}},"error":null}"#;
         let decoded = decode(line).unwrap();
-        assert!(matches!(decoded.custom_id, Cow::Borrowed("r-1")));
+        assert!(matches!(
+            decoded.key,
+            RowKey::CustomId(Cow::Borrowed("r-1"))
+        ));
         assert_eq!(
             decoded.usage,
             Usage {
@@ -260,22 +265,16 @@ mod tests {
     fn unreadable_lines_keep_the_id_when_they_can() {
         let wrong_shape =
             br#"{"custom_id":"r-9","response":{"status_code":"two hundred"},"error":null}"#;
-        assert_eq!(
-            decode(wrong_shape).unwrap_err().custom_id.as_deref(),
-            Some("r-9")
-        );
+        assert_eq!(decode(wrong_shape).unwrap_err().custom_id(), Some("r-9"));
         let neither = br#"{"custom_id":"r-10","response":null,"error":null}"#;
-        assert_eq!(
-            decode(neither).unwrap_err().custom_id.as_deref(),
-            Some("r-10")
-        );
+        assert_eq!(decode(neither).unwrap_err().custom_id(), Some("r-10"));
         for garbage in [
             &b""[..],
             b"not json",
             b"\xff\xfe\x00garbage",
             br#"{"custom_id":"r-11","respo"#,
         ] {
-            assert_eq!(decode(garbage).unwrap_err().custom_id, None);
+            assert_eq!(decode(garbage).unwrap_err().key, None);
         }
     }
 }

@@ -10,12 +10,13 @@ use serde::Serialize;
 use serde::ser::SerializeSeq;
 use serde_json::value::RawValue;
 
-use crate::build::{append_json, check_params, check_request};
+use super::schema::openai_response_format;
 use crate::error::Result;
 use crate::model::ProviderKind;
-use crate::provider::{Framing, PartLimits, RequestEncoder};
+use crate::provider::encode::{
+    Framing, PartLimits, RequestEncoder, append_json, check_params, check_request,
+};
 use crate::request::{GenerationParams, Message, OutputSchema, Request, Role};
-use crate::schema::openai_response_format;
 
 /// The endpoint every line and the batch itself name.
 pub const ENDPOINT: &str = "/v1/chat/completions";
@@ -126,10 +127,6 @@ impl Serialize for ChatMessages<'_> {
 }
 
 impl RequestEncoder for OpenAiEncoder {
-    fn limits(&self) -> PartLimits {
-        LIMITS
-    }
-
     fn framing(&self) -> Framing {
         Framing::JSONL
     }

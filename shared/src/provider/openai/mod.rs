@@ -3,8 +3,10 @@
 
 pub mod decode;
 pub mod encode;
+pub mod schema;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,23 +16,91 @@ use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
-use super::config::{ApiKey, ProviderConfig};
+use super::config::{Credential, ProviderConfig};
 use super::http::{HttpClient, Resend, endpoint};
 use super::{BatchProvider, BatchTags, LineStream, id_path, required_key};
 use crate::error::Result;
 use crate::model::ProviderKind;
+use crate::provider::config::Variables;
+use crate::provider::decode::{Decoded, Malformed};
+use crate::provider::encode::{PartLimits, RequestEncoder};
+use crate::provider::{AnswerFixup, ProviderDescriptor};
+use crate::request::{GenerationParams, OutputSchema};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
+use serde_json::Value;
 
 const KIND: ProviderKind = ProviderKind::OpenAi;
 /// The only endpoint batchline's request lines target.
 const ENDPOINT: &str = "/v1/chat/completions";
 const PAGE_SIZE: &str = "100";
 
+/// The OpenAI Batch API, model prefix `openai/`. Its variables:
+///
+/// | Variable | Meaning |
+/// |---|---|
+/// | `OPENAI_API_KEY` | API key (required) |
+/// | `OPENAI_BASE_URL` | API root, default `https://api.openai.com` |
+#[derive(Debug)]
+pub struct OpenAi;
+
+impl ProviderDescriptor for OpenAi {
+    fn kind(&self) -> ProviderKind {
+        KIND
+    }
+
+    fn display_name(&self) -> &'static str {
+        "OpenAI"
+    }
+
+    fn limits(&self) -> PartLimits {
+        encode::LIMITS
+    }
+
+    fn encoder(
+        &self,
+        model: &str,
+        schema: &OutputSchema,
+        params: &GenerationParams,
+    ) -> Result<Box<dyn RequestEncoder>> {
+        Ok(Box::new(encode::OpenAiEncoder::new(model, schema, params)?))
+    }
+
+    fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {
+        decode::decode(line)
+    }
+
+    /// Strict mode made optional properties nullable: the nulls the model writes for
+    /// them are dropped.
+    fn answer_fixup(&self, schema: &Value) -> Option<AnswerFixup> {
+        schema::introduces_nulls(schema).then_some(schema::remove_introduced_nulls as AnswerFixup)
+    }
+
+    fn secret_variables(&self) -> &'static [&'static str] {
+        &[API_KEY_VARIABLE]
+    }
+
+    fn config(&self, vars: &Variables<'_>) -> Result<ProviderConfig> {
+        ProviderConfig::keyed(
+            vars,
+            API_KEY_VARIABLE,
+            "OPENAI_BASE_URL",
+            "https://api.openai.com",
+        )
+    }
+
+    fn connect(&self, config: &ProviderConfig) -> Result<Arc<dyn BatchProvider>> {
+        Ok(Arc::new(OpenAiClient::new(config)?))
+    }
+}
+
+/// The variable that holds the API key.
+const API_KEY_VARIABLE: &str = "OPENAI_API_KEY";
+
 #[derive(Debug, Clone)]
 pub struct OpenAiClient {
     http: HttpClient,
     base: Url,
-    key: ApiKey,
+    key: Credential,
 }
 
 #[derive(Debug, Deserialize)]

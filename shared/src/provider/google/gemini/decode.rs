@@ -5,8 +5,10 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::provider::vertex::decode::{GenerateContentResponse, response_answer};
-use crate::results::{Answer, CodeText, Decoded, Malformed, Usage, error_type, optional_borrowed};
+use crate::provider::decode::{
+    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, optional_borrowed,
+};
+use crate::provider::google::response::{GenerateContentResponse, response_answer};
 
 #[derive(Deserialize)]
 struct Line<'a> {
@@ -56,7 +58,7 @@ pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
         }
     };
     Ok(Decoded {
-        custom_id,
+        key: RowKey::CustomId(custom_id),
         usage,
         answer,
     })
@@ -76,13 +78,16 @@ fn status_answer(error: RpcStatus) -> Answer<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::expect_failed;
+    use crate::provider::decode::expect_failed;
 
     #[test]
     fn success_is_keyed_and_decoded_like_vertex() {
         let line = br#"{"key":"req-7","response":{"candidates":[{"content":{"parts":[{"text":"{\"ok\":true}"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":3,"totalTokenCount":11},"modelVersion":"gemini-2.5-flash"}}"#;
         let decoded = decode(line).unwrap();
-        assert!(matches!(decoded.custom_id, Cow::Borrowed("req-7")));
+        assert!(matches!(
+            decoded.key,
+            RowKey::CustomId(Cow::Borrowed("req-7"))
+        ));
         assert_eq!(
             decoded.usage,
             Usage {
@@ -100,7 +105,7 @@ mod tests {
     fn error_type_is_the_status_else_the_code() {
         let line = br#"{"key":"req-8","error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}"#;
         let decoded = decode(line).unwrap();
-        assert_eq!(decoded.custom_id, "req-8");
+        assert_eq!(decoded.key.custom_id(), Some("req-8"));
         assert_eq!(
             expect_failed(&decoded),
             (
@@ -124,18 +129,12 @@ mod tests {
     #[test]
     fn inline_metadata_key_and_missing_key() {
         let inline = br#"{"metadata":{"key":"inline-1"},"response":{"candidates":[{"content":{"parts":[{"text":"{}"}]}}]}}"#;
-        assert_eq!(decode(inline).unwrap().custom_id, "inline-1");
+        assert_eq!(decode(inline).unwrap().key.custom_id(), Some("inline-1"));
         let keyless = br#"{"response":{"candidates":[]}}"#;
-        assert_eq!(decode(keyless).unwrap_err().custom_id, None);
+        assert_eq!(decode(keyless).unwrap_err().key, None);
         let neither = br#"{"key":"k-2"}"#;
-        assert_eq!(
-            decode(neither).unwrap_err().custom_id.as_deref(),
-            Some("k-2")
-        );
+        assert_eq!(decode(neither).unwrap_err().custom_id(), Some("k-2"));
         let wrong_shape = br#"{"key":"k-3","error":"boom"}"#;
-        assert_eq!(
-            decode(wrong_shape).unwrap_err().custom_id.as_deref(),
-            Some("k-3")
-        );
+        assert_eq!(decode(wrong_shape).unwrap_err().custom_id(), Some("k-3"));
     }
 }

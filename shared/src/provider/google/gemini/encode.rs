@@ -1,14 +1,13 @@
 //! Gemini API batch-mode request-line encoding: JSONL lines
 //! `{"key":"<custom_id>","request":{GenerateContentRequest}}`, the request body being
-//! the one Vertex AI gets (see [`crate::provider::vertex::encode`]) without labels.
+//! the one Vertex AI gets (see [`crate::provider::google::request`]) without labels.
 
 use serde::Serialize;
 
-use crate::build::append_json;
 use crate::error::Result;
 use crate::model::ProviderKind;
-use crate::provider::vertex::encode::{GenerateContentRequest, GoogleRequestTemplate};
-use crate::provider::{Framing, PartLimits, RequestEncoder};
+use crate::provider::encode::{Framing, PartLimits, RequestEncoder, append_json};
+use crate::provider::google::request::{GenerateContentRequest, GoogleRequestTemplate};
 use crate::request::{GenerationParams, OutputSchema, Request};
 
 /// Gemini API batch mode takes input files up to 2 GB (Files API limit); it
@@ -18,12 +17,14 @@ pub const LIMITS: PartLimits = PartLimits {
     max_bytes: 2 * 1000 * 1000 * 1000,
 };
 
+/// Encodes requests for the Gemini API, with the schema translated once.
 #[derive(Debug)]
 pub struct GeminiEncoder {
     template: GoogleRequestTemplate,
 }
 
 impl GeminiEncoder {
+    /// Checks `params` and translates `schema` for the whole batch.
     pub fn new(schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
         Ok(Self {
             template: GoogleRequestTemplate::new(schema, params, ProviderKind::Gemini)?,
@@ -38,10 +39,6 @@ struct Line<'a> {
 }
 
 impl RequestEncoder for GeminiEncoder {
-    fn limits(&self) -> PartLimits {
-        LIMITS
-    }
-
     fn framing(&self) -> Framing {
         Framing::JSONL
     }
@@ -59,7 +56,7 @@ impl RequestEncoder for GeminiEncoder {
 mod tests {
     use super::*;
     use crate::error::Error;
-    use crate::provider::vertex::encode::tests::{conversation, expected_request, params, schema};
+    use crate::provider::google::request::tests::{conversation, expected_request, params, schema};
     use crate::request::{Message, Role};
     use serde_json::{Value, json};
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Deserializer};
 use url::form_urlencoded;
 
-use super::BatchTags;
+use crate::provider::BatchTags;
 
 /// Display names carrying tags start with this, then the tags URL-form-encoded.
 const TAGGED_PREFIX: &str = "batchline?";

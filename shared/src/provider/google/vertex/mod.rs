@@ -2,6 +2,7 @@
 //! from there and writes `predictions*.jsonl` files next to it. OAuth bearer tokens come
 //! from a service-account file, the metadata server, or a fixed token.
 
+pub mod config;
 pub mod decode;
 pub mod encode;
 
@@ -17,12 +18,17 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 use url::Url;
 
-use super::config::{ApiKey, GoogleCredentials, ProviderConfig};
-use super::google::{RpcStatus, int64, tagged_display_name};
-use super::http::{HttpClient, Resend, endpoint};
-use super::{BatchProvider, BatchTags, LineStream, id_path};
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
+use crate::provider::ProviderDescriptor;
+use crate::provider::config::Variables;
+use crate::provider::config::{Credential, GoogleCredentials, ProviderConfig};
+use crate::provider::decode::{Decoded, Malformed};
+use crate::provider::encode::{PartLimits, RequestEncoder};
+use crate::provider::google::wire::{RpcStatus, int64, tagged_display_name};
+use crate::provider::http::{HttpClient, Resend, endpoint};
+use crate::provider::{BatchProvider, BatchTags, LineStream, id_path};
+use crate::request::{GenerationParams, OutputSchema};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 
 const KIND: ProviderKind = ProviderKind::Google;
@@ -36,6 +42,61 @@ const OBJECT_NAME: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// Vertex AI batch prediction, model prefix `google/` (Gemini models on Google Cloud,
+/// billed to a project). Its variables:
+///
+/// | Variable | Meaning |
+/// |---|---|
+/// | `GOOGLE_CLOUD_PROJECT` | project id (required) |
+/// | `GOOGLE_CLOUD_LOCATION` | region, default `us-central1` |
+/// | `GCS_BUCKET` | Cloud Storage bucket for batch input and output (required) |
+/// | `VERTEX_BASE_URL` | API root, default `https://{location}-aiplatform.googleapis.com` (`https://aiplatform.googleapis.com` for `global`) |
+/// | `GCS_BASE_URL` | Cloud Storage root, default `https://storage.googleapis.com` |
+/// | `GOOGLE_CREDENTIALS` | a service account's JSON (from a secret store); wins over the two below |
+/// | `GOOGLE_ACCESS_TOKEN` | a ready OAuth2 access token (local runs); wins over the one below |
+/// | `GOOGLE_APPLICATION_CREDENTIALS` | service-account JSON file; unset means the metadata server |
+#[derive(Debug)]
+pub struct Vertex;
+
+impl ProviderDescriptor for Vertex {
+    fn kind(&self) -> ProviderKind {
+        KIND
+    }
+
+    fn display_name(&self) -> &'static str {
+        "Vertex AI"
+    }
+
+    fn limits(&self) -> PartLimits {
+        encode::LIMITS
+    }
+
+    fn encoder(
+        &self,
+        _model: &str,
+        schema: &OutputSchema,
+        params: &GenerationParams,
+    ) -> Result<Box<dyn RequestEncoder>> {
+        Ok(Box::new(encode::VertexEncoder::new(schema, params)?))
+    }
+
+    fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {
+        decode::decode(line)
+    }
+
+    fn secret_variables(&self) -> &'static [&'static str] {
+        &[config::CREDENTIALS_JSON]
+    }
+
+    fn config(&self, vars: &Variables<'_>) -> Result<ProviderConfig> {
+        config::from_variables(vars)
+    }
+
+    fn connect(&self, config: &ProviderConfig) -> Result<Arc<dyn BatchProvider>> {
+        Ok(Arc::new(VertexClient::new(config)?))
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct VertexClient {
@@ -51,7 +112,7 @@ pub struct VertexClient {
 /// Where bearer tokens come from. The metadata server is only asked on first use, so
 /// building a client never blocks.
 enum TokenSource {
-    Fixed(ApiKey),
+    Fixed(Credential),
     ServiceAccount(Box<gcp_auth::CustomServiceAccount>),
     MetadataServer(Box<OnceCell<gcp_auth::MetadataServiceAccount>>),
 }
@@ -67,7 +128,7 @@ impl fmt::Debug for TokenSource {
 }
 
 impl TokenSource {
-    async fn bearer(&self) -> Result<ApiKey> {
+    async fn bearer(&self) -> Result<Credential> {
         use gcp_auth::TokenProvider;
         let token = match self {
             Self::Fixed(token) => return Ok(token.clone()),
@@ -81,7 +142,7 @@ impl TokenSource {
             }
         }
         .map_err(token_error)?;
-        ApiKey::new(token.as_str())
+        Credential::new(token.as_str())
     }
 }
 
@@ -192,7 +253,7 @@ impl VertexClient {
     }
 
     /// A fresh bearer token, and the HTTP client that scrubs it from its errors.
-    async fn session(&self) -> Result<(HttpClient, ApiKey)> {
+    async fn session(&self) -> Result<(HttpClient, Credential)> {
         let token = self.tokens.bearer().await?;
         Ok((self.http.with_secret(&token), token))
     }
@@ -240,7 +301,7 @@ impl VertexClient {
                     .bearer_auth(token.expose())
                     .query(&[("uploadType", "media"), ("name", object)])
                     .header("content-type", "application/jsonl")
-                    .body(super::http::body(&input))
+                    .body(crate::provider::http::body(&input))
             })
             .await?;
         Ok(())
@@ -340,7 +401,7 @@ impl BatchProvider for VertexClient {
                 http.post(&url)
                     .bearer_auth(token.expose())
                     .header("content-type", "application/json")
-                    .body(super::http::body(&body))
+                    .body(crate::provider::http::body(&body))
             })
             .await?;
         to_status(job)

@@ -5,6 +5,8 @@
 pub mod decode;
 pub mod encode;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -13,23 +15,86 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::config::{ApiKey, ProviderConfig};
-use super::google::{RpcStatus, int64, tagged_display_name, tags_from_display_name};
-use super::http::{HttpClient, Resend, checked_url, endpoint};
-use super::{BatchProvider, BatchTags, LineStream, id_path, required_key};
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
+use crate::provider::ProviderDescriptor;
+use crate::provider::config::Variables;
+use crate::provider::config::{Credential, ProviderConfig};
+use crate::provider::decode::{Decoded, Malformed};
+use crate::provider::encode::{PartLimits, RequestEncoder};
+use crate::provider::google::wire::{
+    RpcStatus, int64, tagged_display_name, tags_from_display_name,
+};
+use crate::provider::http::{HttpClient, Resend, checked_url, endpoint};
+use crate::provider::{BatchProvider, BatchTags, LineStream, id_path, required_key};
+use crate::request::{GenerationParams, OutputSchema};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 
 const KIND: ProviderKind = ProviderKind::Gemini;
 const PAGE_SIZE: &str = "100";
 const UPLOAD_URL_HEADER: &str = "x-goog-upload-url";
 
+/// The Gemini Developer API batch mode, model prefix `gemini/`. Its variables:
+///
+/// | Variable | Meaning |
+/// |---|---|
+/// | `GEMINI_API_KEY` | API key (required) |
+/// | `GEMINI_BASE_URL` | API root, default `https://generativelanguage.googleapis.com` |
+#[derive(Debug)]
+pub struct Gemini;
+
+impl ProviderDescriptor for Gemini {
+    fn kind(&self) -> ProviderKind {
+        KIND
+    }
+
+    fn display_name(&self) -> &'static str {
+        "the Gemini API"
+    }
+
+    fn limits(&self) -> PartLimits {
+        encode::LIMITS
+    }
+
+    fn encoder(
+        &self,
+        _model: &str,
+        schema: &OutputSchema,
+        params: &GenerationParams,
+    ) -> Result<Box<dyn RequestEncoder>> {
+        Ok(Box::new(encode::GeminiEncoder::new(schema, params)?))
+    }
+
+    fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {
+        decode::decode(line)
+    }
+
+    fn secret_variables(&self) -> &'static [&'static str] {
+        &[API_KEY_VARIABLE]
+    }
+
+    fn config(&self, vars: &Variables<'_>) -> Result<ProviderConfig> {
+        ProviderConfig::keyed(
+            vars,
+            API_KEY_VARIABLE,
+            "GEMINI_BASE_URL",
+            "https://generativelanguage.googleapis.com",
+        )
+    }
+
+    fn connect(&self, config: &ProviderConfig) -> Result<Arc<dyn BatchProvider>> {
+        Ok(Arc::new(GeminiClient::new(config)?))
+    }
+}
+
+/// The variable that holds the API key.
+const API_KEY_VARIABLE: &str = "GEMINI_API_KEY";
+
 #[derive(Debug, Clone)]
 pub struct GeminiClient {
     http: HttpClient,
     base: Url,
-    key: ApiKey,
+    key: Credential,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,7 +210,7 @@ impl GeminiClient {
                     .header("x-goog-upload-header-content-length", &length)
                     .header("x-goog-upload-header-content-type", "application/jsonl")
                     .header("content-type", "application/json")
-                    .body(super::http::body(&start_body))
+                    .body(crate::provider::http::body(&start_body))
             })
             .await?;
         let raw_upload_url = started
@@ -166,7 +231,7 @@ impl GeminiClient {
                     .header("x-goog-upload-command", "upload, finalize")
                     .header("x-goog-upload-offset", "0")
                     .header("content-length", &length)
-                    .body(super::http::body(&input))
+                    .body(crate::provider::http::body(&input))
             })
             .await?;
         Ok(uploaded.file)
@@ -195,7 +260,7 @@ impl BatchProvider for GeminiClient {
             .json(Resend::OnlyIfUnsent, |http| {
                 self.authed(http.post(&url))
                     .header("content-type", "application/json")
-                    .body(super::http::body(&body))
+                    .body(crate::provider::http::body(&body))
             })
             .await?;
         to_status(operation)

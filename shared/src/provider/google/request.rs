@@ -1,33 +1,16 @@
-//! Vertex AI request-line encoding: JSONL lines `{"request":{GenerateContentRequest}}`.
-//!
-//! Vertex lines carry no id of their own, so each request is labelled with its row
-//! within the part (`labels.batchline_row`); the results map that row back to the
-//! custom id through the part's id list. The `GenerateContentRequest` body is shared
-//! with the Gemini API encoder: assistant turns become `model`, and system text (the
-//! batch's system prompt, then the conversation's system messages) goes to
-//! `systemInstruction`, one part per text.
+//! The `GenerateContentRequest` body both Google APIs take in their batch input:
+//! assistant turns become `model`, and system text (the batch's system prompt, then
+//! the conversation's system messages) goes to `systemInstruction`, one part per text.
 
 use serde::Serialize;
 use serde::ser::SerializeMap;
 use serde_json::value::{RawValue, to_raw_value};
 
-use crate::build::{append_json, check_params, check_request, serialize_turns, system_texts};
+use super::schema::google_response_json_schema;
 use crate::error::Result;
 use crate::model::ProviderKind;
-use crate::provider::{Framing, PartLimits, RequestEncoder};
+use crate::provider::encode::{check_params, check_request, serialize_turns, system_texts};
 use crate::request::{GenerationParams, Message, OutputSchema, Request};
-use crate::schema::google_response_json_schema;
-
-/// The request label that carries a line's row within its part.
-pub const ROW_LABEL: &str = "batchline_row";
-
-/// Vertex AI batch inference for Gemini: up to 200,000 requests per job and 1 GB per
-/// Cloud Storage input file (Vertex AI "Batch inference with Gemini" quotas page;
-/// the file-size figure could not be confirmed and is kept conservative).
-pub const LIMITS: PartLimits = PartLimits {
-    max_requests: 200_000,
-    max_bytes: 1000 * 1000 * 1000,
-};
 
 /// Both Google APIs accept temperatures from 0 to 2.
 const MAX_TEMPERATURE: f64 = 2.0;
@@ -71,13 +54,13 @@ impl GoogleRequestTemplate {
         })
     }
 
-    /// The request body for `request`, after the checks every provider makes;
-    /// `row` adds the Vertex row label.
-    pub(crate) fn request<'a>(
+    /// The request body for `request`, after the checks every provider makes, with
+    /// `labels` (Vertex AI's) if any.
+    pub(crate) fn request<'a, L: Serialize>(
         &'a self,
         request: &'a Request,
-        row: Option<usize>,
-    ) -> Result<GenerateContentRequest<'a>> {
+        labels: Option<L>,
+    ) -> Result<GenerateContentRequest<'a, L>> {
         check_request(request)?;
         let system_prompt = self.system_prompt.as_deref();
         let has_system = system_texts(system_prompt, &request.messages)
@@ -90,20 +73,20 @@ impl GoogleRequestTemplate {
                 messages: &request.messages,
             }),
             generation_config: &self.generation_config,
-            labels: row.map(RowLabels),
+            labels,
         })
     }
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct GenerateContentRequest<'a> {
+pub(crate) struct GenerateContentRequest<'a, L = ()> {
     contents: Contents<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     system_instruction: Option<SystemInstruction<'a>>,
     generation_config: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
-    labels: Option<RowLabels>,
+    labels: Option<L>,
 }
 
 /// `[{"role","parts":[{"text"}]}]` for the user and assistant turns.
@@ -152,64 +135,12 @@ impl Serialize for SystemInstruction<'_> {
     }
 }
 
-/// `{"batchline_row":"<row>"}` (label values are strings).
-struct RowLabels(usize);
-
-impl Serialize for RowLabels {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        struct AsString(usize);
-        impl Serialize for AsString {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_str(&self.0)
-            }
-        }
-        let mut map = serializer.serialize_map(Some(1))?;
-        map.serialize_entry(ROW_LABEL, &AsString(self.0))?;
-        map.end()
-    }
-}
-
-#[derive(Debug)]
-pub struct VertexEncoder {
-    template: GoogleRequestTemplate,
-}
-
-impl VertexEncoder {
-    pub fn new(schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
-        Ok(Self {
-            template: GoogleRequestTemplate::new(schema, params, ProviderKind::Google)?,
-        })
-    }
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    request: GenerateContentRequest<'a>,
-}
-
-impl RequestEncoder for VertexEncoder {
-    fn limits(&self) -> PartLimits {
-        LIMITS
-    }
-
-    fn framing(&self) -> Framing {
-        Framing::JSONL
-    }
-
-    fn encode(&self, row: usize, request: &Request, out: &mut Vec<u8>) -> Result<()> {
-        let line = Line {
-            request: self.template.request(request, Some(row))?,
-        };
-        append_json(&line, true, out)
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::*;
-    use crate::error::Error;
-    use crate::request::Role;
     use serde_json::{Value, json};
+
+    use super::*;
+    use crate::request::Role;
 
     pub(crate) fn schema() -> OutputSchema {
         OutputSchema {
@@ -264,65 +195,5 @@ pub(crate) mod tests {
                 }
             }
         })
-    }
-
-    fn encode(encoder: &VertexEncoder, row: usize, request: &Request) -> Value {
-        let mut out = Vec::new();
-        encoder.encode(row, request, &mut out).unwrap();
-        assert_eq!(out.last(), Some(&b'\n'));
-        serde_json::from_slice(&out).unwrap()
-    }
-
-    #[test]
-    fn line_maps_roles_moves_system_text_and_labels_the_row() {
-        let encoder = VertexEncoder::new(&schema(), &params()).unwrap();
-        let mut expected = expected_request();
-        expected["labels"] = json!({"batchline_row": "17"});
-        assert_eq!(
-            encode(&encoder, 17, &conversation()),
-            json!({"request": expected})
-        );
-    }
-
-    #[test]
-    fn no_system_text_means_no_system_instruction() {
-        let params = GenerationParams {
-            system_prompt: None,
-            temperature: None,
-            ..params()
-        };
-        let encoder = VertexEncoder::new(&schema(), &params).unwrap();
-        let request = Request {
-            custom_id: "a".to_string(),
-            messages: vec![Message::new(Role::User, "hi")],
-        };
-        let line = encode(&encoder, 0, &request);
-        assert_eq!(
-            line,
-            json!({"request": {
-                "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
-                "generationConfig": {
-                    "maxOutputTokens": 256,
-                    "responseMimeType": "application/json",
-                    "responseJsonSchema": expected_request()["generationConfig"]["responseJsonSchema"]
-                },
-                "labels": {"batchline_row": "0"}
-            }})
-        );
-    }
-
-    #[test]
-    fn conversations_without_a_user_turn_are_refused() {
-        let encoder = VertexEncoder::new(&schema(), &params()).unwrap();
-        let mut out = Vec::new();
-        for messages in [vec![], vec![Message::new(Role::Assistant, "a")]] {
-            let request = Request {
-                custom_id: "x".to_string(),
-                messages,
-            };
-            let err = encoder.encode(0, &request, &mut out).unwrap_err();
-            assert!(matches!(err, Error::InvalidRequest { .. }), "{err}");
-            assert!(out.is_empty());
-        }
     }
 }

@@ -1,0 +1,237 @@
+//! What a provider's result decoder hands over: one results line's envelope read
+//! (borrowing from the line, without building a JSON tree) into a [`Decoded`], or why it
+//! could not be read ([`Malformed`]). The result parser ([`crate::results`]) consumes
+//! these; it sits above the providers and knows none of them.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Error types batchline assigns itself; provider codes (`context_length_exceeded`,
+/// `rate_limit_error`, `RESOURCE_EXHAUSTED`, …) pass through unchanged.
+pub mod error_type {
+    /// The results line itself could not be read.
+    pub const MALFORMED_LINE: &str = "malformed_line";
+    /// The answer is not JSON, or was cut off by the token limit.
+    pub const INVALID_JSON: &str = "invalid_json";
+    /// The answer is JSON but does not match the schema.
+    pub const SCHEMA_MISMATCH: &str = "schema_mismatch";
+    /// The model answered without the structured part (no content, no tool call).
+    pub const NO_STRUCTURED_OUTPUT: &str = "no_structured_output";
+    /// The model or the provider's safety system declined to answer.
+    pub const REFUSAL: &str = "refusal";
+    /// The batch expired before the request ran.
+    pub const EXPIRED: &str = "expired";
+    /// The batch was cancelled before the request ran.
+    pub const CANCELLED: &str = "cancelled";
+    /// The provider throttled the request (Vertex status without a code of its own).
+    pub const RATE_LIMIT: &str = "rate_limit";
+    /// The provider failed the request without a more specific code.
+    pub const PROVIDER_ERROR: &str = "provider_error";
+    /// The results stream broke before its end.
+    pub const READ_ERROR: &str = "read_error";
+}
+
+/// Token usage of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Answer tokens (thinking included where the provider bills it as output).
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    /// No token counted either way.
+    pub fn is_zero(&self) -> bool {
+        self.input_tokens == 0 && self.output_tokens == 0
+    }
+}
+
+/// What one provider results line says, before its answer is parsed and validated.
+#[derive(Debug, Clone)]
+pub struct Decoded<'a> {
+    /// Which request of the part the line answers.
+    pub key: RowKey<'a>,
+    /// Tokens billed for the request.
+    pub usage: Usage,
+    /// The answer, or why there is none.
+    pub answer: Answer<'a>,
+}
+
+/// How a results line names its request. The result parser resolves a [`RowKey::Row`]
+/// through the part's manifest (its custom_ids in input order), which it always holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowKey<'a> {
+    /// The request's custom_id, echoed by the provider.
+    CustomId(Cow<'a, str>),
+    /// The request's 0-based row within its part (Vertex AI echoes only the row label
+    /// the encoder wrote).
+    Row(usize),
+}
+
+impl RowKey<'_> {
+    /// The custom_id when the line named it; `None` for a row number.
+    pub fn custom_id(&self) -> Option<&str> {
+        match self {
+            RowKey::CustomId(id) => Some(id),
+            RowKey::Row(_) => None,
+        }
+    }
+}
+
+/// The answer part of a results line.
+#[derive(Debug, Clone)]
+pub enum Answer<'a> {
+    /// JSON text the model wrote (OpenAI message content, Google parts' text).
+    Text(Cow<'a, str>),
+    /// A JSON value embedded in the line (Anthropic `tool_use` input).
+    Embedded(&'a RawValue),
+    /// The request produced no answer to parse.
+    Failed {
+        /// The provider's error code or one of [`error_type`].
+        error_type: Cow<'a, str>,
+        /// What went wrong, in the provider's words where it gave some.
+        message: String,
+    },
+}
+
+impl<'a> Answer<'a> {
+    /// A request without an answer, of `error_type`.
+    pub fn failed(error_type: impl Into<Cow<'a, str>>, message: impl Into<String>) -> Self {
+        Answer::Failed {
+            error_type: error_type.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The model hit its output token limit, so whatever JSON it wrote is incomplete.
+    pub fn truncated(signal: &str) -> Self {
+        Self::failed(
+            error_type::INVALID_JSON,
+            format!("the answer was cut off by the token limit ({signal}); raise max_tokens"),
+        )
+    }
+}
+
+/// The error type and message of a decoded failure; panics on an answer (tests only).
+#[cfg(test)]
+pub(crate) fn expect_failed(decoded: &Decoded<'_>) -> (String, String) {
+    match &decoded.answer {
+        Answer::Failed {
+            error_type,
+            message,
+        } => (error_type.to_string(), message.clone()),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+/// A results line whose envelope could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed {
+    /// The request, when the part of the line naming it could still be read.
+    pub key: Option<RowKey<'static>>,
+    /// Why the line could not be read.
+    pub reason: String,
+}
+
+impl Malformed {
+    /// A line of a provider that echoes custom_ids; `custom_id` if it could be read.
+    pub fn new(custom_id: Option<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: custom_id.map(|id| RowKey::CustomId(Cow::Owned(id))),
+            reason: reason.into(),
+        }
+    }
+
+    /// A line of a provider that echoes row numbers; `row` if it could be read.
+    pub fn at_row(row: Option<usize>, reason: impl Into<String>) -> Self {
+        Self {
+            key: row.map(RowKey::Row),
+            reason: reason.into(),
+        }
+    }
+
+    /// The custom_id the line named, if it named one.
+    pub fn custom_id(&self) -> Option<&str> {
+        self.key.as_ref().and_then(RowKey::custom_id)
+    }
+
+    /// A line serde rejected; `id_field` names the top-level field that may still
+    /// give the request's id when the line is JSON of an unexpected shape.
+    pub(crate) fn unreadable(err: &serde_json::Error, line: &[u8], id_field: &str) -> Self {
+        Self::new(
+            top_level_string(line, id_field),
+            format!("not a readable results line: {err}"),
+        )
+    }
+}
+
+/// A top-level string field of a JSON object line, read without looking at the rest.
+fn top_level_string(line: &[u8], field: &str) -> Option<String> {
+    let fields: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_slice(line).ok()?;
+    let raw = fields.get(field)?;
+    serde_json::from_str::<String>(raw.get()).ok()
+}
+
+/// An error code that some APIs send as a number and others as a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CodeText(pub String);
+
+impl<'de> Deserialize<'de> for CodeText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CodeVisitor;
+        impl Visitor<'_> for CodeVisitor {
+            type Value = CodeText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an error code (string or integer)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CodeText, E> {
+                Ok(CodeText(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<CodeText, E> {
+                Ok(CodeText(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<CodeText, E> {
+                Ok(CodeText(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(CodeVisitor)
+    }
+}
+
+/// An optional string borrowed from the line when it has no escapes (serde's own
+/// `Option<Cow<str>>` always copies).
+pub(crate) fn optional_borrowed<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(deserializer)?.map(|b| b.0))
+}
+
+/// A token count as a JSON number or, as Google encodes int64, a digit string.
+pub(crate) fn lenient_count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    struct CountVisitor;
+    impl Visitor<'_> for CountVisitor {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a token count")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("negative token count {v}")))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            v.parse()
+                .map_err(|_| E::custom(format!("token count {v:?} is not a number")))
+        }
+    }
+    deserializer.deserialize_any(CountVisitor)
+}

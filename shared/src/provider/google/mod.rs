@@ -1,0 +1,13 @@
+//! Google's two batch APIs: Vertex AI ([`vertex`], model prefix `google/`, billed to a
+//! Google Cloud project) and the Gemini Developer API ([`gemini`], model prefix
+//! `gemini/`, an API key). What they share lives here: the `GenerateContentRequest` body
+//! of their input lines, the `GenerateContentResponse` of their results, the JSON Schema
+//! subset they take ([`schema`]) and wire details (int64 strings, rpc statuses, tags in
+//! display names).
+
+pub mod gemini;
+mod request;
+mod response;
+pub mod schema;
+pub mod vertex;
+mod wire;
