@@ -355,7 +355,7 @@ mod tests {
             match provider {
                 ProviderKind::OpenAi | ProviderKind::Anthropic => item["custom_id"].as_str(),
                 ProviderKind::Gemini => item["key"].as_str(),
-                ProviderKind::Google => None,
+                ProviderKind::Vertex => None,
             }
             .expect("id field")
             .to_string()
@@ -375,7 +375,7 @@ mod tests {
             .enumerate()
             .map(|(row, line)| {
                 let item: Value = serde_json::from_str(line).expect("each line is JSON");
-                if provider == ProviderKind::Google {
+                if provider == ProviderKind::Vertex {
                     let label = &item["request"]["labels"]["batchline_row"];
                     assert_eq!(label, &json!(row.to_string()), "row label matches the row");
                     part.custom_ids[row].clone()
@@ -497,7 +497,7 @@ mod tests {
         push_all(&mut builder, &requests);
         let part = builder.finish().expect("one part");
         assert_eq!(part.custom_ids, ["request-0", "empty"]);
-        assert_eq!(ids_in_body(ProviderKind::Google, &part), part.custom_ids);
+        assert_eq!(ids_in_body(ProviderKind::Vertex, &part), part.custom_ids);
     }
 
     const LARGE: usize = 1 << 30;
@@ -522,7 +522,7 @@ mod tests {
         for (provider_model, provider) in [
             ("openai/gpt-4o-mini", ProviderKind::OpenAi),
             ("anthropic/claude-sonnet-4-5", ProviderKind::Anthropic),
-            ("google/gemini-2.5-flash", ProviderKind::Google),
+            ("google/gemini-2.5-flash", ProviderKind::Vertex),
             ("gemini/gemini-2.5-flash", ProviderKind::Gemini),
         ] {
             let limits = PartLimits {
@@ -547,7 +547,7 @@ mod tests {
         for (provider_model, provider) in [
             ("openai/gpt-4o-mini", ProviderKind::OpenAi),
             ("anthropic/claude-sonnet-4-5", ProviderKind::Anthropic),
-            ("google/gemini-2.5-flash", ProviderKind::Google),
+            ("google/gemini-2.5-flash", ProviderKind::Vertex),
         ] {
             let requests = texts(12);
             let one_line = {

@@ -26,15 +26,17 @@ pub enum ProviderKind {
     OpenAi,
     /// Anthropic Message Batches.
     Anthropic,
-    /// Google Vertex AI batch prediction (through Cloud Storage).
-    Google,
+    /// Google Vertex AI batch prediction (through Cloud Storage). Users write it
+    /// `google/<model>`, the name it has always had in job specs.
+    #[serde(rename = "google")]
+    Vertex,
     /// Gemini Developer API batch mode (API key).
     Gemini,
 }
 
 impl ProviderKind {
     /// Every provider, in declaration order.
-    pub const ALL: [ProviderKind; 4] = [Self::OpenAi, Self::Anthropic, Self::Google, Self::Gemini];
+    pub const ALL: [ProviderKind; 4] = [Self::OpenAi, Self::Anthropic, Self::Vertex, Self::Gemini];
 
     /// The names users write before the `/` of a model string, in the order of [`Self::ALL`].
     const NAMES: [&'static str; 4] = ["openai", "anthropic", "google", "gemini"];
@@ -125,6 +127,17 @@ mod tests {
             assert_eq!(kind as usize, i);
             assert_eq!(kind.as_str(), ProviderKind::NAMES[i]);
         }
+    }
+
+    #[test]
+    fn vertex_keeps_the_google_name_users_write() {
+        let model: ModelRef = "google/gemini-2.5-flash".parse().unwrap();
+        assert_eq!(model.provider, ProviderKind::Vertex);
+        assert_eq!(
+            serde_json::to_string(&ProviderKind::Vertex).unwrap(),
+            r#""google""#
+        );
+        assert_eq!(model.to_string(), "google/gemini-2.5-flash");
     }
 
     #[test]

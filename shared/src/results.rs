@@ -580,7 +580,7 @@ mod tests {
             ProviderKind::Anthropic => format!(
                 r#"{{"custom_id":"r-1","result":{{"type":"succeeded","message":{{"content":[{{"type":"tool_use","id":"toolu_1","name":"person","input":{answer}}}],"stop_reason":"tool_use","usage":{{"input_tokens":10,"output_tokens":4}}}}}}}}"#
             ),
-            ProviderKind::Google => format!(
+            ProviderKind::Vertex => format!(
                 r#"{{"status":"","processed_time":"2026-01-01T00:00:00Z","request":{{"contents":[],"labels":{{"batchline_row":"1"}}}},"response":{{"candidates":[{{"content":{{"role":"model","parts":[{{"text":{text}}}]}},"finishReason":"STOP"}}],"usageMetadata":{{"promptTokenCount":10,"candidatesTokenCount":4}}}}}}"#
             ),
             ProviderKind::Gemini => format!(
@@ -623,7 +623,7 @@ mod tests {
     fn answers_that_are_not_json_are_invalid_json() {
         for provider in [
             ProviderKind::OpenAi,
-            ProviderKind::Google,
+            ProviderKind::Vertex,
             ProviderKind::Gemini,
         ] {
             let line = answer_line(provider, r#"{"name": "Ada", "#);
@@ -735,7 +735,7 @@ mod tests {
                 "r-9",
             ),
             (
-                ProviderKind::Google,
+                ProviderKind::Vertex,
                 br#"{"status":"","request":{"labels":{"batchline_row":"2"}},"response":[]}"#,
                 "row-c",
             ),
@@ -749,8 +749,8 @@ mod tests {
 
     #[test]
     fn vertex_rows_outside_the_part_or_missing_are_malformed_lines() {
-        let parser = parser(ProviderKind::Google);
-        let out_of_range = String::from_utf8(answer_line(ProviderKind::Google, "{}"))
+        let parser = parser(ProviderKind::Vertex);
+        let out_of_range = String::from_utf8(answer_line(ProviderKind::Vertex, "{}"))
             .unwrap()
             .replace(r#""batchline_row":"1""#, r#""batchline_row":"3""#);
         let failure = expect_failure(parser.parse_line(5, out_of_range.as_bytes()));
@@ -762,7 +762,7 @@ mod tests {
                 .contains("outside this part's 3 requests")
         );
 
-        let missing = String::from_utf8(answer_line(ProviderKind::Google, "{}"))
+        let missing = String::from_utf8(answer_line(ProviderKind::Vertex, "{}"))
             .unwrap()
             .replace(r#","labels":{"batchline_row":"1"}"#, "");
         let failure = expect_failure(parser.parse_line(6, missing.as_bytes()));
@@ -773,7 +773,7 @@ mod tests {
     #[test]
     fn bad_schemas_are_refused() {
         // Vertex lines carry only a row: the parser always holds the part's manifest.
-        assert!(ResultParser::new(ProviderKind::Google, &person_schema(), row_ids()).is_ok());
+        assert!(ResultParser::new(ProviderKind::Vertex, &person_schema(), row_ids()).is_ok());
 
         let broken = OutputSchema {
             name: "broken".into(),

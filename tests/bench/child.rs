@@ -26,7 +26,7 @@ pub fn model_for(provider: ProviderKind) -> &'static str {
     match provider {
         ProviderKind::OpenAi => "openai/gpt-4o-mini",
         ProviderKind::Anthropic => "anthropic/claude-sonnet-4-5",
-        ProviderKind::Google => "google/gemini-2.5-flash",
+        ProviderKind::Vertex => "google/gemini-2.5-flash",
         ProviderKind::Gemini => "gemini/gemini-2.5-flash",
     }
 }
@@ -60,7 +60,7 @@ pub fn build(provider: ProviderKind, requests_file: &Path) -> Result<Report, Str
 /// schema validation; every line must be a success.
 pub fn parse(provider: ProviderKind, results_file: &Path, rows: usize) -> Result<Report, String> {
     // Only Vertex lines need the part's ids (they carry a row number instead).
-    let row_ids: Arc<[String]> = if provider == ProviderKind::Google {
+    let row_ids: Arc<[String]> = if provider == ProviderKind::Vertex {
         (0..rows).map(workload::custom_id).collect()
     } else {
         Arc::from([])

@@ -120,7 +120,7 @@ impl EmulatorProviders {
     pub fn config(&self, kind: ProviderKind) -> ProviderConfig {
         let key = || Credential::new(API_KEY).expect("key");
         let mut config = match kind {
-            ProviderKind::Google => ProviderConfig::vertex(
+            ProviderKind::Vertex => ProviderConfig::vertex(
                 Some(&self.base),
                 VertexSettings {
                     project: "test-project".into(),

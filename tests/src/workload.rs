@@ -262,7 +262,7 @@ pub fn write_results_line(
                 }
             }
         }),
-        ProviderKind::Google => json!({
+        ProviderKind::Vertex => json!({
             "status": "",
             "processed_time": "2026-11-21T10:00:00.000+00:00",
             // Vertex echoes the request, labels and all.

@@ -153,7 +153,7 @@ async fn anthropic_survives_a_crash_after_every_side_effect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vertex_survives_a_crash_after_every_side_effect() {
-    crash_after_every_side_effect(ProviderKind::Google).await;
+    crash_after_every_side_effect(ProviderKind::Vertex).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +239,7 @@ fn create_path(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::OpenAi => "/v1/batches",
         ProviderKind::Anthropic => "/v1/messages/batches",
-        ProviderKind::Google => "/v1/projects",
+        ProviderKind::Vertex => "/v1/projects",
         ProviderKind::Gemini => "/v1beta/models",
     }
 }
@@ -249,7 +249,7 @@ fn status_path(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::OpenAi => "/v1/batches/",
         ProviderKind::Anthropic => "/v1/messages/batches/",
-        ProviderKind::Google => "/v1/projects",
+        ProviderKind::Vertex => "/v1/projects",
         ProviderKind::Gemini => "/v1beta/batches/",
     }
 }

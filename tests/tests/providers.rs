@@ -74,7 +74,7 @@ fn model_for(kind: ProviderKind) -> ModelRef {
     let name = match kind {
         ProviderKind::OpenAi => "openai/gpt-4o-mini",
         ProviderKind::Anthropic => "anthropic/claude-sonnet-4-5",
-        ProviderKind::Google => "google/gemini-2.5-flash",
+        ProviderKind::Vertex => "google/gemini-2.5-flash",
         ProviderKind::Gemini => "gemini/gemini-2.5-flash",
     };
     name.parse().expect("a valid model string")
@@ -99,7 +99,7 @@ async fn setup(kind: ProviderKind, step: Duration) -> Setup {
     .expect("emulator starts");
     let base = emulator.base_url();
     let (mut config, credentials) = match kind {
-        ProviderKind::Google => {
+        ProviderKind::Vertex => {
             let file = service_account_file(&base);
             let settings = VertexSettings {
                 project: PROJECT.to_string(),
@@ -404,7 +404,7 @@ async fn rate_limit_storm(kind: ProviderKind) {
             ("POST", "/v1/messages/batches"),
             ("GET", "/v1/messages/batches/"),
         ),
-        ProviderKind::Google => (("POST", "/upload/storage/"), ("GET", "/v1/projects/")),
+        ProviderKind::Vertex => (("POST", "/upload/storage/"), ("GET", "/v1/projects/")),
         ProviderKind::Gemini => (
             ("POST", "/upload/v1beta/files"),
             ("GET", "/v1beta/batches/"),
@@ -458,7 +458,7 @@ async fn retries_exhausted(kind: ProviderKind) {
     let prefix = match kind {
         ProviderKind::OpenAi => "/v1/batches",
         ProviderKind::Anthropic => "/v1/messages/batches",
-        ProviderKind::Google => "/v1/projects",
+        ProviderKind::Vertex => "/v1/projects",
         ProviderKind::Gemini => "/v1beta/batches",
     };
     s.emulator.set_faults(FaultPlan {
@@ -629,7 +629,7 @@ async fn wrong_key_is_reported_without_the_key(kind: ProviderKind) {
     let base = s.emulator.base_url();
     const WRONG: &str = "sk-wrong-and-secret-0123456789";
     let config = match kind {
-        ProviderKind::Google => {
+        ProviderKind::Vertex => {
             let settings = VertexSettings {
                 project: PROJECT.to_string(),
                 location: "us-central1".to_string(),
@@ -720,7 +720,7 @@ macro_rules! per_provider {
 per_provider! {
     openai => ProviderKind::OpenAi,
     anthropic => ProviderKind::Anthropic,
-    vertex => ProviderKind::Google,
+    vertex => ProviderKind::Vertex,
     gemini => ProviderKind::Gemini,
 }
 

@@ -121,7 +121,7 @@ pub struct ProviderConfig {
     pub base_url: Url,
     /// For OpenAI, Anthropic and Gemini.
     pub api_key: Option<Credential>,
-    /// For Vertex AI (`ProviderKind::Google`) only.
+    /// For Vertex AI (`ProviderKind::Vertex`) only.
     pub vertex: Option<VertexSettings>,
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,

@@ -127,7 +127,7 @@ pub fn descriptor(kind: ProviderKind) -> &'static dyn ProviderDescriptor {
     match kind {
         ProviderKind::OpenAi => &openai::OpenAi,
         ProviderKind::Anthropic => &anthropic::Anthropic,
-        ProviderKind::Google => &google::vertex::Vertex,
+        ProviderKind::Vertex => &google::vertex::Vertex,
         ProviderKind::Gemini => &google::gemini::Gemini,
     }
 }
@@ -188,7 +188,7 @@ mod tests {
 
     #[test]
     fn batch_ids_cannot_escape_their_path() {
-        let kind = ProviderKind::Google;
+        let kind = ProviderKind::Vertex;
         for good in [
             "batch_abc",
             "batches/x-1",

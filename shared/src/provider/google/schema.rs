@@ -163,7 +163,7 @@ mod tests {
     }
 
     fn google(value: Value) -> Value {
-        let raw = google_response_json_schema(&schema("answer", value), ProviderKind::Google)
+        let raw = google_response_json_schema(&schema("answer", value), ProviderKind::Vertex)
             .expect("translatable");
         serde_json::from_str(raw.get()).expect("valid JSON")
     }
@@ -237,7 +237,7 @@ mod tests {
                 "s",
                 json!({"type":"object","properties":{"a":{"$ref":"#/nowhere","title":"t"}}}),
             ),
-            ProviderKind::Google,
+            ProviderKind::Vertex,
         ));
         assert!(
             reason.contains("#/properties/a") && reason.contains("#/nowhere"),

@@ -95,7 +95,7 @@ mod tests {
     }
 
     fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<ProviderConfig> {
-        from_variables(&Variables::new(ProviderKind::Google, &lookup))
+        from_variables(&Variables::new(ProviderKind::Vertex, &lookup))
     }
 
     #[test]

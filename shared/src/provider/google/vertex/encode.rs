@@ -52,7 +52,7 @@ impl VertexEncoder {
     /// Checks `params` and translates `schema` for the whole batch.
     pub fn new(schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
         Ok(Self {
-            template: GoogleRequestTemplate::new(schema, params, ProviderKind::Google)?,
+            template: GoogleRequestTemplate::new(schema, params, ProviderKind::Vertex)?,
         })
     }
 }

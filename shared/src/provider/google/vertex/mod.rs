@@ -31,7 +31,7 @@ use crate::provider::{BatchProvider, BatchTags, LineStream, id_path};
 use crate::request::{GenerationParams, OutputSchema};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 
-const KIND: ProviderKind = ProviderKind::Google;
+const KIND: ProviderKind = ProviderKind::Vertex;
 const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 const PAGE_SIZE: &str = "100";
 /// Vertex label keys and values: at most 63 of `[a-z0-9_-]`.
