@@ -40,6 +40,7 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 
 test: venv lint build ## Everything CI runs: lint, Rust unit + end-to-end tests, SDK conformance, template checks
 	rm -rf target/reliability
+	python3 tests/scripts/check_layers.py
 	cargo test --workspace
 	$(PYTHON) -m pytest -q tests/conformance tests/infra tests/e2e
 	bash infra/check.sh
