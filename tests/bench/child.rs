@@ -125,8 +125,12 @@ impl ParseStage {
 /// taken only as far as `stage`. Lines are read the same way for every stage (copied
 /// out of a 1 MiB buffer), so the stages differ only in what they do with a line.
 pub fn parse_stage(stage: ParseStage, results_file: &Path, rows: usize) -> Result<Report, String> {
-    let parser = ResultParser::new(ProviderKind::OpenAi, &workload::invoice_schema(), Arc::from([]))
-        .map_err(|e| e.to_string())?;
+    let parser = ResultParser::new(
+        ProviderKind::OpenAi,
+        &workload::invoice_schema(),
+        Arc::from([]),
+    )
+    .map_err(|e| e.to_string())?;
     let file = File::open(results_file).map_err(|e| format!("{}: {e}", results_file.display()))?;
     let bytes = file.metadata().map_err(|e| e.to_string())?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);

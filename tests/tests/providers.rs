@@ -114,7 +114,8 @@ async fn setup(kind: ProviderKind, step: Duration) -> Setup {
             )
         }
         _ => (
-            ProviderConfig::with_api_key(&base, Credential::new(KEY).expect("key")).expect("config"),
+            ProviderConfig::with_api_key(&base, Credential::new(KEY).expect("key"))
+                .expect("config"),
             None,
         ),
     };
@@ -639,7 +640,8 @@ async fn wrong_key_is_reported_without_the_key(kind: ProviderKind) {
             };
             ProviderConfig::vertex(Some(&base), settings).expect("config")
         }
-        _ => ProviderConfig::with_api_key(&base, Credential::new(WRONG).expect("key")).expect("config"),
+        _ => ProviderConfig::with_api_key(&base, Credential::new(WRONG).expect("key"))
+            .expect("config"),
     };
     let provider = connect(kind, &config).expect("client");
     let err = provider.list().await.unwrap_err();
