@@ -78,9 +78,7 @@ pub async fn context_from_env() -> Result<Context> {
         store: Arc::new(store),
         bucket,
         queue,
-        providers: Arc::new(EnvProviders::new(
-            SecretReader::new(sdk).map_err(|e| Error::Config(e.to_string()))?,
-        )),
+        providers: Arc::new(EnvProviders::new(SecretReader::new(&sdk))),
         settings,
     })
 }
@@ -120,6 +118,7 @@ pub struct EnvProviders {
 }
 
 impl EnvProviders {
+    /// Providers configured from the environment, their keys read through `secrets`.
     pub fn new(secrets: SecretReader) -> Self {
         Self {
             secrets,
