@@ -34,9 +34,11 @@ test-e2e-lambda: venv ## End-to-end test through the real binaries under cargo l
 	$(PYTHON) -m pytest tests/e2e/test_lambda_watch.py -v
 
 .PHONY: test lint
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: ## cargo fmt --check, clippy with warnings as errors, and the library without AWS (--no-default-features)
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo build -p batchline --no-default-features
+	cargo clippy -p batchline --no-default-features -- -D warnings
 
 test: venv lint build ## Everything CI runs: lint, Rust unit + end-to-end tests, SDK conformance, template checks
 	rm -rf target/reliability

@@ -1,46 +1,26 @@
 //! The "ready" queue between poll and collect (SQS in production, memory in tests).
 
+#[cfg(feature = "aws")]
+mod sqs;
+
 use std::fmt::Debug;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+#[cfg(feature = "aws")]
+pub use sqs::SqsQueue;
+
+/// A message could not be sent; carries the backend's reason.
 #[derive(Debug, thiserror::Error)]
 #[error("queue send failed: {0}")]
 pub struct QueueError(pub String);
 
+/// Where poll puts one message per finished part, for collect.
 #[async_trait]
 pub trait Queue: Send + Sync + Debug {
+    /// Sends one message with this body.
     async fn send(&self, body: String) -> Result<(), QueueError>;
-}
-
-#[derive(Debug, Clone)]
-pub struct SqsQueue {
-    client: aws_sdk_sqs::Client,
-    url: String,
-}
-
-impl SqsQueue {
-    pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
-        Self {
-            client,
-            url: url.into(),
-        }
-    }
-}
-
-#[async_trait]
-impl Queue for SqsQueue {
-    async fn send(&self, body: String) -> Result<(), QueueError> {
-        self.client
-            .send_message()
-            .queue_url(&self.url)
-            .message_body(body)
-            .send()
-            .await
-            .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()))?;
-        Ok(())
-    }
 }
 
 /// Collects sent messages in memory; tests drain them into `collect`.
@@ -50,10 +30,12 @@ pub struct MemoryQueue {
 }
 
 impl MemoryQueue {
+    /// An empty queue.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The messages sent since the last drain, oldest first.
     pub fn drain(&self) -> Vec<String> {
         std::mem::take(&mut *self.messages.lock().expect("memory queue lock"))
     }

@@ -2,6 +2,7 @@
 //! with the conditional writes that keep job records consistent under retries.
 
 mod memory;
+#[cfg(feature = "aws")]
 mod s3;
 
 use std::fmt::Debug;
@@ -11,40 +12,60 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "aws")]
 pub use s3::S3Store;
 
+/// Why a store operation failed; the first two are answers callers act on.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
+    /// No such object (or version).
     #[error("object {key:?} not found")]
-    NotFound { key: String },
+    NotFound {
+        /// The object's key.
+        key: String,
+    },
     /// A conditional write lost: the object exists (create) or changed (update).
     #[error("object {key:?} changed or exists already (conditional write refused)")]
-    Conflict { key: String },
+    Conflict {
+        /// The object's key.
+        key: String,
+    },
+    /// Anything else the backend reported (network, permissions, throttling).
     #[error("storage {operation} on {key:?} failed: {message}")]
     Backend {
+        /// The store operation, e.g. `put`.
         operation: &'static str,
+        /// The object's key.
         key: String,
+        /// The backend's description, with its causes.
         message: String,
     },
 }
 
+/// The result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A byte stream of an object's body.
 pub type ByteStream = BoxStream<'static, StoreResult<Bytes>>;
 
+/// What a store knows of an object without reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
+    /// The object's key.
     pub key: String,
+    /// Size in bytes.
     pub size: u64,
     /// Entity tag without quotes.
     pub etag: String,
+    /// The version, where the bucket keeps versions.
     pub version_id: Option<String>,
 }
 
 /// How a put treats an existing object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutMode {
+    /// Whatever is there.
     Overwrite,
     /// Only if no object exists (`If-None-Match: *`).
     Create,
@@ -52,6 +73,7 @@ pub enum PutMode {
     Update(String),
 }
 
+/// The store every pipeline step works on: S3 in Lambda, [`MemoryStore`] in unit tests.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + Debug {
     /// Metadata of the object, or of one `version` of it.
@@ -62,10 +84,12 @@ pub trait ObjectStore: Send + Sync + Debug {
     async fn get_stream(&self, key: &str, version: Option<&str>) -> StoreResult<ByteStream>;
     /// Returns the new entity tag.
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String>;
+    /// Removes the object; removing a missing one is not an error.
     async fn delete(&self, key: &str) -> StoreResult<()>;
     /// Keys under `prefix`, all pages.
     async fn list(&self, prefix: &str) -> StoreResult<Vec<String>>;
 
+    /// Starts a multipart upload to `key` and returns its id.
     async fn start_upload(&self, key: &str) -> StoreResult<String>;
     /// Uploads part `number` (1-based) and returns its entity tag.
     async fn upload_part(
@@ -75,12 +99,14 @@ pub trait ObjectStore: Send + Sync + Debug {
         number: i32,
         body: Bytes,
     ) -> StoreResult<String>;
+    /// Makes the object visible from `parts` (number, entity tag), in order.
     async fn complete_upload(
         &self,
         key: &str,
         upload_id: &str,
         parts: Vec<(i32, String)>,
     ) -> StoreResult<()>;
+    /// Drops a started upload and its parts.
     async fn abort_upload(&self, key: &str, upload_id: &str) -> StoreResult<()>;
 }
 
@@ -99,10 +125,12 @@ impl<'a> ObjectWriter<'a> {
     /// S3 wants parts of at least 5 MiB except the last; 8 MiB keeps requests few.
     pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 
+    /// A writer to `key` with parts of [`Self::DEFAULT_PART_SIZE`].
     pub fn new(store: &'a dyn ObjectStore, key: impl Into<String>) -> Self {
         Self::with_part_size(store, key, Self::DEFAULT_PART_SIZE)
     }
 
+    /// A writer to `key` that uploads in parts of `part_size` bytes.
     pub fn with_part_size(
         store: &'a dyn ObjectStore,
         key: impl Into<String>,
@@ -118,6 +146,7 @@ impl<'a> ObjectWriter<'a> {
         }
     }
 
+    /// The key written to.
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -127,6 +156,7 @@ impl<'a> ObjectWriter<'a> {
         self.written
     }
 
+    /// Appends `data`; uploads a part whenever a part's worth is buffered.
     pub async fn write(&mut self, data: &[u8]) -> StoreResult<()> {
         self.buffer.extend_from_slice(data);
         self.written += data.len() as u64;

@@ -1,6 +1,7 @@
 //! One TLS stack for every connection the functions make: rustls with ring, shared by
-//! the providers' reqwest clients, the AWS SDK ([`crate::aws`]) and gcp_auth. Linking a second crypto
-//! library (aws-lc, the SDK's default) would add about 3 MB to each Lambda binary.
+//! the providers' reqwest clients, the AWS SDK (`crate::aws`, feature `aws`) and
+//! gcp_auth. Linking a second crypto library (aws-lc, the SDK's default) would add about
+//! 3 MB to each Lambda binary.
 
 use std::sync::Once;
 

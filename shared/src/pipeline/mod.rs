@@ -3,11 +3,14 @@
 //! validated results in S3). Each step is idempotent; see `design.md` for the invariant.
 
 pub mod collect;
+#[cfg(feature = "aws")]
 pub mod env;
+#[cfg(feature = "aws")]
 pub mod events;
 pub mod input;
 pub mod job;
 pub mod poll;
+#[cfg(feature = "aws")]
 pub mod secrets;
 pub mod spec;
 pub mod submit;

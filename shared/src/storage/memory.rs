@@ -10,6 +10,8 @@ use futures::StreamExt;
 
 use super::{ByteStream, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
 
+/// Objects in a map, entity tags from a counter, conditional writes as S3 does them;
+/// no versions (a version argument is ignored).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, (Bytes, String)>>,
@@ -19,6 +21,7 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }

@@ -14,6 +14,7 @@ use futures::StreamExt;
 
 use super::{ByteStream, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
 
+/// One bucket of S3, through the SDK client.
 #[derive(Debug, Clone)]
 pub struct S3Store {
     client: Client,
@@ -21,6 +22,7 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// The store over `bucket`, reached through `client`.
     pub fn new(client: Client, bucket: impl Into<String>) -> Self {
         Self {
             client,
@@ -37,6 +39,7 @@ impl S3Store {
         Client::from_conf(s3_config)
     }
 
+    /// The bucket's name.
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
