@@ -346,6 +346,7 @@ async fn whole_file_problems_fail_the_job_with_file_and_reason() {
     for unit in header(ProviderKind::OpenAi, json!({})).encode_utf16() {
         utf16.extend(unit.to_le_bytes());
     }
+    let utf16_without_bom: Vec<u8> = utf16[2..].to_vec();
     let mut broken_gzip = vec![0x1f, 0x8b];
     broken_gzip.extend(b"definitely not deflate");
     h.upload("pipelines/brokenspec.json", "this is not json")
@@ -356,7 +357,8 @@ async fn whole_file_problems_fail_the_job_with_file_and_reason() {
             .to_string(),
     )
     .await;
-    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> =
+        vec![
         (
             "an empty file",
             "inbox/empty.jsonl",
@@ -370,10 +372,73 @@ async fn whole_file_problems_fail_the_job_with_file_and_reason() {
             "no request lines",
         ),
         (
-            "a file that is not UTF-8 (UTF-16)",
+            "a file that is not UTF-8 (UTF-16 with a byte order mark)",
             "inbox/utf16.jsonl",
             utf16,
-            "not UTF-8",
+            "UTF-16",
+        ),
+        (
+            "a file that is not UTF-8 (UTF-16 without a byte order mark)",
+            "inbox/utf16-nobom.jsonl",
+            utf16_without_bom,
+            "every other byte is zero",
+        ),
+        (
+            "a file with classic Mac (CR-only) line ends",
+            "inbox/cr-only.jsonl",
+            with_spec(openai_spec(json!({}))).replace('\n', "\r").into_bytes(),
+            "carriage return (CR) alone",
+        ),
+        (
+            "a first line that is JSON null",
+            "inbox/null-header.jsonl",
+            format!("null\n{request}\n").into_bytes(),
+            "line 1 is `null`, not a JSON object",
+        ),
+        (
+            "a header whose spec is null",
+            "inbox/null-spec.jsonl",
+            format!("{{\"spec\": null}}\n{request}\n").into_bytes(),
+            "the header is not a valid job spec",
+        ),
+        (
+            "max_attempts of 0",
+            "inbox/zero-attempts.jsonl",
+            with_spec(openai_spec(json!({"max_attempts": 0}))).into_bytes(),
+            "`max_attempts` is 0; allowed: 1 to 10",
+        ),
+        (
+            "max_requests_per_part of 0",
+            "inbox/zero-per-part.jsonl",
+            with_spec(openai_spec(json!({"max_requests_per_part": 0}))).into_bytes(),
+            "`max_requests_per_part` is 0; allowed: 1 to 50000",
+        ),
+        (
+            "max_requests_per_part above the provider's limit",
+            "inbox/big-parts.jsonl",
+            with_spec(openai_spec(json!({"max_requests_per_part": 60_000}))).into_bytes(),
+            "`max_requests_per_part` is 60000; allowed: 1 to 50000",
+        ),
+        (
+            "max_line_bytes above the documented 64 MiB",
+            "inbox/huge-lines.jsonl",
+            with_spec(openai_spec(json!({"max_line_bytes": 100 * 1024 * 1024}))).into_bytes(),
+            "`max_line_bytes` is 104857600; allowed: 1 to 67108864",
+        ),
+        (
+            "max_tokens above the documented bound",
+            "inbox/many-tokens.jsonl",
+            with_spec(openai_spec(json!({"max_tokens": 300_000}))).into_bytes(),
+            "`max_tokens` is 300000; allowed: 1 to 200000",
+        ),
+        (
+            "a negative price",
+            "inbox/negative-price.jsonl",
+            with_spec(openai_spec(
+                json!({"prices": {"input_per_million": -0.5, "output_per_million": 1.0}}),
+            ))
+            .into_bytes(),
+            "`prices.input_per_million` is -0.5",
         ),
         (
             "no header and no pipeline spec",
@@ -594,7 +659,13 @@ async fn gzip_uploads_are_read_and_a_cut_one_reports_where_it_broke() {
     let key = "inbox/openai/cut.jsonl.gz";
     let job = h.submit(key, cut).await;
     let record_now = h.run_to_close(&job).await;
-    assert_eq!(record_now.status, JobStatus::Completed);
+    // What was read is delivered, and the job says the file was not read to its end.
+    assert_eq!(record_now.status, JobStatus::Failed);
+    let failure = record_now.failure.clone().unwrap_or_default();
+    assert!(
+        failure.contains(key) && failure.contains("could not be read to its end"),
+        "{failure}"
+    );
     let read = record_now.requests;
     assert!(read > 1 && read < 401, "{read} lines read before the cut");
     // Lines 2..=read are requests (doc-0…) except the last, which is the cut.
@@ -671,5 +742,243 @@ async fn a_model_without_a_provider_prefix_names_the_accepted_forms() {
         Category::BadInput,
         "a model without a provider prefix",
         Measured::default(),
+    );
+}
+
+/// Runs a command that reads `input` on stdin and returns its stdout.
+fn pipe_through(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} (installed by `make test`): {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input).expect("write stdin"));
+    let out = child.wait_with_output().expect("run");
+    writer.join().expect("writer");
+    assert!(out.status.success(), "{program} {args:?} failed");
+    out.stdout
+}
+
+/// Python's gzip module, as a user's script would write the file: `members` calls of
+/// `gzip.open(path, "ab")`, each appending one member.
+fn python_gzip(data: &[u8], members: usize) -> Vec<u8> {
+    let script = "import gzip, io, sys\n\
+                  data = sys.stdin.buffer.read(); n = int(sys.argv[1]); step = -(-len(data) // n)\n\
+                  out = io.BytesIO()\n\
+                  for i in range(n):\n    out.write(gzip.compress(data[i * step:(i + 1) * step]))\n\
+                  sys.stdout.buffer.write(out.getvalue())\n";
+    pipe_through("python3", &["-c", script, &members.to_string()], data)
+}
+
+/// Compressed uploads as users make them: Python's gzip module (one member and
+/// several), the gzip binary, `cat a.gz b.gz`, pigz, an upper-case `.GZ` name. Each is
+/// read to its last byte: every row is in the results and the summary records that
+/// every byte of the object was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_uploads_from_everyday_tools_are_read_to_their_last_byte() {
+    let h = Harness::start().await;
+    let kind = ProviderKind::OpenAi;
+    let (body, ids) = support::job_file(kind, 30, &[]);
+    let lines: Vec<&str> = body.lines().collect();
+    let (first, second) = lines.split_at(12);
+    let cat = [
+        pipe_through("gzip", &["-c"], (first.join("\n") + "\n").as_bytes()),
+        pipe_through("gzip", &["-c"], (second.join("\n") + "\n").as_bytes()),
+    ]
+    .concat();
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "python gzip.compress",
+            "py.jsonl.gz",
+            python_gzip(body.as_bytes(), 1),
+        ),
+        (
+            "python gzip, 3 appended members",
+            "py3.jsonl.gz",
+            python_gzip(body.as_bytes(), 3),
+        ),
+        (
+            "the gzip binary",
+            "bin.jsonl.gz",
+            pipe_through("gzip", &["-9", "-c"], body.as_bytes()),
+        ),
+        ("cat a.gz b.gz", "cat.jsonl.gz", cat),
+        (
+            "pigz",
+            "pigz.jsonl.gz",
+            pipe_through("pigz", &["-c", "-b", "32"], body.as_bytes()),
+        ),
+        (
+            "an upper-case .GZ name",
+            "UPPER.JSONL.GZ",
+            gzip(body.as_bytes()),
+        ),
+    ];
+    for (name, file, packed) in cases {
+        let key = format!("inbox/{kind}/{file}");
+        let size = packed.len() as u64;
+        let job = h.submit(&key, packed).await;
+        let record_now = h.run_to_close(&job).await;
+        assert_eq!(
+            record_now.status,
+            JobStatus::Completed,
+            "{name}: {record_now:?}"
+        );
+        let results = h
+            .check_scenario(
+                Category::BadInput,
+                &format!("a .jsonl.gz written by {name}"),
+                &job,
+                &ids,
+                BatchCount::default(),
+            )
+            .await;
+        assert_eq!(results.successes.len(), 30, "{name}");
+        assert_eq!(
+            results.summary["input"],
+            json!({"object_bytes": size, "bytes_read": size, "complete": true}),
+            "{name}"
+        );
+    }
+}
+
+/// Bytes after the end of the gzip data (a file appended to by mistake) are not
+/// skipped silently: the job fails with a reason, after delivering what it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_the_compressed_data_fail_the_job_with_a_reason() {
+    let h = Harness::start().await;
+    let kind = ProviderKind::OpenAi;
+    let (body, ids) = support::job_file(kind, 5, &[]);
+    let packed = [gzip(body.as_bytes()), b"appended by mistake\n".to_vec()].concat();
+    let key = "inbox/openai/appended.jsonl.gz";
+    let job = h.submit(key, packed).await;
+    let record_now = h.run_to_close(&job).await;
+    assert_eq!(record_now.status, JobStatus::Failed, "{record_now:?}");
+    let failure = record_now.failure.clone().unwrap_or_default();
+    assert!(
+        failure.contains(key) && failure.contains("could not be read to its end"),
+        "{failure}"
+    );
+    let mut expected = ids.clone();
+    expected.push("line-7".into());
+    let results = h
+        .check_scenario(
+            Category::BadInput,
+            "bytes after the end of the gzip data",
+            &job,
+            &expected,
+            BatchCount::default(),
+        )
+        .await;
+    assert_eq!(results.successes.len(), 5);
+    assert_eq!(results.summary["input"]["complete"], json!(false));
+    assert_eq!(results.summary["failure"], failure.as_str());
+}
+
+/// Generated ids (`line-N`) never collide with given ones, whatever the order:
+/// a given id of that form is accepted only on its own line, and rejected lines
+/// (bad, duplicate, reserved) are reported under their own line's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_ids_never_collide_with_given_ones() {
+    let h = Harness::start().await;
+    for kind in ProviderKind::ALL {
+        let lines = [
+            header(kind, json!({})),
+            json!({"custom_id": "line-5", "text": "Invoice 2 from ACME, total 2.50 EUR"})
+                .to_string(),
+            json!({"text": "Invoice 3 from ACME, total 3.50 EUR"}).to_string(),
+            json!({"custom_id": "line-3", "text": "Invoice 4 from ACME"}).to_string(),
+            json!({"text": 5}).to_string(),
+            json!({"custom_id": "line-6", "text": "Invoice 6 from ACME, total 6.50 EUR"})
+                .to_string(),
+            json!({"custom_id": "line-6", "text": "Invoice 7 from ACME"}).to_string(),
+            json!({"custom_id": "line-9", "text": 8}).to_string(),
+            json!({"text": "Invoice 9 from ACME, total 9.50 EUR"}).to_string(),
+        ];
+        let job = h
+            .submit(&format!("inbox/{kind}/ids.jsonl"), lines.join("\n") + "\n")
+            .await;
+        h.run_to_close(&job).await;
+        let expected: Vec<String> = (2..=9).map(|n| format!("line-{n}")).collect();
+        let results = h
+            .check_scenario(
+                Category::BadInput,
+                &format!("{kind}: given ids of the generated form, before and after"),
+                &job,
+                &expected,
+                BatchCount::default(),
+            )
+            .await;
+        let mut succeeded: Vec<&str> = results
+            .successes
+            .iter()
+            .filter_map(|s| s["custom_id"].as_str())
+            .collect();
+        succeeded.sort_unstable();
+        assert_eq!(succeeded, ["line-3", "line-6", "line-9"], "{kind}");
+        let reasons = results.error_types();
+        for (id, _) in &reasons {
+            assert!(
+                ["line-2", "line-4", "line-5", "line-7", "line-8"].contains(&id.as_str()),
+                "{kind}: {id}"
+            );
+        }
+    }
+}
+
+/// Notifications that are not uploads (folder markers, deletions, S3's test event,
+/// anything else) are ignored with a reason: no job, no failure, no retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_are_not_uploads_are_ignored() {
+    use batchline::pipeline::events::handle_submit_payload;
+    let h = Harness::start().await;
+    let (body, _) = support::job_file(ProviderKind::OpenAi, 1, &[]);
+    let version = h.upload("inbox/openai/gone.jsonl", body).await;
+    let event = |key: &str, name: &str| {
+        let mut event = serde_json::to_value(h.s3_event(key, &version)).expect("event");
+        event["Records"][0]["eventName"] = json!(name);
+        event
+    };
+    let cases = [
+        (
+            "a folder marker",
+            event("inbox/openai/folder/", "ObjectCreated:Put"),
+            "folder marker",
+        ),
+        (
+            "a deletion",
+            event("inbox/openai/gone.jsonl", "ObjectRemoved:Delete"),
+            "not an upload",
+        ),
+        (
+            "S3's test event",
+            json!({"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2026-12-02T00:00:00Z",
+                   "Bucket": support::BUCKET, "RequestId": "R", "HostId": "H"}),
+            "test notification",
+        ),
+        (
+            "an unrelated payload",
+            json!({"hello": "world"}),
+            "not an S3 notification",
+        ),
+    ];
+    for (name, payload, reason) in cases {
+        let outcomes = handle_submit_payload(&h.ctx, payload).await.expect(name);
+        assert!(
+            matches!(outcomes.as_slice(), [SubmitOutcome::Ignored { reason: r, .. }] if r.contains(reason)),
+            "{name}: {outcomes:?}"
+        );
+        record(
+            Category::BadInput,
+            &format!("an event that is not an upload: {name}"),
+            Measured::default(),
+        );
+    }
+    assert!(
+        h.ctx.store.list("jobs/").await.expect("list").is_empty(),
+        "no job was made"
     );
 }

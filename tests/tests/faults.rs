@@ -376,9 +376,24 @@ async fn errors_beyond_the_client_retries_fail_the_step_and_the_rerun_converges(
             let record = h.record(&job).await;
             assert_eq!(record.status, JobStatus::Submitting, "{kind}");
             assert!(record.parts.iter().all(|p| p.batch_id.is_some()), "{kind}");
+            // The failed submit gave its lease back and says why it waits, so that
+            // Lambda's own retry (a minute later, long before a lease would pass)
+            // resumes the job at once.
+            assert_eq!(record.submit_lease_until, None, "{kind}");
+            let noted = record.last_error.clone().unwrap_or_default();
+            assert!(noted.contains(&status.to_string()), "{kind}: {noted}");
             h.emulator.set_faults(FaultPlan::default());
-            tokio::time::sleep(LEASE_PASSES).await;
-            h.submit_version(&key, &version).await;
+            let outcomes =
+                batchline::pipeline::events::handle_s3_event(&h.ctx, h.s3_event(&key, &version))
+                    .await
+                    .expect("the retried event resumes the submit");
+            assert!(
+                matches!(
+                    outcomes.as_slice(),
+                    [submit::SubmitOutcome::Submitted { .. }]
+                ),
+                "{kind}: {outcomes:?}"
+            );
             run_and_check(
                 &h,
                 kind,
@@ -645,7 +660,7 @@ async fn an_expired_batch_keeps_partial_results_and_retries_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_cancelled_at_the_provider_is_retried() {
+async fn a_batch_cancelled_at_the_provider_is_final() {
     // Batches stay running until the test ends them, so that they can be cancelled.
     let h = Harness::start_with(HarnessOptions {
         emulator_step: Some(Duration::from_secs(600)),
@@ -674,11 +689,22 @@ async fn a_batch_cancelled_at_the_provider_is_retried() {
         )
         .await;
         h.emulator.finish_all(false);
-        assert_eq!(results.successes.len(), 6, "{kind}: {:?}", results.errors);
+        // A person cancelled it: nothing is resubmitted, every request says so.
         assert!(
-            results.successes.iter().all(|s| s["attempts"] == 2),
-            "{kind}"
+            results.successes.is_empty(),
+            "{kind}: {:?}",
+            results.successes
         );
+        assert!(
+            results
+                .errors
+                .iter()
+                .all(|e| e["error_type"] == "cancelled" && e["attempts"] == 1),
+            "{kind}: {:?}",
+            results.errors
+        );
+        assert_eq!(results.errors.len(), 6, "{kind}");
+        assert_eq!(h.record(&job).await.parts.len(), 1, "{kind}: no retry part");
     }
 }
 
@@ -962,5 +988,77 @@ async fn two_polls_at_once_with_retry_parts_queue_each_part_once() {
         let queued = a.expect("poll a").parts_queued + b.expect("poll b").parts_queued;
         assert_eq!(queued, 3, "{kind}: each of the three parts once");
         run_and_check(&h, kind, "two polls at once", &job, &expected, before).await;
+    }
+}
+
+/// A provider that keeps refusing status calls (a revoked key: 401; a batch deleted
+/// at the provider: 404) does not leave the job open forever: every poll notes the
+/// refusal in the job record, and after `max_refused_polls` in a row the part is
+/// given up and its requests become `batch_unreachable` errors quoting the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_calls_refused_for_good_end_the_part_with_the_providers_words() {
+    let h = Harness::start_with(HarnessOptions {
+        settings: batchline::pipeline::Settings {
+            max_refused_polls: 3,
+            ..quick_settings()
+        },
+        ..HarnessOptions::default()
+    })
+    .await;
+    for kind in ProviderKind::ALL {
+        for refusal in [401, 404] {
+            let (body, expected) = job_file(kind, 3, &[]);
+            let before = h.provider_batches(kind).await;
+            let job = h
+                .submit(
+                    &format!("inbox/{kind}/refused-status-{refusal}.jsonl"),
+                    body,
+                )
+                .await;
+            h.emulator.set_faults(FaultPlan {
+                http: vec![http_fault("GET", status_path(kind), refusal, 1_000)],
+                ..FaultPlan::default()
+            });
+            for tick in 1..=2u32 {
+                poll(&h.ctx).await.expect("poll");
+                let record = h.record(&job).await;
+                assert_eq!(record.status, JobStatus::Open, "{kind} {refusal}");
+                let part = &record.parts[0];
+                assert_eq!(part.refused_polls, tick, "{kind} {refusal}");
+                let noted = part.poll_error.clone().unwrap_or_default();
+                assert!(noted.contains(&refusal.to_string()), "{kind}: {noted}");
+            }
+            poll(&h.ctx).await.expect("poll");
+            assert!(h.record(&job).await.parts[0].abandoned.is_some(), "{kind}");
+            h.collect_queued().await;
+            h.emulator.set_faults(FaultPlan::default());
+            let results = run_and_check(
+                &h,
+                kind,
+                &format!("status calls refused with HTTP {refusal} until given up"),
+                &job,
+                &expected,
+                before,
+            )
+            .await;
+            assert!(results.successes.is_empty(), "{kind}");
+            for error in &results.errors {
+                let message = error["error_message"].as_str().unwrap_or_default();
+                assert_eq!(error["error_type"], "batch_unreachable", "{kind}: {error}");
+                assert!(
+                    message.contains("refused 3 status calls")
+                        && message.contains(&refusal.to_string()),
+                    "{kind}: {message}"
+                );
+            }
+            let part = &results.summary["parts"][0];
+            assert!(
+                part["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("refused"),
+                "{kind}: the summary says why: {part}"
+            );
+        }
     }
 }

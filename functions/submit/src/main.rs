@@ -1,6 +1,5 @@
 //! `submit`: S3 `ObjectCreated` events under `inbox/` → one provider batch per part.
 
-use aws_lambda_events::event::s3::S3Event;
 use batchline::pipeline::{env, events};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
@@ -8,8 +7,8 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     env::init_tracing();
     let ctx = env::context_from_env().await?;
-    lambda_runtime::run(service_fn(|event: LambdaEvent<S3Event>| async {
-        let outcomes = events::handle_s3_event(&ctx, event.payload).await?;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<serde_json::Value>| async {
+        let outcomes = events::handle_submit_payload(&ctx, event.payload).await?;
         Ok::<_, Error>(serde_json::to_value(outcomes)?)
     }))
     .await

@@ -166,7 +166,27 @@ impl CollectRun<'_> {
     async fn collect(&self, final_attempt: bool) -> Result<CollectOutcome, PipelineError> {
         let (ctx, job_id, index) = (self.ctx, self.record.job_id.as_str(), self.part.index);
         let provider = ctx.providers.provider(self.spec.model.provider).await?;
-        let status = provider.status(self.batch_id).await?;
+        // A part poll gave up on is not asked again; a status that cannot be read on
+        // the last delivery is recorded: either way every request gets an error that
+        // says why, and nothing stays unknown.
+        let (status, mut read_failure) = match &self.part.abandoned {
+            Some(reason) => (
+                self.part.last_seen_status(self.batch_id),
+                Some((BATCH_UNREACHABLE, reason.clone())),
+            ),
+            None => match provider.status(self.batch_id).await {
+                Ok(status) => (status, None),
+                Err(e) if final_attempt => {
+                    tracing::error!(job = %job_id, part = index, error = %e, "status unreadable on the last delivery; recording the part as errors");
+                    let why = format!("the batch status could not be read: {e}");
+                    (
+                        self.part.last_seen_status(self.batch_id),
+                        Some((error_type::READ_ERROR, why)),
+                    )
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
         let (_, manifest) = ctx.store.get(&keys::part_manifest(job_id, index)).await?;
         let ids: Arc<[String]> = String::from_utf8_lossy(&manifest)
             .lines()
@@ -183,17 +203,18 @@ impl CollectRun<'_> {
         let mut part_run = PartRun::new(ctx, job_id, self.part, &ids, retry_allowed);
         // The last delivery records what could not be read instead of failing again
         // (a refused results URL, a stream that always breaks): nothing stays unknown.
-        let mut read_failure = None;
-        if let Err(e) = part_run
-            .stream_results(provider.results(self.batch_id).await, &parser, status.state)
-            .await
+        if read_failure.is_none()
+            && let Err(e) = part_run
+                .stream_results(provider.results(self.batch_id).await, &parser, status.state)
+                .await
         {
             if !final_attempt {
                 part_run.abort().await;
                 return Err(e);
             }
             tracing::error!(job = %job_id, part = index, error = %e, "results unreadable on the last delivery; recording the rest as errors");
-            read_failure = Some(e.to_string());
+            let why = format!("the results could not be read: {e}");
+            read_failure = Some((error_type::READ_ERROR, why));
         }
         let received = part_run.received;
         let expected = status.counts.succeeded + status.counts.failed;
@@ -211,11 +232,7 @@ impl CollectRun<'_> {
             });
         }
         part_run
-            .record_missing(
-                status.state,
-                status.error.as_deref(),
-                read_failure.as_deref(),
-            )
+            .record_missing(status.state, status.error.as_deref(), read_failure)
             .await?;
         let retry = match part_run.retryable.is_empty() {
             true => None,
@@ -258,7 +275,12 @@ impl CollectRun<'_> {
             closed = record.status == JobStatus::Open
                 && record.parts.iter().all(|p| p.collected.is_some());
             if closed {
-                record.status = JobStatus::Completed;
+                // A failure noted while the job ran (an upload not read to its end)
+                // makes it failed once its parts are in.
+                record.status = match record.failure {
+                    Some(_) => JobStatus::Failed,
+                    None => JobStatus::Completed,
+                };
             }
             true
         })
@@ -337,8 +359,10 @@ impl CollectRun<'_> {
 }
 
 /// Failures worth another attempt: throttling, overload and server errors (each
-/// provider's own code for them), and requests that never ran (expired, cancelled).
-/// Failures of the request itself (invalid, refused, schema) would fail again.
+/// provider's own code for them), and requests that never ran because the batch
+/// expired. Failures of the request itself (invalid, refused, schema) would fail
+/// again. A cancellation is a person's decision (batchline never cancels a batch):
+/// it is final, never resubmitted.
 /// Vertex reports a line's failure as free text (a generic `provider_error`): its
 /// server-side statuses are recognised in the message.
 pub fn is_retryable(failure: &Failure) -> bool {
@@ -359,10 +383,9 @@ pub fn is_retryable(failure: &Failure) -> bool {
 
 /// Error types that name a temporary, server-side failure.
 fn is_retryable_type(error_type: &str) -> bool {
-    const RETRYABLE: [&str; 17] = [
+    const RETRYABLE: [&str; 16] = [
         error_type::RATE_LIMIT,
         error_type::EXPIRED,
-        error_type::CANCELLED,
         // OpenAI codes
         "rate_limit_exceeded",
         "server_error",
@@ -518,17 +541,16 @@ impl<'a> PartRun<'a> {
     }
 
     /// Ids the provider sent nothing for get an outcome that says why.
+    /// `read_failure` (error type, reason) applies to every request when the
+    /// results could not be read at all.
     async fn record_missing(
         &mut self,
         state: BatchState,
         batch_error: Option<&str>,
-        read_failure: Option<&str>,
+        read_failure: Option<(&'static str, String)>,
     ) -> Result<(), PipelineError> {
         let (kind, why) = match state {
-            _ if let Some(failure) = read_failure => (
-                error_type::READ_ERROR,
-                format!("the results could not be read: {failure}"),
-            ),
+            _ if let Some(failure) = read_failure => failure,
             BatchState::Expired => (
                 error_type::EXPIRED,
                 "the batch expired before this request ran".to_string(),
@@ -605,3 +627,6 @@ impl<'a> PartRun<'a> {
 pub const BATCH_FAILED: &str = "batch_failed";
 /// The batch ended but sent nothing for the request.
 pub const MISSING_RESULT: &str = "missing_result";
+/// The provider kept refusing status calls for the batch (a revoked key, a batch
+/// deleted at the provider) until poll gave it up.
+pub const BATCH_UNREACHABLE: &str = "batch_unreachable";

@@ -14,9 +14,31 @@ pub fn decode_s3_key(raw: &str) -> String {
     percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
 }
 
-/// Submits every object the event names. Objects of another bucket are ignored.
-/// An error (S3 or provider unreachable) fails the invocation so that Lambda retries;
-/// submit resumes where it stopped.
+/// Whatever the submit function is invoked with: S3 notifications are submitted;
+/// S3's `s3:TestEvent` (sent when a notification is configured) and any other payload
+/// are ignored with a log line, since retrying them could never help.
+pub async fn handle_submit_payload(
+    ctx: &Context,
+    payload: serde_json::Value,
+) -> Result<Vec<SubmitOutcome>, PipelineError> {
+    let reason = match payload.get("Event").and_then(|e| e.as_str()) {
+        Some(test @ "s3:TestEvent") => format!("{test} is S3's test notification"),
+        _ => match serde_json::from_value::<S3Event>(payload) {
+            Ok(event) => return handle_s3_event(ctx, event).await,
+            Err(e) => format!("not an S3 notification: {e}"),
+        },
+    };
+    tracing::info!(%reason, "event ignored");
+    Ok(vec![SubmitOutcome::Ignored {
+        key: String::new(),
+        reason,
+    }])
+}
+
+/// Submits every object the event names. Objects of another bucket, events other than
+/// `ObjectCreated:*` and folder markers (keys ending in `/`) are ignored with a log
+/// line. An error (S3 or provider unreachable) fails the invocation so that Lambda
+/// retries; submit resumes where it stopped.
 pub async fn handle_s3_event(
     ctx: &Context,
     event: S3Event,
@@ -24,11 +46,22 @@ pub async fn handle_s3_event(
     let mut outcomes = Vec::with_capacity(event.records.len());
     for record in event.records {
         let key = decode_s3_key(record.s3.object.key.as_deref().unwrap_or_default());
-        if record.s3.bucket.name.as_deref() != Some(ctx.bucket.as_str()) {
-            outcomes.push(SubmitOutcome::Ignored {
-                key,
-                reason: format!("bucket {:?} is not this pipeline's", record.s3.bucket.name),
-            });
+        let event_name = record.event_name.as_deref().unwrap_or("ObjectCreated");
+        let not_an_upload = if record.s3.bucket.name.as_deref() != Some(ctx.bucket.as_str()) {
+            Some(format!(
+                "bucket {:?} is not this pipeline's",
+                record.s3.bucket.name
+            ))
+        } else if !event_name.starts_with("ObjectCreated") {
+            Some(format!("{event_name} is not an upload"))
+        } else if key.ends_with('/') {
+            Some("a folder marker, not a file".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = not_an_upload {
+            tracing::info!(%key, %reason, "event record ignored");
+            outcomes.push(SubmitOutcome::Ignored { key, reason });
             continue;
         }
         let object = UploadedObject {

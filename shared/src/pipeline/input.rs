@@ -1,24 +1,50 @@
 //! Reading an uploaded object line by line: streamed, gzip read transparently for
-//! `.gz` keys, every line bounded in size.
+//! `.gz` keys (any case, every member of a multi-member file), every line bounded in
+//! size.
+//!
+//! The reader counts the object's bytes as they arrive and says whether it reached
+//! the object's end cleanly ([`LineReader::extent`]), so that submit can check that
+//! the whole upload was read instead of trusting the decoder.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_compression::tokio::bufread::GzipDecoder;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio_util::io::StreamReader;
 
 use crate::storage::ByteStream;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+const READ_BUFFER: usize = 256 * 1024;
+/// Bytes looked at for whole-file problems (UTF-16, CR-only line ends).
+const HEAD_BYTES: usize = 4096;
 
 /// Why a whole file cannot be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InputError {
+    /// Gzip bytes under a name without `.gz`: refused rather than guessed.
     #[error(
         "the file is gzip-compressed but its name does not end in .gz; rename it to …{suffix}.gz"
     )]
-    CompressedWithoutSuffix { suffix: String },
+    CompressedWithoutSuffix {
+        /// The file name as uploaded.
+        suffix: String,
+    },
+    /// The bytes say what is wrong with the whole file (UTF-16, CR-only line ends).
+    #[error("{0}")]
+    Unusable(String),
+    /// Fetching the bytes failed (worth retrying).
     #[error("reading the file failed at line {line}: {message}")]
-    Read { line: u64, message: String },
+    Read {
+        /// The line being read.
+        line: u64,
+        /// What the store or the stream said.
+        message: String,
+    },
 }
 
 /// One line as read: its number and bytes, or that it was too long (its bytes skipped),
@@ -26,52 +52,151 @@ pub enum InputError {
 /// size cap): the reader ends after it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum InputLine {
-    Line { number: u64, bytes: Vec<u8> },
-    TooLong { number: u64, length: u64 },
-    Unreadable { number: u64, reason: String },
+    /// A non-blank line, without its line end.
+    Line {
+        /// 1-based line number in the (decompressed) file.
+        number: u64,
+        /// The line's bytes.
+        bytes: Vec<u8>,
+    },
+    /// A line longer than the limit; its bytes were skipped.
+    TooLong {
+        /// 1-based line number.
+        number: u64,
+        /// The line's length in bytes.
+        length: u64,
+    },
+    /// The file cannot be read from this line on; nothing follows.
+    Unreadable {
+        /// 1-based line number.
+        number: u64,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+/// How much of the object a reader consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadExtent {
+    /// Bytes of the object as stored (compressed, for a `.gz` file) that arrived.
+    pub bytes_read: u64,
+    /// The reader reached the end of the object's bytes with nothing left undecoded.
+    pub reached_end: bool,
+}
 
+/// The object's bytes, decompressed or not.
+enum Source {
+    Plain(BufReader<Counted>),
+    Gzip(BufReader<GzipDecoder<BufReader<Counted>>>),
+}
+
+/// The object's byte stream, counting what arrives.
+type Counted =
+    StreamReader<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>, bytes::Bytes>;
+
+impl Source {
+    fn lines(&mut self) -> &mut (dyn AsyncBufRead + Send + Unpin) {
+        match self {
+            Source::Plain(reader) => reader,
+            Source::Gzip(reader) => reader,
+        }
+    }
+
+    /// True when no byte of the object is left unread below the decoder: a decoder
+    /// that stops early (one gzip member of several) leaves some.
+    async fn object_exhausted(&mut self) -> std::io::Result<bool> {
+        let raw = match self {
+            Source::Plain(reader) => reader,
+            Source::Gzip(reader) => reader.get_mut().get_mut(),
+        };
+        Ok(raw.fill_buf().await?.is_empty())
+    }
+}
+
+/// Reads an uploaded object line by line.
 pub struct LineReader {
-    reader: Box<dyn AsyncBufRead + Send + Unpin>,
+    source: Source,
     max_line_bytes: usize,
     number: u64,
     /// Bytes read so far (after decompression) and the most accepted.
     total: u64,
     max_total: u64,
     ended: bool,
+    /// Bytes of the object that arrived from the store.
+    arrived: Arc<AtomicU64>,
+    reached_end: bool,
+}
+
+/// True for `.gz` in any case (`.GZ` from tools that write upper-case names).
+fn is_gzip_name(key: &str) -> bool {
+    key.len() >= 3
+        && key
+            .get(key.len() - 3..)
+            .is_some_and(|end| end.eq_ignore_ascii_case(".gz"))
 }
 
 impl LineReader {
-    /// Wraps an object's stream; `key` decides whether it is gzip.
+    /// Wraps an object's stream; `key` decides whether it is gzip. The bytes the file
+    /// starts with are checked for what makes a whole file unreadable as JSONL.
     pub async fn open(
         key: &str,
         stream: ByteStream,
         max_line_bytes: usize,
     ) -> Result<Self, InputError> {
-        let raw = StreamReader::new(stream.map_err(std::io::Error::other));
-        let mut raw = BufReader::with_capacity(256 * 1024, raw);
-        let head = raw.fill_buf().await.map_err(|e| InputError::Read {
-            line: 1,
-            message: e.to_string(),
-        })?;
-        let is_gzip = head.starts_with(&GZIP_MAGIC);
-        let reader: Box<dyn AsyncBufRead + Send + Unpin> = if key.ends_with(".gz") {
-            Box::new(BufReader::with_capacity(256 * 1024, GzipDecoder::new(raw)))
+        let read_error = |message: String| InputError::Read { line: 1, message };
+        // The first few KiB in one piece, so that the checks below see enough bytes
+        // however the store splits its stream.
+        let mut stream = stream;
+        let mut head = Vec::with_capacity(HEAD_BYTES);
+        while head.len() < HEAD_BYTES {
+            match stream.try_next().await {
+                Ok(Some(chunk)) => head.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => return Err(read_error(e.to_string())),
+            }
+        }
+        let head = futures::stream::iter([Ok(bytes::Bytes::from(head))]);
+        let arrived = Arc::new(AtomicU64::new(0));
+        let counter = arrived.clone();
+        let counted = head
+            .chain(stream)
+            .map_err(std::io::Error::other)
+            .inspect_ok(move |chunk| {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            });
+        let raw: Counted = StreamReader::new(Box::pin(counted) as _);
+        let mut raw = BufReader::with_capacity(READ_BUFFER, raw);
+        let is_gzip = raw
+            .fill_buf()
+            .await
+            .map_err(|e| read_error(e.to_string()))?
+            .starts_with(&GZIP_MAGIC);
+        let mut source = if is_gzip_name(key) {
+            let mut decoder = GzipDecoder::new(raw);
+            // `cat a.gz b.gz` and some libraries write several members: read them all.
+            decoder.multiple_members(true);
+            Source::Gzip(BufReader::with_capacity(READ_BUFFER, decoder))
         } else if is_gzip {
             let suffix = key.rsplit('/').next().unwrap_or(key).to_string();
             return Err(InputError::CompressedWithoutSuffix { suffix });
         } else {
-            Box::new(raw)
+            Source::Plain(raw)
         };
+        // Corrupt compression shows up on the first line read, with its line number.
+        if let Ok(head) = source.lines().fill_buf().await
+            && let Some(problem) = whole_file_problem(head)
+        {
+            return Err(InputError::Unusable(problem));
+        }
         Ok(Self {
-            reader,
+            source,
             max_line_bytes,
             number: 0,
             total: 0,
             max_total: u64::MAX,
             ended: false,
+            arrived,
+            reached_end: false,
         })
     }
 
@@ -80,6 +205,24 @@ impl LineReader {
     pub fn with_max_total_bytes(mut self, max_total: u64) -> Self {
         self.max_total = max_total;
         self
+    }
+
+    /// Sets the longest line accepted from here on (the spec's, once the header is read).
+    pub fn set_max_line_bytes(&mut self, max_line_bytes: usize) {
+        self.max_line_bytes = max_line_bytes;
+    }
+
+    /// The number of the last line read (blank lines included).
+    pub fn lines_read(&self) -> u64 {
+        self.number
+    }
+
+    /// How much of the object arrived, and whether the reader reached its end cleanly.
+    pub fn extent(&self) -> ReadExtent {
+        ReadExtent {
+            bytes_read: self.arrived.load(Ordering::Relaxed),
+            reached_end: self.reached_end,
+        }
     }
 
     /// The next non-empty line, or `None` at the end. Blank lines are skipped but counted.
@@ -93,7 +236,9 @@ impl LineReader {
             self.number += 1;
             let mut bytes = Vec::new();
             let limit = self.max_line_bytes as u64 + 2;
-            let read = match (&mut self.reader)
+            let read = match self
+                .source
+                .lines()
                 .take(limit)
                 .read_until(b'\n', &mut bytes)
                 .await
@@ -102,7 +247,7 @@ impl LineReader {
                 Err(e) => return self.unreadable_or_error(e),
             };
             if read == 0 {
-                return Ok(None);
+                return self.end_of_lines().await;
             }
             self.total += read as u64;
             if !bytes.ends_with(b"\n") && read as u64 == limit {
@@ -142,11 +287,31 @@ impl LineReader {
         }
     }
 
+    /// The lines ran out: the end of the object, or bytes the decoder left behind.
+    async fn end_of_lines(&mut self) -> Result<Option<InputLine>, InputError> {
+        match self.source.object_exhausted().await {
+            Ok(true) => {
+                self.ended = true;
+                self.reached_end = true;
+                Ok(None)
+            }
+            Ok(false) => {
+                // Bytes left below the decoder: trailing garbage, or data the
+                // decoder gave up on without an error.
+                let reason = "the file cannot be decompressed to its end: the decoder \
+                              stopped with bytes of the file left over"
+                    .to_string();
+                Ok(Some(self.unreadable(reason)))
+            }
+            Err(e) => self.unreadable_or_error(e),
+        }
+    }
+
     async fn skip_rest_of_line(&mut self) -> Result<u64, InputError> {
         let mut skipped = 0u64;
         loop {
             let line = self.number;
-            let buf = match self.reader.fill_buf().await {
+            let buf = match self.source.lines().fill_buf().await {
                 Ok(buf) => buf,
                 Err(e) => {
                     self.ended = is_corrupt_data(&e);
@@ -159,14 +324,14 @@ impl LineReader {
             if buf.is_empty() {
                 return Ok(skipped);
             }
-            match buf.iter().position(|b| *b == b'\n') {
+            match memchr::memchr(b'\n', buf) {
                 Some(i) => {
-                    self.reader.consume(i + 1);
+                    self.source.lines().consume(i + 1);
                     return Ok(skipped + i as u64);
                 }
                 None => {
                     let n = buf.len();
-                    self.reader.consume(n);
+                    self.source.lines().consume(n);
                     skipped += n as u64;
                 }
             }
@@ -193,6 +358,35 @@ impl LineReader {
             reason,
         }
     }
+}
+
+/// What the first bytes of a file say makes every line of it unreadable, in words
+/// that name the likely cause.
+fn whole_file_problem(head: &[u8]) -> Option<String> {
+    if head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF") {
+        return Some(
+            "the file is UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8"
+                .into(),
+        );
+    }
+    let sample = &head[..head.len().min(4096)];
+    let zeros = sample.iter().filter(|b| **b == 0).count();
+    if sample.len() >= 8 && zeros * 4 >= sample.len() {
+        return Some(
+            "the file looks like UTF-16 text (every other byte is zero); save it as UTF-8".into(),
+        );
+    }
+    let cr_inside = sample
+        .windows(2)
+        .any(|pair| pair[0] == b'\r' && pair[1] != b'\n');
+    if cr_inside && memchr::memchr(b'\n', sample).is_none() {
+        return Some(
+            "the file's lines end in a carriage return (CR) alone, as on classic Mac OS; \
+             save it with LF or CRLF line ends"
+                .into(),
+        );
+    }
+    None
 }
 
 /// Errors of the data itself (a gzip decoder's), as opposed to fetching it: retrying
@@ -280,6 +474,87 @@ mod tests {
                 panic!("no unreadable line at the end: {:?}", lines.last());
             };
             assert!(reason.contains("decompressed"), "{reason}");
+        }
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    async fn read_with_extent(key: &str, data: Vec<u8>) -> (Vec<InputLine>, ReadExtent) {
+        let mut reader = LineReader::open(key, stream(data), 100).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(line) = reader.next_line().await.unwrap() {
+            out.push(line);
+        }
+        (out, reader.extent())
+    }
+
+    #[tokio::test]
+    async fn every_member_of_a_concatenated_gzip_is_read_to_the_last_byte() {
+        let data = [gzip(b"a\nb\n"), gzip(b"c\n"), gzip(b""), gzip(b"d\ne\n")].concat();
+        let size = data.len() as u64;
+        for key in ["in.jsonl.gz", "IN.JSONL.GZ"] {
+            let (lines, extent) = read_with_extent(key, data.clone()).await;
+            assert_eq!(lines.len(), 5, "{key}: {lines:?}");
+            assert_eq!(
+                extent,
+                ReadExtent {
+                    bytes_read: size,
+                    reached_end: true
+                }
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_compressed_data_end_the_file_unread() {
+        let data = [gzip(b"a\nb\n"), b"trailing garbage".to_vec()].concat();
+        let (lines, extent) = read_with_extent("in.jsonl.gz", data).await;
+        assert!(
+            matches!(lines.last(), Some(InputLine::Unreadable { .. })),
+            "{lines:?}"
+        );
+        assert!(!extent.reached_end);
+    }
+
+    #[tokio::test]
+    async fn a_plain_file_is_read_to_its_end() {
+        let data = b"one\ntwo\n\n".to_vec();
+        let (lines, extent) = read_with_extent("in.jsonl", data.clone()).await;
+        assert_eq!(lines.len(), 2);
+        assert_eq!(extent.bytes_read, data.len() as u64);
+        assert!(extent.reached_end);
+    }
+
+    #[tokio::test]
+    async fn whole_file_problems_name_their_likely_cause() {
+        let utf16: Vec<u8> = "{\"text\":\"a\"}\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let cases: [(&str, Vec<u8>, &str); 4] = [
+            (
+                "a.jsonl",
+                [b"\xFF\xFE".to_vec(), utf16.clone()].concat(),
+                "UTF-16",
+            ),
+            ("a.jsonl", utf16.clone(), "UTF-16"),
+            ("a.jsonl.gz", gzip(&utf16), "UTF-16"),
+            (
+                "a.jsonl",
+                b"{\"text\":\"a\"}\r{\"text\":\"b\"}\r".to_vec(),
+                "carriage return",
+            ),
+        ];
+        for (key, data, cause) in cases {
+            let Err(InputError::Unusable(reason)) = LineReader::open(key, stream(data), 100).await
+            else {
+                panic!("{key}: {cause} not detected");
+            };
+            assert!(reason.contains(cause), "{reason}");
         }
     }
 

@@ -155,6 +155,39 @@ pub struct PartRecord {
     /// A running collect owns the part until then; another one waits (or takes over after).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collect_lease_until: Option<String>,
+    /// The last status call that failed, with its time and the provider's words;
+    /// cleared by the next one that succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_error: Option<String>,
+    /// Status calls refused in a row (HTTP 401, 403 or 404: a revoked key, a batch
+    /// deleted at the provider). At `Settings::max_refused_polls` poll gives up.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused_polls: u32,
+    /// Set when poll gave up on the batch: collect then records every request of
+    /// the part as a `batch_unreachable` error with this reason, without calling
+    /// the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<String>,
+}
+
+impl PartRecord {
+    /// The batch as poll last saw it, for a collect that cannot ask the provider.
+    pub fn last_seen_status(&self, batch_id: &str) -> crate::status::BatchStatus {
+        crate::status::BatchStatus {
+            batch_id: batch_id.to_string(),
+            state: self.state.unwrap_or(BatchState::Failed),
+            raw_status: self.raw_status.clone().unwrap_or_default(),
+            counts: crate::status::RequestCounts::default(),
+            created_at: None,
+            ended_at: None,
+            error: self.batch_error.clone(),
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn first_attempt() -> u32 {
@@ -177,6 +210,9 @@ impl PartRecord {
             attempt: first_attempt(),
             retry_of: None,
             collect_lease_until: None,
+            poll_error: None,
+            refused_polls: 0,
+            abandoned: None,
         }
     }
 }
@@ -203,6 +239,25 @@ pub struct JobRecord {
     /// A running submit owns the record until then; a later one may resume after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submit_lease_until: Option<String>,
+    /// How much of the uploaded object submit read (set once it reached the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputRead>,
+    /// The last failure of a step that will be retried (a submit whose provider call
+    /// failed), with its time: what an operator reads while the job waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// How much of the uploaded object submit read, counted as the bytes arrived from
+/// the store, independently of the line reader and its decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRead {
+    /// The object's size as stored.
+    pub object_bytes: u64,
+    /// The object's bytes that arrived and were decoded.
+    pub bytes_read: u64,
+    /// Every byte was read and the decoder ended cleanly at the object's end.
+    pub complete: bool,
 }
 
 /// A record together with the entity tag it was read or written with.

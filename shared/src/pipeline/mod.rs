@@ -89,6 +89,9 @@ pub struct Settings {
     pub collect_lease: Duration,
     /// Largest upload accepted.
     pub max_object_bytes: u64,
+    /// Status calls a provider may refuse in a row (HTTP 400, 401, 403, 404) before poll
+    /// gives the batch up and collect records its requests as `batch_unreachable`.
+    pub max_refused_polls: u32,
 }
 
 impl Default for Settings {
@@ -99,6 +102,8 @@ impl Default for Settings {
             submit_lease: Duration::from_secs(16 * 60),
             collect_lease: Duration::from_secs(16 * 60),
             max_object_bytes: 5 * 1024 * 1024 * 1024,
+            // An hour at the template's five-minute schedule: long enough to rotate a key.
+            max_refused_polls: 12,
         }
     }
 }

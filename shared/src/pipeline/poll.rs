@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::collect::ReadyMessage;
-use super::job::{self, JobStatus, Versioned, keys};
+use super::job::{self, JobStatus, PartRecord, Versioned, keys};
 use super::submit::{self, SubmitOutcome, UploadedObject};
 use super::{Context, PipelineError, summary};
 use crate::status::BatchStatus;
@@ -77,15 +77,16 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<(usize, usize), Pipelin
         });
     };
     let provider = ctx.providers.provider(spec.model.provider).await?;
-    let mut seen: Vec<(u32, BatchStatus)> = Vec::new();
+    let mut seen: Vec<(u32, Result<BatchStatus, crate::Error>)> = Vec::new();
     for part in &snapshot.record.parts {
         let due = part.collected.is_none()
+            && part.abandoned.is_none()
             && part
                 .enqueued_at
                 .as_deref()
                 .is_none_or(|at| requeue_due(at, ctx.settings.requeue_after));
         if let (true, Some(batch_id)) = (due, part.batch_id.as_deref()) {
-            seen.push((part.index, provider.status(batch_id).await?));
+            seen.push((part.index, provider.status(batch_id).await));
         }
     }
     let checked = seen.len();
@@ -97,9 +98,23 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<(usize, usize), Pipelin
             let Some(part) = record.parts.iter_mut().find(|p| p.index == *index) else {
                 continue;
             };
-            if part.collected.is_some() {
+            if part.collected.is_some() || part.abandoned.is_some() {
                 continue;
             }
+            let status = match status {
+                Ok(status) => status,
+                Err(e) => {
+                    note_failed_status(part, e, ctx.settings.max_refused_polls);
+                    if part.abandoned.is_some() {
+                        part.enqueued_at = Some(job::now());
+                        to_queue.push(*index);
+                    }
+                    changed = true;
+                    continue;
+                }
+            };
+            changed |= part.poll_error.take().is_some() || part.refused_polls != 0;
+            part.refused_polls = 0;
             changed |= part.state != Some(status.state)
                 || part.raw_status.as_deref() != Some(&status.raw_status);
             part.state = Some(status.state);
@@ -161,6 +176,41 @@ async fn resume_dead_submit(ctx: &Context, snapshot: Versioned) -> Result<(), Pi
         submit::fail(ctx, snapshot, reason).await?;
     }
     Ok(())
+}
+
+/// Records a failed status call in the part, where the job record shows it. A
+/// refusal (HTTP 401 or 403, or 400 from the Gemini API: a revoked key; 404: a batch
+/// deleted at the provider) is counted, and after `max_refused` in a row the part is
+/// given up: collect turns its requests into errors that quote the provider. Other
+/// failures (network, 5xx) leave the job waiting, visibly: the provider may come back.
+fn note_failed_status(part: &mut PartRecord, error: &crate::Error, max_refused: u32) {
+    tracing::warn!(part = part.index, %error, "status call failed");
+    part.poll_error = Some(format!("{}: {error}", job::now()));
+    if !is_refusal(error) {
+        return;
+    }
+    part.refused_polls += 1;
+    if part.refused_polls >= max_refused {
+        let reason = format!(
+            "the provider refused {} status calls in a row for batch {}; last answer: {error}",
+            part.refused_polls,
+            part.batch_id.as_deref().unwrap_or_default()
+        );
+        part.batch_error = Some(reason.clone());
+        part.abandoned = Some(reason);
+    }
+}
+
+/// An answer that will not change by asking again: the key is refused or the batch
+/// is gone.
+fn is_refusal(error: &crate::Error) -> bool {
+    matches!(
+        error,
+        crate::Error::Api {
+            status: 400 | 401 | 403 | 404,
+            ..
+        }
+    )
 }
 
 fn requeue_due(enqueued_at: &str, after: std::time::Duration) -> bool {

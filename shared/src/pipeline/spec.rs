@@ -30,7 +30,7 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_part: Option<usize>,
     /// Attempts per request, the first included: requests that failed for a retryable
-    /// reason (rate limit, overload, server error, expired, cancelled) are resubmitted
+    /// reason (rate limit, overload, server error, expired batch) are resubmitted
     /// in a new part until they succeed, fail otherwise or reach this (default 2).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
@@ -60,6 +60,20 @@ fn default_max_attempts() -> u32 {
     2
 }
 
+/// The bounds [`JobSpec::check`] enforces, as the README's spec table documents them.
+pub mod bounds {
+    /// `max_line_bytes`: at most 64 MiB (a line is held in memory while it is read).
+    pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+    /// `max_attempts`: 1 (no retry) to 10.
+    pub const MAX_ATTEMPTS: u32 = 10;
+    /// `max_tokens`: 1 to 200,000 (the model's own limit applies at the provider).
+    pub const MAX_TOKENS: u32 = 200_000;
+    /// `temperature`: 0 to 2.
+    pub const MAX_TEMPERATURE: f64 = 2.0;
+    /// `prices`: 0 to 10,000 USD per million tokens.
+    pub const MAX_PRICE_PER_MILLION: f64 = 10_000.0;
+}
+
 fn default_max_tokens() -> u32 {
     GenerationParams::default().max_tokens
 }
@@ -74,6 +88,74 @@ impl JobSpec {
             name: self.schema_name.clone(),
             schema: self.schema.clone(),
         }
+    }
+
+    /// Checks every number of the spec against its documented bound
+    /// ([`bounds`]); `max_requests_per_provider_batch` is the provider's own limit.
+    /// The error says which field is out of bounds and what is allowed.
+    pub fn check(&self, max_requests_per_provider_batch: usize) -> Result<(), String> {
+        let out_of_bounds = |field: &str, value: String, allowed: String| {
+            Err(format!(
+                "spec field `{field}` is {value}; allowed: {allowed}"
+            ))
+        };
+        if !(1..=bounds::MAX_LINE_BYTES).contains(&self.max_line_bytes) {
+            return out_of_bounds(
+                "max_line_bytes",
+                self.max_line_bytes.to_string(),
+                format!("1 to {} (64 MiB)", bounds::MAX_LINE_BYTES),
+            );
+        }
+        if !(1..=bounds::MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return out_of_bounds(
+                "max_attempts",
+                self.max_attempts.to_string(),
+                format!("1 to {}", bounds::MAX_ATTEMPTS),
+            );
+        }
+        if !(1..=bounds::MAX_TOKENS).contains(&self.max_tokens) {
+            return out_of_bounds(
+                "max_tokens",
+                self.max_tokens.to_string(),
+                format!("1 to {}", bounds::MAX_TOKENS),
+            );
+        }
+        if let Some(max) = self.max_requests_per_part
+            && !(1..=max_requests_per_provider_batch).contains(&max)
+        {
+            return out_of_bounds(
+                "max_requests_per_part",
+                max.to_string(),
+                format!(
+                    "1 to {max_requests_per_provider_batch} ({}'s limit per batch)",
+                    self.model.provider
+                ),
+            );
+        }
+        if let Some(t) = self.temperature
+            && !(0.0..=bounds::MAX_TEMPERATURE).contains(&t)
+        {
+            return out_of_bounds(
+                "temperature",
+                t.to_string(),
+                format!("0 to {}", bounds::MAX_TEMPERATURE),
+            );
+        }
+        if let Some(prices) = self.prices {
+            for (field, price) in [
+                ("prices.input_per_million", prices.input_per_million),
+                ("prices.output_per_million", prices.output_per_million),
+            ] {
+                if !(0.0..=bounds::MAX_PRICE_PER_MILLION).contains(&price) {
+                    return out_of_bounds(
+                        field,
+                        price.to_string(),
+                        format!("0 to {} USD", bounds::MAX_PRICE_PER_MILLION),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn params(&self) -> GenerationParams {
@@ -95,12 +177,9 @@ pub struct SpecHeader {
 /// Looks like a header (has a `spec` key) whether or not it parses as one, so that a
 /// broken header is reported as such instead of as a bad request line.
 pub fn is_header(line: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Probe<'a> {
-        #[serde(borrow)]
-        spec: Option<&'a serde_json::value::RawValue>,
-    }
-    serde_json::from_slice::<Probe>(line).is_ok_and(|p| p.spec.is_some())
+    // The key's presence decides, so that `{"spec": null}` counts as a (broken) header.
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line)
+        .is_ok_and(|object| object.contains_key("spec"))
 }
 
 /// One line of an uploaded file.
@@ -124,8 +203,30 @@ pub struct LineRejection {
 }
 
 /// The id a line without `custom_id` gets: its 1-based line number in the file.
+/// Also the id a rejected line is reported under when its own id cannot be used.
+///
+/// Ids of this form are reserved: a given `custom_id` `line-N` is accepted only on
+/// line N (see [`check_given_id`]), so a generated id never meets a given one.
 pub fn line_id(line_no: u64) -> String {
-    format!("line-{line_no}")
+    format!("{LINE_ID_PREFIX}{line_no}")
+}
+
+const LINE_ID_PREFIX: &str = "line-";
+
+/// Checks a `custom_id` given on line `line_no`: the general rules of
+/// [`check_custom_id`], and that it does not take the generated id of another line.
+pub fn check_given_id(id: &str, line_no: u64) -> Result<(), String> {
+    check_custom_id(id)?;
+    let takes_a_line_id = id
+        .strip_prefix(LINE_ID_PREFIX)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if takes_a_line_id && id != line_id(line_no) {
+        return Err(format!(
+            "custom_id {id:?} has the form line-<number>, which is reserved for the ids of \
+             lines without a custom_id (it is accepted only on that line)"
+        ));
+    }
+    Ok(())
 }
 
 /// Longest `custom_id` accepted (OpenAI has no documented limit; ids land in result
@@ -140,13 +241,13 @@ pub fn parse_line(line_no: u64, line: &[u8]) -> Result<Request, LineRejection> {
         .map_err(|e| reject(line_id(line_no), format!("line is not UTF-8 ({e})")))?;
     let parsed: InputLine = serde_json::from_str(text).map_err(|e| {
         reject(
-            recover_id(text).unwrap_or_else(|| line_id(line_no)),
+            recover_id(text, line_no).unwrap_or_else(|| line_id(line_no)),
             format!("line is not a valid request: {e}"),
         )
     })?;
     let custom_id = match parsed.custom_id {
         Some(id) => {
-            check_custom_id(&id).map_err(|reason| reject(line_id(line_no), reason))?;
+            check_given_id(&id, line_no).map_err(|reason| reject(line_id(line_no), reason))?;
             id
         }
         None => line_id(line_no),
@@ -200,13 +301,13 @@ pub fn check_custom_id(id: &str) -> Result<(), String> {
 }
 
 /// The `custom_id` of a line that failed to parse as a whole, if it has a usable one.
-fn recover_id(text: &str) -> Option<String> {
+fn recover_id(text: &str, line_no: u64) -> Option<String> {
     #[derive(Deserialize)]
     struct IdOnly {
         custom_id: String,
     }
     let id = serde_json::from_str::<IdOnly>(text).ok()?.custom_id;
-    check_custom_id(&id).ok().map(|_| id)
+    check_given_id(&id, line_no).ok().map(|_| id)
 }
 
 #[cfg(test)]
@@ -253,7 +354,74 @@ mod tests {
     }
 
     #[test]
+    fn given_ids_of_the_generated_form_are_taken_only_on_their_own_line() {
+        assert_eq!(
+            parse_line(7, br#"{"custom_id":"line-7","text":"x"}"#)
+                .unwrap()
+                .custom_id,
+            "line-7"
+        );
+        for (id, line) in [("line-3", 7), ("line-07", 7), ("line-8", 7)] {
+            let text = format!(r#"{{"custom_id":"{id}","text":"x"}}"#);
+            let err = parse_line(line, text.as_bytes()).unwrap_err();
+            assert_eq!(err.custom_id, "line-7", "{err:?}");
+            assert!(err.reason.contains("reserved"), "{err:?}");
+            // A line broken elsewhere does not keep a reserved id either.
+            let broken = format!(r#"{{"custom_id":"{id}","text":1}}"#);
+            assert_eq!(
+                parse_line(line, broken.as_bytes()).unwrap_err().custom_id,
+                "line-7"
+            );
+        }
+        assert!(parse_line(1, br#"{"custom_id":"line-x","text":"x"}"#).is_ok());
+        assert!(parse_line(1, br#"{"custom_id":"line-","text":"x"}"#).is_ok());
+    }
+
+    #[test]
+    fn spec_numbers_are_checked_against_their_documented_bounds() {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "model": "openai/gpt-4o-mini", "schema_name": "s", "schema": {"type": "object"}
+        }))
+        .unwrap();
+        assert_eq!(spec.check(50_000), Ok(()));
+        let cases: [(serde_json::Value, &str); 8] = [
+            (serde_json::json!({"max_line_bytes": 0}), "max_line_bytes"),
+            (
+                serde_json::json!({"max_line_bytes": 65 * 1024 * 1024}),
+                "max_line_bytes",
+            ),
+            (serde_json::json!({"max_attempts": 0}), "max_attempts"),
+            (serde_json::json!({"max_attempts": 11}), "max_attempts"),
+            (serde_json::json!({"max_tokens": 0}), "max_tokens"),
+            (
+                serde_json::json!({"max_requests_per_part": 50_001}),
+                "max_requests_per_part",
+            ),
+            (serde_json::json!({"temperature": 2.5}), "temperature"),
+            (
+                serde_json::json!({"prices": {"input_per_million": -1.0, "output_per_million": 1.0}}),
+                "prices.input_per_million",
+            ),
+        ];
+        for (change, field) in cases {
+            let mut value = serde_json::to_value(&spec).unwrap();
+            value
+                .as_object_mut()
+                .unwrap()
+                .extend(change.as_object().unwrap().clone());
+            let changed: JobSpec = serde_json::from_value(value).unwrap();
+            let err = changed.check(50_000).unwrap_err();
+            assert!(
+                err.contains(&format!("`{field}`")) && err.contains("allowed"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn headers_are_recognised_even_when_broken() {
+        assert!(is_header(br#"{"spec":null}"#));
+        assert!(!is_header(b"null"));
         assert!(is_header(br#"{"spec":{"model":"x"}}"#));
         assert!(!is_header(br#"{"text":"spec"}"#));
         let header: SpecHeader = serde_json::from_slice(

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::input::{InputError, InputLine, LineReader};
-use super::job::{self, JobRecord, JobStatus, PartRecord, SourceObject, Versioned, keys};
+use super::job::{
+    self, InputRead, JobRecord, JobStatus, PartRecord, SourceObject, Versioned, keys,
+};
 use super::spec::{self, JobSpec, SpecHeader};
 use super::{Context, PipelineError, summary};
 use crate::build::{BatchBuilder, BatchPart};
@@ -79,9 +81,45 @@ pub async fn submit(
         version_id: meta.version_id.clone(),
     };
     let job_id = source.job_id();
-    let Some((mut versioned, resuming)) = claim(ctx, &job_id, source).await? else {
+    let Some((versioned, resuming)) = claim(ctx, &job_id, source).await? else {
         return existing_outcome(ctx, &job_id).await;
     };
+    let outcome = submit_claimed(ctx, &meta, versioned, resuming).await;
+    if let Err(e) = &outcome {
+        release_lease(ctx, &job_id, e).await;
+    }
+    outcome
+}
+
+/// Gives a failed submit's lease back, so that Lambda's own retry of the event (a
+/// minute or two later) can resume the job instead of finding it still owned, and
+/// notes the error in the record, where the job can be seen waiting.
+async fn release_lease(ctx: &Context, job_id: &str, error: &PipelineError) {
+    let noted = format!("{}: submit failed and will be retried: {error}", job::now());
+    let released = job::update(ctx.store.as_ref(), job_id, |record| {
+        if record.status != JobStatus::Submitting {
+            return false;
+        }
+        record.submit_lease_until = None;
+        record.last_error = Some(noted.clone());
+        true
+    })
+    .await;
+    if let Err(e) = released {
+        tracing::warn!(job = %job_id, error = %e, "could not release the submit lease; it runs out by itself");
+    }
+}
+
+/// Reads the claimed upload and submits its parts.
+async fn submit_claimed(
+    ctx: &Context,
+    meta: &crate::storage::ObjectMeta,
+    mut versioned: Versioned,
+    resuming: bool,
+) -> Result<SubmitOutcome, PipelineError> {
+    let job_id = versioned.record.job_id.clone();
+    let key = versioned.record.source.key.clone();
+    let key = key.as_str();
     // Indexed from the start, so that poll can resume this submit if it dies.
     put_open_marker(ctx, &job_id).await?;
 
@@ -102,7 +140,7 @@ pub async fn submit(
     }
     let mut reader = match open_reader(ctx, key, meta.version_id.as_deref()).await? {
         Ok(reader) => reader,
-        Err(e @ InputError::CompressedWithoutSuffix { .. }) => {
+        Err(e @ (InputError::CompressedWithoutSuffix { .. } | InputError::Unusable(_))) => {
             return fail(ctx, versioned, format!("{key}: {e}")).await;
         }
         Err(InputError::Read { message, .. }) => {
@@ -130,13 +168,17 @@ pub async fn submit(
     if let Err(e) = ResultParser::new(spec.model.provider, &spec.output_schema(), no_rows) {
         return fail(ctx, versioned, format!("{key}: {e}")).await;
     }
-    if let Some(max) = spec.max_requests_per_part {
+    if let Err(reason) = spec.check(builder.limits().max_requests) {
+        return fail(ctx, versioned, format!("{key}: {reason}")).await;
+    }
+    if let Some(max_requests) = spec.max_requests_per_part {
         let limits = builder.limits();
         builder = builder.with_limits(PartLimits {
-            max_requests: max.clamp(1, limits.max_requests),
+            max_requests,
             ..limits
         });
     }
+    reader.set_max_line_bytes(spec.max_line_bytes);
     let provider = ctx.providers.provider(spec.model.provider).await?;
     versioned.record.spec = Some(spec.clone());
 
@@ -150,6 +192,7 @@ pub async fn submit(
         rejected_lines: 0,
         requests: 0,
         ids: HashSet::new(),
+        unreadable: None,
     };
     // The first line was either the header (consumed) or a request (handed back).
     let mut line = match pending {
@@ -158,6 +201,9 @@ pub async fn submit(
     };
     while let Some(current) = line {
         run.requests += 1;
+        if let InputLine::Unreadable { reason, .. } = &current {
+            run.unreadable = Some(reason.clone());
+        }
         match read_request(&spec, current) {
             Err((custom_id, number, reason)) => run.reject(custom_id, number, reason).await?,
             Ok((number, request)) if !run.ids.insert(request.custom_id.clone()) => {
@@ -186,6 +232,35 @@ pub async fn submit(
     let (requests, rejected_lines) = (run.requests, run.rejected_lines);
     if rejected_lines > 0 {
         run.rejected.finish().await?;
+    }
+    let extent = reader.extent();
+    let input = InputRead {
+        object_bytes: meta.size,
+        bytes_read: extent.bytes_read,
+        complete: extent.reached_end && extent.bytes_read == meta.size,
+    };
+    versioned.record.input = Some(input);
+    if !input.complete {
+        let why = match run.unreadable.as_deref() {
+            Some(reason) => reason.to_string(),
+            None => "the download ended early".to_string(),
+        };
+        let reason = format!(
+            "{key}: the file could not be read to its end ({why}): {} of its {} bytes \
+             arrived; the rows after line {} are not in the results",
+            input.bytes_read,
+            input.object_bytes,
+            reader.lines_read()
+        );
+        if versioned.record.parts.is_empty() {
+            versioned.record.input_errors = rejected_lines;
+            versioned.record.requests = requests;
+            return fail(ctx, versioned, reason).await;
+        }
+        // The parts already created run to the end, so that what was paid for is
+        // delivered; the job then closes as failed with this reason.
+        tracing::error!(job = %job_id, %reason, "the upload was not read to its end");
+        versioned.record.failure = Some(reason);
     }
     if requests == 0 {
         return fail(
@@ -238,6 +313,8 @@ async fn claim(
         submitted_at: None,
         completed_at: None,
         submit_lease_until: Some(lease_until.clone()),
+        input: None,
+        last_error: None,
     };
     if let Some(created) = job::create(ctx.store.as_ref(), record).await? {
         return Ok(Some((created, false)));
@@ -291,9 +368,9 @@ async fn open_reader(
     key: &str,
     version: Option<&str>,
 ) -> Result<Result<LineReader, InputError>, PipelineError> {
-    const READ_LIMIT: usize = 64 * 1024 * 1024;
     let stream = ctx.store.get_stream(key, version).await?;
-    Ok(LineReader::open(key, stream, READ_LIMIT)
+    // The header line may be as long as any line; the spec's limit applies after it.
+    Ok(LineReader::open(key, stream, spec::bounds::MAX_LINE_BYTES)
         .await
         .map(|reader| reader.with_max_total_bytes(ctx.settings.max_object_bytes)))
 }
@@ -330,7 +407,10 @@ pub(super) async fn reread_requests(
 ) -> Result<Option<Vec<Request>>, PipelineError> {
     let key = source.key.as_str();
     let mut reader = match open_reader(ctx, key, source.version_id.as_deref()).await {
-        Ok(Ok(reader)) => reader,
+        Ok(Ok(mut reader)) => {
+            reader.set_max_line_bytes(spec.max_line_bytes);
+            reader
+        }
         Err(PipelineError::Store(StoreError::NotFound { .. })) | Ok(Err(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
@@ -416,9 +496,15 @@ fn first_line_problem(first: Option<&InputLine>) -> String {
     match first {
         Some(InputLine::Line { number, bytes }) => match std::str::from_utf8(bytes) {
             Err(_) => format!("{NOT_HEADER}: line {number} is not UTF-8 text"),
-            Ok(text) => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(text) => match serde_json::from_str::<serde_json::Value>(text) {
                 Err(e) => format!("{NOT_HEADER}: line {number} is not JSON ({e})"),
-                Ok(_) => format!("{NOT_HEADER}: line {number} is a request"),
+                Ok(serde_json::Value::Object(_)) => {
+                    format!("{NOT_HEADER}: line {number} is a request")
+                }
+                Ok(other) => {
+                    let shown: String = other.to_string().chars().take(40).collect();
+                    format!("{NOT_HEADER}: line {number} is `{shown}`, not a JSON object")
+                }
             },
         },
         Some(InputLine::TooLong { number, length }) => {
@@ -490,6 +576,8 @@ struct SubmitRun<'a> {
     /// Every id a line has taken so far, accepted or rejected: a later line with the
     /// same id is reported under its line number, so that each id appears once.
     ids: HashSet<String>,
+    /// Why the reader stopped before the end of the file, if it did.
+    unreadable: Option<String>,
 }
 
 impl SubmitRun<'_> {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::job::{self, JobStatus, SourceObject, Versioned, keys};
+use super::job::{self, InputRead, JobStatus, SourceObject, Versioned, keys};
 use super::{Context, PipelineError};
 use crate::results::Usage;
 
@@ -16,6 +16,9 @@ struct Summary<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     failure: Option<&'a str>,
     source: &'a SourceObject,
+    /// How much of the upload was read: every byte, or the job says why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<InputRead>,
     #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<String>,
     requests: u64,
@@ -50,6 +53,9 @@ struct PartSummary<'a> {
     failed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     split_reason: Option<&'a str>,
+    /// The provider's reason for failing the batch, or why poll gave it up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,6 +159,7 @@ pub(super) async fn close_job(
         status: record.status,
         failure: record.failure.as_deref(),
         source: &record.source,
+        input: record.input,
         model: record.spec.as_ref().map(|s| s.model.to_string()),
         requests: record.requests,
         succeeded,
@@ -180,6 +187,7 @@ pub(super) async fn close_job(
                 succeeded: p.collected.as_ref().map_or(0, |c| c.succeeded),
                 failed: p.collected.as_ref().map_or(0, |c| c.failed),
                 split_reason: p.split_reason.as_deref(),
+                error: p.batch_error.as_deref(),
             })
             .collect(),
         files,

@@ -283,6 +283,26 @@ impl Harness {
             "{summary}"
         );
         assert_eq!(summary["invariant_holds"], json!(true), "{summary}");
+        // Independently of the submit path: a completed job read every byte of the
+        // object as S3 stores it.
+        if summary["status"] == "completed" {
+            let source = &summary["source"];
+            let head = self
+                .s3
+                .head_object()
+                .bucket(BUCKET)
+                .key(source["key"].as_str().expect("source key"))
+                .set_version_id(source["version_id"].as_str().map(str::to_string))
+                .send()
+                .await
+                .expect("head the upload");
+            let size = head.content_length().expect("size") as u64;
+            assert_eq!(
+                summary["input"],
+                json!({"object_bytes": size, "bytes_read": size, "complete": true}),
+                "{summary}"
+            );
+        }
         results
     }
 
