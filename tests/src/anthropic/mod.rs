@@ -1,0 +1,126 @@
+//! Anthropic Message Batches: create, retrieve, list, cancel, delete and results.
+//!
+//! Every request is checked when the batch is created; a bad one fails the whole call
+//! with a 400. Results are planned at creation and written once the batch ends.
+
+mod batches;
+mod results;
+#[cfg(test)]
+mod tests;
+mod validation;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use batches::MessageBatch;
+use batches::cancel_batch;
+use batches::create_batch;
+use batches::delete_batch;
+use batches::get_batch;
+use batches::list_batches;
+use results::batch_results;
+use serde_json::json;
+
+use crate::common::Shared;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    routes(Arc::new(Anthropic {
+        shared,
+        batches: Mutex::new(Vec::new()),
+    }))
+}
+
+fn routes(state: Arc<Anthropic>) -> Router {
+    Router::new()
+        .route(
+            "/v1/messages/batches",
+            post(create_batch)
+                .get(list_batches)
+                // The 256 MB limit is checked by the handler, with the API's own 413 body.
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/messages/batches/{id}",
+            get(get_batch).delete(delete_batch),
+        )
+        .route("/v1/messages/batches/{id}/cancel", post(cancel_batch))
+        .route("/v1/messages/batches/{id}/results", get(batch_results))
+        .route_layer(middleware::from_fn_with_state(state.clone(), check_headers))
+        .with_state(state)
+}
+
+struct Anthropic {
+    shared: Arc<Shared>,
+    /// In creation order; listed newest first.
+    batches: Mutex<Vec<MessageBatch>>,
+}
+
+/// An error answered with `{"type":"error","error":{"type","message"}}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.into(),
+        }
+    }
+
+    fn not_found(id: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            kind: "not_found_error",
+            message: format!("No message batch found with id '{id}'."),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"type": "error", "error": {"type": self.kind, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The configured key must come in `x-api-key` (or as `Authorization: Bearer`, which the
+/// current official SDK sends), and `anthropic-version` must be present.
+async fn check_headers(
+    State(state): State<Arc<Anthropic>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let key = state.shared.config.api_key.as_bytes();
+    let bearer = format!("Bearer {}", state.shared.config.api_key);
+    let key_ok = headers
+        .get("x-api-key")
+        .is_some_and(|sent| sent.as_bytes() == key)
+        || headers
+            .get(header::AUTHORIZATION)
+            .is_some_and(|sent| sent.as_bytes() == bearer.as_bytes());
+    if !key_ok {
+        return ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "authentication_error",
+            message: "invalid x-api-key".to_string(),
+        }
+        .into_response();
+    }
+    if !headers.contains_key("anthropic-version") {
+        return ApiError::invalid("anthropic-version: header is required").into_response();
+    }
+    next.run(request).await
+}

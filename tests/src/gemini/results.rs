@@ -1,0 +1,114 @@
+//! Running a finished Gemini batch: a response or an error for every request.
+
+use axum::body::Bytes;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::common::{BatchFate, ran_count};
+use crate::google::{Api, Code, GoogleError, generate, scrambled_order};
+
+use super::Gemini;
+use super::batches::{Batch, CANCELLED, EXPIRED, Ended, Input, Output, SUCCEEDED, Stats, Tag};
+use super::files::StoredFile;
+
+impl Batch {
+    pub(super) fn run(
+        &self,
+        gemini: &Gemini,
+        cancelled_at: Option<u32>,
+    ) -> Result<(&'static str, Ended), GoogleError> {
+        if cancelled_at.is_some_and(|at| at == 0) {
+            let stats = Stats {
+                pending: self.request_count,
+                ..Stats::default()
+            };
+            return Ok((
+                CANCELLED,
+                Ended {
+                    error: None,
+                    output: None,
+                    stats,
+                },
+            ));
+        }
+        let requests = self.requests(gemini)?;
+        if self.fate == BatchFate::FailValidation {
+            return Err(GoogleError::invalid(
+                "The batch input failed validation (emulated).",
+            ));
+        }
+        let ran = match (cancelled_at, self.fate) {
+            (Some(_), _) | (None, BatchFate::Expire) => ran_count(requests.len(), self.partial),
+            (None, _) => requests.len(),
+        };
+        let mut stats = Stats {
+            pending: requests.len() - ran,
+            ..Stats::default()
+        };
+        let mut answer = |tag: &Tag, request: &Value| {
+            let outcome = match self.fate {
+                BatchFate::AllFail => Err(GoogleError::new(
+                    Code::Internal,
+                    "Internal error encountered.",
+                )),
+                _ => generate(request, Api::Gemini, &self.model_id),
+            };
+            let mut line = match tag {
+                Tag::Key(key) => json!({"key": key}),
+                Tag::Metadata(Some(metadata)) => json!({"metadata": metadata}),
+                Tag::Metadata(None) => json!({}),
+            };
+            match outcome {
+                Ok(response) => {
+                    stats.successful += 1;
+                    line["response"] = response;
+                }
+                Err(error) => {
+                    stats.failed += 1;
+                    line["error"] = error.http_error();
+                }
+            }
+            line
+        };
+        let output = match &self.input {
+            Input::File(_) => {
+                let mut results = Vec::new();
+                for index in scrambled_order(ran) {
+                    let (tag, request) = &requests[index];
+                    serde_json::to_writer(&mut results, &answer(tag, request))
+                        .expect("serializing JSON to memory");
+                    results.push(b'\n');
+                }
+                let id = format!("batch-{}", self.id);
+                gemini.store(StoredFile {
+                    id: id.clone(),
+                    display_name: None,
+                    mime_type: "application/jsonl".to_string(),
+                    data: Bytes::from(results),
+                    create_time: OffsetDateTime::now_utc(),
+                    generated: true,
+                });
+                Output::ResponsesFile(format!("files/{id}"))
+            }
+            Input::Inline(_) => Output::Inline(
+                requests[..ran]
+                    .iter()
+                    .map(|(tag, request)| answer(tag, request))
+                    .collect(),
+            ),
+        };
+        let state = match (cancelled_at, self.fate) {
+            (Some(_), _) => CANCELLED,
+            (None, BatchFate::Expire) => EXPIRED,
+            (None, _) => SUCCEEDED,
+        };
+        Ok((
+            state,
+            Ended {
+                error: None,
+                output: Some(output),
+                stats,
+            },
+        ))
+    }
+}

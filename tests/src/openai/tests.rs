@@ -1,0 +1,844 @@
+//! The routes exercised in process, one test per behaviour of the real API.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use crate::common::testing::{call, call_json, frozen_shared, jsonl, steps_ago};
+use crate::common::{BatchFate, RequestFault, answer_for, lock};
+
+use super::batches::{DAY_SECONDS, INPUT_LIMITS, STEP_DONE, STEP_FINALIZING, STEP_IN_PROGRESS};
+use super::validation::{
+    InputLimits, check_body, check_response_format, plan_batch, size_violation, strict_violation,
+};
+use super::{CHAT_COMPLETIONS, OpenAi, Store, routes};
+
+const AUTH: (&str, &str) = ("authorization", "Bearer test-key");
+const SCHEMA_NAME: &str = "person";
+
+fn schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120}
+        },
+        "required": ["name", "age"],
+        "additionalProperties": false
+    })
+}
+
+/// A valid input line asking `text` of `model` with the strict test schema.
+fn line_for(custom_id: &str, model: &str, text: &str) -> Value {
+    json!({
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": CHAT_COMPLETIONS,
+        "body": {
+            "model": model,
+            "messages": [{"role": "system", "content": "Extract."}, {"role": "user", "content": text}],
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": SCHEMA_NAME, "strict": true, "schema": schema()
+            }}
+        }
+    })
+}
+
+fn line(custom_id: &str, text: &str) -> Value {
+    line_for(custom_id, "gpt-4o-mini", text)
+}
+
+fn file_of(lines: &[Value]) -> Vec<u8> {
+    lines
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+struct Harness {
+    state: Arc<OpenAi>,
+    router: Router,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let state = Arc::new(OpenAi {
+            shared: frozen_shared(),
+            store: Mutex::new(Store::default()),
+        });
+        Self {
+            router: routes(state.clone()),
+            state,
+        }
+    }
+
+    async fn upload_raw(
+        &self,
+        purpose: Option<&str>,
+        filename: &str,
+        content: &[u8],
+    ) -> (StatusCode, Value) {
+        let boundary = "emulator-test-boundary";
+        let mut body = Vec::new();
+        if let Some(purpose) = purpose {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n")
+                    .as_bytes(),
+            );
+        }
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: application/jsonl\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(content);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        call_json(
+            &self.router,
+            "POST",
+            "/v1/files",
+            &[AUTH, ("content-type", &content_type)],
+            body,
+        )
+        .await
+    }
+
+    async fn upload(&self, content: &[u8]) -> String {
+        let (status, file) = self.upload_raw(Some("batch"), "input.jsonl", content).await;
+        assert_eq!(status, StatusCode::OK, "{file}");
+        file["id"].as_str().unwrap().to_string()
+    }
+
+    async fn create_raw(&self, body: Value) -> (StatusCode, Value) {
+        call_json(
+            &self.router,
+            "POST",
+            "/v1/batches",
+            &[AUTH, ("content-type", "application/json")],
+            body.to_string(),
+        )
+        .await
+    }
+
+    /// Uploads `lines` and creates a batch over them.
+    async fn batch_of(&self, lines: &[Value]) -> String {
+        let file_id = self.upload(&file_of(lines)).await;
+        let (status, batch) = self
+            .create_raw(json!({"input_file_id": file_id, "endpoint": CHAT_COMPLETIONS, "completion_window": "24h"}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{batch}");
+        assert_eq!(batch["status"], "validating");
+        batch["id"].as_str().unwrap().to_string()
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        call_json(&self.router, "GET", uri, &[AUTH], Body::empty()).await
+    }
+
+    async fn batch(&self, id: &str) -> Value {
+        let (status, batch) = self.get(&format!("/v1/batches/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{batch}");
+        batch
+    }
+
+    async fn cancel(&self, id: &str) -> (StatusCode, Value) {
+        let uri = format!("/v1/batches/{id}/cancel");
+        call_json(&self.router, "POST", &uri, &[AUTH], Body::empty()).await
+    }
+
+    /// Pretends the batch was created `steps` lifecycle steps ago.
+    fn age(&self, id: &str, steps: u32) {
+        let mut store = lock(&self.state.store);
+        let batch = store.batches.iter_mut().find(|b| b.id == id).unwrap();
+        batch.created = steps_ago(steps);
+    }
+
+    fn force_end(&self, id: &str) {
+        lock(&self.state.shared.forced).insert(id.to_string(), ());
+    }
+
+    fn set_fate(&self, fate: BatchFate, partial: f64) {
+        let mut plan = lock(&self.state.shared.faults);
+        plan.batch_fate = fate;
+        plan.partial = partial;
+    }
+
+    /// The lines of a results file, or none when the id is null.
+    async fn lines_of(&self, file_id: &Value) -> Vec<Value> {
+        let Some(id) = file_id.as_str() else {
+            return Vec::new();
+        };
+        let uri = format!("/v1/files/{id}/content");
+        let (status, body) = call(&self.router, "GET", &uri, &[AUTH], Body::empty()).await;
+        assert_eq!(status, StatusCode::OK);
+        jsonl(&body)
+    }
+
+    /// Ends the batch; answers it with its output and error lines.
+    async fn finished(&self, id: &str) -> (Value, Vec<Value>, Vec<Value>) {
+        self.force_end(id);
+        let batch = self.batch(id).await;
+        let output = self.lines_of(&batch["output_file_id"]).await;
+        let errors = self.lines_of(&batch["error_file_id"]).await;
+        (batch, output, errors)
+    }
+}
+
+fn by_custom_id(lines: &[Value]) -> HashMap<String, Value> {
+    lines
+        .iter()
+        .map(|l| (l["custom_id"].as_str().unwrap().to_string(), l.clone()))
+        .collect()
+}
+
+fn content_of(line: &Value) -> &Value {
+    &line["response"]["body"]["choices"][0]["message"]["content"]
+}
+
+#[tokio::test]
+async fn every_route_needs_the_bearer_key_and_never_echoes_it() {
+    let harness = Harness::new();
+    for headers in [vec![], vec![("authorization", "Bearer wrong-key-123")]] {
+        let (status, body) = call_json(
+            &harness.router,
+            "GET",
+            "/v1/batches",
+            &headers,
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(!body.to_string().contains("wrong-key-123"));
+    }
+}
+
+#[tokio::test]
+async fn uploads_are_checked_and_served_back_byte_for_byte() {
+    let harness = Harness::new();
+    let content = file_of(&[line("a", "Ann is 31")]);
+    let (status, file) = harness
+        .upload_raw(Some("batch"), "input.jsonl", &content)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(file["object"], "file");
+    assert_eq!(file["purpose"], "batch");
+    assert_eq!(file["status"], "processed");
+    assert_eq!(file["bytes"], content.len());
+    assert_eq!(file["filename"], "input.jsonl");
+    assert!(file.get("status_details").is_some_and(Value::is_null));
+    let id = file["id"].as_str().unwrap();
+    assert_eq!(harness.get(&format!("/v1/files/{id}")).await.1, file);
+    let uri = format!("/v1/files/{id}/content");
+    let (_, served) = call(&harness.router, "GET", &uri, &[AUTH], Body::empty()).await;
+    assert_eq!(&served[..], &content[..]);
+
+    for (purpose, filename, param) in [
+        (None, "input.jsonl", "purpose"),
+        (Some("fine-tune"), "input.jsonl", "purpose"),
+        (Some("batch"), "input.csv", "file"),
+    ] {
+        let (status, body) = harness.upload_raw(purpose, filename, &content).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{purpose:?} {filename}");
+        assert_eq!(body["error"]["param"], param);
+    }
+    let (status, _) = harness.get("/v1/files/file-missing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn create_rejects_bad_parameters_with_openai_errors() {
+    let harness = Harness::new();
+    let file_id = harness.upload(&file_of(&[line("a", "x")])).await;
+    let base =
+        json!({"input_file_id": file_id, "endpoint": CHAT_COMPLETIONS, "completion_window": "24h"});
+    let with = |key: &str, value: Value| {
+        let mut body = base.clone();
+        body[key] = value;
+        body
+    };
+    let many: Map<String, Value> = (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let sixteen: Map<String, Value> = (0..16).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let cases = [
+        (with("input_file_id", json!("file-nope")), "input_file_id"),
+        (with("completion_window", json!("48h")), "completion_window"),
+        (with("endpoint", json!("/v1/embeddings")), "endpoint"),
+        (with("metadata", Value::Object(many)), "metadata"),
+        (with("metadata", json!({"k".repeat(65): "v"})), "metadata"),
+        (with("metadata", json!({"k": "v".repeat(513)})), "metadata"),
+        (with("metadata", json!({"k": 5})), "metadata"),
+    ];
+    for (body, param) in cases {
+        let (status, error) = harness.create_raw(body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+        assert_eq!(error["error"]["param"], param, "{error}");
+    }
+    let limits = json!({"k".repeat(64): "v".repeat(512)});
+    for metadata in [Value::Object(sixteen), limits] {
+        let (status, batch) = harness.create_raw(with("metadata", metadata.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{batch}");
+        assert_eq!(batch["metadata"], metadata);
+    }
+}
+
+#[tokio::test]
+async fn the_batch_object_carries_every_field() {
+    let harness = Harness::new();
+    let id = harness.batch_of(&[line("a", "x")]).await;
+    let batch = harness.batch(&id).await;
+    let fields = [
+        "id",
+        "object",
+        "endpoint",
+        "model",
+        "errors",
+        "input_file_id",
+        "completion_window",
+        "status",
+        "output_file_id",
+        "error_file_id",
+        "created_at",
+        "in_progress_at",
+        "expires_at",
+        "finalizing_at",
+        "completed_at",
+        "failed_at",
+        "expired_at",
+        "cancelling_at",
+        "cancelled_at",
+        "request_counts",
+        "usage",
+        "metadata",
+    ];
+    let object = batch.as_object().unwrap();
+    for field in fields {
+        assert!(object.contains_key(field), "{field} missing");
+    }
+    assert_eq!(object.len(), fields.len());
+    assert_eq!(batch["object"], "batch");
+    assert_eq!(
+        batch["expires_at"],
+        batch["created_at"].as_i64().unwrap() + DAY_SECONDS
+    );
+}
+
+#[tokio::test]
+async fn a_batch_walks_through_its_stages_and_answers_every_request() {
+    let harness = Harness::new();
+    let lines: Vec<Value> = (0..4)
+        .map(|i| line(&format!("r{i}"), &format!("text {i}")))
+        .collect();
+    let id = harness.batch_of(&lines).await;
+    assert_eq!(harness.batch(&id).await["request_counts"]["total"], 0);
+
+    harness.age(&id, STEP_IN_PROGRESS);
+    let batch = harness.batch(&id).await;
+    assert_eq!(batch["status"], "in_progress");
+    assert!(batch["in_progress_at"].is_i64());
+    assert_eq!(batch["model"], "gpt-4o-mini");
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 4, "completed": 0, "failed": 0})
+    );
+
+    harness.age(&id, STEP_FINALIZING);
+    let batch = harness.batch(&id).await;
+    assert_eq!(batch["status"], "finalizing");
+    assert!(batch["finalizing_at"].is_i64());
+    assert!(batch["output_file_id"].is_null());
+
+    harness.age(&id, STEP_DONE);
+    let batch = harness.batch(&id).await;
+    assert_eq!(batch["status"], "completed");
+    assert!(batch["completed_at"].is_i64());
+    assert!(batch["error_file_id"].is_null());
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 4, "completed": 4, "failed": 0})
+    );
+    let usage = &batch["usage"];
+    assert!(usage["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(usage["input_tokens"].as_u64().unwrap() + usage["output_tokens"].as_u64().unwrap())
+    );
+
+    let output = harness.lines_of(&batch["output_file_id"]).await;
+    let output = by_custom_id(&output);
+    assert_eq!(output.len(), 4);
+    for i in 0..4 {
+        let custom_id = format!("r{i}");
+        let answer = &output[&custom_id];
+        assert!(answer["id"].as_str().unwrap().starts_with("batch_req_"));
+        assert!(answer["error"].is_null());
+        assert_eq!(answer["response"]["status_code"], 200);
+        assert!(answer["response"]["request_id"].is_string());
+        let body = &answer["response"]["body"];
+        assert_eq!(body["object"], "chat.completion");
+        assert_eq!(body["model"], "gpt-4o-mini");
+        assert_eq!(body["choices"][0]["finish_reason"], "stop");
+        assert!(body["choices"][0]["message"]["refusal"].is_null());
+        assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
+        let parsed: Value = serde_json::from_str(content_of(answer).as_str().unwrap()).unwrap();
+        let seed = format!("{custom_id}Extract.\ntext {i}");
+        assert_eq!(parsed, answer_for(&schema(), &seed));
+    }
+}
+
+#[tokio::test]
+async fn request_fault_markers_shape_each_answer() {
+    let harness = Harness::new();
+    let kinds = RequestFault::ALL.map(|(name, _)| name);
+    let lines: Vec<Value> = kinds
+        .iter()
+        .map(|kind| line(kind, &format!("Bob [[fault:{kind}]]")))
+        .collect();
+    let id = harness.batch_of(&lines).await;
+    let (batch, output, errors) = harness.finished(&id).await;
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 7, "completed": 4, "failed": 3})
+    );
+    let errors = by_custom_id(&errors);
+    for (kind, status, code) in [
+        ("provider_error", 400, "context_length_exceeded"),
+        ("rate_limit", 429, "rate_limit_exceeded"),
+        ("server_error", 500, Value::Null.to_string().as_str()),
+    ] {
+        let line = &errors[kind];
+        assert_eq!(line["response"]["status_code"], status);
+        assert!(line["error"].is_null());
+        let error = &line["response"]["body"]["error"];
+        assert_eq!(error["code"].to_string().trim_matches('"'), code, "{line}");
+    }
+    let output = by_custom_id(&output);
+    let non_json = content_of(&output["non_json"]).as_str().unwrap();
+    assert!(serde_json::from_str::<Value>(non_json).is_err());
+    let broken: Value =
+        serde_json::from_str(content_of(&output["schema_break"]).as_str().unwrap()).unwrap();
+    assert!(broken.get("name").is_none());
+    let refusal = &output["refusal"]["response"]["body"]["choices"][0];
+    assert!(refusal["message"]["content"].is_null());
+    assert!(refusal["message"]["refusal"].is_string());
+    let truncated = &output["truncate"]["response"]["body"]["choices"][0];
+    assert_eq!(truncated["finish_reason"], "length");
+    let text = truncated["message"]["content"].as_str().unwrap();
+    assert!(serde_json::from_str::<Value>(text).is_err());
+}
+
+#[tokio::test]
+async fn invalid_bodies_become_400_lines_while_the_batch_completes() {
+    let harness = Harness::new();
+    let mut empty = line("empty", "x");
+    empty["body"]["messages"] = json!([]);
+    let mut reasoning = line_for("hot", "o3-mini", "x");
+    reasoning["body"]["temperature"] = json!(0.2);
+    let id = harness.batch_of(&[line("good", "x"), empty]).await;
+    let (batch, output, errors) = harness.finished(&id).await;
+    assert_eq!(batch["status"], "completed");
+    assert_eq!(output.len(), 1);
+    assert_eq!(errors[0]["custom_id"], "empty");
+    assert_eq!(errors[0]["response"]["status_code"], 400);
+    assert_eq!(
+        errors[0]["response"]["body"]["error"]["code"],
+        "empty_array"
+    );
+    let id = harness.batch_of(&[reasoning]).await;
+    let (batch, output, errors) = harness.finished(&id).await;
+    assert!(batch["output_file_id"].is_null());
+    assert!(output.is_empty());
+    assert_eq!(
+        errors[0]["response"]["body"]["error"]["param"],
+        "temperature"
+    );
+}
+
+fn body_error(body: Value, model: &str) -> Option<(&'static str, String)> {
+    let Value::Object(body) = body else {
+        panic!("a body is an object")
+    };
+    check_body(&body, model).err().map(|e| (e.code, e.param))
+}
+
+#[test]
+fn request_bodies_follow_the_api_rules() {
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let format = |name: &str, schema: Value| json!({"type": "json_schema", "json_schema": {"name": name, "strict": true, "schema": schema}});
+    let ok = json!({"messages": user, "response_format": format("ok-name_1", schema())});
+    assert_eq!(body_error(ok.clone(), "gpt-4o"), None);
+    assert_eq!(body_error(ok, "gpt-5-mini"), None);
+
+    let cases = [
+        (json!({}), "gpt-4o", "messages"),
+        (json!({"messages": []}), "gpt-4o", "messages"),
+        (
+            json!({"messages": [{"role": "tool", "content": "x"}]}),
+            "gpt-4o",
+            "messages[0].role",
+        ),
+        (
+            json!({"messages": user, "response_format": format("bad name", schema())}),
+            "gpt-4o",
+            "response_format.json_schema.name",
+        ),
+        (
+            json!({"messages": user, "response_format": format(&"a".repeat(65), schema())}),
+            "gpt-4o",
+            "response_format.json_schema.name",
+        ),
+        (
+            json!({"messages": user, "temperature": 0.5}),
+            "o1",
+            "temperature",
+        ),
+        (
+            json!({"messages": user, "temperature": 0.5}),
+            "gpt-5",
+            "temperature",
+        ),
+        (
+            json!({"messages": user, "max_tokens": 10}),
+            "o4-mini",
+            "max_tokens",
+        ),
+    ];
+    for (body, model, param) in cases {
+        let found = body_error(body.clone(), model);
+        assert_eq!(
+            found.map(|(_, p)| p),
+            Some(param.to_string()),
+            "{body} {model}"
+        );
+    }
+    let allowed = json!({"messages": user, "temperature": 0.5, "max_tokens": 10});
+    assert_eq!(body_error(allowed, "gpt-4o"), None);
+    let default_temperature =
+        json!({"messages": user, "temperature": 1, "max_completion_tokens": 10});
+    assert_eq!(body_error(default_temperature, "o3"), None);
+}
+
+#[test]
+fn strict_schemas_need_closed_objects_with_every_property_required() {
+    let violation = |schema: Value| strict_violation(&schema, &mut Vec::new());
+    assert_eq!(violation(schema()), None);
+    let open =
+        json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]});
+    assert!(violation(open).unwrap().contains("additionalProperties"));
+    let partial = json!({"type": "object", "properties": {"a": {}, "b": {}}, "required": ["a"], "additionalProperties": false});
+    assert!(violation(partial).unwrap().contains("Missing 'b'"));
+    let map = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    assert!(violation(map).is_some());
+    let nested = json!({
+        "type": "object", "required": ["people"], "additionalProperties": false,
+        "properties": {"people": {"type": "array", "items": {"$ref": "#/$defs/p"}}},
+        "$defs": {"p": {"type": "object", "properties": {"n": {"type": "string"}}, "required": ["n"]}}
+    });
+    let found = violation(nested).unwrap();
+    assert!(found.contains("In context=('$defs', 'p')"), "{found}");
+    let nullable = json!({
+        "type": "object", "required": ["a"], "additionalProperties": false,
+        "properties": {"a": {"anyOf": [{"type": "null"}, {"type": "object", "properties": {}}]}}
+    });
+    assert!(violation(nullable).unwrap().contains("'anyOf', '1'"));
+}
+
+/// A strict object nested `levels` deep: each level holds the next under `child`,
+/// the deepest a string `leaf` (at nesting level `levels`).
+fn nested_strict(levels: usize) -> Value {
+    (1..levels).fold(
+        json!({"type": "object", "properties": {"leaf": {"type": "string"}}, "required": ["leaf"], "additionalProperties": false}),
+        |inner, _| json!({"type": "object", "properties": {"child": inner}, "required": ["child"], "additionalProperties": false}),
+    )
+}
+
+#[test]
+fn strict_schemas_nest_ten_levels_and_hold_five_thousand_properties_at_most() {
+    let format = |schema: Value| json!({"type": "json_schema", "json_schema": {"name": "deep", "strict": true, "schema": schema}});
+    assert_eq!(check_response_format(&format(nested_strict(10))), Ok(()));
+    let refused = check_response_format(&format(nested_strict(11))).unwrap_err();
+    assert_eq!(refused.code, "invalid_json_schema");
+    assert_eq!(
+        refused.message,
+        "Invalid schema for response_format 'deep': 11 levels of nesting exceeds limit of 10."
+    );
+    // Without strict mode the limits do not apply.
+    let loose = json!({"type": "json_schema", "json_schema": {"name": "deep", "schema": nested_strict(11)}});
+    assert_eq!(check_response_format(&loose), Ok(()));
+    // Items and union branches are levels too; a `$ref` is not followed.
+    let through_items = json!({"type": "object", "required": ["a"], "additionalProperties": false,
+        "properties": {"a": {"type": "array", "items": nested_strict(10)}}});
+    assert!(
+        size_violation(&through_items)
+            .unwrap()
+            .starts_with("12 levels")
+    );
+    let recursive = json!({"type": "object", "required": ["next"], "additionalProperties": false,
+        "properties": {"next": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}}});
+    assert_eq!(size_violation(&recursive), None);
+
+    let wide = |n: usize| {
+        let properties: Map<String, Value> = (0..n)
+            .map(|i| (format!("p{i}"), json!({"type": "string"})))
+            .collect();
+        let required: Vec<String> = properties.keys().cloned().collect();
+        json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
+    };
+    assert_eq!(check_response_format(&format(wide(5000))), Ok(()));
+    assert_eq!(
+        size_violation(&wide(5001)).as_deref(),
+        Some("5001 object properties in total exceeds limit of 5000.")
+    );
+}
+
+fn plan_errors(content: &[u8], limits: &InputLimits) -> Vec<(&'static str, Option<usize>)> {
+    plan_batch(content, limits, BatchFate::Complete)
+        .err()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.code, e.line))
+        .collect()
+}
+
+#[test]
+fn input_files_are_validated_line_by_line() {
+    let good = line("a", "x");
+    let mut wrong_url = line("b", "x");
+    wrong_url["url"] = json!("/v1/embeddings");
+    let mut no_model = line("c", "x");
+    no_model["body"].as_object_mut().unwrap().remove("model");
+    let mut get = line("d", "x");
+    get["method"] = json!("GET");
+    let other_model = line_for("e", "gpt-4o", "x");
+    let mut content = file_of(&[
+        good.clone(),
+        good.clone(),
+        wrong_url,
+        no_model,
+        get,
+        other_model,
+    ]);
+    content.extend_from_slice(b"{not json\n\n");
+    content.extend_from_slice(b"[1, 2]\n");
+    let errors = plan_errors(&content, &INPUT_LIMITS);
+    assert_eq!(
+        errors,
+        vec![
+            ("duplicate_custom_id", Some(2)),
+            ("url_mismatch", Some(3)),
+            ("missing_required_parameter", Some(4)),
+            ("invalid_method", Some(5)),
+            ("model_mismatch", Some(6)),
+            ("invalid_json_line", Some(7)),
+            ("invalid_json_line", Some(9)),
+        ]
+    );
+    assert_eq!(plan_errors(b"", &INPUT_LIMITS), vec![("empty_file", None)]);
+    assert_eq!(
+        plan_errors(b"\n \n", &INPUT_LIMITS),
+        vec![("empty_file", None)]
+    );
+    let three = file_of(&[line("a", "x"), line("b", "x"), line("c", "x")]);
+    let small = InputLimits {
+        max_requests: 2,
+        max_bytes: 1 << 20,
+    };
+    assert_eq!(plan_errors(&three, &small), vec![("too_many_tasks", None)]);
+    let tiny = InputLimits {
+        max_requests: 10,
+        max_bytes: 100,
+    };
+    assert_eq!(plan_errors(&three, &tiny), vec![("file_too_large", None)]);
+    let plan = plan_batch(&three, &INPUT_LIMITS, BatchFate::Complete).unwrap();
+    assert_eq!(plan.requests.len(), 3);
+}
+
+#[tokio::test]
+async fn an_invalid_file_fails_the_batch_with_its_errors() {
+    let harness = Harness::new();
+    let id = harness.batch_of(&[line("a", "x"), line("a", "y")]).await;
+    harness.age(&id, STEP_IN_PROGRESS);
+    let batch = harness.batch(&id).await;
+    assert_eq!(batch["status"], "failed");
+    assert!(batch["failed_at"].is_i64());
+    assert!(batch["output_file_id"].is_null() && batch["error_file_id"].is_null());
+    assert_eq!(
+        batch["errors"],
+        json!({"object": "list", "data": [{
+            "code": "duplicate_custom_id",
+            "message": "The custom_id 'a' is used more than once in the input file.",
+            "param": "custom_id",
+            "line": 2,
+        }]})
+    );
+}
+
+#[tokio::test]
+async fn fates_expire_fail_or_fail_every_request() {
+    let harness = Harness::new();
+    let lines: Vec<Value> = (0..4).map(|i| line(&format!("r{i}"), "x")).collect();
+
+    harness.set_fate(BatchFate::Expire, 0.5);
+    let id = harness.batch_of(&lines).await;
+    let (batch, output, errors) = harness.finished(&id).await;
+    assert_eq!(batch["status"], "expired");
+    assert!(batch["expired_at"].is_i64());
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 4, "completed": 2, "failed": 2})
+    );
+    assert_eq!(output.len(), 2);
+    for line in &errors {
+        assert!(line["response"].is_null());
+        assert_eq!(line["error"]["code"], "batch_expired");
+    }
+    let mut seen: Vec<Value> = output
+        .iter()
+        .chain(&errors)
+        .map(|l| l["custom_id"].clone())
+        .collect();
+    seen.sort_by_key(Value::to_string);
+    assert_eq!(seen, vec!["r0", "r1", "r2", "r3"]);
+
+    harness.set_fate(BatchFate::FailValidation, 0.5);
+    let id = harness.batch_of(&lines).await;
+    let (batch, _, _) = harness.finished(&id).await;
+    assert_eq!(batch["status"], "failed");
+    assert_eq!(batch["errors"]["data"][0]["code"], "token_limit_exceeded");
+
+    harness.set_fate(BatchFate::AllFail, 0.5);
+    let id = harness.batch_of(&lines).await;
+    let (batch, output, errors) = harness.finished(&id).await;
+    assert_eq!(batch["status"], "completed");
+    assert!(batch["output_file_id"].is_null());
+    assert!(output.is_empty());
+    assert_eq!(errors.len(), 4);
+    assert!(errors.iter().all(|l| l["response"]["status_code"] == 500));
+}
+
+#[tokio::test]
+async fn cancel_keeps_what_ran_and_reports_the_rest() {
+    let harness = Harness::new();
+    let lines: Vec<Value> = (0..4).map(|i| line(&format!("r{i}"), "x")).collect();
+    let id = harness.batch_of(&lines).await;
+    harness.age(&id, STEP_IN_PROGRESS);
+    let (status, batch) = harness.cancel(&id).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(batch["status"], "cancelling");
+    assert!(batch["cancelling_at"].is_i64());
+    let (batch, output, errors) = harness.finished(&id).await;
+    assert_eq!(batch["status"], "cancelled");
+    assert!(batch["cancelled_at"].is_i64());
+    assert_eq!(output.len(), 2);
+    assert_eq!(errors.len(), 2);
+    assert!(
+        errors
+            .iter()
+            .all(|l| l["error"]["code"] == "batch_cancelled")
+    );
+    let (status, error) = harness.cancel(&id).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert_eq!(harness.cancel("batch_nope").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn lists_page_newest_first() {
+    let harness = Harness::new();
+    let file_id = harness.upload(&file_of(&[line("a", "x")])).await;
+    let mut created = Vec::new();
+    for _ in 0..25 {
+        let (_, batch) = harness
+            .create_raw(json!({"input_file_id": file_id, "endpoint": CHAT_COMPLETIONS, "completion_window": "24h"}))
+            .await;
+        created.push(batch["id"].clone());
+    }
+    created.reverse();
+    let (_, first) = harness.get("/v1/batches").await;
+    assert_eq!(first["object"], "list");
+    assert_eq!(first["data"].as_array().unwrap().len(), 20);
+    assert_eq!(first["has_more"], true);
+    let mut listed = Vec::new();
+    let mut uri = "/v1/batches?limit=10".to_string();
+    loop {
+        let (status, page) = harness.get(&uri).await;
+        assert_eq!(status, StatusCode::OK);
+        let data = page["data"].as_array().unwrap();
+        assert_eq!(page["first_id"], data[0]["id"]);
+        assert_eq!(page["last_id"], data[data.len() - 1]["id"]);
+        listed.extend(data.iter().map(|b| b["id"].clone()));
+        if page["has_more"] == false {
+            break;
+        }
+        uri = format!(
+            "/v1/batches?limit=10&after={}",
+            page["last_id"].as_str().unwrap()
+        );
+    }
+    assert_eq!(listed, created);
+    for limit in ["0", "101", "x"] {
+        let (status, _) = harness.get(&format!("/v1/batches?limit={limit}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "limit {limit}");
+    }
+}
+
+#[tokio::test]
+async fn results_downloads_honour_the_planned_drop() {
+    let harness = Harness::new();
+    let lines: Vec<Value> = (0..20).map(|i| line(&format!("r{i}"), "x")).collect();
+    let id = harness.batch_of(&lines).await;
+    let (batch, output, _) = harness.finished(&id).await;
+    assert_eq!(output.len(), 20);
+    lock(&harness.state.shared.faults).drop_results_after_bytes = Some(100);
+    let uri = format!(
+        "/v1/files/{}/content",
+        batch["output_file_id"].as_str().unwrap()
+    );
+    let request = axum::http::Request::get(uri)
+        .header(AUTH.0, AUTH.1)
+        .body(Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(harness.router.clone(), request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_preloaded_batch_is_completed_with_the_given_output() {
+    let harness = Harness::new();
+    let output = b"{\"custom_id\":\"a\"}\n\n{\"custom_id\":\"b\"}\n";
+    let (status, created) = call_json(
+        &harness.router,
+        "POST",
+        "/_emulator/openai/batches",
+        &[],
+        &output[..],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let batch = harness.batch(created["id"].as_str().unwrap()).await;
+    assert_eq!(batch["status"], "completed");
+    assert_eq!(
+        batch["request_counts"],
+        json!({"total": 2, "completed": 2, "failed": 0})
+    );
+    assert!(batch["error_file_id"].is_null());
+    let uri = format!(
+        "/v1/files/{}/content",
+        batch["output_file_id"].as_str().unwrap()
+    );
+    let (status, served) = call(&harness.router, "GET", &uri, &[AUTH], Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&served[..], &output[..]);
+}
