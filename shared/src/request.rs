@@ -7,18 +7,25 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Instructions to the model.
     System,
+    /// The user's turn.
     User,
+    /// The model's turn (earlier answers, few-shot examples).
     Assistant,
 }
 
+/// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
+    /// Who speaks.
     pub role: Role,
+    /// What they say, as plain text.
     pub content: String,
 }
 
 impl Message {
+    /// A message of `role` with `content`.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
         Self {
             role,
@@ -30,22 +37,28 @@ impl Message {
 /// One request of a batch: an id unique within the job and the conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
+    /// The caller's id; results carry it back.
     pub custom_id: String,
+    /// The conversation, in order.
     pub messages: Vec<Message>,
 }
 
 /// The JSON Schema every answer must match, with the name providers want for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputSchema {
+    /// A name for the schema (providers want one, e.g. OpenAI's `json_schema.name`).
     pub name: String,
+    /// The JSON Schema itself.
     pub schema: serde_json::Value,
 }
 
 /// Generation parameters shared by every request of a batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationParams {
+    /// Longest answer, in tokens (default 1024).
     #[serde(default = "GenerationParams::default_max_tokens")]
     pub max_tokens: u32,
+    /// Sampling temperature; the provider's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
     /// Placed before every conversation; for plain texts it is the instruction.

@@ -6,11 +6,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BatchState {
+    /// Accepted, not started (validating, queued).
     Pending,
+    /// Running.
     Processing,
+    /// Finished; results can be read (some may be errors).
     Completed,
+    /// The whole batch failed (e.g. invalid input); results may be missing.
     Failed,
+    /// Cancelled; the requests done before that have results.
     Cancelled,
+    /// Not finished within the provider's window; unfinished requests have none.
     Expired,
 }
 
@@ -27,9 +33,13 @@ impl BatchState {
 /// Request counts as the provider reports them (missing figures are zero).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestCounts {
+    /// Requests in the batch.
     pub total: u64,
+    /// Requests that got an answer.
     pub succeeded: u64,
+    /// Requests that got an error (or were cancelled or expired).
     pub failed: u64,
+    /// Requests not processed yet.
     pub pending: u64,
 }
 
@@ -39,12 +49,15 @@ pub struct BatchStatus {
     /// The provider's id for the batch (OpenAI `batch_…`, Anthropic `msgbatch_…`,
     /// Vertex job resource name, Gemini `batches/…`).
     pub batch_id: String,
+    /// The state, normalised.
     pub state: BatchState,
     /// The provider's own status string, unchanged.
     pub raw_status: String,
+    /// Request counts, where the provider reports them.
     pub counts: RequestCounts,
-    /// RFC 3339 timestamps where the provider gives them.
+    /// When the batch was created (RFC 3339), where the provider says.
     pub created_at: Option<String>,
+    /// When the batch reached its final state (RFC 3339), where the provider says.
     pub ended_at: Option<String>,
     /// Provider-reported failure reason for the whole batch, if any.
     pub error: Option<String>,
