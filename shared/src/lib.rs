@@ -6,6 +6,7 @@
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod build;
+pub mod clock;
 pub mod error;
 pub mod model;
 pub mod pipeline;

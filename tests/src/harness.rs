@@ -171,7 +171,7 @@ pub async fn store_ended_part(
             PutMode::Overwrite,
         )
         .await?;
-    let now = job::now();
+    let now = batchline::clock::Clock::timestamp(&batchline::clock::SystemClock);
     let params = workload::generation_params();
     // Written as the record's JSON so that fields added later take their defaults.
     let record = serde_json::from_value(json!({

@@ -14,32 +14,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::job::{self, JobRecord, JobStatus, PartOutcome, PartRecord, keys};
+use super::parts::{create_batch, reread_requests};
+pub use super::ready::ReadyMessage;
 use super::spec::JobSpec;
-use super::{Context, PipelineError, submit, summary};
+use super::{Context, PipelineError, summary};
 use crate::build::{BatchBuilder, BatchPart};
 use crate::provider::BatchProvider;
 use crate::results::{Failure, Outcome, ResultParser, error_type};
 use crate::status::BatchState;
 use crate::storage::{ObjectStore, ObjectWriter};
-
-/// The ready-queue message: one part of one job has ended at the provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadyMessage {
-    pub job_id: String,
-    pub part: u32,
-}
-
-impl ReadyMessage {
-    pub fn parse(body: &str) -> Result<Self, PipelineError> {
-        serde_json::from_str(body).map_err(|e| PipelineError::InvalidMessage {
-            body: body.chars().take(200).collect(),
-            reason: e.to_string(),
-        })
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CollectOutcome {
@@ -116,12 +102,12 @@ async fn take_lease(ctx: &Context, message: &ReadyMessage) -> Result<bool, Pipel
             return false;
         }
         if let Some(until) = &part.collect_lease_until
-            && !job::has_passed(until)
+            && !ctx.clock.has_passed(until)
         {
             busy_until = Some(until.clone());
             return false;
         }
-        part.collect_lease_until = Some(job::after(ctx.settings.collect_lease));
+        part.collect_lease_until = Some(ctx.clock.after(ctx.settings.collect_lease));
         true
     })
     .await?;
@@ -301,7 +287,7 @@ impl CollectRun<'_> {
         let (job_id, index) = (self.record.job_id.as_str(), self.part.index);
         let wanted: HashSet<&str> = wanted.iter().copied().collect();
         let Some(requests) =
-            submit::reread_requests(self.ctx, &self.record.source, self.spec, &wanted).await?
+            reread_requests(self.ctx, &self.record.source, self.spec, &wanted).await?
         else {
             tracing::warn!(job = %job_id, part = index, "the source object is gone: retryable failures are final");
             return Ok(None);
@@ -340,7 +326,7 @@ impl CollectRun<'_> {
         batch: &BatchPart,
     ) -> Result<PartRecord, PipelineError> {
         let (job_id, index) = (self.record.job_id.as_str(), self.part.index);
-        let status = submit::create_batch(
+        let status = create_batch(
             self.ctx,
             provider,
             &self.spec.model.model,

@@ -80,6 +80,7 @@ pub async fn context_from_env() -> Result<Context> {
         queue,
         providers: Arc::new(EnvProviders::new(SecretReader::new(&sdk))),
         settings,
+        clock: Arc::new(crate::clock::SystemClock),
     })
 }
 

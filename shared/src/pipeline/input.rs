@@ -16,6 +16,9 @@ use tokio_util::io::StreamReader;
 
 use crate::storage::ByteStream;
 
+/// The error type of lines rejected before submission.
+pub const INVALID_INPUT: &str = "invalid_input";
+
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 const READ_BUFFER: usize = 256 * 1024;
@@ -146,7 +149,8 @@ impl LineReader {
         let read_error = |message: String| InputError::Read { line: 1, message };
         // The first few KiB in one piece, so that the checks below see enough bytes
         // however the store splits its stream.
-        let mut stream = stream;
+        // Fused: the checks below may look past the end of a short object.
+        let mut stream = stream.fuse();
         let mut head = Vec::with_capacity(HEAD_BYTES);
         while head.len() < HEAD_BYTES {
             match stream.try_next().await {

@@ -338,25 +338,6 @@ where
     })
 }
 
-pub fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-/// True when the RFC 3339 timestamp is in the past (or unreadable).
-pub fn has_passed(timestamp: &str) -> bool {
-    time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
-        .map(|t| t <= time::OffsetDateTime::now_utc())
-        .unwrap_or(true)
-}
-
-pub fn after(duration: std::time::Duration) -> String {
-    (time::OffsetDateTime::now_utc() + duration)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The pipeline steps behind the three Lambda functions: `submit` (S3 upload →
 //! provider batches), `poll` (timer → status → ready queue), `collect` (ready message →
-//! validated results in S3). Each step is idempotent; see `design.md` for the invariant.
+//! validated results in S3). Each step is idempotent; `ARCHITECTURE.md` at the repository root states the
+//! invariant every step keeps.
 
 pub mod collect;
 #[cfg(feature = "aws")]
@@ -9,10 +10,13 @@ pub mod env;
 pub mod events;
 pub mod input;
 pub mod job;
+mod parts;
 pub mod poll;
+pub mod ready;
 #[cfg(feature = "aws")]
 pub mod secrets;
 pub mod spec;
+pub mod submission;
 pub mod submit;
 mod summary;
 
@@ -22,46 +26,83 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::clock::Clock;
 use crate::model::ProviderKind;
 use crate::provider::BatchProvider;
 use crate::queue::{Queue, QueueError};
 use crate::storage::{ObjectStore, StoreError};
 
-pub use collect::{CollectOutcome, ReadyMessage, collect};
+pub use collect::{CollectOutcome, collect};
 pub use poll::{PollReport, poll};
+pub use ready::ReadyMessage;
 pub use submit::{SubmitOutcome, UploadedObject, submit};
 
 /// Failures that make a function invocation fail (so that Lambda retries it).
 /// Bad input is not among them: it becomes error records instead.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// The object store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The ready queue failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// A provider call or the provider's configuration failed.
     #[error(transparent)]
     Provider(#[from] crate::Error),
+    /// A record the pipeline wrote cannot be read back.
     #[error("record {key} is not valid JSON: {reason}")]
-    CorruptRecord { key: String, reason: String },
+    CorruptRecord {
+        /// The record's key.
+        key: String,
+        /// The JSON error.
+        reason: String,
+    },
+    /// Conditional writes of the job record kept losing to other invocations.
     #[error("job {job}: too many concurrent updates of its record")]
-    Contended { job: String },
+    Contended {
+        /// The job's id.
+        job: String,
+    },
+    /// Another invocation holds the part's collect lease.
     #[error("job {job} part {part} is being collected by another invocation until {until}")]
     Busy {
+        /// The job's id.
         job: String,
+        /// The part's index.
         part: u32,
+        /// When the lease ends (RFC 3339).
         until: String,
     },
+    /// A ready message names a part the job does not have.
     #[error("job {job} has no part {part}")]
-    UnknownPart { job: String, part: u32 },
+    UnknownPart {
+        /// The job's id.
+        job: String,
+        /// The part's index.
+        part: u32,
+    },
+    /// Fewer results than the provider counted; the delivery is retried.
     #[error("job {job} part {part}: {received} results arrived, the provider reports {expected}")]
     IncompleteResults {
+        /// The job's id.
         job: String,
+        /// The part's index.
         part: u32,
+        /// Results read.
         received: u64,
+        /// Results the provider reports.
         expected: u64,
     },
+    /// A ready message that is not the pipeline's.
     #[error("invalid ready message {body:?}: {reason}")]
-    InvalidMessage { body: String, reason: String },
+    InvalidMessage {
+        /// The message body.
+        body: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Serialising or parsing JSON failed.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -70,6 +111,7 @@ pub enum PipelineError {
 /// pointed at the emulator in tests).
 #[async_trait]
 pub trait ProviderSource: Send + Sync + Debug {
+    /// The client for `kind`, built on first use.
     async fn provider(&self, kind: ProviderKind) -> crate::Result<Arc<dyn BatchProvider>>;
 }
 
@@ -111,10 +153,16 @@ impl Default for Settings {
 /// What every step works with.
 #[derive(Debug, Clone)]
 pub struct Context {
+    /// Inputs, job records and results.
     pub store: Arc<dyn ObjectStore>,
     /// The bucket `store` writes to (recorded in job sources).
     pub bucket: String,
+    /// The ready queue from poll to collect.
     pub queue: Arc<dyn Queue>,
+    /// The provider clients.
     pub providers: Arc<dyn ProviderSource>,
+    /// Tunables.
     pub settings: Settings,
+    /// Now, for leases, requeue delays and record timestamps.
+    pub clock: Arc<dyn Clock>,
 }

@@ -9,11 +9,12 @@
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::collect::ReadyMessage;
-use super::job::{self, JobStatus, PartRecord, Versioned, keys};
-use super::submit::{self, SubmitOutcome, UploadedObject};
+use super::job::{self, JobStatus, PartRecord, SourceObject, Versioned, keys};
+use super::ready::ReadyMessage;
+use super::submission::submit_object;
 use super::{Context, PipelineError, summary};
 use crate::status::BatchStatus;
+use crate::storage::StoreError;
 
 /// What one poll saw.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -84,7 +85,7 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<(usize, usize), Pipelin
             && part
                 .enqueued_at
                 .as_deref()
-                .is_none_or(|at| requeue_due(at, ctx.settings.requeue_after));
+                .is_none_or(|at| ctx.clock.has_passed_by(at, ctx.settings.requeue_after));
         if let (true, Some(batch_id)) = (due, part.batch_id.as_deref()) {
             seen.push((part.index, provider.status(batch_id).await));
         }
@@ -104,9 +105,14 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<(usize, usize), Pipelin
             let status = match status {
                 Ok(status) => status,
                 Err(e) => {
-                    note_failed_status(part, e, ctx.settings.max_refused_polls);
+                    note_failed_status(
+                        part,
+                        e,
+                        &ctx.clock.timestamp(),
+                        ctx.settings.max_refused_polls,
+                    );
                     if part.abandoned.is_some() {
-                        part.enqueued_at = Some(job::now());
+                        part.enqueued_at = Some(ctx.clock.timestamp());
                         to_queue.push(*index);
                     }
                     changed = true;
@@ -123,9 +129,9 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<(usize, usize), Pipelin
             let still_queued = part
                 .enqueued_at
                 .as_deref()
-                .is_some_and(|at| !requeue_due(at, ctx.settings.requeue_after));
+                .is_some_and(|at| !ctx.clock.has_passed_by(at, ctx.settings.requeue_after));
             if status.state.is_terminal() && !still_queued {
-                part.enqueued_at = Some(job::now());
+                part.enqueued_at = Some(ctx.clock.timestamp());
                 to_queue.push(*index);
                 changed = true;
             }
@@ -152,28 +158,39 @@ async fn resume_dead_submit(ctx: &Context, snapshot: Versioned) -> Result<(), Pi
     if record
         .submit_lease_until
         .as_deref()
-        .is_some_and(|until| !job::has_passed(until))
+        .is_some_and(|until| !ctx.clock.has_passed(until))
     {
         return Ok(());
     }
     tracing::warn!(job = %record.job_id, key = %record.source.key, "resuming a submit that died");
-    let object = UploadedObject {
-        key: record.source.key.clone(),
-        version_id: record.source.version_id.clone(),
+    let source = &record.source;
+    let unchanged = match ctx
+        .store
+        .head(&source.key, source.version_id.as_deref())
+        .await
+    {
+        Ok(meta) => {
+            let now = SourceObject {
+                etag: meta.etag.clone(),
+                version_id: meta.version_id.clone(),
+                ..source.clone()
+            };
+            (now.job_id() == record.job_id).then_some(meta)
+        }
+        Err(StoreError::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
     };
-    let resumed_job = match submit::submit(ctx, &object).await? {
-        SubmitOutcome::Submitted { job_id, .. }
-        | SubmitOutcome::Duplicate { job_id }
-        | SubmitOutcome::InProgress { job_id }
-        | SubmitOutcome::Failed { job_id, .. } => Some(job_id),
-        SubmitOutcome::Ignored { .. } => None,
-    };
-    if resumed_job.as_deref() != Some(record.job_id.as_str()) {
-        let reason = format!(
-            "{}: the object changed or disappeared before its submission finished; upload it again",
-            record.source.key
-        );
-        submit::fail(ctx, snapshot, reason).await?;
+    match unchanged {
+        Some(meta) => {
+            submit_object(ctx, &source.key, &meta).await?;
+        }
+        None => {
+            let reason = format!(
+                "{}: the object changed or disappeared before its submission finished; upload it again",
+                source.key
+            );
+            summary::fail_job(ctx, snapshot, reason).await?;
+        }
     }
     Ok(())
 }
@@ -183,9 +200,9 @@ async fn resume_dead_submit(ctx: &Context, snapshot: Versioned) -> Result<(), Pi
 /// deleted at the provider) is counted, and after `max_refused` in a row the part is
 /// given up: collect turns its requests into errors that quote the provider. Other
 /// failures (network, 5xx) leave the job waiting, visibly: the provider may come back.
-fn note_failed_status(part: &mut PartRecord, error: &crate::Error, max_refused: u32) {
+fn note_failed_status(part: &mut PartRecord, error: &crate::Error, now: &str, max_refused: u32) {
     tracing::warn!(part = part.index, %error, "status call failed");
-    part.poll_error = Some(format!("{}: {error}", job::now()));
+    part.poll_error = Some(format!("{now}: {error}"));
     if !is_refusal(error) {
         return;
     }
@@ -211,10 +228,4 @@ fn is_refusal(error: &crate::Error) -> bool {
             ..
         }
     )
-}
-
-fn requeue_due(enqueued_at: &str, after: std::time::Duration) -> bool {
-    time::OffsetDateTime::parse(enqueued_at, &time::format_description::well_known::Rfc3339)
-        .map(|t| t + after <= time::OffsetDateTime::now_utc())
-        .unwrap_or(true)
 }

@@ -108,13 +108,12 @@ pub(super) async fn close_job(
     versioned: &mut Versioned,
 ) -> Result<(), PipelineError> {
     let record = &mut versioned.record;
-    record.completed_at.get_or_insert_with(job::now);
+    record
+        .completed_at
+        .get_or_insert_with(|| ctx.clock.timestamp());
     let mut errors_by_type = BTreeMap::new();
     if record.input_errors > 0 {
-        errors_by_type.insert(
-            super::submit::INVALID_INPUT.to_string(),
-            record.input_errors,
-        );
+        errors_by_type.insert(super::input::INVALID_INPUT.to_string(), record.input_errors);
     }
     let mut usage = Usage::default();
     let (mut succeeded, mut failed, mut retried) = (0, record.input_errors, 0);
@@ -217,4 +216,18 @@ pub(super) async fn close_job(
         .delete(&keys::open_marker(&versioned.record.job_id))
         .await?;
     Ok(())
+}
+
+/// Marks the job failed with `reason` and closes it (summary written, nothing more
+/// submitted).
+pub(super) async fn fail_job(
+    ctx: &Context,
+    mut versioned: Versioned,
+    reason: String,
+) -> Result<(), PipelineError> {
+    tracing::warn!(job = %versioned.record.job_id, %reason, "job failed before submission");
+    versioned.record.status = JobStatus::Failed;
+    versioned.record.failure = Some(reason);
+    versioned.record.submit_lease_until = None;
+    close_job(ctx, &mut versioned).await
 }
