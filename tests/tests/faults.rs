@@ -417,6 +417,11 @@ async fn errors_beyond_the_client_retries_fail_the_step_and_the_rerun_converges(
         });
         let report = poll(&h.ctx).await.expect("poll itself succeeds");
         assert_eq!(report.failed_jobs, vec![job.clone()], "{kind}");
+        let noted = h.record(&job).await.parts[0].poll_error.clone();
+        assert!(
+            noted.as_deref().is_some_and(|e| e.contains("500")),
+            "{kind}: the job record says why it waits: {noted:?}"
+        );
         h.emulator.set_faults(FaultPlan::default());
         run_and_check(
             &h,

@@ -16,6 +16,8 @@ pub mod ready;
 #[cfg(feature = "aws")]
 pub mod secrets;
 pub mod spec;
+#[cfg(test)]
+mod step_tests;
 pub mod submission;
 pub mod submit;
 mod summary;

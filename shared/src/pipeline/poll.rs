@@ -22,7 +22,8 @@ pub struct PollReport {
     pub open_jobs: usize,
     pub parts_checked: usize,
     pub parts_queued: usize,
-    /// Jobs whose polling failed (they are retried on the next tick).
+    /// Jobs whose polling failed, wholly or for some part's status (they are tried
+    /// again on the next tick; the job record notes each failed status call).
     pub failed_jobs: Vec<String>,
 }
 
@@ -43,9 +44,12 @@ pub async fn poll(ctx: &Context) -> Result<PollReport, PipelineError> {
         .buffer_unordered(ctx.settings.poll_concurrency.max(1));
     while let Some((result, job)) = results.next().await {
         match result {
-            Ok((checked, queued)) => {
-                report.parts_checked += checked;
-                report.parts_queued += queued;
+            Ok(polled) => {
+                report.parts_checked += polled.checked;
+                report.parts_queued += polled.queued;
+                if polled.status_failures > 0 {
+                    report.failed_jobs.push(job);
+                }
             }
             Err(e) => {
                 tracing::warn!(%job, error = %e, "polling the job failed; next tick retries");
@@ -56,19 +60,27 @@ pub async fn poll(ctx: &Context) -> Result<PollReport, PipelineError> {
     Ok(report)
 }
 
-/// Returns (parts checked, parts queued).
-async fn poll_job(ctx: &Context, job_id: &str) -> Result<(usize, usize), PipelineError> {
+/// What one job's poll did.
+#[derive(Debug, Default)]
+struct Polled {
+    checked: usize,
+    queued: usize,
+    /// Status calls that failed (noted in the job record, tried again next tick).
+    status_failures: usize,
+}
+
+async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> {
     let snapshot = job::load(ctx.store.as_ref(), job_id).await?;
     match snapshot.record.status {
         JobStatus::Open => {}
         JobStatus::Submitting => {
             resume_dead_submit(ctx, snapshot).await?;
-            return Ok((0, 0));
+            return Ok(Polled::default());
         }
         // Closed, but the close did not finish (summary or index entry left).
         JobStatus::Completed | JobStatus::Failed => {
             summary::finish_closing(ctx, snapshot).await?;
-            return Ok((0, 0));
+            return Ok(Polled::default());
         }
     }
     let Some(spec) = snapshot.record.spec.as_ref() else {
@@ -146,7 +158,11 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<(usize, usize), Pipelin
         };
         ctx.queue.send(serde_json::to_string(&message)?).await?;
     }
-    Ok((checked, to_queue.len()))
+    Ok(Polled {
+        checked,
+        queued: to_queue.len(),
+        status_failures: seen.iter().filter(|(_, status)| status.is_err()).count(),
+    })
 }
 
 /// A submit whose lease has passed died (its Lambda retries may all have come while

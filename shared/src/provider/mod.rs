@@ -20,6 +20,7 @@ pub mod encode;
 pub mod google;
 pub mod http;
 pub mod lines;
+pub mod memory;
 pub mod openai;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,530 @@
+//! The pipeline steps run in process: submit, poll and collect over the memory store,
+//! the memory queue, the memory provider and a clock moved by hand. Each test drives a
+//! job through the fate it scripts and checks the invariant on the files written:
+//! every request exactly once, as a success or an error, and the summary agrees.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::collect::{CollectOutcome, collect};
+use super::job::{self, JobRecord, JobStatus, keys};
+use super::submit::{SubmitOutcome, UploadedObject, submit};
+use super::{Context, PipelineError, ProviderSource, ReadyMessage, Settings, poll};
+use crate::clock::{Clock, ManualClock};
+use crate::model::ProviderKind;
+use crate::provider::BatchProvider;
+use crate::provider::memory::{Fate, MemoryProvider};
+use crate::queue::MemoryQueue;
+use crate::storage::{MemoryStore, PutMode};
+
+/// Every kind of provider is the one memory provider (it speaks OpenAI's formats).
+#[derive(Debug)]
+struct Only(Arc<MemoryProvider>);
+
+#[async_trait]
+impl ProviderSource for Only {
+    async fn provider(&self, _kind: ProviderKind) -> crate::Result<Arc<dyn BatchProvider>> {
+        Ok(self.0.clone())
+    }
+}
+
+/// One in-process pipeline.
+struct Steps {
+    ctx: Context,
+    queue: Arc<MemoryQueue>,
+    provider: Arc<MemoryProvider>,
+    clock: Arc<ManualClock>,
+}
+
+/// What one job left in the store.
+struct Results {
+    summary: Value,
+    successes: Vec<Value>,
+    errors: Vec<Value>,
+}
+
+impl Results {
+    fn error_types(&self) -> BTreeMap<String, String> {
+        self.errors
+            .iter()
+            .map(|e| {
+                let field = |name: &str| e[name].as_str().unwrap_or_default().to_string();
+                (field("custom_id"), field("error_type"))
+            })
+            .collect()
+    }
+}
+
+impl Steps {
+    fn new(settings: Settings) -> Self {
+        let queue = Arc::new(MemoryQueue::new());
+        let provider = Arc::new(MemoryProvider::new(json!({"total": 12.5})));
+        let clock = Arc::new(ManualClock::new(
+            time::macros::datetime!(2026-12-02 12:00 UTC),
+        ));
+        let ctx = Context {
+            store: Arc::new(MemoryStore::new()),
+            bucket: "bucket".into(),
+            queue: queue.clone(),
+            providers: Arc::new(Only(provider.clone())),
+            settings,
+            clock: clock.clone(),
+        };
+        Self {
+            ctx,
+            queue,
+            provider,
+            clock,
+        }
+    }
+
+    /// Uploads a job of `n` requests `doc-0…` (and a line that is not JSON when
+    /// `bad_line`) under `name`, submits it and returns the job id and every id the
+    /// results must hold.
+    async fn start(
+        &self,
+        name: &str,
+        n: usize,
+        spec: Value,
+        bad_line: bool,
+    ) -> (String, Vec<String>) {
+        let mut spec_fields = json!({
+            "model": "openai/gpt-4o-mini",
+            "schema_name": "invoice",
+            "schema": {"type": "object", "properties": {"total": {"type": "number"}},
+                       "required": ["total"], "additionalProperties": false},
+        });
+        spec_fields
+            .as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
+        let mut lines = vec![json!({ "spec": spec_fields }).to_string()];
+        let mut ids: Vec<String> = (0..n).map(|i| format!("doc-{i}")).collect();
+        lines.extend(
+            ids.iter()
+                .map(|id| json!({"custom_id": id, "text": format!("Invoice {id}")}).to_string()),
+        );
+        if bad_line {
+            lines.push("not json".into());
+            ids.push(format!("line-{}", lines.len()));
+        }
+        let key = format!("inbox/{name}.jsonl");
+        let body = Bytes::from(lines.join("\n") + "\n");
+        self.ctx
+            .store
+            .put(&key, body, PutMode::Overwrite)
+            .await
+            .unwrap();
+        let outcome = self.submit(&key).await.unwrap();
+        let job = match outcome {
+            SubmitOutcome::Submitted { job_id, .. } => job_id,
+            other => panic!("{other:?}"),
+        };
+        (job, ids)
+    }
+
+    async fn submit(&self, key: &str) -> Result<SubmitOutcome, PipelineError> {
+        let object = UploadedObject {
+            key: key.into(),
+            version_id: None,
+        };
+        submit(&self.ctx, &object).await
+    }
+
+    /// Collects every queued message; `final_attempt` as the queue's last delivery.
+    async fn collect_queued(
+        &self,
+        final_attempt: bool,
+    ) -> Vec<Result<CollectOutcome, PipelineError>> {
+        let mut outcomes = Vec::new();
+        for body in self.queue.drain() {
+            let message = ReadyMessage::parse(&body).unwrap();
+            outcomes.push(collect(&self.ctx, &message, final_attempt).await);
+        }
+        outcomes
+    }
+
+    /// Polls, ends the provider's batches and collects until the job is closed.
+    async fn run_to_end(&self, job: &str) -> JobRecord {
+        for _ in 0..10 {
+            let record = self.record(job).await;
+            if matches!(record.status, JobStatus::Completed | JobStatus::Failed) {
+                return record;
+            }
+            poll(&self.ctx).await.unwrap();
+            self.provider.finish_all();
+            poll(&self.ctx).await.unwrap();
+            for outcome in self.collect_queued(false).await {
+                outcome.unwrap();
+            }
+        }
+        panic!("job {job} did not end: {:?}", self.record(job).await);
+    }
+
+    /// The id of the job the object at `key` makes.
+    async fn job_of(&self, key: &str) -> String {
+        let meta = self.ctx.store.head(key, None).await.unwrap();
+        job::SourceObject {
+            bucket: self.ctx.bucket.clone(),
+            key: key.into(),
+            etag: meta.etag,
+            version_id: None,
+        }
+        .job_id()
+    }
+
+    async fn record(&self, job: &str) -> JobRecord {
+        job::load(self.ctx.store.as_ref(), job)
+            .await
+            .unwrap()
+            .record
+    }
+
+    async fn json_lines(&self, key: &str) -> Vec<Value> {
+        let (_, body) = self.ctx.store.get(key).await.unwrap();
+        body.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
+    /// The job's result files, checked: each of `ids` exactly once and nothing else,
+    /// and the summary's counts agree.
+    async fn results(&self, job: &str, ids: &[String]) -> Results {
+        let summary: Value =
+            serde_json::from_slice(&self.ctx.store.get(&keys::summary(job)).await.unwrap().1)
+                .unwrap();
+        let (mut successes, mut errors) = (Vec::new(), Vec::new());
+        for key in self
+            .ctx
+            .store
+            .list(&format!("results/{job}/"))
+            .await
+            .unwrap()
+        {
+            if key.ends_with(".jsonl") {
+                let lines = self.json_lines(&key).await;
+                match key.contains("/successes/") {
+                    true => successes.extend(lines),
+                    false => errors.extend(lines),
+                }
+            }
+        }
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for line in successes.iter().chain(&errors) {
+            *seen
+                .entry(line["custom_id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        let expected: BTreeMap<String, usize> = ids.iter().map(|id| (id.clone(), 1)).collect();
+        assert_eq!(seen, expected, "every request exactly once");
+        assert_eq!(summary["requests"], ids.len());
+        assert_eq!(summary["succeeded"], successes.len());
+        assert_eq!(summary["failed"], errors.len());
+        assert_eq!(summary["invariant_holds"], true);
+        Results {
+            summary,
+            successes,
+            errors,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_job_runs_to_its_end_with_every_request_once() {
+    let s = Steps::new(Settings::default());
+    let (job, ids) = s.start("all-good", 5, json!({}), true).await;
+    let record = s.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Completed);
+    let results = s.results(&job, &ids).await;
+    assert_eq!(results.successes.len(), 5);
+    assert!(
+        results
+            .successes
+            .iter()
+            .all(|r| r["result"] == json!({"total": 12.5}))
+    );
+    assert_eq!(results.error_types()["line-7"], "invalid_input");
+    assert_eq!(
+        results.summary["input"]["complete"], true,
+        "{}",
+        results.summary
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_event_creates_no_second_batch() {
+    let s = Steps::new(Settings::default());
+    let (job, _) = s.start("repeated", 3, json!({}), false).await;
+    let again = s.submit("inbox/repeated.jsonl").await.unwrap();
+    assert_eq!(again, SubmitOutcome::Duplicate { job_id: job });
+    assert_eq!(s.provider.created(), 1);
+}
+
+#[tokio::test]
+async fn a_submit_that_failed_at_the_provider_is_resumed_by_the_next_event_or_poll() {
+    let s = Steps::new(Settings::default());
+    let key = "inbox/flaky.jsonl";
+    let body = format!(
+        "{}\n{}\n",
+        json!({"spec": {"model": "openai/gpt-4o-mini", "schema_name": "s",
+                        "schema": {"type": "object", "properties": {"total": {"type": "number"}},
+                                   "required": ["total"], "additionalProperties": false}}}),
+        json!({"custom_id": "a", "text": "Invoice"})
+    );
+    s.ctx
+        .store
+        .put(key, Bytes::from(body), PutMode::Overwrite)
+        .await
+        .unwrap();
+    for resume_by_poll in [false, true] {
+        s.provider.fail_creates(1);
+        let key = if resume_by_poll {
+            "inbox/flaky-poll.jsonl"
+        } else {
+            key
+        };
+        if resume_by_poll {
+            let (_, body) = s.ctx.store.get("inbox/flaky.jsonl").await.unwrap();
+            s.ctx
+                .store
+                .put(key, body, PutMode::Overwrite)
+                .await
+                .unwrap();
+        }
+        let err = s.submit(key).await.unwrap_err();
+        assert!(err.to_string().contains("500"), "{err}");
+        let job = s.job_of(key).await;
+        let record = s.record(&job).await;
+        assert_eq!(record.status, JobStatus::Submitting);
+        assert_eq!(record.submit_lease_until, None, "the lease is given back");
+        assert!(record.last_error.unwrap().contains("500"));
+        if resume_by_poll {
+            poll(&s.ctx).await.unwrap();
+            assert_eq!(s.record(&job).await.status, JobStatus::Open);
+        } else {
+            let outcome = s.submit(key).await.unwrap();
+            assert!(
+                matches!(outcome, SubmitOutcome::Submitted { .. }),
+                "{outcome:?}"
+            );
+        }
+        s.run_to_end(&job).await;
+        s.results(&job, &["a".to_string()]).await;
+    }
+    assert_eq!(s.provider.created(), 2);
+}
+
+#[tokio::test]
+async fn a_collect_lease_held_by_a_dead_collect_passes_with_the_clock() {
+    let s = Steps::new(Settings::default());
+    let (job, ids) = s.start("lease", 3, json!({}), false).await;
+    s.provider.finish_all();
+    poll(&s.ctx).await.unwrap();
+    let messages = s.queue.drain();
+    assert_eq!(messages.len(), 1);
+    let message = ReadyMessage::parse(&messages[0]).unwrap();
+    // A collect took the part and died.
+    let held = s.clock.after(s.ctx.settings.collect_lease);
+    job::update(s.ctx.store.as_ref(), &job, |record| {
+        record.parts[0].collect_lease_until = Some(held.clone());
+        true
+    })
+    .await
+    .unwrap();
+    let busy = collect(&s.ctx, &message, false).await.unwrap_err();
+    assert!(matches!(busy, PipelineError::Busy { .. }), "{busy}");
+    s.clock
+        .advance(s.ctx.settings.collect_lease + Duration::from_secs(1));
+    let outcome = collect(&s.ctx, &message, false).await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            CollectOutcome::Collected {
+                succeeded: 3,
+                job_closed: true,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        collect(&s.ctx, &message, false).await.unwrap(),
+        CollectOutcome::AlreadyCollected
+    );
+    s.results(&job, &ids).await;
+}
+
+#[tokio::test]
+async fn a_lost_ready_message_is_queued_again_after_the_requeue_delay() {
+    let s = Steps::new(Settings::default());
+    let (job, ids) = s.start("requeue", 2, json!({}), false).await;
+    s.provider.finish_all();
+    poll(&s.ctx).await.unwrap();
+    assert_eq!(s.queue.drain().len(), 1, "queued, then lost");
+    poll(&s.ctx).await.unwrap();
+    assert!(s.queue.drain().is_empty(), "not yet due again");
+    s.clock.advance(s.ctx.settings.requeue_after);
+    poll(&s.ctx).await.unwrap();
+    let collected = s.collect_queued(false).await;
+    assert_eq!(collected.len(), 1, "queued again");
+    assert!(matches!(
+        collected[0],
+        Ok(CollectOutcome::Collected {
+            job_closed: true,
+            ..
+        })
+    ));
+    s.results(&job, &ids).await;
+}
+
+#[tokio::test]
+async fn retryable_failures_are_resubmitted_up_to_max_attempts() {
+    for max_attempts in [1u32, 2] {
+        let s = Steps::new(Settings::default());
+        s.provider.script(Fate::RateLimited(vec!["doc-1".into()]));
+        let (job, ids) = s
+            .start("retry", 3, json!({"max_attempts": max_attempts}), false)
+            .await;
+        let record = s.run_to_end(&job).await;
+        let results = s.results(&job, &ids).await;
+        assert_eq!(record.parts.len(), max_attempts as usize);
+        if max_attempts == 1 {
+            assert_eq!(results.error_types()["doc-1"], "rate_limit_exceeded");
+        } else {
+            let retried = results
+                .successes
+                .iter()
+                .find(|r| r["custom_id"] == "doc-1")
+                .unwrap();
+            assert_eq!(retried["attempts"], 2);
+            assert_eq!(results.summary["retried"], 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn batch_fates_end_every_request_with_the_reason() {
+    let cases: [(Fate, usize, &str, usize); 4] = [
+        (Fate::Expire { ran: 2 }, 2, "expired", 0),
+        (Fate::Cancel { ran: 1 }, 1, "cancelled", 0),
+        (Fate::FailValidation, 0, "batch_failed", 0),
+        (Fate::Complete, 4, "", 0),
+    ];
+    for (fate, succeeded, error_type, retry_parts) in cases {
+        let s = Steps::new(Settings::default());
+        s.provider.script(fate.clone());
+        // One attempt: what ends is final (a cancellation is final whatever the attempts).
+        let attempts = if fate == (Fate::Cancel { ran: 1 }) {
+            3
+        } else {
+            1
+        };
+        let (job, ids) = s
+            .start("fate", 4, json!({"max_attempts": attempts}), false)
+            .await;
+        let record = s.run_to_end(&job).await;
+        assert_eq!(record.parts.len(), 1 + retry_parts, "{fate:?}");
+        let results = s.results(&job, &ids).await;
+        assert_eq!(results.successes.len(), succeeded, "{fate:?}");
+        assert!(
+            results.error_types().values().all(|t| t == error_type),
+            "{fate:?}: {:?}",
+            results.error_types()
+        );
+    }
+}
+
+#[tokio::test]
+async fn results_that_cannot_be_read_are_retried_then_recorded_on_the_last_delivery() {
+    for (fate, error_type) in [
+        (Fate::LoseResults, "read_error"),
+        (Fate::DropLines { sent: 1 }, "missing_result"),
+    ] {
+        let s = Steps::new(Settings::default());
+        s.provider.script(fate.clone());
+        let (job, ids) = s.start("lost", 3, json!({"max_attempts": 1}), false).await;
+        s.provider.finish_all();
+        poll(&s.ctx).await.unwrap();
+        let bodies = s.queue.drain();
+        let message = ReadyMessage::parse(&bodies[0]).unwrap();
+        assert!(
+            collect(&s.ctx, &message, false).await.is_err(),
+            "{fate:?}: retried first"
+        );
+        let outcome = collect(&s.ctx, &message, true).await.unwrap();
+        assert!(
+            matches!(
+                outcome,
+                CollectOutcome::Collected {
+                    job_closed: true,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        let results = s.results(&job, &ids).await;
+        let errors = results.error_types();
+        assert_eq!(errors.len(), 3 - results.successes.len(), "{fate:?}");
+        assert!(
+            errors.values().all(|t| t == error_type),
+            "{fate:?}: {errors:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn status_calls_refused_for_good_end_the_part_after_a_bounded_number_of_ticks() {
+    let s = Steps::new(Settings {
+        max_refused_polls: 3,
+        ..Settings::default()
+    });
+    let (job, ids) = s.start("revoked", 2, json!({}), false).await;
+    s.provider.refuse_status(Some(401));
+    for tick in 1..=2 {
+        poll(&s.ctx).await.unwrap();
+        let part = &s.record(&job).await.parts[0];
+        assert_eq!(part.refused_polls, tick);
+        assert!(part.poll_error.as_deref().unwrap().contains("401"));
+        assert!(s.queue.drain().is_empty());
+    }
+    poll(&s.ctx).await.unwrap();
+    for outcome in s.collect_queued(false).await {
+        outcome.unwrap();
+    }
+    let record = s.record(&job).await;
+    assert_eq!(record.status, JobStatus::Completed);
+    let results = s.results(&job, &ids).await;
+    assert!(
+        results
+            .error_types()
+            .values()
+            .all(|t| t == "batch_unreachable")
+    );
+    assert!(
+        results.summary["parts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused 3 status calls")
+    );
+}
+
+#[tokio::test]
+async fn a_transient_status_failure_is_noted_and_cleared() {
+    let s = Steps::new(Settings::default());
+    let (job, ids) = s.start("transient", 2, json!({}), false).await;
+    s.provider.refuse_status(Some(503));
+    poll(&s.ctx).await.unwrap();
+    let part = &s.record(&job).await.parts[0];
+    assert!(part.poll_error.as_deref().unwrap().contains("503"));
+    assert_eq!(part.refused_polls, 0, "a 503 is not a refusal");
+    s.provider.refuse_status(None);
+    s.run_to_end(&job).await;
+    assert_eq!(s.record(&job).await.parts[0].poll_error, None);
+    s.results(&job, &ids).await;
+}

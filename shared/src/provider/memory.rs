@@ -1,0 +1,283 @@
+//! A batch provider in memory, with scripted fates, for running the pipeline steps in
+//! process (as `object_store` has a memory backend). It stands in for `openai/…`
+//! models: it takes the OpenAI JSONL the part builder writes and streams OpenAI output
+//! lines, so the real OpenAI decoder reads its results.
+//!
+//! A created batch stays `in_progress` until [`MemoryProvider::finish_all`] ends it
+//! with the fate scripted for it ([`MemoryProvider::script`], else [`Fate::Complete`]).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::{BatchProvider, BatchTags, LineStream};
+use crate::error::{Error, Result};
+use crate::model::ProviderKind;
+use crate::status::{BatchState, BatchStatus, RequestCounts};
+
+/// How a batch ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Every request succeeds with the provider's answer.
+    Complete,
+    /// The batch completes; these requests get a rate-limit error line (retryable).
+    RateLimited(Vec<String>),
+    /// The first `ran` requests ran, then the batch expired.
+    Expire {
+        /// Requests that ran before the batch expired.
+        ran: usize,
+    },
+    /// The first `ran` requests ran, then a person cancelled the batch.
+    Cancel {
+        /// Requests that ran before the cancellation.
+        ran: usize,
+    },
+    /// The batch failed validation: no request ran, there are no results.
+    FailValidation,
+    /// The batch completes, but its results can never be downloaded.
+    LoseResults,
+    /// The batch completes and says so for every request, but its results file holds
+    /// only the first `sent` lines.
+    DropLines {
+        /// Lines the results file holds.
+        sent: usize,
+    },
+}
+
+/// The in-memory provider; see the module documentation.
+#[derive(Debug)]
+pub struct MemoryProvider {
+    answer: Value,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    batches: Vec<MemoryBatch>,
+    scripted: VecDeque<Fate>,
+    /// Status calls answered with this HTTP status while set.
+    refuse_status: Option<u16>,
+    /// Creates still to be answered with HTTP 500.
+    failing_creates: u32,
+}
+
+#[derive(Debug)]
+struct MemoryBatch {
+    status: BatchStatus,
+    custom_ids: Vec<String>,
+    fate: Fate,
+}
+
+impl MemoryProvider {
+    /// A provider whose every successful request answers `answer`.
+    pub fn new(answer: Value) -> Self {
+        Self {
+            answer,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Sets the fate of the next batch created (fates are used in the order given).
+    pub fn script(&self, fate: Fate) {
+        self.lock().scripted.push_back(fate);
+    }
+
+    /// Ends every running batch with its fate.
+    pub fn finish_all(&self) {
+        for batch in &mut self.lock().batches {
+            if batch.status.state == BatchState::Processing {
+                batch.end();
+            }
+        }
+    }
+
+    /// Answers every status call with HTTP `status` (`None`: answer normally again).
+    pub fn refuse_status(&self, status: Option<u16>) {
+        self.lock().refuse_status = status;
+    }
+
+    /// Answers the next `n` creates with HTTP 500.
+    pub fn fail_creates(&self, n: u32) {
+        self.lock().failing_creates = n;
+    }
+
+    /// How many batches were created.
+    pub fn created(&self) -> usize {
+        self.lock().batches.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refused(status: u16, message: &str) -> Error {
+        Error::Api {
+            provider: ProviderKind::OpenAi,
+            status,
+            message: message.to_string(),
+        }
+    }
+
+    fn find<T>(&self, batch_id: &str, f: impl FnOnce(&mut MemoryBatch) -> T) -> Result<T> {
+        let mut state = self.lock();
+        let batch = state
+            .batches
+            .iter_mut()
+            .find(|b| b.status.batch_id == batch_id)
+            .ok_or_else(|| Self::refused(404, &format!("no batch {batch_id}")))?;
+        Ok(f(batch))
+    }
+
+    /// One OpenAI output line for `custom_id`: the answer, or a rate-limit error.
+    fn result_line(&self, custom_id: &str, rate_limited: bool) -> String {
+        let response = if rate_limited {
+            json!({"status_code": 429, "request_id": "req", "body": {"error": {
+                "message": "Rate limit reached", "type": "requests",
+                "param": null, "code": "rate_limit_exceeded"}}})
+        } else {
+            json!({"status_code": 200, "request_id": "req", "body": {
+                "object": "chat.completion",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": self.answer.to_string(), "refusal": null}}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}})
+        };
+        json!({"id": "batch_req", "custom_id": custom_id, "response": response, "error": null})
+            .to_string()
+    }
+}
+
+impl MemoryBatch {
+    /// The lines the results file holds, with whether each is rate-limited.
+    fn results(&self) -> Vec<(&str, bool)> {
+        let ids = self.custom_ids.iter().map(String::as_str);
+        match &self.fate {
+            Fate::Complete => ids.map(|id| (id, false)).collect(),
+            Fate::RateLimited(limited) => ids
+                .map(|id| (id, limited.iter().any(|l| l == id)))
+                .collect(),
+            Fate::Expire { ran } | Fate::Cancel { ran } => {
+                ids.take(*ran).map(|id| (id, false)).collect()
+            }
+            Fate::DropLines { sent } => ids.take(*sent).map(|id| (id, false)).collect(),
+            Fate::FailValidation | Fate::LoseResults => Vec::new(),
+        }
+    }
+
+    fn end(&mut self) {
+        let (state, raw) = match self.fate {
+            Fate::Expire { .. } => (BatchState::Expired, "expired"),
+            Fate::Cancel { .. } => (BatchState::Cancelled, "cancelled"),
+            Fate::FailValidation => (BatchState::Failed, "failed"),
+            _ => (BatchState::Completed, "completed"),
+        };
+        let total = self.custom_ids.len() as u64;
+        let limited = self
+            .results()
+            .iter()
+            .filter(|(_, limited)| *limited)
+            .count() as u64;
+        let ran = match self.fate {
+            Fate::DropLines { .. } => total,
+            _ => self.results().len() as u64,
+        };
+        self.status.state = state;
+        self.status.raw_status = raw.to_string();
+        self.status.counts = RequestCounts {
+            total,
+            succeeded: ran - limited,
+            failed: limited,
+            pending: 0,
+        };
+        if self.fate == Fate::FailValidation {
+            self.status.error = Some("token_limit_exceeded: Enqueued token limit reached".into());
+        }
+    }
+}
+
+#[async_trait]
+impl BatchProvider for MemoryProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::OpenAi
+    }
+
+    async fn create(&self, _model: &str, input: Bytes, tags: &BatchTags) -> Result<BatchStatus> {
+        let mut state = self.lock();
+        if state.failing_creates > 0 {
+            state.failing_creates -= 1;
+            return Err(Self::refused(500, "The server had an error"));
+        }
+        let custom_ids = input
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                let line: Value = serde_json::from_slice(line)?;
+                Ok(line["custom_id"].as_str().unwrap_or_default().to_string())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let status = BatchStatus {
+            batch_id: format!("batch_{}", state.batches.len()),
+            state: BatchState::Processing,
+            raw_status: "in_progress".into(),
+            counts: RequestCounts {
+                total: custom_ids.len() as u64,
+                pending: custom_ids.len() as u64,
+                ..RequestCounts::default()
+            },
+            created_at: None,
+            ended_at: None,
+            error: None,
+            tags: tags.clone(),
+        };
+        let fate = state.scripted.pop_front().unwrap_or(Fate::Complete);
+        state.batches.push(MemoryBatch {
+            status: status.clone(),
+            custom_ids,
+            fate,
+        });
+        Ok(status)
+    }
+
+    async fn status(&self, batch_id: &str) -> Result<BatchStatus> {
+        if let Some(status) = self.lock().refuse_status {
+            return Err(Self::refused(status, "Incorrect API key provided"));
+        }
+        self.find(batch_id, |batch| batch.status.clone())
+    }
+
+    async fn cancel(&self, batch_id: &str) -> Result<BatchStatus> {
+        self.find(batch_id, |batch| {
+            if batch.status.state == BatchState::Processing {
+                batch.fate = Fate::Cancel { ran: 0 };
+                batch.end();
+            }
+            batch.status.clone()
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<BatchStatus>> {
+        Ok(self
+            .lock()
+            .batches
+            .iter()
+            .map(|b| b.status.clone())
+            .collect())
+    }
+
+    async fn results(&self, batch_id: &str) -> Result<LineStream> {
+        let lines = self.find(batch_id, |batch| match batch.fate {
+            Fate::LoseResults | Fate::FailValidation => None,
+            _ => Some(
+                batch
+                    .results()
+                    .into_iter()
+                    .map(|(id, limited)| Ok(Bytes::from(self.result_line(id, limited))))
+                    .collect::<Vec<_>>(),
+            ),
+        })?;
+        let lines = lines.ok_or_else(|| Self::refused(404, "the batch has no output file"))?;
+        Ok(Box::pin(futures::stream::iter(lines)))
+    }
+}
