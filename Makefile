@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.requirements-installed
 PROVIDER ?= openai
 
-.PHONY: help venv build demo test-e2e-lambda
+.PHONY: help venv tools build demo test-e2e-lambda
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) \
@@ -22,6 +22,11 @@ $(VENV_STAMP): tests/requirements.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet -r tests/requirements.txt
 	touch $@
+
+# The compressed-upload tests make their files with the tools users have: gzip, Python's
+# gzip module and pigz (installed here from Debian's packages when missing).
+tools: ## System tools the tests use (pigz)
+	@command -v pigz >/dev/null || { apt-get update -qq && apt-get install -y -qq pigz >/dev/null; }
 
 build: ## Debug build of the three functions and the provider emulator
 	cargo build --bins -p submit -p poll -p collect -p batchline-emulator
@@ -40,7 +45,7 @@ lint: ## cargo fmt --check, clippy with warnings as errors, and the library with
 	cargo build -p batchline --no-default-features
 	cargo clippy -p batchline --no-default-features -- -D warnings
 
-test: venv lint build ## Everything CI runs: lint, Rust unit + end-to-end tests, SDK conformance, template checks
+test: venv tools lint build ## Everything CI runs: lint, Rust unit + end-to-end tests, SDK conformance, template checks
 	rm -rf target/reliability
 	python3 tests/scripts/check_layers.py
 	cargo test --workspace
