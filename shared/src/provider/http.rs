@@ -1,16 +1,24 @@
-//! The one HTTP client every provider uses: reqwest over rustls, timeouts, and retries
-//! with exponential backoff, full jitter and `Retry-After`.
+//! The one HTTP client every provider uses: reqwest over rustls, timeouts, retries
+//! with exponential backoff, full jitter and `Retry-After`, and the provider's [`Auth`]
+//! applied to every request it sends.
 //!
 //! Errors never carry a secret: every message built here passes through `HttpClient::scrub`.
 
+use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use rand::Rng;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+};
 use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use url::Url;
 
 use super::LineStream;
@@ -24,6 +32,14 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// How much of an unparseable body is quoted in an error.
 const MAX_QUOTED_BODY: usize = 300;
 
+/// Anthropic's API key header.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+/// The Gemini API's key header.
+const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+
+/// The header that authenticates one call, marked sensitive so that it never prints.
+type AuthHeader = (HeaderName, HeaderValue);
+
 /// Whether a request may be sent again after it possibly reached the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resend {
@@ -34,18 +50,88 @@ pub enum Resend {
     OnlyIfUnsent,
 }
 
-/// A reqwest client bound to one provider, its retry policy and the secrets to scrub.
+/// How a provider's requests say who sends them. The client applies it to every request,
+/// so no provider builds an auth header itself.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// `Authorization: Bearer <key>` (OpenAI).
+    Bearer(Credential),
+    /// `x-api-key: <key>` (Anthropic).
+    XApiKey(Credential),
+    /// `x-goog-api-key: <key>` (the Gemini API).
+    XGoogApiKey(Credential),
+    /// `Authorization: Bearer <token>` with an OAuth2 access token asked from the source
+    /// for each call (Vertex AI and Cloud Storage); the token is scrubbed from its errors.
+    OAuth(Arc<dyn AccessTokens>),
+}
+
+/// Where OAuth2 access tokens come from (a service account, the metadata server, a
+/// fixed token). Implementations cache tokens: [`HttpClient`] asks once per call.
+#[async_trait]
+pub trait AccessTokens: Send + Sync + Debug {
+    /// A token valid for the next request.
+    async fn token(&self) -> Result<Credential>;
+}
+
+/// How an API pages a list, for [`HttpClient::list`].
+#[derive(Debug, Clone, Copy)]
+pub struct Paging<'a> {
+    /// Sent with every page (the page size, a filter).
+    pub query: &'a [(&'a str, &'a str)],
+    /// The parameter that takes the next page's cursor.
+    pub cursor: &'a str,
+}
+
+/// One page of a list answer, for [`HttpClient::list`].
+pub trait Page: DeserializeOwned {
+    /// What the page lists.
+    type Item;
+    /// The cursor of the next page; `None` on the last one.
+    fn next_cursor(&self) -> Option<String>;
+    /// The page's entries, in order.
+    fn into_items(self) -> Vec<Self::Item>;
+}
+
+/// The `{data, has_more, last_id}` page OpenAI and Anthropic list with; the next page
+/// starts after `last_id`.
+#[derive(Debug, Deserialize)]
+pub struct AfterIdPage<T> {
+    data: Vec<T>,
+    #[serde(default)]
+    has_more: bool,
+    last_id: Option<String>,
+}
+
+impl<T: DeserializeOwned> Page for AfterIdPage<T> {
+    type Item = T;
+
+    fn next_cursor(&self) -> Option<String> {
+        self.last_id.clone().filter(|_| self.has_more)
+    }
+
+    fn into_items(self) -> Vec<T> {
+        self.data
+    }
+}
+
+/// A reqwest client bound to one provider: its API root, auth, retry policy and the
+/// secrets to scrub.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     inner: reqwest::Client,
     provider: ProviderKind,
+    base: Url,
+    auth: Auth,
+    /// Sent with every request (Anthropic's `anthropic-version`).
+    fixed_headers: Vec<(&'static str, &'static str)>,
     retry: RetryPolicy,
     max_line_bytes: usize,
     secrets: Vec<Credential>,
 }
 
 impl HttpClient {
-    pub fn new(provider: ProviderKind, config: &ProviderConfig) -> Result<Self> {
+    /// A client for `provider` at `config.base_url` that sends `auth` with every request.
+    pub fn new(provider: ProviderKind, config: &ProviderConfig, auth: Auth) -> Result<Self> {
         let inner = crate::tls::reqwest_builder()
             .connect_timeout(config.timeouts.connect)
             .read_timeout(config.timeouts.read)
@@ -61,21 +147,71 @@ impl HttpClient {
         Ok(Self {
             inner,
             provider,
+            base: config.base_url.clone(),
+            auth,
+            fixed_headers: Vec::new(),
             retry: config.retry,
             max_line_bytes: config.max_line_bytes,
             secrets,
         })
     }
 
+    /// The same client, also sending `name: value` with every request.
+    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.fixed_headers.push((name, value));
+        self
+    }
+
+    /// The same client at another API root (Vertex AI's Cloud Storage).
+    pub fn with_base(mut self, base: Url) -> Self {
+        self.base = base;
+        self
+    }
+
     /// A copy that also scrubs `secret` (a short-lived token) from its errors.
-    pub fn with_secret(&self, secret: &Credential) -> Self {
+    fn with_secret(&self, secret: &Credential) -> Self {
         let mut client = self.clone();
         client.secrets.push(secret.clone());
         client
     }
 
-    /// Sends the request `build` makes, making it again for every retry (so bodies must
-    /// be cheap to clone: use `Bytes`). Answers with the first 2xx response.
+    /// `path` (starting with `/`) under the API root, keeping any path prefix of the
+    /// root (a proxy root such as `https://gateway.test/openai`).
+    pub fn url(&self, path: &str) -> String {
+        endpoint(&self.base, path)
+    }
+
+    /// A URL handed out by the provider, refused unless it is on the API root's origin:
+    /// the credentials go with every request this client sends.
+    pub fn checked_url(&self, raw: &str) -> Result<Url> {
+        checked_url(self.provider, &self.base, raw)
+    }
+
+    /// The client for one call and the auth header it sends: for OAuth a token fetched
+    /// now, which that client also scrubs from its errors.
+    async fn session(&self) -> Result<(Self, AuthHeader)> {
+        let (client, name, value) = match &self.auth {
+            Auth::Bearer(key) => (self.clone(), AUTHORIZATION, bearer(key)),
+            Auth::XApiKey(key) => (self.clone(), X_API_KEY, key.expose().to_string()),
+            Auth::XGoogApiKey(key) => (self.clone(), X_GOOG_API_KEY, key.expose().to_string()),
+            Auth::OAuth(tokens) => {
+                let token = tokens.token().await?;
+                (self.with_secret(&token), AUTHORIZATION, bearer(&token))
+            }
+        };
+        let mut value = HeaderValue::from_str(&value).map_err(|_| {
+            Error::Config(format!(
+                "the {} credential is not a valid HTTP header value",
+                self.provider
+            ))
+        })?;
+        value.set_sensitive(true);
+        Ok((client, (name, value)))
+    }
+
+    /// Sends the request `build` makes, with the auth applied, making it again for every
+    /// retry (so bodies must be cheap to clone: use `Bytes`). Answers with the first 2xx
+    /// response.
     ///
     /// Retries 429, 500, 502, 503, 504, 529 and connection failures (and timeouts when
     /// `resend` allows) with backoff; any other status is an [`Error::Api`] carrying the
@@ -84,10 +220,30 @@ impl HttpClient {
     where
         F: Fn(&reqwest::Client) -> RequestBuilder,
     {
+        let (session, auth) = self.session().await?;
+        session.send_authorized(resend, &auth, build).await
+    }
+
+    async fn send_authorized<F>(
+        &self,
+        resend: Resend,
+        auth: &AuthHeader,
+        build: F,
+    ) -> Result<Response>
+    where
+        F: Fn(&reqwest::Client) -> RequestBuilder,
+    {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let (reason, retry_after) = match build(&self.inner).send().await {
+            let request = self
+                .fixed_headers
+                .iter()
+                .fold(build(&self.inner), |request, (name, value)| {
+                    request.header(*name, *value)
+                })
+                .header(auth.0.clone(), auth.1.clone());
+            let (reason, retry_after) = match request.send().await {
                 Ok(response) if response.status().is_success() => return Ok(response),
                 Ok(response) => {
                     let status = response.status();
@@ -137,31 +293,103 @@ impl HttpClient {
         T: DeserializeOwned,
         F: Fn(&reqwest::Client) -> RequestBuilder,
     {
-        let response = self.send_with_retry(resend, build).await?;
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport(1, format!("reading the answer: {}", self.describe(&e))))?;
-        self.parse_json(&body)
+        let (session, auth) = self.session().await?;
+        let response = session.send_authorized(resend, &auth, build).await?;
+        let body = response.bytes().await.map_err(|e| {
+            session.transport(1, format!("reading the answer: {}", session.describe(&e)))
+        })?;
+        session.parse_json(&body)
+    }
+
+    /// GETs `path` (under the API root), the answer parsed as JSON.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = self.url(path);
+        self.json(Resend::Always, |http| http.get(&url)).await
+    }
+
+    /// POSTs `body` as JSON (nothing when `None`) to `path`, the answer parsed as JSON.
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        resend: Resend,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T> {
+        let url = self.url(path);
+        let body = body.map(serde_json::to_vec).transpose()?.map(Bytes::from);
+        self.json(resend, |http| {
+            with_json_body(http.post(&url), body.as_ref())
+        })
+        .await
+    }
+
+    /// POSTs `body` as JSON to `path` and drops the answer (Google's cancel answers `{}`).
+    pub async fn post_ignoring_answer(&self, path: &str, body: &Value) -> Result<()> {
+        let url = self.url(path);
+        let body = Bytes::from(serde_json::to_vec(body)?);
+        self.send_with_retry(Resend::Always, |http| {
+            with_json_body(http.post(&url), Some(&body))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every entry of the list at `path`, all pages as `paging` asks for them, each turned
+    /// into `T` by `map` as its page arrives. A page that does not move the cursor ends
+    /// the list (rather than looping forever).
+    pub async fn list<P, T>(
+        &self,
+        path: &str,
+        paging: Paging<'_>,
+        map: impl Fn(P::Item) -> Result<T>,
+    ) -> Result<Vec<T>>
+    where
+        P: Page,
+    {
+        let url = self.url(path);
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page: P = self
+                .json(Resend::Always, |http| {
+                    let request = http.get(&url).query(paging.query);
+                    match &after {
+                        Some(after) => request.query(&[(paging.cursor, after)]),
+                        None => request,
+                    }
+                })
+                .await?;
+            let next = page.next_cursor();
+            for item in page.into_items() {
+                all.push(map(item)?);
+            }
+            match next {
+                Some(next) if after.as_ref() != Some(&next) => after = Some(next),
+                _ => return Ok(all),
+            }
+        }
     }
 
     /// Parses a 2xx body, quoting the start of it when it is not what was expected.
-    pub fn parse_json<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T> {
+    fn parse_json<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T> {
         serde_json::from_slice(body).map_err(|e| Error::Protocol {
             provider: self.provider,
             message: self.scrub(&format!("{e} in {}", quote(body))),
         })
     }
 
-    /// [`Self::send_with_retry`], then the body split into lines as it arrives.
-    pub async fn lines<F>(&self, build: F) -> Result<LineStream>
-    where
-        F: Fn(&reqwest::Client) -> RequestBuilder,
-    {
-        let response = self.send_with_retry(Resend::Always, build).await?;
-        let this = self.clone();
-        let chunks = response.bytes_stream().map_err(move |e| this.describe(&e));
-        Ok(split_lines(chunks, self.max_line_bytes, self.provider))
+    /// GETs `url` (from [`Self::url`] or [`Self::checked_url`]) with `query` and streams
+    /// the body split into lines as it arrives.
+    pub async fn lines(&self, url: &str, query: &[(&str, &str)]) -> Result<LineStream> {
+        let (session, auth) = self.session().await?;
+        let response = session
+            .send_authorized(Resend::Always, &auth, |http| http.get(url).query(query))
+            .await?;
+        let max_line_bytes = session.max_line_bytes;
+        let provider = session.provider;
+        let chunks = response
+            .bytes_stream()
+            .map_err(move |e| session.describe(&e));
+        Ok(split_lines(chunks, max_line_bytes, provider))
     }
 
     /// A protocol error (2xx with an answer we cannot use), scrubbed.
@@ -265,8 +493,6 @@ fn quote(body: &[u8]) -> String {
     }
 }
 
-/// `base` root joined with `path` (which starts with `/`), keeping any path prefix of
-/// the base (a proxy root such as `https://gateway.test/openai`).
 /// An error with its causes ("error sending request: connection refused"): reqwest's
 /// own message leaves out the part that says what went wrong.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
@@ -280,7 +506,9 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-pub fn endpoint(base: &Url, path: &str) -> String {
+/// `base` root joined with `path` (which starts with `/`), keeping any path prefix of
+/// the base (a proxy root such as `https://gateway.test/openai`).
+fn endpoint(base: &Url, path: &str) -> String {
     format!("{}{path}", base.as_str().trim_end_matches('/'))
 }
 
@@ -292,7 +520,7 @@ fn same_origin(a: &Url, b: &Url) -> bool {
 }
 
 /// Parses a URL handed out by the provider and refuses it unless it is on `base`'s origin.
-pub fn checked_url(provider: ProviderKind, base: &Url, raw: &str) -> Result<Url> {
+fn checked_url(provider: ProviderKind, base: &Url, raw: &str) -> Result<Url> {
     let foreign = || Error::ForeignHost {
         provider,
         url: raw.to_string(),
@@ -304,9 +532,24 @@ pub fn checked_url(provider: ProviderKind, base: &Url, raw: &str) -> Result<Url>
     Ok(url)
 }
 
+/// `Bearer <credential>`.
+fn bearer(credential: &Credential) -> String {
+    format!("Bearer {}", credential.expose())
+}
+
 /// A body that can be sent again on retry without copying.
 pub fn body(bytes: &Bytes) -> reqwest::Body {
     reqwest::Body::from(bytes.clone())
+}
+
+/// `request` carrying `body` as `application/json`, or no body at all.
+fn with_json_body(request: RequestBuilder, body: Option<&Bytes>) -> RequestBuilder {
+    match body {
+        Some(body) => request
+            .header(CONTENT_TYPE, "application/json")
+            .body(self::body(body)),
+        None => request,
+    }
 }
 
 /// A loopback HTTP/1.1 server with canned answers, for client unit tests.
@@ -388,13 +631,14 @@ mod tests {
             connect: Duration::from_secs(2),
             read: Duration::from_secs(2),
         };
-        HttpClient::new(ProviderKind::OpenAi, &config).unwrap()
+        let auth = Auth::Bearer(Credential::new(SECRET).unwrap());
+        HttpClient::new(ProviderKind::OpenAi, &config, auth).unwrap()
     }
 
     async fn get(client: &HttpClient, base: &str) -> Result<String> {
         let url = format!("{base}/v1/batches");
         let response = client
-            .send_with_retry(Resend::Always, |http| http.get(&url).bearer_auth(SECRET))
+            .send_with_retry(Resend::Always, |http| http.get(&url))
             .await?;
         Ok(response.text().await.unwrap())
     }
@@ -496,6 +740,45 @@ mod tests {
                 .contains("Incorrect API key provided: ***, token ***"),
             "{err}"
         );
+    }
+
+    #[derive(Debug)]
+    struct FixedTokens;
+
+    #[async_trait]
+    impl AccessTokens for FixedTokens {
+        async fn token(&self) -> Result<Credential> {
+            Credential::new("ya29.fresh")
+        }
+    }
+
+    #[tokio::test]
+    async fn each_auth_style_is_one_sensitive_header() {
+        let key = || Credential::new(SECRET).unwrap();
+        let bearer = format!("Bearer {SECRET}");
+        let cases: [(Auth, &str, &str); 4] = [
+            (Auth::Bearer(key()), "authorization", &bearer),
+            (Auth::XApiKey(key()), "x-api-key", SECRET),
+            (Auth::XGoogApiKey(key()), "x-goog-api-key", SECRET),
+            (
+                Auth::OAuth(Arc::new(FixedTokens)),
+                "authorization",
+                "Bearer ya29.fresh",
+            ),
+        ];
+        let config = ProviderConfig::with_api_key("https://x.test", key()).unwrap();
+        for (auth, name, value) in cases {
+            let client = HttpClient::new(ProviderKind::OpenAi, &config, auth).unwrap();
+            let (session, (header, sent)) = client.session().await.unwrap();
+            assert_eq!((header.as_str(), sent.to_str().unwrap()), (name, value));
+            assert!(sent.is_sensitive());
+            // What the header carries (an OAuth token too) never reaches that call's errors.
+            let scrubbed = session.scrub(value);
+            assert!(
+                !scrubbed.contains(SECRET) && !scrubbed.contains("ya29"),
+                "{scrubbed}"
+            );
+        }
     }
 
     #[tokio::test]

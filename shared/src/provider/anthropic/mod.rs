@@ -10,12 +10,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use reqwest::RequestBuilder;
 use serde::Deserialize;
-use url::Url;
 
-use super::config::{Credential, ProviderConfig};
-use super::http::{HttpClient, Resend, checked_url, endpoint};
+use super::config::ProviderConfig;
+use super::http::{AfterIdPage, Auth, HttpClient, Paging, Resend};
 use super::{BatchProvider, BatchTags, LineStream, id_path, required_key};
 use crate::error::Result;
 use crate::model::ProviderKind;
@@ -28,7 +26,11 @@ use crate::status::{BatchState, BatchStatus, RequestCounts};
 
 const KIND: ProviderKind = ProviderKind::Anthropic;
 const API_VERSION: &str = "2023-06-01";
-const PAGE_SIZE: &str = "100";
+/// Lists page by 100, the next page after the last id.
+const PAGING: Paging<'static> = Paging {
+    query: &[("limit", "100")],
+    cursor: "after_id",
+};
 
 /// Anthropic Message Batches, model prefix `anthropic/`. Its variables:
 ///
@@ -88,11 +90,10 @@ impl ProviderDescriptor for Anthropic {
 /// The variable that holds the API key.
 const API_KEY_VARIABLE: &str = "ANTHROPIC_API_KEY";
 
+/// Anthropic Message Batches over [`HttpClient`] (`x-api-key` auth).
 #[derive(Debug, Clone)]
 pub struct AnthropicClient {
     http: HttpClient,
-    base: Url,
-    key: Credential,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,41 +117,21 @@ struct Counts {
     expired: u64,
 }
 
-#[derive(Debug, Deserialize)]
-struct BatchPage {
-    data: Vec<MessageBatch>,
-    #[serde(default)]
-    has_more: bool,
-    last_id: Option<String>,
-}
-
 impl AnthropicClient {
+    /// The client for `config`; fails without an API key.
     pub fn new(config: &ProviderConfig) -> Result<Self> {
+        let auth = Auth::XApiKey(required_key(KIND, config)?);
         Ok(Self {
-            http: HttpClient::new(KIND, config)?,
-            base: config.base_url.clone(),
-            key: required_key(KIND, config)?,
+            http: HttpClient::new(KIND, config, auth)?
+                .with_header("anthropic-version", API_VERSION),
         })
     }
 
-    fn authed(&self, request: RequestBuilder) -> RequestBuilder {
-        request
-            .header("x-api-key", self.key.expose())
-            .header("anthropic-version", API_VERSION)
-    }
-
-    fn batch_url(&self, batch_id: &str, suffix: &str) -> Result<String> {
-        Ok(endpoint(
-            &self.base,
-            &format!("/v1/messages/batches/{}{suffix}", id_path(KIND, batch_id)?),
+    fn batch_path(batch_id: &str, suffix: &str) -> Result<String> {
+        Ok(format!(
+            "/v1/messages/batches/{}{suffix}",
+            id_path(KIND, batch_id)?
         ))
-    }
-
-    async fn get_batch(&self, batch_id: &str) -> Result<MessageBatch> {
-        let url = self.batch_url(batch_id, "")?;
-        self.http
-            .json(Resend::Always, |http| self.authed(http.get(&url)))
-            .await
     }
 }
 
@@ -163,11 +144,11 @@ impl BatchProvider for AnthropicClient {
     /// `input` is already the whole create body; Anthropic has no file upload and no
     /// tags, so `tags` cannot be stored.
     async fn create(&self, _model: &str, input: Bytes, _tags: &BatchTags) -> Result<BatchStatus> {
-        let url = endpoint(&self.base, "/v1/messages/batches");
-        let batch: MessageBatch = self
+        let url = self.http.url("/v1/messages/batches");
+        let batch = self
             .http
             .json(Resend::OnlyIfUnsent, |http| {
-                self.authed(http.post(&url))
+                http.post(&url)
                     .header("content-type", "application/json")
                     .body(super::http::body(&input))
             })
@@ -176,42 +157,18 @@ impl BatchProvider for AnthropicClient {
     }
 
     async fn status(&self, batch_id: &str) -> Result<BatchStatus> {
-        to_status(self.get_batch(batch_id).await?)
+        to_status(self.http.get_json(&Self::batch_path(batch_id, "")?).await?)
     }
 
     async fn cancel(&self, batch_id: &str) -> Result<BatchStatus> {
-        let url = self.batch_url(batch_id, "/cancel")?;
-        let batch: MessageBatch = self
-            .http
-            .json(Resend::Always, |http| self.authed(http.post(&url)))
-            .await?;
-        to_status(batch)
+        let path = Self::batch_path(batch_id, "/cancel")?;
+        to_status(self.http.post_json(Resend::Always, &path, None).await?)
     }
 
     async fn list(&self) -> Result<Vec<BatchStatus>> {
-        let url = endpoint(&self.base, "/v1/messages/batches");
-        let mut all = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page: BatchPage = self
-                .http
-                .json(Resend::Always, |http| {
-                    let mut request = self.authed(http.get(&url)).query(&[("limit", PAGE_SIZE)]);
-                    if let Some(after) = &after {
-                        request = request.query(&[("after_id", after)]);
-                    }
-                    request
-                })
-                .await?;
-            let next = page.last_id.clone();
-            for batch in page.data {
-                all.push(to_status(batch)?);
-            }
-            match next {
-                Some(last) if page.has_more && after.as_ref() != Some(&last) => after = Some(last),
-                _ => return Ok(all),
-            }
-        }
+        self.http
+            .list::<AfterIdPage<MessageBatch>, _>("/v1/messages/batches", PAGING, to_status)
+            .await
     }
 
     /// Message batches carry no tags, so a lost batch cannot be recognised.
@@ -220,7 +177,7 @@ impl BatchProvider for AnthropicClient {
     }
 
     async fn results(&self, batch_id: &str) -> Result<LineStream> {
-        let batch = self.get_batch(batch_id).await?;
+        let batch: MessageBatch = self.http.get_json(&Self::batch_path(batch_id, "")?).await?;
         let raw = batch.results_url.ok_or_else(|| {
             self.http.protocol(format!(
                 "batch {batch_id} has no results_url (processing_status {:?})",
@@ -228,10 +185,8 @@ impl BatchProvider for AnthropicClient {
             ))
         })?;
         // The API key goes with this request: never to a host other than the API's.
-        let url = checked_url(KIND, &self.base, &raw)?;
-        self.http
-            .lines(|http| self.authed(http.get(url.clone())))
-            .await
+        let url = self.http.checked_url(&raw)?;
+        self.http.lines(url.as_str(), &[]).await
     }
 }
 
@@ -276,6 +231,7 @@ mod tests {
 
     use super::*;
     use crate::Error;
+    use crate::provider::config::Credential;
 
     fn batch(status: &str, counts: [u64; 5], cancel: bool) -> MessageBatch {
         let [processing, succeeded, errored, canceled, expired] = counts;

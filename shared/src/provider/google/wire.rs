@@ -5,6 +5,7 @@ use serde::{Deserialize, Deserializer};
 use url::form_urlencoded;
 
 use crate::provider::BatchTags;
+use crate::provider::http::{Page, Paging};
 
 /// Display names carrying tags start with this, then the tags URL-form-encoded.
 const TAGGED_PREFIX: &str = "batchline?";
@@ -41,6 +42,38 @@ impl RpcStatus {
             (None, Some(code)) => format!("error code {code}"),
             (None, None) => "unspecified error".to_string(),
         }
+    }
+}
+
+/// How both APIs page their batch lists: 100 a page, the next page by its token.
+pub const PAGING: Paging<'static> = Paging {
+    query: &[("pageSize", "100")],
+    cursor: "pageToken",
+};
+
+/// A Google list answer: the entries under the list's own name (`batchPredictionJobs`,
+/// `operations`, Cloud Storage's `items`) and the next page's token (empty on the last).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenPage<T> {
+    #[serde(
+        default = "Vec::new",
+        alias = "batchPredictionJobs",
+        alias = "operations"
+    )]
+    items: Vec<T>,
+    next_page_token: Option<String>,
+}
+
+impl<T: for<'de> Deserialize<'de>> Page for TokenPage<T> {
+    type Item = T;
+
+    fn next_cursor(&self) -> Option<String> {
+        self.next_page_token.clone().filter(|t| !t.is_empty())
+    }
+
+    fn into_items(self) -> Vec<T> {
+        self.items
     }
 }
 

@@ -14,10 +14,9 @@ use futures::{StreamExt, TryStreamExt};
 use reqwest::multipart::{Form, Part};
 use serde::Deserialize;
 use serde_json::json;
-use url::Url;
 
-use super::config::{Credential, ProviderConfig};
-use super::http::{HttpClient, Resend, endpoint};
+use super::config::ProviderConfig;
+use super::http::{AfterIdPage, Auth, HttpClient, Paging, Resend};
 use super::{BatchProvider, BatchTags, LineStream, id_path, required_key};
 use crate::error::Result;
 use crate::model::ProviderKind;
@@ -32,7 +31,11 @@ use serde_json::Value;
 const KIND: ProviderKind = ProviderKind::OpenAi;
 /// The only endpoint batchline's request lines target.
 const ENDPOINT: &str = "/v1/chat/completions";
-const PAGE_SIZE: &str = "100";
+/// Lists page by 100, the next page after the last id.
+const PAGING: Paging<'static> = Paging {
+    query: &[("limit", "100")],
+    cursor: "after",
+};
 
 /// The OpenAI Batch API, model prefix `openai/`. Its variables:
 ///
@@ -96,11 +99,10 @@ impl ProviderDescriptor for OpenAi {
 /// The variable that holds the API key.
 const API_KEY_VARIABLE: &str = "OPENAI_API_KEY";
 
+/// The OpenAI Batch API over [`HttpClient`] (bearer auth).
 #[derive(Debug, Clone)]
 pub struct OpenAiClient {
     http: HttpClient,
-    base: Url,
-    key: Credential,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,47 +146,28 @@ struct ValidationError {
     line: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
-struct BatchPage {
-    data: Vec<Batch>,
-    #[serde(default)]
-    has_more: bool,
-    last_id: Option<String>,
-}
-
 impl OpenAiClient {
+    /// The client for `config`; fails without an API key.
     pub fn new(config: &ProviderConfig) -> Result<Self> {
+        let auth = Auth::Bearer(required_key(KIND, config)?);
         Ok(Self {
-            http: HttpClient::new(KIND, config)?,
-            base: config.base_url.clone(),
-            key: required_key(KIND, config)?,
+            http: HttpClient::new(KIND, config, auth)?,
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        endpoint(&self.base, path)
-    }
-
-    async fn get_batch(&self, batch_id: &str) -> Result<Batch> {
-        let url = self.url(&format!("/v1/batches/{}", id_path(KIND, batch_id)?));
-        self.http
-            .json(Resend::Always, |http| {
-                http.get(&url).bearer_auth(self.key.expose())
-            })
-            .await
+    fn batch_path(batch_id: &str, suffix: &str) -> Result<String> {
+        Ok(format!("/v1/batches/{}{suffix}", id_path(KIND, batch_id)?))
     }
 
     async fn upload(&self, input: Bytes) -> Result<FileObject> {
-        let url = self.url("/v1/files");
+        let url = self.http.url("/v1/files");
         let length = input.len() as u64;
         self.http
             .json(Resend::Always, |http| {
                 let file = Part::stream_with_length(super::http::body(&input), length)
                     .file_name("batchline-input.jsonl");
                 let form = Form::new().text("purpose", "batch").part("file", file);
-                http.post(&url)
-                    .bearer_auth(self.key.expose())
-                    .multipart(form)
+                http.post(&url).multipart(form)
             })
             .await
     }
@@ -194,12 +177,10 @@ impl OpenAiClient {
         &self,
         file_id: String,
     ) -> impl Future<Output = Result<LineStream>> + Send + use<> {
-        let this = self.clone();
+        let http = self.http.clone();
         async move {
-            let url = this.url(&format!("/v1/files/{}/content", id_path(KIND, &file_id)?));
-            this.http
-                .lines(|http| http.get(&url).bearer_auth(this.key.expose()))
-                .await
+            let url = http.url(&format!("/v1/files/{}/content", id_path(KIND, &file_id)?));
+            http.lines(&url, &[]).await
         }
     }
 }
@@ -212,74 +193,38 @@ impl BatchProvider for OpenAiClient {
 
     async fn create(&self, _model: &str, input: Bytes, tags: &BatchTags) -> Result<BatchStatus> {
         let file = self.upload(input).await?;
-        let url = self.url("/v1/batches");
-        let body = Bytes::from(serde_json::to_vec(&json!({
+        let body = json!({
             "input_file_id": file.id,
             "endpoint": ENDPOINT,
             "completion_window": "24h",
             "metadata": tags,
-        }))?);
-        let batch: Batch = self
+        });
+        let batch = self
             .http
-            .json(Resend::OnlyIfUnsent, |http| {
-                http.post(&url)
-                    .bearer_auth(self.key.expose())
-                    .header("content-type", "application/json")
-                    .body(super::http::body(&body))
-            })
+            .post_json(Resend::OnlyIfUnsent, "/v1/batches", Some(&body))
             .await?;
         to_status(batch)
     }
 
     async fn status(&self, batch_id: &str) -> Result<BatchStatus> {
-        to_status(self.get_batch(batch_id).await?)
+        to_status(self.http.get_json(&Self::batch_path(batch_id, "")?).await?)
     }
 
     async fn cancel(&self, batch_id: &str) -> Result<BatchStatus> {
-        let url = self.url(&format!("/v1/batches/{}/cancel", id_path(KIND, batch_id)?));
-        let batch: Batch = self
-            .http
-            .json(Resend::Always, |http| {
-                http.post(&url).bearer_auth(self.key.expose())
-            })
-            .await?;
-        to_status(batch)
+        let path = Self::batch_path(batch_id, "/cancel")?;
+        to_status(self.http.post_json(Resend::Always, &path, None).await?)
     }
 
     async fn list(&self) -> Result<Vec<BatchStatus>> {
-        let url = self.url("/v1/batches");
-        let mut all = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page: BatchPage = self
-                .http
-                .json(Resend::Always, |http| {
-                    let mut request = http
-                        .get(&url)
-                        .bearer_auth(self.key.expose())
-                        .query(&[("limit", PAGE_SIZE)]);
-                    if let Some(after) = &after {
-                        request = request.query(&[("after", after)]);
-                    }
-                    request
-                })
-                .await?;
-            let next = page.last_id.clone();
-            for batch in page.data {
-                all.push(to_status(batch)?);
-            }
-            match next {
-                // A page that does not move the cursor would loop forever.
-                Some(last) if page.has_more && after.as_ref() != Some(&last) => after = Some(last),
-                _ => return Ok(all),
-            }
-        }
+        self.http
+            .list::<AfterIdPage<Batch>, _>("/v1/batches", PAGING, to_status)
+            .await
     }
 
     /// The output file's lines, then the error file's; either may be absent (a batch
     /// where every request failed has no output file).
     async fn results(&self, batch_id: &str) -> Result<LineStream> {
-        let batch = self.get_batch(batch_id).await?;
+        let batch: Batch = self.http.get_json(&Self::batch_path(batch_id, "")?).await?;
         let files: Vec<String> = [batch.output_file_id, batch.error_file_id]
             .into_iter()
             .flatten()

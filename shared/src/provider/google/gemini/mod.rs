@@ -10,28 +10,25 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use reqwest::RequestBuilder;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use url::Url;
 
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
 use crate::provider::ProviderDescriptor;
+use crate::provider::config::ProviderConfig;
 use crate::provider::config::Variables;
-use crate::provider::config::{Credential, ProviderConfig};
 use crate::provider::decode::{Decoded, Malformed};
 use crate::provider::encode::{PartLimits, RequestEncoder};
 use crate::provider::google::wire::{
-    RpcStatus, int64, tagged_display_name, tags_from_display_name,
+    PAGING, RpcStatus, TokenPage, int64, tagged_display_name, tags_from_display_name,
 };
-use crate::provider::http::{HttpClient, Resend, checked_url, endpoint};
+use crate::provider::http::{Auth, HttpClient, Resend};
 use crate::provider::{BatchProvider, BatchTags, LineStream, id_path, required_key};
 use crate::request::{GenerationParams, OutputSchema};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 
 const KIND: ProviderKind = ProviderKind::Gemini;
-const PAGE_SIZE: &str = "100";
 const UPLOAD_URL_HEADER: &str = "x-goog-upload-url";
 
 /// The Gemini Developer API batch mode, model prefix `gemini/`. Its variables:
@@ -90,11 +87,10 @@ impl ProviderDescriptor for Gemini {
 /// The variable that holds the API key.
 const API_KEY_VARIABLE: &str = "GEMINI_API_KEY";
 
+/// The Gemini API batch mode over [`HttpClient`] (`x-goog-api-key` auth).
 #[derive(Debug, Clone)]
 pub struct GeminiClient {
     http: HttpClient,
-    base: Url,
-    key: Credential,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,49 +150,34 @@ struct InlinedResponses {
     inlined_responses: Vec<Value>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct OperationPage {
-    #[serde(default)]
-    operations: Vec<Operation>,
-    next_page_token: Option<String>,
-}
-
 impl GeminiClient {
+    /// The client for `config`; fails without an API key.
     pub fn new(config: &ProviderConfig) -> Result<Self> {
+        let auth = Auth::XGoogApiKey(required_key(KIND, config)?);
         Ok(Self {
-            http: HttpClient::new(KIND, config)?,
-            base: config.base_url.clone(),
-            key: required_key(KIND, config)?,
+            http: HttpClient::new(KIND, config, auth)?,
         })
     }
 
-    fn authed(&self, request: RequestBuilder) -> RequestBuilder {
-        request.header("x-goog-api-key", self.key.expose())
-    }
-
     /// `batches/x` or a bare `x`, as the resource path.
-    fn batch_url(&self, batch_id: &str, suffix: &str) -> Result<String> {
+    fn batch_path(batch_id: &str, suffix: &str) -> Result<String> {
         let name = id_path(KIND, batch_id)?;
         let name = if name.starts_with("batches/") {
             name.to_string()
         } else {
             format!("batches/{name}")
         };
-        Ok(endpoint(&self.base, &format!("/v1beta/{name}{suffix}")))
+        Ok(format!("/v1beta/{name}{suffix}"))
     }
 
     async fn get_batch(&self, batch_id: &str) -> Result<Operation> {
-        let url = self.batch_url(batch_id, "")?;
-        self.http
-            .json(Resend::Always, |http| self.authed(http.get(&url)))
-            .await
+        self.http.get_json(&Self::batch_path(batch_id, "")?).await
     }
 
     /// Resumable upload: a start call hands out the upload URL, then one call sends the
     /// bytes and finalizes.
     async fn upload(&self, input: Bytes, display_name: &str) -> Result<FileInfo> {
-        let start_url = endpoint(&self.base, "/upload/v1beta/files");
+        let start_url = self.http.url("/upload/v1beta/files");
         let start_body = Bytes::from(serde_json::to_vec(
             &json!({"file": {"displayName": display_name}}),
         )?);
@@ -204,7 +185,7 @@ impl GeminiClient {
         let started = self
             .http
             .send_with_retry(Resend::Always, |http| {
-                self.authed(http.post(&start_url))
+                http.post(&start_url)
                     .header("x-goog-upload-protocol", "resumable")
                     .header("x-goog-upload-command", "start")
                     .header("x-goog-upload-header-content-length", &length)
@@ -223,11 +204,11 @@ impl GeminiClient {
             })?
             .to_string();
         // The key goes with the bytes: only to the API's own origin.
-        let upload_url = checked_url(KIND, &self.base, &raw_upload_url)?;
+        let upload_url = self.http.checked_url(&raw_upload_url)?;
         let uploaded: UploadedFile = self
             .http
             .json(Resend::Always, |http| {
-                self.authed(http.post(upload_url.clone()))
+                http.post(upload_url.clone())
                     .header("x-goog-upload-command", "upload, finalize")
                     .header("x-goog-upload-offset", "0")
                     .header("content-length", &length)
@@ -248,20 +229,13 @@ impl BatchProvider for GeminiClient {
         let display_name = tagged_display_name(tags);
         let file = self.upload(input, &display_name).await?;
         let model = id_path(KIND, model.strip_prefix("models/").unwrap_or(model))?;
-        let url = endpoint(
-            &self.base,
-            &format!("/v1beta/models/{model}:batchGenerateContent"),
-        );
-        let body = Bytes::from(serde_json::to_vec(&json!({
+        let body = json!({
             "batch": {"displayName": display_name, "inputConfig": {"fileName": file.name}}
-        }))?);
-        let operation: Operation = self
+        });
+        let path = format!("/v1beta/models/{model}:batchGenerateContent");
+        let operation = self
             .http
-            .json(Resend::OnlyIfUnsent, |http| {
-                self.authed(http.post(&url))
-                    .header("content-type", "application/json")
-                    .body(crate::provider::http::body(&body))
-            })
+            .post_json(Resend::OnlyIfUnsent, &path, Some(&body))
             .await?;
         to_status(operation)
     }
@@ -271,42 +245,15 @@ impl BatchProvider for GeminiClient {
     }
 
     async fn cancel(&self, batch_id: &str) -> Result<BatchStatus> {
-        let url = self.batch_url(batch_id, ":cancel")?;
-        self.http
-            .send_with_retry(Resend::Always, |http| {
-                self.authed(http.post(&url))
-                    .header("content-type", "application/json")
-                    .body("{}")
-            })
-            .await?;
+        let path = Self::batch_path(batch_id, ":cancel")?;
+        self.http.post_ignoring_answer(&path, &json!({})).await?;
         self.status(batch_id).await
     }
 
     async fn list(&self) -> Result<Vec<BatchStatus>> {
-        let url = endpoint(&self.base, "/v1beta/batches");
-        let mut all = Vec::new();
-        let mut page_token: Option<String> = None;
-        loop {
-            let page: OperationPage = self
-                .http
-                .json(Resend::Always, |http| {
-                    let mut request = self
-                        .authed(http.get(&url))
-                        .query(&[("pageSize", PAGE_SIZE)]);
-                    if let Some(page_token) = &page_token {
-                        request = request.query(&[("pageToken", page_token)]);
-                    }
-                    request
-                })
-                .await?;
-            for operation in page.operations {
-                all.push(to_status(operation)?);
-            }
-            match page.next_page_token.filter(|t| !t.is_empty()) {
-                Some(next) if page_token.as_ref() != Some(&next) => page_token = Some(next),
-                _ => return Ok(all),
-            }
-        }
+        self.http
+            .list::<TokenPage<Operation>, _>("/v1beta/batches", PAGING, to_status)
+            .await
     }
 
     /// The responses file's lines, or for inline batches each inline response as a line
@@ -317,14 +264,11 @@ impl BatchProvider for GeminiClient {
             return Ok(futures::stream::empty().boxed());
         };
         if let Some(file) = output.responses_file {
-            let url = endpoint(
-                &self.base,
-                &format!("/download/v1beta/{}:download", id_path(KIND, &file)?),
-            );
-            return self
-                .http
-                .lines(|http| self.authed(http.get(&url)).query(&[("alt", "media")]))
-                .await;
+            let url = self.http.url(&format!(
+                "/download/v1beta/{}:download",
+                id_path(KIND, &file)?
+            ));
+            return self.http.lines(&url, &[("alt", "media")]).await;
         }
         let inline = output
             .inlined_responses

@@ -81,18 +81,9 @@ pub fn default_vertex_base_url(location: &str) -> Result<Url> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
     use crate::model::ProviderKind;
-
-    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
+    use crate::provider::config::lookup;
 
     fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<ProviderConfig> {
         from_variables(&Variables::new(ProviderKind::Vertex, &lookup))

@@ -16,7 +16,6 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::OnceCell;
-use url::Url;
 
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
@@ -25,15 +24,14 @@ use crate::provider::config::Variables;
 use crate::provider::config::{Credential, GoogleCredentials, ProviderConfig};
 use crate::provider::decode::{Decoded, Malformed};
 use crate::provider::encode::{PartLimits, RequestEncoder};
-use crate::provider::google::wire::{RpcStatus, int64, tagged_display_name};
-use crate::provider::http::{HttpClient, Resend, endpoint};
+use crate::provider::google::wire::{PAGING, RpcStatus, TokenPage, int64, tagged_display_name};
+use crate::provider::http::{AccessTokens, Auth, HttpClient, Paging, Resend};
 use crate::provider::{BatchProvider, BatchTags, LineStream, id_path};
 use crate::request::{GenerationParams, OutputSchema};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 
 const KIND: ProviderKind = ProviderKind::Vertex;
 const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
-const PAGE_SIZE: &str = "100";
 /// Vertex label keys and values: at most 63 of `[a-z0-9_-]`.
 const MAX_LABEL_LEN: usize = 63;
 /// An object name as one URL path segment: everything but unreserved characters encoded.
@@ -98,15 +96,17 @@ impl ProviderDescriptor for Vertex {
     }
 }
 
+/// Vertex AI batch prediction over [`HttpClient`] (OAuth auth), with its input and
+/// output in Cloud Storage.
 #[derive(Debug, Clone)]
 pub struct VertexClient {
-    http: HttpClient,
-    api: Url,
-    storage: Url,
+    /// The Vertex AI API.
+    api: HttpClient,
+    /// Cloud Storage, with the same tokens.
+    storage: HttpClient,
     project: String,
     location: String,
     bucket: String,
-    tokens: Arc<TokenSource>,
 }
 
 /// Where bearer tokens come from. The metadata server is only asked on first use, so
@@ -127,8 +127,9 @@ impl fmt::Debug for TokenSource {
     }
 }
 
-impl TokenSource {
-    async fn bearer(&self) -> Result<Credential> {
+#[async_trait]
+impl AccessTokens for TokenSource {
+    async fn token(&self) -> Result<Credential> {
         use gcp_auth::TokenProvider;
         let token = match self {
             Self::Fixed(token) => return Ok(token.clone()),
@@ -186,22 +187,6 @@ struct CompletionStats {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct JobPage {
-    #[serde(default)]
-    batch_prediction_jobs: Vec<Job>,
-    next_page_token: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ObjectPage {
-    #[serde(default)]
-    items: Vec<Object>,
-    next_page_token: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
 struct Object {
     name: String,
 }
@@ -241,64 +226,44 @@ impl VertexClient {
                 TokenSource::MetadataServer(Box::new(OnceCell::new()))
             }
         };
+        let api = HttpClient::new(KIND, config, Auth::OAuth(Arc::new(tokens)))?;
         Ok(Self {
-            http: HttpClient::new(KIND, config)?,
-            api: config.base_url.clone(),
-            storage: settings.storage_base_url.clone(),
+            storage: api.clone().with_base(settings.storage_base_url.clone()),
+            api,
             project: settings.project.clone(),
             location: settings.location.clone(),
             bucket: settings.bucket.clone(),
-            tokens: Arc::new(tokens),
         })
     }
 
-    /// A fresh bearer token, and the HTTP client that scrubs it from its errors.
-    async fn session(&self) -> Result<(HttpClient, Credential)> {
-        let token = self.tokens.bearer().await?;
-        Ok((self.http.with_secret(&token), token))
-    }
-
-    fn parent(&self) -> String {
-        format!("projects/{}/locations/{}", self.project, self.location)
-    }
-
-    fn jobs_url(&self) -> String {
-        endpoint(
-            &self.api,
-            &format!("/v1/{}/batchPredictionJobs", self.parent()),
+    fn jobs_path(&self) -> String {
+        format!(
+            "/v1/projects/{}/locations/{}/batchPredictionJobs",
+            self.project, self.location
         )
     }
 
-    /// The job's URL from its resource name, or from a bare job id.
-    fn job_url(&self, batch_id: &str, suffix: &str) -> Result<String> {
+    /// The job's path from its resource name, or from a bare job id.
+    fn job_path(&self, batch_id: &str, suffix: &str) -> Result<String> {
         let name = id_path(KIND, batch_id)?;
         Ok(if name.starts_with("projects/") {
-            endpoint(&self.api, &format!("/v1/{name}{suffix}"))
+            format!("/v1/{name}{suffix}")
         } else {
-            format!("{}/{name}{suffix}", self.jobs_url())
+            format!("{}/{name}{suffix}", self.jobs_path())
         })
     }
 
     async fn get_job(&self, batch_id: &str) -> Result<Job> {
-        let url = self.job_url(batch_id, "")?;
-        let (client, token) = self.session().await?;
-        client
-            .json(Resend::Always, |http| {
-                http.get(&url).bearer_auth(token.expose())
-            })
-            .await
+        self.api.get_json(&self.job_path(batch_id, "")?).await
     }
 
     async fn upload(&self, object: &str, input: Bytes) -> Result<()> {
-        let url = endpoint(
-            &self.storage,
-            &format!("/upload/storage/v1/b/{}/o", self.bucket),
-        );
-        let (client, token) = self.session().await?;
-        client
+        let url = self
+            .storage
+            .url(&format!("/upload/storage/v1/b/{}/o", self.bucket));
+        self.storage
             .send_with_retry(Resend::Always, |http| {
                 http.post(&url)
-                    .bearer_auth(token.expose())
                     .query(&[("uploadType", "media"), ("name", object)])
                     .header("content-type", "application/jsonl")
                     .body(crate::provider::http::body(&input))
@@ -309,32 +274,19 @@ impl VertexClient {
 
     /// Names of the `predictions*.jsonl` objects under `gs://bucket/prefix`, in order.
     async fn prediction_objects(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
-        let url = endpoint(&self.storage, &format!("/storage/v1/b/{bucket}/o"));
-        let (client, token) = self.session().await?;
-        let mut names = Vec::new();
-        let mut page_token: Option<String> = None;
-        loop {
-            let page: ObjectPage = client
-                .json(Resend::Always, |http| {
-                    let mut request = http
-                        .get(&url)
-                        .bearer_auth(token.expose())
-                        .query(&[("prefix", prefix)]);
-                    if let Some(page_token) = &page_token {
-                        request = request.query(&[("pageToken", page_token)]);
-                    }
-                    request
-                })
-                .await?;
-            names.extend(page.items.into_iter().map(|o| o.name).filter(|name| {
-                let file = name.rsplit('/').next().unwrap_or(name);
-                file.starts_with("predictions") && file.ends_with(".jsonl")
-            }));
-            match page.next_page_token.filter(|t| !t.is_empty()) {
-                Some(next) if page_token.as_ref() != Some(&next) => page_token = Some(next),
-                _ => break,
-            }
-        }
+        let path = format!("/storage/v1/b/{bucket}/o");
+        let objects = Paging {
+            query: &[("prefix", prefix)],
+            cursor: "pageToken",
+        };
+        let mut names = self
+            .storage
+            .list::<TokenPage<Object>, _>(&path, objects, |o| Ok(o.name))
+            .await?;
+        names.retain(|name| {
+            let file = name.rsplit('/').next().unwrap_or(name);
+            file.starts_with("predictions") && file.ends_with(".jsonl")
+        });
         names.sort();
         Ok(names)
     }
@@ -345,23 +297,13 @@ impl VertexClient {
         bucket: String,
         object: String,
     ) -> impl Future<Output = Result<LineStream>> + Send + use<> {
-        let this = self.clone();
+        let storage = self.storage.clone();
         async move {
-            let url = endpoint(
-                &this.storage,
-                &format!(
-                    "/storage/v1/b/{bucket}/o/{}",
-                    utf8_percent_encode(&object, OBJECT_NAME)
-                ),
-            );
-            let (client, token) = this.session().await?;
-            client
-                .lines(|http| {
-                    http.get(&url)
-                        .bearer_auth(token.expose())
-                        .query(&[("alt", "media")])
-                })
-                .await
+            let url = storage.url(&format!(
+                "/storage/v1/b/{bucket}/o/{}",
+                utf8_percent_encode(&object, OBJECT_NAME)
+            ));
+            storage.lines(&url, &[("alt", "media")]).await
         }
     }
 }
@@ -381,7 +323,7 @@ impl BatchProvider for VertexClient {
         } else {
             format!("publishers/google/models/{model}")
         };
-        let body = Bytes::from(serde_json::to_vec(&json!({
+        let body = json!({
             "displayName": tagged_display_name(tags),
             "model": model,
             "labels": labels(tags),
@@ -393,16 +335,10 @@ impl BatchProvider for VertexClient {
                 "predictionsFormat": "jsonl",
                 "gcsDestination": {"outputUriPrefix": format!("gs://{}/{folder}/output", self.bucket)}
             }
-        }))?);
-        let url = self.jobs_url();
-        let (client, token) = self.session().await?;
-        let job: Job = client
-            .json(Resend::OnlyIfUnsent, |http| {
-                http.post(&url)
-                    .bearer_auth(token.expose())
-                    .header("content-type", "application/json")
-                    .body(crate::provider::http::body(&body))
-            })
+        });
+        let job = self
+            .api
+            .post_json(Resend::OnlyIfUnsent, &self.jobs_path(), Some(&body))
             .await?;
         to_status(job)
     }
@@ -412,45 +348,15 @@ impl BatchProvider for VertexClient {
     }
 
     async fn cancel(&self, batch_id: &str) -> Result<BatchStatus> {
-        let url = self.job_url(batch_id, ":cancel")?;
-        let (client, token) = self.session().await?;
-        client
-            .send_with_retry(Resend::Always, |http| {
-                http.post(&url)
-                    .bearer_auth(token.expose())
-                    .header("content-type", "application/json")
-                    .body("{}")
-            })
-            .await?;
+        let path = self.job_path(batch_id, ":cancel")?;
+        self.api.post_ignoring_answer(&path, &json!({})).await?;
         self.status(batch_id).await
     }
 
     async fn list(&self) -> Result<Vec<BatchStatus>> {
-        let url = self.jobs_url();
-        let (client, token) = self.session().await?;
-        let mut all = Vec::new();
-        let mut page_token: Option<String> = None;
-        loop {
-            let page: JobPage = client
-                .json(Resend::Always, |http| {
-                    let mut request = http
-                        .get(&url)
-                        .bearer_auth(token.expose())
-                        .query(&[("pageSize", PAGE_SIZE)]);
-                    if let Some(page_token) = &page_token {
-                        request = request.query(&[("pageToken", page_token)]);
-                    }
-                    request
-                })
-                .await?;
-            for job in page.batch_prediction_jobs {
-                all.push(to_status(job)?);
-            }
-            match page.next_page_token.filter(|t| !t.is_empty()) {
-                Some(next) if page_token.as_ref() != Some(&next) => page_token = Some(next),
-                _ => return Ok(all),
-            }
-        }
+        self.api
+            .list::<TokenPage<Job>, _>(&self.jobs_path(), PAGING, to_status)
+            .await
     }
 
     /// Labels only hold `[a-z0-9_-]`, so the wanted tags are compared in label form.
@@ -470,7 +376,7 @@ impl BatchProvider for VertexClient {
             return Ok(futures::stream::empty().boxed());
         };
         let (bucket, prefix) = parse_gs_uri(&directory).ok_or_else(|| {
-            self.http.protocol(format!(
+            self.api.protocol(format!(
                 "output directory {directory:?} is not gs://bucket/path"
             ))
         })?;
