@@ -1,7 +1,7 @@
 //! Deep and recursive answer schemas end to end, through moto and the emulator: the
 //! emulator answers to the full depth of the schema, every success validates against
-//! the user's schema, and a depth the provider refuses comes back as a clear error on
-//! every row instead of a lost or silently cut answer.
+//! the user's schema, and a depth the provider refuses fails the job at submit with a
+//! clear reason instead of a lost or silently cut answer.
 //!
 //! OpenAI strict structured outputs allow at most 10 levels of nesting (OpenAI,
 //! "Structured Outputs", Supported schemas); Anthropic documents no nesting limit for a
@@ -100,19 +100,27 @@ async fn deep_schemas_are_answered_in_full_where_the_provider_accepts_them() {
     }
 }
 
+/// A schema deeper than OpenAI strict mode allows fails the job at submit with the
+/// reason, before a batch is paid for. (The emulator refuses such a schema on every
+/// row, as the API does; see `tests/src/openai/validation.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_schema_deeper_than_openai_allows_fails_every_row_with_the_reason() {
+async fn a_schema_deeper_than_openai_allows_fails_the_job_at_submit() {
     let h = Harness::start().await;
-    let results = run(&h, ProviderKind::OpenAi, "too-deep", &nested(12)).await;
-    assert!(results.successes.is_empty(), "{:?}", results.successes);
-    for error in &results.errors {
-        assert_eq!(error["error_type"], "invalid_json_schema", "{error}");
-        let message = error["error_message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains("12 levels of nesting exceeds limit of 10"),
-            "{error}"
-        );
-    }
+    let (body, _) = job_with_schema(ProviderKind::OpenAi, &nested(12), 4);
+    let before = h.batches_created(ProviderKind::OpenAi).await;
+    let job = h.submit("inbox/openai/too-deep.jsonl", body).await;
+    let record = h.record(&job).await;
+    assert_eq!(record.status, JobStatus::Failed);
+    let failure = record.failure.unwrap_or_default();
+    assert!(
+        failure.contains("12 levels of nesting") && failure.contains("allows 10"),
+        "{failure}"
+    );
+    assert_eq!(
+        h.batches_created(ProviderKind::OpenAi).await,
+        before,
+        "nothing paid for"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,7 +51,67 @@ pub fn openai_strict_schema(schema: &OutputSchema) -> Result<Value> {
             "the top-level schema must be `\"type\": \"object\"` (not a union or another type)",
         ));
     }
+    let size = StrictSize::of(&strict);
+    if size.nesting > MAX_STRICT_NESTING {
+        let reason = format!(
+            "{} levels of nesting (optional properties made nullable count as one more); \
+             OpenAI strict mode allows {MAX_STRICT_NESTING}",
+            size.nesting
+        );
+        return Err(walk.error("#", reason));
+    }
+    if size.properties > MAX_STRICT_PROPERTIES {
+        let reason = format!(
+            "{} object properties in all; OpenAI strict mode allows {MAX_STRICT_PROPERTIES}",
+            size.properties
+        );
+        return Err(walk.error("#", reason));
+    }
     Ok(strict)
+}
+
+/// OpenAI's limits on a strict schema ("Supported schemas": up to 10 levels of nesting
+/// and 5,000 object properties in total), refused at submit rather than on every row.
+const MAX_STRICT_NESTING: usize = 10;
+const MAX_STRICT_PROPERTIES: usize = 5000;
+
+/// How deep and how large a strict schema is. Each step into a subschema (a
+/// property, a definition, `items`, a union branch) is one level; a `$ref` is not
+/// followed, so a recursive schema has a finite depth.
+#[derive(Debug, Default)]
+struct StrictSize {
+    nesting: usize,
+    properties: usize,
+}
+
+impl StrictSize {
+    fn of(schema: &Value) -> Self {
+        let mut size = Self::default();
+        size.visit(schema, 0);
+        size
+    }
+
+    fn visit(&mut self, schema: &Value, level: usize) {
+        let Value::Object(node) = schema else {
+            return;
+        };
+        self.nesting = self.nesting.max(level);
+        for (keyword, child) in node {
+            match (keyword.as_str(), child) {
+                ("properties" | "$defs" | "definitions", Value::Object(children)) => {
+                    if keyword == "properties" {
+                        self.properties += children.len();
+                    }
+                    children.values().for_each(|c| self.visit(c, level + 1));
+                }
+                ("items" | "anyOf" | "oneOf" | "allOf" | "prefixItems", Value::Array(list)) => {
+                    list.iter().for_each(|c| self.visit(c, level + 1));
+                }
+                ("items", child) => self.visit(child, level + 1),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Keywords OpenAI strict mode accepts as they are.
@@ -651,6 +711,30 @@ mod tests {
         assert_eq!(out["type"], "object");
         assert_eq!(out["additionalProperties"], false);
         assert_eq!(out["$defs"]["Root"]["additionalProperties"], false);
+    }
+
+    #[test]
+    fn openai_refuses_schemas_past_its_nesting_and_size_limits() {
+        let nested = |levels: usize| {
+            (1..levels).fold(
+                json!({"type": "object", "properties": {"leaf": {"type": "integer"}}, "required": ["leaf"]}),
+                |inner, _| json!({"type": "object", "properties": {"child": inner}, "required": ["child"]}),
+            )
+        };
+        assert!(strict(nested(10)).is_ok());
+        let reason = unsupported_reason(strict(nested(11)));
+        assert!(
+            reason.contains("11 levels of nesting") && reason.contains("allows 10"),
+            "{reason}"
+        );
+        let wide: Map<String, Value> = (0..5001)
+            .map(|i| (format!("p{i}"), json!({"type": "integer"})))
+            .collect();
+        let names: Vec<&String> = wide.keys().collect();
+        let reason = unsupported_reason(strict(
+            json!({"type": "object", "properties": wide, "required": names}),
+        ));
+        assert!(reason.contains("5001 object properties"), "{reason}");
     }
 
     #[test]
