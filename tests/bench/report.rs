@@ -10,7 +10,9 @@ const PARSE_RATIO_TARGET: f64 = 20.0;
 const PARSE_OPENAI_MB_S_TARGET: f64 = 300.0;
 const COLLECT_RSS_MIB_TARGET: f64 = 128.0;
 const COLD_START_MS_TARGET: f64 = 30.0;
-const BINARY_MB_TARGET: f64 = 12.0;
+/// Issue 10 raised the stripped-binary budget from 12 MB to 24 MB (SDK clients for the
+/// secret stores); cold start stays the limit users feel.
+const BINARY_MB_TARGET: f64 = 24.0;
 
 /// One provider's figures for one kind of work, ours and the reference's.
 pub struct Measured {
