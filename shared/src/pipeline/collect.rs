@@ -27,11 +27,16 @@ use crate::results::{Failure, Outcome, ResultParser, error_type};
 use crate::status::BatchState;
 use crate::storage::{ObjectStore, ObjectWriter};
 
+/// What one collect of a part did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CollectOutcome {
+    /// The part's results are in S3 and the part is recorded as collected.
     Collected {
+        /// Requests with a validated result.
         succeeded: u64,
+        /// Requests written as errors (retried ones are not among them).
         failed: u64,
+        /// It was the job's last part: the job is closed and its summary written.
         job_closed: bool,
     },
     /// Redelivery of a part that is already in.

@@ -18,22 +18,31 @@ use crate::storage::{ObjectStore, PutMode, StoreError};
 /// Where everything lives in the bucket. `inbox/` is the only prefix that triggers
 /// submit, and nothing below writes there.
 pub mod keys {
+    /// Uploads under this prefix are jobs.
     pub const INBOX: &str = "inbox/";
+    /// Named pipelines: `pipelines/<name>.json` is the spec of uploads under `inbox/<name>/`.
     pub const PIPELINES: &str = "pipelines/";
+    /// The open-jobs index: one empty marker per job that poll still watches.
     pub const OPEN: &str = "open/";
 
+    /// The job record, `jobs/<job>/job.json`.
     pub fn job_record(job: &str) -> String {
         format!("jobs/{job}/job.json")
     }
+    /// A part's id manifest: its `custom_id`s in row order, which collect joins the
+    /// provider's result lines on.
     pub fn part_manifest(job: &str, part: u32) -> String {
         format!("jobs/{job}/parts/{part:05}.ids")
     }
+    /// The job's entry in the open-jobs index.
     pub fn open_marker(job: &str) -> String {
         format!("{OPEN}{job}")
     }
+    /// A part's validated results.
     pub fn successes(job: &str, part: u32) -> String {
         format!("results/{job}/successes/part-{part:05}.jsonl")
     }
+    /// A part's failed requests, one error record per `custom_id`.
     pub fn errors(job: &str, part: u32) -> String {
         format!("results/{job}/errors/part-{part:05}.jsonl")
     }
@@ -41,9 +50,11 @@ pub mod keys {
     pub fn input_errors(job: &str) -> String {
         format!("results/{job}/errors/input.jsonl")
     }
+    /// The job's summary, written when the job closes.
     pub fn summary(job: &str) -> String {
         format!("results/{job}/summary.json")
     }
+    /// The spec of the named pipeline `name`.
     pub fn pipeline_spec(name: &str) -> String {
         format!("{PIPELINES}{name}.json")
     }
@@ -52,9 +63,13 @@ pub mod keys {
 /// The uploaded object a job comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceObject {
+    /// The bucket it was uploaded to.
     pub bucket: String,
+    /// Its key, under `inbox/`.
     pub key: String,
+    /// Its entity tag: the upload's identity when the bucket is not versioned.
     pub etag: String,
+    /// Its version, in a versioned bucket: reads (a retry part's too) use that upload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
 }
@@ -98,6 +113,8 @@ impl SourceObject {
     }
 }
 
+/// Where a job is: submitting, open while its parts are at the provider, then
+/// completed or failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
@@ -105,6 +122,7 @@ pub enum JobStatus {
     Submitting,
     /// Every part is submitted; poll and collect take it from here.
     Open,
+    /// Every part is collected (or every line was rejected): the job is closed.
     Completed,
     /// A whole-file problem; nothing (more) was submitted.
     Failed,
@@ -113,9 +131,13 @@ pub enum JobStatus {
 /// What collect found for one part.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartOutcome {
+    /// Requests with a validated result in the part's successes file.
     pub succeeded: u64,
+    /// Requests written to the part's errors file.
     pub failed: u64,
+    /// `failed` by `error_type`.
     pub errors_by_type: BTreeMap<String, u64>,
+    /// Tokens the part's result lines report, successes and errors alike.
     pub usage: Usage,
     /// Lines the provider sent for ids not in the part, or twice (ignored, counted).
     #[serde(default)]
@@ -126,21 +148,30 @@ pub struct PartOutcome {
     pub retried: u64,
 }
 
+/// One part of a job: the requests of one provider batch, and what poll and collect
+/// recorded about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartRecord {
+    /// The part's number in the job: in its keys and in ready messages.
     pub index: u32,
+    /// Requests in the part (the length of its manifest).
     pub requests: u64,
+    /// The provider's batch id, once the batch is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
+    /// The batch state as last seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<BatchState>,
+    /// The provider's own word for that state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_status: Option<String>,
+    /// The provider's error for the whole batch, if it reported one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_error: Option<String>,
     /// Set by poll when it queued the part for collect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enqueued_at: Option<String>,
+    /// What collect found; set once, when the part is in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collected: Option<PartOutcome>,
     /// Why this part was closed before the end of the file (a provider limit), if it was.
@@ -217,23 +248,35 @@ impl PartRecord {
     }
 }
 
+/// The job record, `jobs/<job_id>/job.json`: the state every step reads and writes
+/// back conditionally.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
+    /// The job's id (see [`SourceObject::job_id`]).
     pub job_id: String,
+    /// The upload the job comes from.
     pub source: SourceObject,
+    /// Where the job is.
     pub status: JobStatus,
+    /// Why the job failed, or fails once its parts are in (an upload not read to its
+    /// end): a whole-file problem.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// The job's spec, once submit has read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<JobSpec>,
     /// Request lines read from the file (header excluded).
     pub requests: u64,
     /// Lines rejected before submission (they are in the input errors file).
     pub input_errors: u64,
+    /// The parts, retry parts included, in the order they were created.
     pub parts: Vec<PartRecord>,
+    /// When submit created the record (RFC 3339, as every timestamp here).
     pub created_at: String,
+    /// When submit finished creating the parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_at: Option<String>,
+    /// When the job closed; a closed record without it has no summary yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
     /// A running submit owns the record until then; a later one may resume after.
@@ -263,10 +306,14 @@ pub struct InputRead {
 /// A record together with the entity tag it was read or written with.
 #[derive(Debug, Clone)]
 pub struct Versioned {
+    /// The record.
     pub record: JobRecord,
+    /// Its entity tag: the condition of the next write.
     pub etag: String,
 }
 
+/// Reads the job's record; one that is not valid JSON is a
+/// [`PipelineError::CorruptRecord`].
 pub async fn load(store: &dyn ObjectStore, job: &str) -> Result<Versioned, PipelineError> {
     let (meta, body) = store.get(&keys::job_record(job)).await?;
     let record = serde_json::from_slice(&body).map_err(|e| PipelineError::CorruptRecord {

@@ -42,6 +42,7 @@ pub use submit::{SubmitOutcome, UploadedObject, submit};
 /// Failures that make a function invocation fail (so that Lambda retries it).
 /// Bad input is not among them: it becomes error records instead.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PipelineError {
     /// The object store failed.
     #[error(transparent)]

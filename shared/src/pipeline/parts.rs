@@ -52,6 +52,8 @@ pub(super) fn read_request(
     }
 }
 
+/// The reader's next line; a failure to fetch the object's bytes is a store error
+/// for `key` (worth retrying).
 pub(super) async fn next_line(
     reader: &mut LineReader,
     key: &str,

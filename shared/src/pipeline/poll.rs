@@ -19,14 +19,22 @@ use crate::storage::StoreError;
 /// What one poll saw.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct PollReport {
+    /// Jobs in the open-jobs index.
     pub open_jobs: usize,
+    /// Parts whose batch status was asked (not collected, not given up, not queued
+    /// within `Settings::requeue_after`).
     pub parts_checked: usize,
+    /// Parts sent to the ready queue for collect.
     pub parts_queued: usize,
     /// Jobs whose polling failed, wholly or for some part's status (they are tried
     /// again on the next tick; the job record notes each failed status call).
     pub failed_jobs: Vec<String>,
 }
 
+/// Polls every open job, `Settings::poll_concurrency` at a time: queues the parts that
+/// ended, resumes submits whose lease passed and finishes interrupted closes. A job
+/// that fails is listed in [`PollReport::failed_jobs`]; only a failure to list the
+/// open jobs is an error.
 pub async fn poll(ctx: &Context) -> Result<PollReport, PipelineError> {
     let jobs: Vec<String> = ctx
         .store

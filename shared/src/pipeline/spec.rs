@@ -17,10 +17,13 @@ pub struct JobSpec {
     pub schema_name: String,
     /// JSON Schema every answer must match.
     pub schema: serde_json::Value,
+    /// System prompt sent with every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
+    /// Largest answer in tokens.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
+    /// Sampling temperature (None: the provider's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
     /// Largest accepted input line in bytes.
@@ -44,11 +47,14 @@ pub struct JobSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenPrices {
+    /// Price of a million input tokens.
     pub input_per_million: f64,
+    /// Price of a million output tokens.
     pub output_per_million: f64,
 }
 
 impl TokenPrices {
+    /// What `usage` costs at these prices, in US dollars.
     pub fn cost_usd(&self, usage: &crate::results::Usage) -> f64 {
         (usage.input_tokens as f64 * self.input_per_million
             + usage.output_tokens as f64 * self.output_per_million)
@@ -83,6 +89,7 @@ fn default_max_line_bytes() -> usize {
 }
 
 impl JobSpec {
+    /// The answer schema as the providers get it.
     pub fn output_schema(&self) -> OutputSchema {
         OutputSchema {
             name: self.schema_name.clone(),
@@ -158,6 +165,7 @@ impl JobSpec {
         Ok(())
     }
 
+    /// The generation parameters every request of the job is sent with.
     pub fn params(&self) -> GenerationParams {
         GenerationParams {
             max_tokens: self.max_tokens,
@@ -171,6 +179,7 @@ impl JobSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpecHeader {
+    /// The job's spec.
     pub spec: JobSpec,
 }
 
@@ -199,6 +208,7 @@ struct InputLine {
 pub struct LineRejection {
     /// The line's `custom_id` where it could be read, else `line-N`.
     pub custom_id: String,
+    /// What is wrong with the line (the error record's `error_message`).
     pub reason: String,
 }
 

@@ -28,20 +28,42 @@ use crate::storage::{ObjectMeta, ObjectWriter, PutMode, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum SubmitOutcome {
+    /// Every part has its provider batch (with every line rejected, none: the job is
+    /// then closed with only errors).
     Submitted {
+        /// The job's id.
         job_id: String,
+        /// Parts created, one provider batch each.
         parts: usize,
+        /// Request lines read (header excluded).
         requests: u64,
+        /// Lines rejected before submission (in `errors/input.jsonl`).
         rejected_lines: u64,
     },
     /// The job exists and is past submission: a repeated event.
-    Duplicate { job_id: String },
+    Duplicate {
+        /// The job's id.
+        job_id: String,
+    },
     /// Another invocation is submitting this job right now.
-    InProgress { job_id: String },
+    InProgress {
+        /// The job's id.
+        job_id: String,
+    },
     /// A whole-file problem: the job record says why; nothing was submitted.
-    Failed { job_id: String, reason: String },
+    Failed {
+        /// The job's id.
+        job_id: String,
+        /// The problem (also the job record's `failure`).
+        reason: String,
+    },
     /// Not a job: outside `inbox/`, or gone.
-    Ignored { key: String, reason: String },
+    Ignored {
+        /// The object's key.
+        key: String,
+        /// Why it is not a job.
+        reason: String,
+    },
 }
 
 /// Starts (or resumes) the job of the object at `key` as `meta` describes it: claims

@@ -12,7 +12,9 @@ pub use super::submission::SubmitOutcome;
 /// that upload: a second upload of the same key is another job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadedObject {
+    /// The object's key, URL-decoded.
     pub key: String,
+    /// The version the event names, in a versioned bucket.
     pub version_id: Option<String>,
 }
 
