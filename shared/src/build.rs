@@ -20,9 +20,15 @@ use bytes::Bytes;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SplitReason {
     /// The part holds the most requests the provider accepts in one batch.
-    RequestCount { limit: usize },
+    RequestCount {
+        /// The provider's most requests per batch.
+        limit: usize,
+    },
     /// One more request would have made the part larger than the provider accepts.
-    ByteSize { limit: usize },
+    ByteSize {
+        /// The provider's largest batch, in bytes.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for SplitReason {
@@ -42,6 +48,7 @@ impl fmt::Display for SplitReason {
 pub struct BatchPart {
     /// 0-based position of the part within the job.
     pub index: u32,
+    /// The framed batch input, as the provider takes it.
     pub body: Bytes,
     /// The ids of the part's requests, in row order.
     pub custom_ids: Vec<String>,
@@ -105,6 +112,7 @@ impl BatchBuilder {
         self
     }
 
+    /// The limits parts are closed at.
     pub fn limits(&self) -> PartLimits {
         self.limits
     }
@@ -207,7 +215,9 @@ impl BatchBuilder {
 /// Every part of a job, and a sentence that says why there are that many.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchPlan {
+    /// The parts, in order.
     pub parts: Vec<BatchPart>,
+    /// Why there are that many parts (see [`plan_summary`]).
     pub summary: String,
 }
 

@@ -3,6 +3,8 @@
 //! The library is usable on its own (build a batch, submit it, poll it, stream and
 //! validate its results) and it is what the three Lambda functions call.
 
+#![deny(missing_docs)]
+
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod build;

@@ -26,8 +26,11 @@ pub use crate::provider::decode::{Usage, error_type};
 /// A validated answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Success {
+    /// The request's id.
     pub custom_id: String,
+    /// The answer, valid against the job's schema.
     pub result: Value,
+    /// Tokens billed for the request.
     #[serde(default)]
     pub usage: Usage,
 }
@@ -35,9 +38,11 @@ pub struct Success {
 /// A request that did not produce a valid answer, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
+    /// The request's id (`line-N` for a results line that named none).
     pub custom_id: String,
     /// The provider's own code or type, or one of [`error_type`].
     pub error_type: String,
+    /// What went wrong, in a sentence: the provider's message or the validation errors.
     pub error_message: String,
     /// The results line as received, where there was one (capped, see [`RAW_DATA_LIMIT`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,11 +78,14 @@ impl Failure {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Outcome {
+    /// A valid answer.
     Success(Success),
+    /// No valid answer, and why.
     Error(Failure),
 }
 
 impl Outcome {
+    /// The request's id, whichever the outcome.
     pub fn custom_id(&self) -> &str {
         match self {
             Outcome::Success(s) => &s.custom_id,
@@ -85,6 +93,7 @@ impl Outcome {
         }
     }
 
+    /// Whether this is a [`Success`].
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Success(_))
     }
@@ -154,15 +163,20 @@ fn append_jsonl<T: Serialize>(item: &T, out: &mut Vec<u8>) {
 /// A success whose object was deserialised into the caller's type.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TypedSuccess<T> {
+    /// The request's id.
     pub custom_id: String,
+    /// The answer as the caller's type.
     pub result: T,
+    /// Tokens billed for the request.
     pub usage: Usage,
 }
 
 /// [`Outcome`] with the success's object as a `T` (see [`Outcome::typed`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum TypedOutcome<T> {
+    /// A valid answer that deserialised into `T`.
     Success(TypedSuccess<T>),
+    /// No valid answer, or one that does not fit `T`, and why.
     Error(Failure),
 }
 
@@ -205,6 +219,7 @@ fn provider_schema_name(type_name: &str) -> String {
 // ---------------------------------------------------------------------------------
 // Collection helpers, as in the Python reference library.
 
+/// The successes among `outcomes`, in order.
 pub fn filter_successes<'a>(
     outcomes: impl IntoIterator<Item = &'a Outcome>,
 ) -> impl Iterator<Item = &'a Success> {
@@ -214,6 +229,7 @@ pub fn filter_successes<'a>(
     })
 }
 
+/// The failures among `outcomes`, in order.
 pub fn filter_errors<'a>(
     outcomes: impl IntoIterator<Item = &'a Outcome>,
 ) -> impl Iterator<Item = &'a Failure> {

@@ -52,6 +52,7 @@ impl fmt::Display for Credential {
 /// results download may legitimately stream for minutes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
+    /// Longest wait for a connection (TCP and TLS).
     pub connect: Duration,
     /// Longest wait for the next bytes of an answer.
     pub read: Duration,
@@ -73,7 +74,9 @@ impl Default for Timeouts {
 pub struct RetryPolicy {
     /// Attempts in total, the first one included (1 disables retries).
     pub max_attempts: u32,
+    /// The ceiling of the first backoff; it doubles with every retry.
     pub base_delay: Duration,
+    /// The largest ceiling the doubling reaches.
     pub max_delay: Duration,
     /// A longer `Retry-After` is shortened to this, so one answer cannot stall a Lambda.
     pub max_retry_after: Duration,
@@ -107,10 +110,15 @@ pub enum GoogleCredentials {
 /// The Vertex AI specifics: project, region, bucket, Cloud Storage and credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VertexSettings {
+    /// The Google Cloud project the jobs run and bill in.
     pub project: String,
+    /// The region (`us-central1`, or `global`).
     pub location: String,
+    /// The Cloud Storage bucket for batch input and output.
     pub bucket: String,
+    /// Cloud Storage's API root.
     pub storage_base_url: Url,
+    /// Where the OAuth2 access tokens come from.
     pub credentials: GoogleCredentials,
 }
 
@@ -123,7 +131,9 @@ pub struct ProviderConfig {
     pub api_key: Option<Credential>,
     /// For Vertex AI (`ProviderKind::Vertex`) only.
     pub vertex: Option<VertexSettings>,
+    /// Connection and read timeouts.
     pub timeouts: Timeouts,
+    /// How failed calls are retried.
     pub retry: RetryPolicy,
     /// A results line longer than this is an error rather than unbounded memory.
     pub max_line_bytes: usize,

@@ -50,13 +50,17 @@ pub type LineStream = BoxStream<'static, Result<Bytes>>;
 /// The operations of a provider's batch API.
 #[async_trait]
 pub trait BatchProvider: Send + Sync + Debug {
+    /// Which provider this client talks to.
     fn kind(&self) -> ProviderKind;
 
     /// Uploads the input where the API needs that, then creates the batch.
     async fn create(&self, model: &str, input: Bytes, tags: &BatchTags) -> Result<BatchStatus>;
 
+    /// The batch's state and counts as the provider reports them now.
     async fn status(&self, batch_id: &str) -> Result<BatchStatus>;
 
+    /// Asks the provider to stop the batch; answers its state after the request (the
+    /// batch may keep running a while and still write partial results).
     async fn cancel(&self, batch_id: &str) -> Result<BatchStatus>;
 
     /// Every batch the account can see, all pages.

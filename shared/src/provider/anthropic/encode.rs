@@ -35,6 +35,8 @@ pub const FRAMING: Framing = Framing {
 /// Anthropic accepts temperatures from 0 to 1.
 const MAX_TEMPERATURE: f64 = 1.0;
 
+/// Writes Anthropic Message Batches requests (the schema as a forced tool) for one
+/// model, schema and parameter set.
 #[derive(Debug)]
 pub struct AnthropicEncoder {
     model: String,
@@ -45,6 +47,8 @@ pub struct AnthropicEncoder {
 }
 
 impl AnthropicEncoder {
+    /// Translates `schema` into the tool once for the batch; fails on parameters
+    /// Anthropic refuses or a schema it cannot take.
     pub fn new(model: &str, schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
         check_params(params, ProviderKind::Anthropic, MAX_TEMPERATURE)?;
         Ok(Self {

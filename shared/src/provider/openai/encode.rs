@@ -38,6 +38,8 @@ pub fn is_reasoning_model(model: &str) -> bool {
         .any(|family| base.starts_with(family))
 }
 
+/// Writes OpenAI Batch API request lines (`/v1/chat/completions` bodies with a strict
+/// `json_schema` response format) for one model, schema and parameter set.
 #[derive(Debug)]
 pub struct OpenAiEncoder {
     model: String,
@@ -49,6 +51,8 @@ pub struct OpenAiEncoder {
 }
 
 impl OpenAiEncoder {
+    /// Translates `schema` once for the batch; fails on parameters OpenAI refuses or a
+    /// schema strict mode cannot express.
     pub fn new(model: &str, schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
         check_params(params, ProviderKind::OpenAi, MAX_TEMPERATURE)?;
         let reasoning = is_reasoning_model(model);

@@ -192,6 +192,8 @@ struct Object {
 }
 
 impl VertexClient {
+    /// The client for `config`; fails without Vertex settings, on a project, region or
+    /// bucket that is not a plain name, or on an unreadable service account.
     pub fn new(config: &ProviderConfig) -> Result<Self> {
         let settings = config.vertex.as_ref().ok_or_else(|| {
             Error::Config("the google provider needs Vertex settings (project, bucket)".to_string())
