@@ -198,7 +198,7 @@ pub fn collect_part(target: &CollectTarget<'_>) -> Result<Report, String> {
             queue: Arc::new(MemoryQueue::default()),
             providers: Arc::new(EmulatorProviders::new(target.emulator_url)),
             settings: Settings::default(),
-            clock: std::sync::Arc::new(batchline::clock::SystemClock),
+            clock: Arc::new(batchline::clock::SystemClock),
         };
         let message = ReadyMessage {
             job_id: target.job_id.to_string(),

@@ -261,7 +261,7 @@ fn context(store: Arc<CountingSink>, provider: Arc<GeneratedProvider>) -> Contex
         queue: Arc::new(MemoryQueue::new()),
         providers: Arc::new(Only(provider)),
         settings: Settings::default(),
-            clock: std::sync::Arc::new(batchline::clock::SystemClock),
+        clock: Arc::new(batchline::clock::SystemClock),
     }
 }
 

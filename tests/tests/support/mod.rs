@@ -79,7 +79,7 @@ impl Harness {
             queue: Arc::new(SqsQueue::new(sqs.clone(), queue_url.clone())),
             providers: Arc::new(EmulatorProviders::new(emulator.base_url())),
             settings: Settings::default(),
-            clock: std::sync::Arc::new(batchline::clock::SystemClock),
+            clock: Arc::new(batchline::clock::SystemClock),
         };
         Self {
             moto,
