@@ -22,7 +22,7 @@ pub use super::ready::ReadyMessage;
 use super::spec::JobSpec;
 use super::{Context, PipelineError, summary};
 use crate::build::{BatchBuilder, BatchPart};
-use crate::provider::BatchProvider;
+use crate::provider::{BatchProvider, ProviderDescriptor, descriptor};
 use crate::results::{Failure, Outcome, ResultParser, error_type};
 use crate::status::BatchState;
 use crate::storage::{ObjectStore, ObjectWriter};
@@ -190,8 +190,10 @@ impl CollectRun<'_> {
             ids.clone(),
         )?;
 
-        let retry_allowed = self.part.attempt < self.spec.max_attempts;
-        let mut part_run = PartRun::new(ctx, job_id, self.part, &ids, retry_allowed);
+        // Failures are held back for a retry part only while attempts remain.
+        let retry_for = (self.part.attempt < self.spec.max_attempts)
+            .then(|| descriptor(self.spec.model.provider));
+        let mut part_run = PartRun::new(ctx, job_id, self.part, &ids, retry_for);
         // The last delivery records what could not be read instead of failing again
         // (a refused results URL, a stream that always breaks): nothing stays unknown.
         if read_failure.is_none()
@@ -350,52 +352,15 @@ impl CollectRun<'_> {
 }
 
 /// Failures worth another attempt: throttling, overload and server errors (each
-/// provider's own code for them), and requests that never ran because the batch
-/// expired. Failures of the request itself (invalid, refused, schema) would fail
-/// again. A cancellation is a person's decision (batchline never cancels a batch):
-/// it is final, never resubmitted.
-/// Vertex reports a line's failure as free text (a generic `provider_error`): its
-/// server-side statuses are recognised in the message.
-pub fn is_retryable(failure: &Failure) -> bool {
-    const SERVER_SIDE_TEXT: [&str; 6] = [
-        "Internal Server Error",
-        "Service Unavailable",
-        "Too Many Requests",
-        "\"INTERNAL\"",
-        "\"UNAVAILABLE\"",
-        "\"RESOURCE_EXHAUSTED\"",
-    ];
-    is_retryable_type(&failure.error_type)
-        || (failure.error_type == error_type::PROVIDER_ERROR
-            && SERVER_SIDE_TEXT
-                .iter()
-                .any(|text| failure.error_message.contains(text)))
-}
-
-/// Error types that name a temporary, server-side failure.
-fn is_retryable_type(error_type: &str) -> bool {
-    const RETRYABLE: [&str; 16] = [
-        error_type::RATE_LIMIT,
-        error_type::EXPIRED,
-        // OpenAI codes
-        "rate_limit_exceeded",
-        "server_error",
-        // Anthropic types
-        "rate_limit_error",
-        "overloaded_error",
-        "api_error",
-        // Google statuses and HTTP codes
-        "RESOURCE_EXHAUSTED",
-        "UNAVAILABLE",
-        "INTERNAL",
-        "DEADLINE_EXCEEDED",
-        "429",
-        "500",
-        "502",
-        "503",
-        "504",
-    ];
-    RETRYABLE.contains(&error_type)
+/// provider's own types for them, from its descriptor), and requests that never ran
+/// because the batch expired. Failures of the request itself (invalid, refused,
+/// schema) would fail again. A cancellation is a person's decision (batchline never
+/// cancels a batch): it is final, never resubmitted.
+fn is_retryable(provider: &dyn ProviderDescriptor, failure: &Failure) -> bool {
+    matches!(
+        failure.error_type.as_str(),
+        error_type::RATE_LIMIT | error_type::EXPIRED
+    ) || provider.is_temporary_failure(&failure.error_type, &failure.error_message)
 }
 
 /// A result line with the number of attempts its request took.
@@ -427,7 +392,8 @@ struct PartRun<'a> {
     /// Provider lines read, whatever they held.
     received: u64,
     attempt: u32,
-    retry_allowed: bool,
+    /// The provider whose temporary failures go into a retry part, while attempts remain.
+    retry_for: Option<&'static dyn ProviderDescriptor>,
     /// Failures held back for a retry part (raw data dropped to bound memory).
     retryable: Vec<Failure>,
 }
@@ -438,7 +404,7 @@ impl<'a> PartRun<'a> {
         job: &str,
         part: &PartRecord,
         ids: &'a [String],
-        retry_allowed: bool,
+        retry_for: Option<&'static dyn ProviderDescriptor>,
     ) -> Self {
         Self {
             store: ctx.store.as_ref(),
@@ -455,7 +421,7 @@ impl<'a> PartRun<'a> {
             line: Vec::with_capacity(4096),
             received: 0,
             attempt: part.attempt,
-            retry_allowed,
+            retry_for,
             retryable: Vec::new(),
         }
     }
@@ -509,7 +475,11 @@ impl<'a> PartRun<'a> {
                 write_line(&success, self.attempt, &mut self.line);
                 self.successes.write(&self.line).await?;
             }
-            Outcome::Error(mut failure) if self.retry_allowed && is_retryable(&failure) => {
+            Outcome::Error(mut failure)
+                if self
+                    .retry_for
+                    .is_some_and(|provider| is_retryable(provider, &failure)) =>
+            {
                 failure.raw_data = None;
                 self.retryable.push(failure);
             }

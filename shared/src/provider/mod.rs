@@ -111,6 +111,17 @@ pub trait ProviderDescriptor: Send + Sync + Debug {
         None
     }
 
+    /// The provider's own error types (and codes) for a request that failed for a
+    /// temporary, server-side reason (throttling, overload, a server error): worth
+    /// another attempt in a retry part.
+    fn temporary_error_types(&self) -> &'static [&'static str];
+
+    /// Whether a request that failed with `error_type` and `message` may succeed if
+    /// sent again. The default looks up [`Self::temporary_error_types`].
+    fn is_temporary_failure(&self, error_type: &str, _message: &str) -> bool {
+        self.temporary_error_types().contains(&error_type)
+    }
+
     /// The variables that may come from a secret store instead of the environment
     /// (the Lambda functions read `<NAME>_SECRET_ARN` and `<NAME>_PARAMETER`).
     fn secret_variables(&self) -> &'static [&'static str];
@@ -190,6 +201,39 @@ fn id_path(kind: ProviderKind, id: &str) -> Result<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_provider_names_its_temporary_failures() {
+        let cases = [
+            (ProviderKind::OpenAi, "rate_limit_exceeded", "", true),
+            (ProviderKind::OpenAi, "context_length_exceeded", "", false),
+            (ProviderKind::Anthropic, "overloaded_error", "", true),
+            (ProviderKind::Anthropic, "invalid_request_error", "", false),
+            (ProviderKind::Gemini, "UNAVAILABLE", "", true),
+            (ProviderKind::Gemini, "INVALID_ARGUMENT", "", false),
+            (
+                ProviderKind::Vertex,
+                "provider_error",
+                r#"{"status": "UNAVAILABLE"}"#,
+                true,
+            ),
+            (
+                ProviderKind::Vertex,
+                "provider_error",
+                "Bad Request: invalid schema",
+                false,
+            ),
+            // Another provider's code means nothing here.
+            (ProviderKind::OpenAi, "overloaded_error", "", false),
+        ];
+        for (kind, error_type, message, temporary) in cases {
+            assert_eq!(
+                descriptor(kind).is_temporary_failure(error_type, message),
+                temporary,
+                "{kind} {error_type} {message}"
+            );
+        }
+    }
 
     #[test]
     fn batch_ids_cannot_escape_their_path() {

@@ -50,6 +50,10 @@ impl ProviderDescriptor for Anthropic {
         "Anthropic"
     }
 
+    fn temporary_error_types(&self) -> &'static [&'static str] {
+        &["rate_limit_error", "overloaded_error", "api_error"]
+    }
+
     fn limits(&self) -> PartLimits {
         encode::LIMITS
     }

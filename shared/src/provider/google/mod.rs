@@ -11,3 +11,17 @@ mod response;
 pub mod schema;
 pub mod vertex;
 mod wire;
+
+/// The `google.rpc` statuses and HTTP codes of a temporary, server-side failure, as
+/// both Google APIs report them on a results line.
+const TEMPORARY_STATUSES: [&str; 9] = [
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
+    "INTERNAL",
+    "DEADLINE_EXCEEDED",
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+];

@@ -55,6 +55,10 @@ impl ProviderDescriptor for OpenAi {
         "OpenAI"
     }
 
+    fn temporary_error_types(&self) -> &'static [&'static str] {
+        &["rate_limit_exceeded", "server_error"]
+    }
+
     fn limits(&self) -> PartLimits {
         encode::LIMITS
     }

@@ -49,6 +49,10 @@ impl ProviderDescriptor for Gemini {
         "the Gemini API"
     }
 
+    fn temporary_error_types(&self) -> &'static [&'static str] {
+        &super::TEMPORARY_STATUSES
+    }
+
     fn limits(&self) -> PartLimits {
         encode::LIMITS
     }

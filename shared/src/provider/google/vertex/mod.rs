@@ -66,6 +66,26 @@ impl ProviderDescriptor for Vertex {
         "Vertex AI"
     }
 
+    fn temporary_error_types(&self) -> &'static [&'static str] {
+        &super::TEMPORARY_STATUSES
+    }
+
+    /// Vertex reports a line's failure as free text (a generic `provider_error`), so
+    /// its server-side statuses are recognised in the message.
+    fn is_temporary_failure(&self, error_type: &str, message: &str) -> bool {
+        const SERVER_SIDE_TEXT: [&str; 6] = [
+            "Internal Server Error",
+            "Service Unavailable",
+            "Too Many Requests",
+            "\"INTERNAL\"",
+            "\"UNAVAILABLE\"",
+            "\"RESOURCE_EXHAUSTED\"",
+        ];
+        self.temporary_error_types().contains(&error_type)
+            || (error_type == crate::provider::decode::error_type::PROVIDER_ERROR
+                && SERVER_SIDE_TEXT.iter().any(|text| message.contains(text)))
+    }
+
     fn limits(&self) -> PartLimits {
         encode::LIMITS
     }
