@@ -47,7 +47,7 @@ lint: ## cargo fmt --check, clippy with warnings as errors, and the library with
 
 test: venv tools lint build ## Everything CI runs: lint, Rust unit + end-to-end tests, SDK conformance, template checks
 	rm -rf target/reliability
-	python3 tests/scripts/check_layers.py
+	python3 tests/scripts/check_layers.py --strict
 	cargo test --workspace
 	$(PYTHON) -m pytest -q tests/conformance tests/infra tests/e2e
 	bash infra/check.sh

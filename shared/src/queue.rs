@@ -1,27 +1,16 @@
 //! The "ready" queue between poll and collect (SQS in production, memory in tests).
 
+mod port;
 #[cfg(feature = "aws")]
 mod sqs;
 
-use std::fmt::Debug;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+pub use port::{Queue, QueueError};
 #[cfg(feature = "aws")]
 pub use sqs::SqsQueue;
-
-/// A message could not be sent; carries the backend's reason.
-#[derive(Debug, thiserror::Error)]
-#[error("queue send failed: {0}")]
-pub struct QueueError(pub String);
-
-/// Where poll puts one message per finished part, for collect.
-#[async_trait]
-pub trait Queue: Send + Sync + Debug {
-    /// Sends one message with this body.
-    async fn send(&self, body: String) -> Result<(), QueueError>;
-}
 
 /// Collects sent messages in memory; tests drain them into `collect`.
 #[derive(Debug, Default)]

@@ -16,11 +16,12 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::context::{Context, PipelineError};
 use super::job::{self, JobRecord, JobStatus, PartOutcome, PartRecord, keys};
 use super::parts::{create_batch, reread_requests};
 pub use super::ready::ReadyMessage;
 use super::spec::JobSpec;
-use super::{Context, PipelineError, summary};
+use super::summary;
 use crate::build::{BatchBuilder, BatchPart};
 use crate::provider::{BatchProvider, ProviderDescriptor, descriptor};
 use crate::results::{Failure, Outcome, ResultParser, error_type};

@@ -28,8 +28,8 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use super::context::{Context, ProviderSource, Settings};
 use super::secrets::{SecretError, SecretReader};
-use super::{Context, ProviderSource, Settings};
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
 use crate::provider::config::ProviderConfig;

@@ -5,8 +5,8 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use percent_encoding::percent_decode_str;
 
 use super::collect::{ReadyMessage, collect};
+use super::context::{Context, PipelineError};
 use super::submit::{SubmitOutcome, UploadedObject, submit};
-use super::{Context, PipelineError};
 
 /// S3 event keys are URL-encoded with `+` for spaces.
 pub fn decode_s3_key(raw: &str) -> String {

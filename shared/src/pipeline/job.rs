@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::PipelineError;
+use super::context::PipelineError;
 use super::spec::JobSpec;
 use crate::results::Usage;
 use crate::status::BatchState;

@@ -1,9 +1,10 @@
 //! The pipeline steps behind the three Lambda functions: `submit` (S3 upload →
 //! provider batches), `poll` (timer → status → ready queue), `collect` (ready message →
-//! validated results in S3). Each step is idempotent; `ARCHITECTURE.md` at the repository root states the
-//! invariant every step keeps.
+//! validated results in S3). Each step is idempotent;
+//! `ARCHITECTURE.md` at the repository root states the invariant every step keeps.
 
 pub mod collect;
+mod context;
 #[cfg(feature = "aws")]
 pub mod env;
 #[cfg(feature = "aws")]
@@ -22,150 +23,8 @@ pub mod submission;
 pub mod submit;
 mod summary;
 
-use std::fmt::Debug;
-use std::sync::Arc;
-use std::time::Duration;
-
-use async_trait::async_trait;
-
-use crate::clock::Clock;
-use crate::model::ProviderKind;
-use crate::provider::BatchProvider;
-use crate::queue::{Queue, QueueError};
-use crate::storage::{ObjectStore, StoreError};
-
 pub use collect::{CollectOutcome, collect};
+pub use context::{Context, PipelineError, ProviderSource, Settings};
 pub use poll::{PollReport, poll};
 pub use ready::ReadyMessage;
 pub use submit::{SubmitOutcome, UploadedObject, submit};
-
-/// Failures that make a function invocation fail (so that Lambda retries it).
-/// Bad input is not among them: it becomes error records instead.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PipelineError {
-    /// The object store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The ready queue failed.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    /// A provider call or the provider's configuration failed.
-    #[error(transparent)]
-    Provider(#[from] crate::Error),
-    /// A record the pipeline wrote cannot be read back.
-    #[error("record {key} is not valid JSON: {reason}")]
-    CorruptRecord {
-        /// The record's key.
-        key: String,
-        /// The JSON error.
-        reason: String,
-    },
-    /// Conditional writes of the job record kept losing to other invocations.
-    #[error("job {job}: too many concurrent updates of its record")]
-    Contended {
-        /// The job's id.
-        job: String,
-    },
-    /// Another invocation holds the part's collect lease.
-    #[error("job {job} part {part} is being collected by another invocation until {until}")]
-    Busy {
-        /// The job's id.
-        job: String,
-        /// The part's index.
-        part: u32,
-        /// When the lease ends (RFC 3339).
-        until: String,
-    },
-    /// A ready message names a part the job does not have.
-    #[error("job {job} has no part {part}")]
-    UnknownPart {
-        /// The job's id.
-        job: String,
-        /// The part's index.
-        part: u32,
-    },
-    /// Fewer results than the provider counted; the delivery is retried.
-    #[error("job {job} part {part}: {received} results arrived, the provider reports {expected}")]
-    IncompleteResults {
-        /// The job's id.
-        job: String,
-        /// The part's index.
-        part: u32,
-        /// Results read.
-        received: u64,
-        /// Results the provider reports.
-        expected: u64,
-    },
-    /// A ready message that is not the pipeline's.
-    #[error("invalid ready message {body:?}: {reason}")]
-    InvalidMessage {
-        /// The message body.
-        body: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// Serialising or parsing JSON failed.
-    #[error("JSON: {0}")]
-    Json(#[from] serde_json::Error),
-}
-
-/// Hands out a client per provider (built from configuration and secrets in Lambda,
-/// pointed at the emulator in tests).
-#[async_trait]
-pub trait ProviderSource: Send + Sync + Debug {
-    /// The client for `kind`, built on first use.
-    async fn provider(&self, kind: ProviderKind) -> crate::Result<Arc<dyn BatchProvider>>;
-}
-
-/// Tunables of the pipeline, with production defaults.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Jobs polled at once.
-    pub poll_concurrency: usize,
-    /// A part queued for collect but not collected after this is queued again
-    /// (covers a poll that died between its record write and its queue send).
-    pub requeue_after: Duration,
-    /// How long a submit owns a job before a repeated event may take it over;
-    /// longer than the function's timeout.
-    pub submit_lease: Duration,
-    /// How long a collect owns a part before another delivery may take it over;
-    /// longer than the function's timeout.
-    pub collect_lease: Duration,
-    /// Largest upload accepted.
-    pub max_object_bytes: u64,
-    /// Status calls a provider may refuse in a row (HTTP 400, 401, 403, 404) before poll
-    /// gives the batch up and collect records its requests as `batch_unreachable`.
-    pub max_refused_polls: u32,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            poll_concurrency: 8,
-            requeue_after: Duration::from_secs(30 * 60),
-            submit_lease: Duration::from_secs(16 * 60),
-            collect_lease: Duration::from_secs(16 * 60),
-            max_object_bytes: 5 * 1024 * 1024 * 1024,
-            // An hour at the template's five-minute schedule: long enough to rotate a key.
-            max_refused_polls: 12,
-        }
-    }
-}
-
-/// What every step works with.
-#[derive(Debug, Clone)]
-pub struct Context {
-    /// Inputs, job records and results.
-    pub store: Arc<dyn ObjectStore>,
-    /// The bucket `store` writes to (recorded in job sources).
-    pub bucket: String,
-    /// The ready queue from poll to collect.
-    pub queue: Arc<dyn Queue>,
-    /// The provider clients.
-    pub providers: Arc<dyn ProviderSource>,
-    /// Tunables.
-    pub settings: Settings,
-    /// Now, for leases, requeue delays and record timestamps.
-    pub clock: Arc<dyn Clock>,
-}

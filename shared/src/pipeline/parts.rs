@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 
+use super::context::{Context, PipelineError};
 use super::input::{InputError, InputLine, LineReader};
 use super::job::{SourceObject, keys};
 use super::spec::{self, JobSpec};
-use super::{Context, PipelineError};
 use crate::build::BatchPart;
 use crate::provider::{BatchProvider, BatchTags};
 use crate::request::Request;

@@ -9,10 +9,11 @@
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::context::{Context, PipelineError};
 use super::job::{self, JobStatus, PartRecord, SourceObject, Versioned, keys};
 use super::ready::ReadyMessage;
 use super::submission::submit_object;
-use super::{Context, PipelineError, summary};
+use super::summary;
 use crate::status::BatchStatus;
 use crate::storage::StoreError;
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::PipelineError;
+use super::context::PipelineError;
 
 /// The ready-queue message: one part of one job has ended at the provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

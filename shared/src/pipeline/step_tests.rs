@@ -12,9 +12,11 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::collect::{CollectOutcome, collect};
+use super::context::{Context, PipelineError, ProviderSource, Settings};
 use super::job::{self, JobRecord, JobStatus, keys};
+use super::poll::poll;
+use super::ready::ReadyMessage;
 use super::submit::{SubmitOutcome, UploadedObject, submit};
-use super::{Context, PipelineError, ProviderSource, ReadyMessage, Settings, poll};
 use crate::clock::{Clock, ManualClock};
 use crate::model::ProviderKind;
 use crate::provider::BatchProvider;

@@ -12,13 +12,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::context::{Context, PipelineError};
 use super::input::{INVALID_INPUT, InputError, InputLine};
 use super::job::{
     self, InputRead, JobRecord, JobStatus, PartRecord, SourceObject, Versioned, keys,
 };
 use super::parts::{create_batch, next_line, open_reader, read_request};
 use super::spec::{self, JobSpec, SpecHeader};
-use super::{Context, PipelineError, summary};
+use super::summary;
 use crate::build::{BatchBuilder, BatchPart};
 use crate::provider::{BatchProvider, PartLimits};
 use crate::results::{Failure, ResultParser};

@@ -1,9 +1,9 @@
 //! `submit`: the step behind the submit function. An upload under `inbox/` becomes a
 //! job (see [`super::submission`]); anything else is ignored with a reason.
 
+use super::context::{Context, PipelineError};
 use super::job::keys;
 use super::submission::submit_object;
-use super::{Context, PipelineError};
 use crate::storage::StoreError;
 
 pub use super::submission::SubmitOutcome;

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::Serialize;
 
+use super::context::{Context, PipelineError};
 use super::job::{self, InputRead, JobStatus, SourceObject, Versioned, keys};
-use super::{Context, PipelineError};
 use crate::results::Usage;
 
 #[derive(Debug, Serialize)]

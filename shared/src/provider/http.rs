@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use url::Url;
 
-use super::LineStream;
 use super::config::{Credential, ProviderConfig, RetryPolicy};
+use super::contract::LineStream;
 use super::lines::split_lines;
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;

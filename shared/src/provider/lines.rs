@@ -7,7 +7,7 @@ use std::pin::Pin;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 
-use super::LineStream;
+use super::contract::LineStream;
 use crate::error::Error;
 use crate::model::ProviderKind;
 

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{BatchProvider, BatchTags, LineStream};
+use super::contract::{BatchProvider, BatchTags, LineStream};
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
 use crate::status::{BatchState, BatchStatus, RequestCounts};

@@ -15,6 +15,7 @@
 
 pub mod anthropic;
 pub mod config;
+mod contract;
 pub mod decode;
 pub mod encode;
 pub mod google;
@@ -23,120 +24,13 @@ pub mod lines;
 pub mod memory;
 pub mod openai;
 
-use std::collections::BTreeMap;
-use std::fmt::Debug;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use serde_json::Value;
-
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::ProviderKind;
-use crate::request::{GenerationParams, OutputSchema};
-use crate::status::BatchStatus;
 use config::{ProviderConfig, Variables};
-use decode::{Decoded, Malformed};
+pub use contract::{AnswerFixup, BatchProvider, BatchTags, LineStream, ProviderDescriptor};
 pub use encode::{Framing, PartLimits, RequestEncoder};
-
-/// Tags attached to a provider batch so that it can be found again after a crash
-/// (OpenAI `metadata`, Vertex `labels`, Gemini `displayName`; Anthropic has none).
-pub type BatchTags = BTreeMap<String, String>;
-
-/// One results line (without its newline), or the error that broke the stream.
-pub type LineStream = BoxStream<'static, Result<Bytes>>;
-
-/// The operations of a provider's batch API.
-#[async_trait]
-pub trait BatchProvider: Send + Sync + Debug {
-    /// Which provider this client talks to.
-    fn kind(&self) -> ProviderKind;
-
-    /// Uploads the input where the API needs that, then creates the batch.
-    async fn create(&self, model: &str, input: Bytes, tags: &BatchTags) -> Result<BatchStatus>;
-
-    /// The batch's state and counts as the provider reports them now.
-    async fn status(&self, batch_id: &str) -> Result<BatchStatus>;
-
-    /// Asks the provider to stop the batch; answers its state after the request (the
-    /// batch may keep running a while and still write partial results).
-    async fn cancel(&self, batch_id: &str) -> Result<BatchStatus>;
-
-    /// Every batch the account can see, all pages.
-    async fn list(&self) -> Result<Vec<BatchStatus>>;
-
-    /// A batch created earlier with exactly these tags, for crash recovery.
-    /// Providers without tags (Anthropic) always answer `None`.
-    async fn find(&self, tags: &BatchTags) -> Result<Option<BatchStatus>> {
-        Ok(self
-            .list()
-            .await?
-            .into_iter()
-            .find(|b| tags.iter().all(|(k, v)| b.tags.get(k) == Some(v))))
-    }
-
-    /// Streams every results line of an ended batch (for OpenAI the output file and
-    /// then the error file). Never buffers a whole file.
-    async fn results(&self, batch_id: &str) -> Result<LineStream>;
-}
-
-/// Everything batchline knows about one provider. Each provider implements it once,
-/// in its own folder; [`descriptor`] is the only `match` on [`ProviderKind`].
-pub trait ProviderDescriptor: Send + Sync + Debug {
-    /// Which provider this is.
-    fn kind(&self) -> ProviderKind;
-
-    /// The provider's name in a sentence ("OpenAI", "Vertex AI", "the Gemini API").
-    fn display_name(&self) -> &'static str;
-
-    /// How much one batch may hold.
-    fn limits(&self) -> PartLimits;
-
-    /// The encoder of requests to `model`, with `schema` translated once for the batch.
-    fn encoder(
-        &self,
-        model: &str,
-        schema: &OutputSchema,
-        params: &GenerationParams,
-    ) -> Result<Box<dyn RequestEncoder>>;
-
-    /// Reads the envelope of one results line (without its newline).
-    fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed>;
-
-    /// What to undo in answers to `schema` before they are validated against it (what
-    /// the schema translation made the model write that `schema` does not accept), or
-    /// `None` when answers to `schema` need nothing.
-    fn answer_fixup(&self, _schema: &Value) -> Option<AnswerFixup> {
-        None
-    }
-
-    /// The provider's own error types (and codes) for a request that failed for a
-    /// temporary, server-side reason (throttling, overload, a server error): worth
-    /// another attempt in a retry part.
-    fn temporary_error_types(&self) -> &'static [&'static str];
-
-    /// Whether a request that failed with `error_type` and `message` may succeed if
-    /// sent again. The default looks up [`Self::temporary_error_types`].
-    fn is_temporary_failure(&self, error_type: &str, _message: &str) -> bool {
-        self.temporary_error_types().contains(&error_type)
-    }
-
-    /// The variables that may come from a secret store instead of the environment
-    /// (the Lambda functions read `<NAME>_SECRET_ARN` and `<NAME>_PARAMETER`).
-    fn secret_variables(&self) -> &'static [&'static str];
-
-    /// The client configuration from `vars`; fails when a required variable is missing.
-    fn config(&self, vars: &Variables<'_>) -> Result<ProviderConfig>;
-
-    /// The client, configured by `config`. Fails early when the configuration lacks
-    /// what the provider needs.
-    fn connect(&self, config: &ProviderConfig) -> Result<Arc<dyn BatchProvider>>;
-}
-
-/// Rewrites an answer (second argument) so that it validates against the job's own
-/// schema (first argument); see [`ProviderDescriptor::answer_fixup`].
-pub type AnswerFixup = fn(&Value, &mut Value);
 
 /// The descriptor of `kind`.
 pub fn descriptor(kind: ProviderKind) -> &'static dyn ProviderDescriptor {
@@ -170,36 +64,9 @@ impl ProviderConfig {
     }
 }
 
-/// The API key a key-authenticated provider needs.
-fn required_key(kind: ProviderKind, config: &ProviderConfig) -> Result<config::Credential> {
-    config
-        .api_key
-        .clone()
-        .ok_or_else(|| Error::Config(format!("{kind} needs an API key")))
-}
-
-/// A provider batch id (or resource name such as `batches/x`) checked before it goes
-/// into a URL path: segments of `[A-Za-z0-9_.-]`, none of them `.` or `..`, so that an id
-/// can never reach another endpoint with our credentials.
-fn id_path(kind: ProviderKind, id: &str) -> Result<&str> {
-    let valid = id.split('/').all(|segment| {
-        !segment.is_empty()
-            && segment != "."
-            && segment != ".."
-            && segment
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    });
-    if !valid {
-        return Err(Error::Config(format!(
-            "{id:?} is not a valid {kind} batch id"
-        )));
-    }
-    Ok(id)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::contract::id_path;
     use super::*;
 
     #[test]

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{Queue, QueueError};
+use super::port::{Queue, QueueError};
 
 /// Sends each message to one SQS queue.
 #[derive(Debug, Clone)]

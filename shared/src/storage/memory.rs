@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
-use super::{ByteStream, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+use super::port::{ByteStream, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
 
 /// Objects in a map, entity tags from a counter, conditional writes as S3 does them;
 /// no versions (a version argument is ignored).

@@ -12,7 +12,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{ByteStream, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+use super::port::{ByteStream, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
 
 /// One bucket of S3, through the SDK client.
 #[derive(Debug, Clone)]

@@ -13,12 +13,12 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::config::ProviderConfig;
+use super::contract::{BatchProvider, BatchTags, LineStream, id_path, required_key};
 use super::http::{AfterIdPage, Auth, HttpClient, Paging, Resend};
-use super::{BatchProvider, BatchTags, LineStream, id_path, required_key};
 use crate::error::Result;
 use crate::model::ProviderKind;
-use crate::provider::ProviderDescriptor;
 use crate::provider::config::Variables;
+use crate::provider::contract::ProviderDescriptor;
 use crate::provider::decode::{Decoded, Malformed};
 use crate::provider::encode::{PartLimits, RequestEncoder};
 use crate::request::{GenerationParams, OutputSchema};

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Deserializer};
 use url::form_urlencoded;
 
-use crate::provider::BatchTags;
+use crate::provider::contract::BatchTags;
 use crate::provider::http::{Page, Paging};
 
 /// Display names carrying tags start with this, then the tags URL-form-encoded.

@@ -16,14 +16,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::config::ProviderConfig;
+use super::contract::{BatchProvider, BatchTags, LineStream, id_path, required_key};
 use super::http::{AfterIdPage, Auth, HttpClient, Paging, Resend};
-use super::{BatchProvider, BatchTags, LineStream, id_path, required_key};
 use crate::error::Result;
 use crate::model::ProviderKind;
 use crate::provider::config::Variables;
+use crate::provider::contract::{AnswerFixup, ProviderDescriptor};
 use crate::provider::decode::{Decoded, Malformed};
 use crate::provider::encode::{PartLimits, RequestEncoder};
-use crate::provider::{AnswerFixup, ProviderDescriptor};
 use crate::request::{GenerationParams, OutputSchema};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 use serde_json::Value;

@@ -15,16 +15,16 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
-use crate::provider::ProviderDescriptor;
 use crate::provider::config::ProviderConfig;
 use crate::provider::config::Variables;
+use crate::provider::contract::ProviderDescriptor;
+use crate::provider::contract::{BatchProvider, BatchTags, LineStream, id_path, required_key};
 use crate::provider::decode::{Decoded, Malformed};
 use crate::provider::encode::{PartLimits, RequestEncoder};
 use crate::provider::google::wire::{
     PAGING, RpcStatus, TokenPage, int64, tagged_display_name, tags_from_display_name,
 };
 use crate::provider::http::{Auth, HttpClient, Resend};
-use crate::provider::{BatchProvider, BatchTags, LineStream, id_path, required_key};
 use crate::request::{GenerationParams, OutputSchema};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 

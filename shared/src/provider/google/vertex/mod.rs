@@ -19,14 +19,14 @@ use tokio::sync::OnceCell;
 
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
-use crate::provider::ProviderDescriptor;
 use crate::provider::config::Variables;
 use crate::provider::config::{Credential, GoogleCredentials, ProviderConfig};
+use crate::provider::contract::ProviderDescriptor;
+use crate::provider::contract::{BatchProvider, BatchTags, LineStream, id_path};
 use crate::provider::decode::{Decoded, Malformed};
 use crate::provider::encode::{PartLimits, RequestEncoder};
 use crate::provider::google::wire::{PAGING, RpcStatus, TokenPage, int64, tagged_display_name};
 use crate::provider::http::{AccessTokens, Auth, HttpClient, Paging, Resend};
-use crate::provider::{BatchProvider, BatchTags, LineStream, id_path};
 use crate::request::{GenerationParams, OutputSchema};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 
