@@ -6,7 +6,9 @@ use batchline::model::ProviderKind;
 use crate::measure::{Figures, Report, Stats};
 
 const BUILD_RATIO_TARGET: f64 = 100.0;
-const PARSE_RATIO_TARGET: f64 = 20.0;
+/// The brief's floor for parse + validate on one core (absolute MB/s vary threefold
+/// between machines of one kind; the ratio in one run does not).
+const PARSE_RATIO_TARGET: f64 = 8.0;
 const PARSE_OPENAI_MB_S_TARGET: f64 = 300.0;
 const COLLECT_RSS_MIB_TARGET: f64 = 128.0;
 const COLD_START_MS_TARGET: f64 = 30.0;
