@@ -1,6 +1,6 @@
 //! Gemini API batch-mode request-line encoding: JSONL lines
 //! `{"key":"<custom_id>","request":{GenerateContentRequest}}`, the request body being
-//! the one Vertex AI gets (see [`crate::provider::google::request`]) without labels.
+//! the one Vertex AI gets (see `provider/google/request.rs`) without labels.
 
 use serde::Serialize;
 

@@ -1,5 +1,5 @@
 //! Vertex AI request-line encoding: JSONL lines `{"request":{GenerateContentRequest}}`
-//! (the body both Google APIs take, see [`crate::provider::google::request`]).
+//! (the body both Google APIs take, see `provider/google/request.rs`).
 //!
 //! Vertex lines carry no id of their own, so each request is labelled with its row
 //! within the part (`labels.batchline_row`); the result parser maps that row back to
