@@ -100,15 +100,18 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> 
     };
     let provider = ctx.providers.provider(spec.model.provider).await?;
     let mut seen: Vec<(u32, Result<BatchStatus, crate::Error>)> = Vec::new();
+    // Given-up parts whose ready message may have been lost: queued again, unasked.
+    let mut abandoned = Vec::new();
     for part in &snapshot.record.parts {
         let due = part.collected.is_none()
-            && part.abandoned.is_none()
             && part
                 .enqueued_at
                 .as_deref()
                 .is_none_or(|at| ctx.clock.has_passed_by(at, ctx.settings.requeue_after));
-        if let (true, Some(batch_id)) = (due, part.batch_id.as_deref()) {
-            seen.push((part.index, provider.status(batch_id).await));
+        match (due, part.batch_id.as_deref()) {
+            (true, _) if part.abandoned.is_some() => abandoned.push(part.index),
+            (true, Some(batch_id)) => seen.push((part.index, provider.status(batch_id).await)),
+            _ => {}
         }
     }
     let checked = seen.len();
@@ -116,6 +119,15 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> 
     job::update(ctx.store.as_ref(), job_id, |record| {
         to_queue.clear();
         let mut changed = false;
+        for index in &abandoned {
+            if let Some(part) = record.parts.iter_mut().find(|p| p.index == *index)
+                && part.collected.is_none()
+            {
+                part.enqueued_at = Some(ctx.clock.timestamp());
+                to_queue.push(*index);
+                changed = true;
+            }
+        }
         for (index, status) in &seen {
             let Some(part) = record.parts.iter_mut().find(|p| p.index == *index) else {
                 continue;

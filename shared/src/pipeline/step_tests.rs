@@ -496,6 +496,13 @@ async fn status_calls_refused_for_good_end_the_part_after_a_bounded_number_of_ti
         assert!(s.queue.drain().is_empty());
     }
     poll(&s.ctx).await.unwrap();
+    assert_eq!(
+        s.queue.drain().len(),
+        1,
+        "given up and queued, then the message is lost"
+    );
+    s.clock.advance(s.ctx.settings.requeue_after);
+    poll(&s.ctx).await.unwrap();
     for outcome in s.collect_queued(false).await {
         outcome.unwrap();
     }
