@@ -702,12 +702,13 @@ def print_results(results: JobResults, shown: int) -> None:
     brief = {k: v for k, v in summary.items() if k not in ("source", "parts", "files")}
     print("\n== summary.json (abridged; source, parts and files left out)")
     print(json.dumps(brief, indent=2))
-    print(f"\n== first {shown} of {len(results.successes)} successes")
+    print(f"\n== first {min(shown, len(results.successes))} of {len(results.successes)} successes")
     for line in results.successes[:shown]:
         print(json.dumps({"custom_id": line["custom_id"], "result": line["result"]}))
-    print(f"\n== first {shown} of {len(results.errors)} errors")
+    print(f"\n== first {min(shown, len(results.errors))} of {len(results.errors)} errors")
     for line in results.errors[:shown]:
-        print(json.dumps({k: line.get(k) for k in ("custom_id", "error_type", "error_message", "line")}))
+        fields = ("custom_id", "error_type", "error_message", "line", "attempts")
+        print(json.dumps({k: line[k] for k in fields if line.get(k) is not None}))
 
 
 def run_demo(provider: str, build: bool, keep: bool) -> None:
