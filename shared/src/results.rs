@@ -715,7 +715,8 @@ mod tests {
             b"\xff\xfe\x00\x01\x80garbage",
             b"[1,2]",
             b"null",
-            br#"{"custom_id":"r-1","respo"#,
+            // Cut inside the id itself: nothing to recover.
+            br#"{"custom_id":"r-1"#,
         ];
         for provider in ProviderKind::ALL {
             let parser = parser(provider);
@@ -761,6 +762,75 @@ mod tests {
             assert_eq!(failure.error_type, "malformed_line", "{provider}");
             assert_eq!(failure.custom_id, id, "{provider}");
         }
+    }
+
+    #[test]
+    fn cut_off_lines_are_reported_under_the_id_they_still_name() {
+        for provider in ProviderKind::ALL {
+            let line = answer_line(provider, r#"{"name":"Ada","age":36}"#);
+            let id_field: &[u8] = match provider {
+                ProviderKind::Vertex => br#""batchline_row":"1""#,
+                ProviderKind::Gemini => br#""key":"r-1""#,
+                _ => br#""custom_id":"r-1""#,
+            };
+            let id_end = line
+                .windows(id_field.len())
+                .position(|w| w == id_field)
+                .unwrap()
+                + id_field.len();
+            for cut in 1..line.len() {
+                let failure = expect_failure(parser(provider).parse_line(3, &line[..cut]));
+                let expected = if cut >= id_end { "r-1" } else { "line-3" };
+                assert_eq!(failure.error_type, "malformed_line", "{provider} {cut}");
+                assert_eq!(failure.custom_id, expected, "{provider} cut at {cut}");
+                assert_eq!(failure.line, Some(3));
+                assert_eq!(
+                    failure.raw_data.as_deref(),
+                    Some(String::from_utf8_lossy(&line[..cut]).as_ref())
+                );
+            }
+        }
+        let cut = br#"{"custom_id":"doc-3","response":{"status_code":200,"bo"#;
+        let failure = expect_failure(parser(ProviderKind::OpenAi).parse_line(4, cut));
+        assert_eq!(
+            (failure.custom_id.as_str(), failure.error_type.as_str()),
+            ("doc-3", "malformed_line")
+        );
+        assert!(
+            failure
+                .error_message
+                .contains("not a readable results line")
+        );
+    }
+
+    #[test]
+    fn ids_inside_answers_or_nested_objects_are_not_taken_for_the_line_id() {
+        let cases: [(ProviderKind, &[u8]); 4] = [
+            // The answer text names an id: escaped, so not a key of the line.
+            (
+                ProviderKind::OpenAi,
+                br#"{"response":{"body":{"choices":[{"message":{"content":"{\"custom_id\":\"evil\"}"}}]}},"custom_id":"r-"#,
+            ),
+            // An embedded tool input has a custom_id key, one level down.
+            (
+                ProviderKind::Anthropic,
+                br#"{"result":{"message":{"content":[{"type":"tool_use","input":{"custom_id":"evil"}}]}},"custom_"#,
+            ),
+            (ProviderKind::Gemini, br#"{"response":{"key":"evil"},"ke"#),
+            // A row label outside the echoed request's labels.
+            (
+                ProviderKind::Vertex,
+                br#"{"response":{"labels":{"batchline_row":"2"}},"request":{"labels":{"batch"#,
+            ),
+        ];
+        for (provider, line) in cases {
+            let failure = expect_failure(parser(provider).parse_line(9, line));
+            assert_eq!(failure.custom_id, "line-9", "{provider}");
+        }
+        // Inline Gemini results name the request in their metadata.
+        let inline = br#"{"metadata":{"key":"r-1"},"response":{"candidates":[{"con"#;
+        let failure = expect_failure(parser(ProviderKind::Gemini).parse_line(2, inline));
+        assert_eq!(failure.custom_id, "r-1");
     }
 
     #[test]

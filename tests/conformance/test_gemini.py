@@ -95,7 +95,10 @@ def test_file_batch_round_trip(client, emulator, tmp_path):
         assert response.candidates[0].finish_reason == types.FinishReason.STOP
         assert_fits_schema(response.text)
         assert response.usage_metadata.total_token_count > 0
-    assert results["bad"]["error"]["code"] == 400
+    # A failed line's error is a google.rpc.Status: a google.rpc.Code number, no HTTP
+    # status and no status name.
+    error = conforms(types.JobError, results["bad"]["error"])
+    assert error.code == 3, "INVALID_ARGUMENT"
     assert "response" not in results["bad"]
 
 

@@ -45,7 +45,8 @@ impl Code {
         }
     }
 
-    /// The gRPC number, used in `google.rpc.Status` objects (job and operation errors).
+    /// The gRPC number, used in `google.rpc.Status` objects (job and operation errors,
+    /// failed Gemini results lines).
     pub fn number(self) -> u16 {
         match self {
             Self::Cancelled => 1,

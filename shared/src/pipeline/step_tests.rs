@@ -481,6 +481,32 @@ async fn results_that_cannot_be_read_are_retried_then_recorded_on_the_last_deliv
 }
 
 #[tokio::test]
+async fn a_cut_off_results_line_is_reported_under_its_id_not_as_missing() {
+    let s = Steps::new(Settings::default());
+    s.provider.script(Fate::CutLine("doc-1".into()));
+    let (job, ids) = s.start("cut", 3, json!({"max_attempts": 1}), false).await;
+    let record = s.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Completed);
+    // Each id exactly once (checked by `results`), nothing under `line-N`.
+    let results = s.results(&job, &ids).await;
+    assert_eq!(results.successes.len(), 2);
+    assert_eq!(
+        results.error_types(),
+        BTreeMap::from([("doc-1".to_string(), "malformed_line".to_string())])
+    );
+    let error = &results.errors[0];
+    let raw = error["raw_data"].as_str().unwrap();
+    assert!(raw.contains(r#""custom_id":"doc-1""#), "{raw}");
+    assert!(error["line"].is_u64(), "{error}");
+    assert_eq!(
+        results.summary["errors_by_type"],
+        json!({"malformed_line": 1}),
+        "{}",
+        results.summary
+    );
+}
+
+#[tokio::test]
 async fn status_calls_refused_for_good_end_the_part_after_a_bounded_number_of_ticks() {
     let s = Steps::new(Settings {
         max_refused_polls: 3,

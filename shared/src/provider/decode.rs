@@ -4,7 +4,6 @@
 //! these; it sits above the providers and knows none of them.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -161,21 +160,93 @@ impl Malformed {
         self.key.as_ref().and_then(RowKey::custom_id)
     }
 
-    /// A line serde rejected; `id_field` names the top-level field that may still
-    /// give the request's id when the line is JSON of an unexpected shape.
-    pub(crate) fn unreadable(err: &serde_json::Error, line: &[u8], id_field: &str) -> Self {
+    /// A line serde rejected; `id_paths` name where the request's id may still be
+    /// read (object keys from the top: `["custom_id"]`, `["metadata", "key"]`), in a
+    /// line of an unexpected shape, or cut off after the id.
+    pub(crate) fn unreadable(err: &serde_json::Error, line: &[u8], id_paths: &[&[&str]]) -> Self {
         Self::new(
-            top_level_string(line, id_field),
+            string_at(line, id_paths),
             format!("not a readable results line: {err}"),
         )
     }
 }
 
-/// A top-level string field of a JSON object line, read without looking at the rest.
-fn top_level_string(line: &[u8], field: &str) -> Option<String> {
-    let fields: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_slice(line).ok()?;
-    let raw = fields.get(field)?;
-    serde_json::from_str::<String>(raw.get()).ok()
+/// A container open at the scan position of [`string_at`].
+enum Open<'a> {
+    Array,
+    /// An object, with its latest key (unescaped bytes as written) and whether the
+    /// next string is a key.
+    Object {
+        key: Option<&'a [u8]>,
+        expects_key: bool,
+    },
+}
+
+/// The first string value of a JSON object line found at one of `paths` (object keys
+/// from the top), read by one pass over the bytes without parsing the rest: it works
+/// on a line cut off anywhere after that value, and on JSON of an unexpected shape. A
+/// value cut off itself, or written with escapes in its key, is not found.
+pub(crate) fn string_at(line: &[u8], paths: &[&[&str]]) -> Option<String> {
+    let mut open: Vec<Open<'_>> = Vec::new();
+    let mut at = 0;
+    while at < line.len() {
+        match line[at] {
+            b'"' => {
+                let end = string_end(line, at)?;
+                let text = &line[at + 1..end];
+                if let Some(Open::Object { key, expects_key }) = open.last_mut() {
+                    if *expects_key {
+                        *key = Some(text);
+                        *expects_key = false;
+                    } else if paths.iter().any(|path| open_path_is(&open, path)) {
+                        return serde_json::from_slice(&line[at..=end]).ok();
+                    }
+                }
+                at = end;
+            }
+            b'{' => open.push(Open::Object {
+                key: None,
+                expects_key: true,
+            }),
+            b'[' => open.push(Open::Array),
+            b'}' | b']' => {
+                open.pop();
+                if open.is_empty() {
+                    return None;
+                }
+            }
+            b',' => {
+                if let Some(Open::Object { expects_key, .. }) = open.last_mut() {
+                    *expects_key = true;
+                }
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    None
+}
+
+/// Whether the keys of the open objects, outermost first, are `path`.
+fn open_path_is(open: &[Open<'_>], path: &[&str]) -> bool {
+    open.len() == path.len()
+        && open.iter().zip(path).all(|(container, name)| {
+            matches!(container, Open::Object { key: Some(key), .. } if *key == name.as_bytes())
+        })
+}
+
+/// The index of the quote that closes the string opening at `start`; `None` when the
+/// line ends first.
+fn string_end(line: &[u8], start: usize) -> Option<usize> {
+    let mut at = start + 1;
+    while at < line.len() {
+        match line[at] {
+            b'\\' => at += 2,
+            b'"' => return Some(at),
+            _ => at += 1,
+        }
+    }
+    None
 }
 
 /// An error code that some APIs send as a number and others as a string.
@@ -234,4 +305,39 @@ pub(crate) fn lenient_count<'de, D: Deserializer<'de>>(deserializer: D) -> Resul
         }
     }
     deserializer.deserialize_any(CountVisitor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_at_reads_the_id_of_a_line_cut_after_it() {
+        let id: &[&[&str]] = &[&["custom_id"]];
+        let line = br#"{"custom_id":"doc-3","response":{"status_code":200,"bo"#;
+        assert_eq!(string_at(line, id).as_deref(), Some("doc-3"));
+        let escaped = br#"{"id":"x","custom_id":"a\"b\\","resp"#;
+        assert_eq!(string_at(escaped, id).as_deref(), Some("a\"b\\"));
+        let nested = br#"{"request":{"labels":{"other":"1","batchline_row":"7"}},"respon"#;
+        assert_eq!(
+            string_at(nested, &[&["request", "labels", "batchline_row"]]).as_deref(),
+            Some("7")
+        );
+        for none in [
+            &br#"{"custom_id":"doc-"#[..],
+            br#"{"custom_id":7,"x":"y""#,
+            br#"{"a":{"custom_id":"deep"},"#,
+            br#"[{"custom_id":"in-array"}]"#,
+            br#"{"a":"b"}{"custom_id":"after"}"#,
+            b"not json",
+            b"",
+        ] {
+            assert_eq!(
+                string_at(none, id),
+                None,
+                "{}",
+                String::from_utf8_lossy(none)
+            );
+        }
+    }
 }

@@ -45,6 +45,9 @@ pub enum Fate {
         /// Lines the results file holds.
         sent: usize,
     },
+    /// The batch completes, but the results line of this custom_id is cut off after
+    /// its first half (which still names the id).
+    CutLine(String),
 }
 
 /// The in-memory provider; see the module documentation.
@@ -154,7 +157,7 @@ impl MemoryBatch {
     fn results(&self) -> Vec<(&str, bool)> {
         let ids = self.custom_ids.iter().map(String::as_str);
         match &self.fate {
-            Fate::Complete => ids.map(|id| (id, false)).collect(),
+            Fate::Complete | Fate::CutLine(_) => ids.map(|id| (id, false)).collect(),
             Fate::RateLimited(limited) => ids
                 .map(|id| (id, limited.iter().any(|l| l == id)))
                 .collect(),
@@ -273,7 +276,13 @@ impl BatchProvider for MemoryProvider {
                 batch
                     .results()
                     .into_iter()
-                    .map(|(id, limited)| Ok(Bytes::from(self.result_line(id, limited))))
+                    .map(|(id, limited)| {
+                        let mut line = self.result_line(id, limited);
+                        if batch.fate == Fate::CutLine(id.to_string()) {
+                            line.truncate(line.len() / 2);
+                        }
+                        Ok(Bytes::from(line))
+                    })
                     .collect::<Vec<_>>(),
             ),
         })?;

@@ -90,6 +90,20 @@ mod tests {
                 "Bad Request: invalid schema",
                 false,
             ),
+            (
+                ProviderKind::Vertex,
+                "provider_error",
+                "INTERNAL: 13: Internal error encountered.",
+                true,
+            ),
+            (
+                ProviderKind::Vertex,
+                "provider_error",
+                "INVALID_ARGUMENT: 3: bad",
+                false,
+            ),
+            // Gemini error types are names, never HTTP codes.
+            (ProviderKind::Gemini, "503", "", false),
             // Another provider's code means nothing here.
             (ProviderKind::OpenAi, "overloaded_error", "", false),
         ];

@@ -65,7 +65,8 @@ impl Batch {
                 }
                 Err(error) => {
                     stats.failed += 1;
-                    line["error"] = error.http_error();
+                    // A google.rpc.Status, as the responses file holds it.
+                    line["error"] = error.rpc_status();
                 }
             }
             line

@@ -281,14 +281,22 @@ async fn a_file_batch_runs_every_request_once() {
     assert_eq!(by_key.len(), 5);
     let parsed: Value = serde_json::from_str(answer_text(&by_key["a"]["response"])).unwrap();
     assert!(parsed["total"].is_i64());
-    assert_eq!(by_key["b"]["error"]["code"], 400);
-    assert_eq!(by_key["b"]["error"]["status"], "INVALID_ARGUMENT");
+    // Failed lines carry a google.rpc.Status: the code's number and a message only.
+    assert_eq!(
+        by_key["b"]["error"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["code", "message"]
+    );
+    assert_eq!(by_key["b"]["error"]["code"], 3, "INVALID_ARGUMENT");
     assert_eq!(
         by_key["c"]["response"]["candidates"][0]["finishReason"],
         "MAX_TOKENS"
     );
-    assert_eq!(by_key["d"]["error"]["status"], "RESOURCE_EXHAUSTED");
-    assert_eq!(by_key["e"]["error"]["status"], "INVALID_ARGUMENT");
+    assert_eq!(by_key["d"]["error"]["code"], 8, "RESOURCE_EXHAUSTED");
+    assert_eq!(by_key["e"]["error"]["code"], 3, "INVALID_ARGUMENT");
 }
 
 #[tokio::test]

@@ -70,8 +70,8 @@ struct ErrorDetail {
 
 /// Decodes one line of an Anthropic batch results file.
 pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
-    let parsed: Line<'_> =
-        serde_json::from_slice(line).map_err(|e| Malformed::unreadable(&e, line, "custom_id"))?;
+    let parsed: Line<'_> = serde_json::from_slice(line)
+        .map_err(|e| Malformed::unreadable(&e, line, &[&["custom_id"]]))?;
     let result = parsed.result;
     let (answer, usage) = match result.kind.as_ref() {
         "succeeded" => match result.message {

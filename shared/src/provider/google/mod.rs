@@ -12,16 +12,13 @@ pub mod schema;
 pub mod vertex;
 mod wire;
 
-/// The `google.rpc` statuses and HTTP codes of a temporary, server-side failure, as
-/// both Google APIs report them on a results line.
-const TEMPORARY_STATUSES: [&str; 9] = [
+/// The `google.rpc.Code` names of a temporary, server-side failure. A Gemini results
+/// line's error type is such a name (its `status`, else the name of its numeric `code`,
+/// see [`wire::rpc_code_name`]), never a number, so HTTP codes are not listed; Vertex
+/// failures are recognised by these names in their text.
+const TEMPORARY_STATUSES: [&str; 4] = [
     "RESOURCE_EXHAUSTED",
     "UNAVAILABLE",
     "INTERNAL",
     "DEADLINE_EXCEEDED",
-    "429",
-    "500",
-    "502",
-    "503",
-    "504",
 ];

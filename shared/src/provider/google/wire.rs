@@ -25,6 +25,40 @@ pub fn int64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error
     })
 }
 
+/// The canonical `google.rpc.Code` names, indexed by their number.
+const RPC_CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The name of a `google.rpc.Code` given as its number (`"3"` is `INVALID_ARGUMENT`);
+/// a number outside the canonical codes reads `rpc_code_<n>`, and a code that is
+/// already a name is kept as it is.
+pub fn rpc_code_name(code: &str) -> String {
+    match code.trim().parse::<i64>() {
+        Ok(number) => usize::try_from(number)
+            .ok()
+            .and_then(|index| RPC_CODE_NAMES.get(index))
+            .map_or_else(|| format!("rpc_code_{number}"), |name| name.to_string()),
+        Err(_) => code.to_string(),
+    }
+}
+
 /// `google.rpc.Status` as it appears in jobs and operations.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RpcStatus {
@@ -110,6 +144,18 @@ mod tests {
         assert!(name.starts_with("batchline?"));
         assert_eq!(tags_from_display_name(&name), tags);
         assert!(tags_from_display_name("someone else's batch").is_empty());
+    }
+
+    #[test]
+    fn rpc_codes_read_as_their_names() {
+        assert_eq!(rpc_code_name("0"), "OK");
+        assert_eq!(rpc_code_name("3"), "INVALID_ARGUMENT");
+        assert_eq!(rpc_code_name("8"), "RESOURCE_EXHAUSTED");
+        assert_eq!(rpc_code_name("16"), "UNAUTHENTICATED");
+        assert_eq!(rpc_code_name("17"), "rpc_code_17");
+        assert_eq!(rpc_code_name("99"), "rpc_code_99");
+        assert_eq!(rpc_code_name("-1"), "rpc_code_-1");
+        assert_eq!(rpc_code_name("ABORTED"), "ABORTED");
     }
 
     #[test]

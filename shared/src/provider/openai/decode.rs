@@ -74,8 +74,8 @@ impl ApiError {
 
 /// Decodes one line of an OpenAI batch output or error file.
 pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
-    let parsed: Line<'_> =
-        serde_json::from_slice(line).map_err(|e| Malformed::unreadable(&e, line, "custom_id"))?;
+    let parsed: Line<'_> = serde_json::from_slice(line)
+        .map_err(|e| Malformed::unreadable(&e, line, &[&["custom_id"]]))?;
     let (answer, usage) = match (parsed.response, parsed.error) {
         (Some(response), _) => decode_response(response),
         (None, Some(error)) => (never_ran(&error), Usage::default()),
@@ -268,11 +268,14 @@ mod tests {
         assert_eq!(decode(wrong_shape).unwrap_err().custom_id(), Some("r-9"));
         let neither = br#"{"custom_id":"r-10","response":null,"error":null}"#;
         assert_eq!(decode(neither).unwrap_err().custom_id(), Some("r-10"));
+        // Cut off after the id: the id is still read.
+        let cut = br#"{"custom_id":"r-11","respo"#;
+        assert_eq!(decode(cut).unwrap_err().custom_id(), Some("r-11"));
         for garbage in [
             &b""[..],
             b"not json",
             b"\xff\xfe\x00garbage",
-            br#"{"custom_id":"r-11","respo"#,
+            br#"{"custom_id":"r-1"#,
         ] {
             assert_eq!(decode(garbage).unwrap_err().key, None);
         }

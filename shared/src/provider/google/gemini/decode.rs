@@ -9,6 +9,7 @@ use crate::provider::decode::{
     Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, optional_borrowed,
 };
 use crate::provider::google::response::{GenerateContentResponse, response_answer};
+use crate::provider::google::wire::rpc_code_name;
 
 #[derive(Deserialize)]
 struct Line<'a> {
@@ -25,7 +26,8 @@ struct InlineMetadata {
     key: Option<String>,
 }
 
-/// `{"code","message","status"?}` (google.rpc.Status).
+/// `{"code","message","details"?}` (google.rpc.Status, `code` a `google.rpc.Code`
+/// number); a `status` name, as HTTP error bodies carry, is read when present.
 #[derive(Deserialize)]
 struct RpcStatus {
     code: Option<CodeText>,
@@ -35,8 +37,8 @@ struct RpcStatus {
 
 /// Decodes one line of a Gemini batch responses file.
 pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
-    let parsed: Line<'_> =
-        serde_json::from_slice(line).map_err(|e| Malformed::unreadable(&e, line, "key"))?;
+    let parsed: Line<'_> = serde_json::from_slice(line)
+        .map_err(|e| Malformed::unreadable(&e, line, &[&["key"], &["metadata", "key"]]))?;
     let custom_id = match (parsed.key, parsed.metadata.and_then(|m| m.key)) {
         (Some(key), _) => key,
         (None, Some(key)) => Cow::Owned(key),
@@ -64,10 +66,12 @@ pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
     })
 }
 
+/// The error type is the status name, else the name of the numeric code.
 fn status_answer(error: RpcStatus) -> Answer<'static> {
     let error_type = error
         .status
-        .or(error.code.map(|c| c.0))
+        .or(error.code.map(|c| rpc_code_name(&c.0)))
+        .filter(|name| !name.trim().is_empty())
         .unwrap_or_else(|| error_type::PROVIDER_ERROR.to_string());
     Answer::failed(
         error_type,
@@ -102,7 +106,7 @@ mod tests {
     }
 
     #[test]
-    fn error_type_is_the_status_else_the_code() {
+    fn error_type_is_the_status_else_the_code_name() {
         let line = br#"{"key":"req-8","error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}"#;
         let decoded = decode(line).unwrap();
         assert_eq!(decoded.key.custom_id(), Some("req-8"));
@@ -113,8 +117,22 @@ mod tests {
                 "Resource has been exhausted".into()
             )
         );
-        let code_only = br#"{"key":"req-9","error":{"code":400,"message":"Request contains an invalid argument."}}"#;
-        assert_eq!(expect_failed(&decode(code_only).unwrap()).0, "400");
+        let code_only = br#"{"key":"k","error":{"code":3,"message":"bad"}}"#;
+        assert_eq!(
+            expect_failed(&decode(code_only).unwrap()),
+            ("INVALID_ARGUMENT".into(), "bad".into())
+        );
+        let with_details = br#"{"key":"k","error":{"code":8,"message":"quota","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"RATE_LIMIT_EXCEEDED"}]}}"#;
+        assert_eq!(
+            expect_failed(&decode(with_details).unwrap()).0,
+            "RESOURCE_EXHAUSTED"
+        );
+        let as_text = br#"{"key":"k","error":{"code":"13","message":"oops"}}"#;
+        assert_eq!(expect_failed(&decode(as_text).unwrap()).0, "INTERNAL");
+        let unknown = br#"{"key":"k","error":{"code":99,"message":"?"}}"#;
+        assert_eq!(expect_failed(&decode(unknown).unwrap()).0, "rpc_code_99");
+        let bare = br#"{"key":"k","error":{"message":"no code"}}"#;
+        assert_eq!(expect_failed(&decode(bare).unwrap()).0, "provider_error");
     }
 
     #[test]

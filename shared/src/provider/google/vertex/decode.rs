@@ -6,8 +6,11 @@
 use serde::Deserialize;
 
 use super::encode::ROW_LABEL;
-use crate::provider::decode::{Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type};
+use crate::provider::decode::{
+    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, string_at,
+};
 use crate::provider::google::response::{GenerateContentResponse, response_answer};
+use crate::provider::google::wire::rpc_code_name;
 
 #[derive(Deserialize)]
 struct Line<'a> {
@@ -39,11 +42,16 @@ impl LineStatus {
                 code,
                 message,
                 status,
-            } => [status, code.map(|c| c.0), message]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join(": "),
+            } => {
+                let code = code.map(|c| c.0);
+                // A numeric google.rpc.Code is named, so that the text says what it is.
+                let name = status.or_else(|| code.as_deref().map(rpc_code_name));
+                [name, code, message]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(": ")
+            }
         };
         (!text.trim().is_empty()).then_some(text)
     }
@@ -116,14 +124,14 @@ fn row_of(request: Option<EchoedRequest>) -> Result<usize, Malformed> {
         })
 }
 
-/// The row of a line whose body did not parse, if its echoed request still names one.
+/// The row of a line whose body did not parse (of an unexpected shape, or cut off),
+/// if its echoed request still names one before the line breaks.
 fn recover_row(line: &[u8]) -> Option<usize> {
-    #[derive(Deserialize)]
-    struct RequestOnly {
-        request: Option<EchoedRequest>,
-    }
-    let only: RequestOnly = serde_json::from_slice(line).ok()?;
-    row_of(only.request).ok()
+    let row = string_at(line, &[&["request", "labels", ROW_LABEL]])?;
+    row.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| row.parse().ok())
+        .flatten()
 }
 
 /// Google reports throttling as `RESOURCE_EXHAUSTED` or HTTP 429; everything else
@@ -202,6 +210,21 @@ mod tests {
         assert_eq!(
             expect_failed(&decode(&rpc).unwrap()),
             ("rate_limit".into(), "RESOURCE_EXHAUSTED: 8: quota".into())
+        );
+        let code_only = line_with("2", r#""status":{"code":8,"message":"quota"}"#);
+        assert_eq!(
+            expect_failed(&decode(&code_only).unwrap()),
+            ("rate_limit".into(), "RESOURCE_EXHAUSTED: 8: quota".into())
+        );
+        let invalid = line_with("2", r#""status":{"code":3,"message":"bad"}"#);
+        assert_eq!(
+            expect_failed(&decode(&invalid).unwrap()),
+            ("provider_error".into(), "INVALID_ARGUMENT: 3: bad".into())
+        );
+        let unknown = line_with("2", r#""status":{"code":99,"message":"?"}"#);
+        assert_eq!(
+            expect_failed(&decode(&unknown).unwrap()).1,
+            "rpc_code_99: 99: ?"
         );
     }
 

@@ -71,7 +71,8 @@ impl ProviderDescriptor for Vertex {
     }
 
     /// Vertex reports a line's failure as free text (a generic `provider_error`), so
-    /// its server-side statuses are recognised in the message.
+    /// its server-side statuses are recognised in the message: quoted in an HTTP error
+    /// body, or leading the text of an rpc status object (`INTERNAL: 13: …`).
     fn is_temporary_failure(&self, error_type: &str, message: &str) -> bool {
         const SERVER_SIDE_TEXT: [&str; 6] = [
             "Internal Server Error",
@@ -83,7 +84,11 @@ impl ProviderDescriptor for Vertex {
         ];
         self.temporary_error_types().contains(&error_type)
             || (error_type == crate::provider::decode::error_type::PROVIDER_ERROR
-                && SERVER_SIDE_TEXT.iter().any(|text| message.contains(text)))
+                && (SERVER_SIDE_TEXT.iter().any(|text| message.contains(text))
+                    || message
+                        .split(':')
+                        .next()
+                        .is_some_and(|head| self.temporary_error_types().contains(&head))))
     }
 
     fn limits(&self) -> PartLimits {
