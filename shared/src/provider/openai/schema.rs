@@ -277,13 +277,7 @@ fn openai_properties(
         ));
     };
     let properties = walk.object(properties, &format!("{path}/properties"))?;
-    let required: HashSet<&str> = map
-        .get("required")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let required = required_names(&map);
     let mut out = Map::new();
     for (name, property) in properties {
         let translated = openai_node(walk, property, &format!("{path}/properties/{name}"))?;
@@ -310,6 +304,17 @@ fn openai_defs(walk: &mut Walk<'_>, defs: &Value, path: &str) -> Result<Value> {
 
 /// `schema` that also accepts null: `type: [T, "null"]` for a plain typed schema,
 /// an extra `{"type":"null"}` variant for a union, a union with null otherwise.
+/// The property names an object schema lists as `required`.
+fn required_names(object: &Map<String, Value>) -> HashSet<&str> {
+    object
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn nullable(schema: Value) -> Value {
     let null_variant = || serde_json::json!({ "type": "null" });
     let Value::Object(mut map) = schema else {
@@ -393,13 +398,7 @@ impl<'a> NullRemoval<'a> {
                 let Some(properties) = node.get("properties").and_then(Value::as_object) else {
                     return;
                 };
-                let required: HashSet<&str> = node
-                    .get("required")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
+                let required = required_names(node);
                 for (name, property) in properties {
                     match fields.get_mut(name) {
                         Some(Value::Null)
@@ -435,13 +434,7 @@ impl<'a> NullRemoval<'a> {
             return false;
         }
         seen.push(address);
-        let required: HashSet<&str> = node
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let required = required_names(node);
         let properties = node
             .get("properties")
             .and_then(Value::as_object)
