@@ -277,7 +277,7 @@ fn openai_properties(
         ));
     };
     let properties = walk.object(properties, &format!("{path}/properties"))?;
-    let required = required_names(&map);
+    let required = required_names(map);
     let mut out = Map::new();
     for (name, property) in properties {
         let translated = openai_node(walk, property, &format!("{path}/properties/{name}"))?;
