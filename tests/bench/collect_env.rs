@@ -36,6 +36,7 @@ impl CollectEnv {
             let emulator = Emulator::start(Config {
                 step: Duration::from_millis(50),
                 api_key: API_KEY.into(),
+                ..Config::default()
             })
             .await
             .map_err(|e| format!("emulator: {e}"))?;

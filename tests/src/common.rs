@@ -6,7 +6,9 @@ use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::header;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -21,6 +23,28 @@ pub struct Config {
     pub step: Duration,
     /// API key / token every provider expects (`Authorization`, `x-api-key`, `x-goog-api-key`).
     pub api_key: String,
+    /// Seeds the order of results lines (mixed with each batch id), so that a failure
+    /// seen with a shuffled results file can be replayed.
+    pub seed: u64,
+}
+
+/// The results-order seed when `EMULATOR_SEED` is not set.
+pub const DEFAULT_SEED: u64 = 0x5EED_BA7C_41E5;
+
+impl Config {
+    /// `EMULATOR_SEED` (a decimal number) if set, else [`DEFAULT_SEED`].
+    ///
+    /// # Panics
+    /// If `EMULATOR_SEED` is set but not a number: a replay must not silently use another seed.
+    pub fn seed_from_env() -> u64 {
+        match std::env::var("EMULATOR_SEED") {
+            Ok(value) => value
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("EMULATOR_SEED={value:?} is not a decimal u64")),
+            Err(_) => DEFAULT_SEED,
+        }
+    }
 }
 
 impl Default for Config {
@@ -28,6 +52,7 @@ impl Default for Config {
         Self {
             step: Duration::from_millis(300),
             api_key: "test-key".to_string(),
+            seed: Self::seed_from_env(),
         }
     }
 }
@@ -167,6 +192,12 @@ impl Shared {
         (created.elapsed().as_millis() / step).min(u32::MAX as u128) as u32
     }
 
+    /// The order to write the `count` results lines of batch `batch_id` in: a shuffle,
+    /// as the real APIs promise no order, fixed by the seed and the batch id.
+    pub fn results_order(&self, batch_id: &str, count: usize) -> Vec<usize> {
+        shuffled_order(self.config.seed, batch_id, count)
+    }
+
     /// The fate and partial fraction for a batch being created now.
     pub fn fate_for_new_batch(&self) -> (BatchFate, f64) {
         let plan = self.faults.lock().unwrap();
@@ -196,6 +227,42 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
 /// A short random id with a prefix, e.g. `batch_3f…`.
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A permutation of `0..count`, fixed by `seed` and `batch_id` (Fisher-Yates over splitmix64).
+pub fn shuffled_order(seed: u64, batch_id: &str, count: usize) -> Vec<usize> {
+    let digest = Sha256::digest(batch_id.as_bytes());
+    let mut id_bits = [0u8; 8];
+    id_bits.copy_from_slice(&digest[..8]);
+    let mut state = seed ^ u64::from_le_bytes(id_bits);
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..count).collect();
+    for i in (1..count).rev() {
+        // The modulo bias is far below anything a test could notice.
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// Middleware (`from_fn_with_state` with the header name as state): every answer, error
+/// answers included, carries a fresh request id `req_<32 hex>` under that header, as
+/// OpenAI (`x-request-id`) and Anthropic (`request-id`) answers do.
+pub async fn add_request_id(
+    State(name): State<HeaderName>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let id = HeaderValue::try_from(new_id("req_")).expect("an id of ASCII letters and digits");
+    response.headers_mut().insert(name, id);
+    response
 }
 
 /// Rough token count the emulator reports (4 bytes a token, at least 1).
@@ -706,6 +773,19 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[test]
+    fn results_orders_are_seeded_permutations_per_batch() {
+        let order = shuffled_order(7, "batch_a", 20);
+        assert_eq!(order, shuffled_order(7, "batch_a", 20));
+        assert_ne!(order, (0..20).collect::<Vec<_>>());
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..20).collect::<Vec<_>>());
+        assert_ne!(order, shuffled_order(7, "batch_b", 20));
+        assert_ne!(order, shuffled_order(8, "batch_a", 20));
+        assert!(shuffled_order(7, "batch_a", 0).is_empty());
     }
 
     #[test]

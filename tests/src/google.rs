@@ -8,7 +8,6 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
@@ -509,14 +508,6 @@ pub fn steps(shared: &Shared, names: &[&str], created: Instant) -> u32 {
         .unwrap_or(0)
 }
 
-/// The order results are written in: not the input order (as with the real services),
-/// but the same on every run.
-pub fn scrambled_order(count: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..count).collect();
-    order.sort_by_cached_key(|i| Sha256::digest(i.to_le_bytes()));
-    order
-}
-
 /// RFC 3339 in UTC with `Z`, as Google APIs write timestamps.
 pub fn timestamp(t: OffsetDateTime) -> String {
     crate::common::rfc3339(t)
@@ -688,15 +679,5 @@ mod tests {
         let t = time::macros::datetime!(2025-07-09 19:57:43.558123 UTC);
         assert_eq!(processed_time(t), "2025-07-09T19:57:43.558+00:00");
         assert_eq!(directory_timestamp(t), "2025-07-09T19:57:43.558123Z");
-    }
-
-    #[test]
-    fn scrambled_order_is_a_stable_permutation() {
-        let order = scrambled_order(10);
-        assert_eq!(order, scrambled_order(10));
-        assert_ne!(order, (0..10).collect::<Vec<_>>());
-        let mut sorted = order.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
     }
 }

@@ -93,12 +93,16 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/_emulator/faults", post(set_faults))
         .route("/_emulator/advance", post(advance))
         .with_state(shared.clone());
+    let google = Router::new()
+        .merge(vertex::router(shared.clone()))
+        .merge(gemini::router(shared.clone()))
+        .layer(middleware::from_fn_with_state(shared.clone(), http_faults));
+    // OpenAI and Anthropic apply the fault layer themselves, inside the layer that adds
+    // request ids, so that injected faults carry a request id too.
     Router::new()
         .merge(openai::router(shared.clone()))
         .merge(anthropic::router(shared.clone()))
-        .merge(vertex::router(shared.clone()))
-        .merge(gemini::router(shared.clone()))
-        .layer(middleware::from_fn_with_state(shared.clone(), http_faults))
+        .merge(google)
         .merge(control)
 }
 
@@ -123,7 +127,11 @@ async fn advance(
 
 /// Applies HTTP faults from the plan: the next matching calls get the planned status
 /// (with `Retry-After` where set) or a delay.
-async fn http_faults(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+pub(crate) async fn http_faults(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let hit = {
         let mut plan = shared.faults.lock().unwrap();
         let path = request.uri().path().to_string();

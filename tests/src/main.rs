@@ -24,7 +24,11 @@ async fn main() -> std::io::Result<()> {
         }
     }
     let emulator = Emulator::start_on(&bind, config).await?;
-    println!("provider emulator listening on {}", emulator.base_url());
+    println!(
+        "provider emulator listening on {} (results order seed {}, set EMULATOR_SEED to replay)",
+        emulator.base_url(),
+        emulator.shared.config.seed
+    );
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -94,6 +94,7 @@ async fn setup(kind: ProviderKind, step: Duration) -> Setup {
     let emulator = Emulator::start(Config {
         step,
         api_key: KEY.to_string(),
+        ..Config::default()
     })
     .await
     .expect("emulator starts");

@@ -57,23 +57,27 @@ impl MessageBatch {
         if let Some(cancel) = &self.cancel {
             if shared.steps_since(&self.id, cancel.requested) >= 1 {
                 let ran = cancel.ran;
-                self.end(ran, ResultKind::Canceled);
+                self.end(shared, ran, ResultKind::Canceled);
             }
             return;
         }
         if shared.steps_since(&self.id, self.created) >= STEPS_TO_END {
             match self.fate {
-                BatchFate::Expire => self.end(ran_count(total, self.partial), ResultKind::Expired),
-                _ => self.end(total, ResultKind::Expired),
+                BatchFate::Expire => {
+                    self.end(shared, ran_count(total, self.partial), ResultKind::Expired)
+                }
+                _ => self.end(shared, total, ResultKind::Expired),
             }
         }
     }
 
-    /// Writes the results: the first `ran` requests as planned, the rest as `not_run`.
-    fn end(&mut self, ran: usize, not_run: ResultKind) {
+    /// Writes the results in the shuffled results order: the first `ran` requests as
+    /// planned, the rest as `not_run`.
+    pub(super) fn end(&mut self, shared: &Shared, ran: usize, not_run: ResultKind) {
         let mut counts = HashMap::new();
         let mut results = Vec::new();
-        for (index, planned) in self.planned.iter().enumerate() {
+        for index in shared.results_order(&self.id, self.planned.len()) {
+            let planned = &self.planned[index];
             let (kind, result) = if index < ran {
                 (planned.kind, planned.result.clone())
             } else {

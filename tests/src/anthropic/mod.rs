@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,13 +26,20 @@ use batches::list_batches;
 use results::batch_results;
 use serde_json::json;
 
-use crate::common::Shared;
+use crate::common::{Shared, add_request_id};
 
+/// The provider's routes. Every answer, error or not (injected HTTP faults included),
+/// carries a `request-id` header.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let faults = middleware::from_fn_with_state(shared.clone(), crate::http_faults);
+    let request_ids =
+        middleware::from_fn_with_state(HeaderName::from_static("request-id"), add_request_id);
     routes(Arc::new(Anthropic {
         shared,
         batches: Mutex::new(Vec::new()),
     }))
+    .layer(faults)
+    .layer(request_ids)
 }
 
 fn routes(state: Arc<Anthropic>) -> Router {

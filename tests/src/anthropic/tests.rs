@@ -8,10 +8,11 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use crate::common::testing::{BASE_URL, call, call_json, frozen_shared, jsonl, steps_ago};
-use crate::common::{BatchFate, RequestFault, answer_for, lock};
+use crate::common::testing::{BASE_URL, STEP, call, call_json, frozen_shared, jsonl, steps_ago};
+use crate::common::{BatchFate, Config, RequestFault, Shared, answer_for, lock};
 
 use super::batches::MAX_BODY_BYTES;
+use super::results::ResultKind;
 use super::validation::{MAX_REQUESTS, plan_batch};
 use super::{Anthropic, routes};
 
@@ -498,4 +499,78 @@ async fn results_downloads_honour_the_planned_drop() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn results_come_shuffled_and_the_same_seed_gives_the_same_order() {
+    let harness = Harness::new();
+    let id = harness.create(requests(20)).await;
+    harness.force_end(&id);
+    harness.batch(&id).await;
+    let path = format!("/v1/messages/batches/{id}/results");
+    let (status, body) = call(&harness.router, "GET", &path, &HEADERS, Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    let lines = jsonl(&body);
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|line| line["custom_id"].as_str().unwrap())
+        .collect();
+    let input: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    assert_ne!(ids, input, "results are not in input order");
+    // Exactly the lines of the input order, rearranged.
+    let mut batches = lock(&harness.state.batches);
+    let batch = batches.iter_mut().find(|b| b.id == id).unwrap();
+    let in_input_order: Vec<Value> = batch
+        .planned
+        .iter()
+        .map(|p| json!({"custom_id": p.custom_id, "result": p.result}))
+        .collect();
+    let mut sorted = lines.clone();
+    sorted.sort_by_key(|line| {
+        line["custom_id"].as_str().unwrap()[1..]
+            .parse::<u32>()
+            .unwrap()
+    });
+    assert_eq!(sorted, in_input_order);
+    // The same seed writes the same bytes; another seed another order.
+    let same = frozen_shared();
+    batch.end(&same, 20, ResultKind::Expired);
+    assert_eq!(batch.ended.as_ref().unwrap().results, body);
+    let mut other = Config {
+        step: STEP,
+        ..Config::default()
+    };
+    other.seed = harness.state.shared.config.seed.wrapping_add(1);
+    batch.end(
+        &Shared::new(other, BASE_URL.to_string()),
+        20,
+        ResultKind::Expired,
+    );
+    assert_ne!(batch.ended.as_ref().unwrap().results, body);
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let router = super::router(frozen_shared());
+    let request_id = |response: &axum::http::Response<Body>| {
+        let value = response.headers()["request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(value.starts_with("req_") && value.len() > 4, "{value}");
+        value
+    };
+    let send = |headers: &'static [(&'static str, &'static str)]| {
+        let mut request = axum::http::Request::get("/v1/messages/batches");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        tower::ServiceExt::oneshot(router.clone(), request.body(Body::empty()).unwrap())
+    };
+    let ok = send(&HEADERS).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let first = request_id(&ok);
+    let unauthorized = send(&[("anthropic-version", "2023-06-01")]).await.unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    assert_ne!(request_id(&unauthorized), first);
 }

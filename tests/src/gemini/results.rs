@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::common::{BatchFate, ran_count};
-use crate::google::{Api, Code, GoogleError, generate, scrambled_order};
+use crate::google::{Api, Code, GoogleError, generate};
 
 use super::Gemini;
 use super::batches::{Batch, CANCELLED, EXPIRED, Ended, Input, Output, SUCCEEDED, Stats, Tag};
@@ -74,7 +74,7 @@ impl Batch {
         let output = match &self.input {
             Input::File(_) => {
                 let mut results = Vec::new();
-                for index in scrambled_order(ran) {
+                for index in gemini.shared.results_order(&self.id, ran) {
                     let (tag, request) = &requests[index];
                     serde_json::to_writer(&mut results, &answer(tag, request))
                         .expect("serializing JSON to memory");
@@ -91,6 +91,8 @@ impl Batch {
                 });
                 Output::ResponsesFile(format!("files/{id}"))
             }
+            // Inline responses stay in request order: a request without metadata
+            // can only be matched to its response by position.
             Input::Inline(_) => Output::Inline(
                 requests[..ran]
                     .iter()

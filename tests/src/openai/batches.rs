@@ -127,7 +127,7 @@ impl BatchRecord {
         if let Some(cancel) = &self.cancel {
             if shared.steps_since(&self.id, cancel.requested) >= 1 {
                 let ran = cancel.ran;
-                self.finish(ran, NotRun::Cancelled, files);
+                self.finish(shared, ran, NotRun::Cancelled, files);
                 self.status = Status::Cancelled;
                 self.times.cancelled_at = Some(now);
             }
@@ -153,11 +153,16 @@ impl BatchRecord {
         if steps >= STEP_DONE {
             let total = self.total();
             if expires {
-                self.finish(ran_count(total, self.partial), NotRun::Expired, files);
+                self.finish(
+                    shared,
+                    ran_count(total, self.partial),
+                    NotRun::Expired,
+                    files,
+                );
                 self.status = Status::Expired;
                 self.times.expired_at = Some(now);
             } else {
-                self.finish(total, NotRun::Expired, files);
+                self.finish(shared, total, NotRun::Expired, files);
                 self.status = Status::Completed;
                 self.times.completed_at = Some(now);
             }
@@ -181,9 +186,15 @@ impl BatchRecord {
         }
     }
 
-    /// Writes the output and error files: the first `ran` requests answered, the rest
-    /// are reported as never run.
-    fn finish(&mut self, ran: usize, not_run: NotRun, files: &mut HashMap<String, StoredFile>) {
+    /// Writes the output and error files, each line in the shuffled results order: the
+    /// first `ran` requests answered, the rest are reported as never run.
+    fn finish(
+        &mut self,
+        shared: &Shared,
+        ran: usize,
+        not_run: NotRun,
+        files: &mut HashMap<String, StoredFile>,
+    ) {
         let Ok(plan) = &self.plan else {
             return;
         };
@@ -197,7 +208,8 @@ impl BatchRecord {
             input_tokens: 0,
             output_tokens: 0,
         };
-        for (index, request) in plan.requests.iter().enumerate() {
+        for index in shared.results_order(&self.id, plan.requests.len()) {
+            let request = &plan.requests[index];
             let line = if index < ran {
                 outcome.input_tokens += request.input_tokens;
                 outcome.output_tokens += request.output_tokens;

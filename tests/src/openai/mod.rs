@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,18 +33,25 @@ use files::get_file;
 use files::upload_file;
 use serde_json::json;
 
-use crate::common::Shared;
+use crate::common::{Shared, add_request_id};
 
 /// The only endpoint the emulator runs batches for.
 const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
 /// The Files API accepts files up to 512 MB; the batch limit (200 MB) is checked later.
 const MAX_UPLOAD_BYTES: usize = 512 * 1024 * 1024;
 
+/// The provider's routes. Every answer, error or not (injected HTTP faults included),
+/// carries a `x-request-id` header.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let faults = middleware::from_fn_with_state(shared.clone(), crate::http_faults);
+    let request_ids =
+        middleware::from_fn_with_state(HeaderName::from_static("x-request-id"), add_request_id);
     routes(Arc::new(OpenAi {
         shared,
         store: Mutex::new(Store::default()),
     }))
+    .layer(faults)
+    .layer(request_ids)
 }
 
 fn routes(state: Arc<OpenAi>) -> Router {

@@ -842,3 +842,35 @@ async fn a_preloaded_batch_is_completed_with_the_given_output() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(&served[..], &output[..]);
 }
+
+#[tokio::test]
+async fn every_answer_carries_an_x_request_id() {
+    let router = super::router(frozen_shared());
+    let request_id = |response: &axum::http::Response<Body>| {
+        let value = response.headers()["x-request-id"].to_str().unwrap();
+        let hex = value
+            .strip_prefix("req_")
+            .unwrap_or_else(|| panic!("{value}"));
+        assert!(
+            !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()),
+            "{value}"
+        );
+        value.to_string()
+    };
+    let send = |uri: &str, auth: bool| {
+        let mut request = axum::http::Request::get(uri);
+        if auth {
+            request = request.header(AUTH.0, AUTH.1);
+        }
+        tower::ServiceExt::oneshot(router.clone(), request.body(Body::empty()).unwrap())
+    };
+    let ok = send("/v1/batches", true).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let first = request_id(&ok);
+    let not_found = send("/v1/batches/batch_missing", true).await.unwrap();
+    assert_eq!(not_found.status(), StatusCode::NOT_FOUND);
+    assert_ne!(request_id(&not_found), first);
+    let unauthorized = send("/v1/batches", false).await.unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    request_id(&unauthorized);
+}

@@ -6,9 +6,7 @@ use time::OffsetDateTime;
 
 use crate::common::{BatchFate, ran_count};
 use crate::gcs::{Storage, parse_gs_uri};
-use crate::google::{
-    Api, Code, GoogleError, directory_timestamp, generate, processed_time, scrambled_order,
-};
+use crate::google::{Api, Code, GoogleError, directory_timestamp, generate, processed_time};
 
 use super::batches::{CANCELLED, CompletionStats, EXPIRED, Ended, Job, SUCCEEDED};
 use super::{RUNNING_STEP, Vertex};
@@ -52,7 +50,7 @@ impl Job {
             incomplete: lines.len() - ran,
         };
         let mut predictions = Vec::new();
-        for index in scrambled_order(ran) {
+        for index in vertex.shared.results_order(&self.name, ran) {
             let mut line = lines[index].clone();
             let outcome = match self.fate {
                 BatchFate::AllFail => Err(GoogleError::new(

@@ -43,6 +43,7 @@ impl Harness {
         let emulator = Emulator::start(Config {
             step: Duration::from_millis(50),
             api_key: API_KEY.into(),
+            ..Config::default()
         })
         .await
         .expect("emulator");

@@ -87,6 +87,7 @@ impl Harness {
                     .api_key
                     .clone()
                     .unwrap_or_else(|| API_KEY.to_string()),
+                ..Config::default()
             })
             .await
             .expect("emulator");
