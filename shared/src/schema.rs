@@ -160,3 +160,28 @@ pub(crate) fn type_names(map: &Map<String, Value>) -> Vec<&str> {
         _ => Vec::new(),
     }
 }
+
+/// What the providers' schema-translation tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use serde_json::Value;
+
+    use crate::error::{Error, Result};
+    use crate::request::OutputSchema;
+
+    /// An output schema named `name`.
+    pub(crate) fn schema(name: &str, schema: Value) -> OutputSchema {
+        OutputSchema {
+            name: name.to_string(),
+            schema,
+        }
+    }
+
+    /// The reason of an `UnsupportedSchema` error; panics on anything else.
+    pub(crate) fn unsupported_reason(result: Result<impl std::fmt::Debug>) -> String {
+        match result {
+            Err(Error::UnsupportedSchema { reason, .. }) => reason,
+            other => panic!("expected UnsupportedSchema, got {other:?}"),
+        }
+    }
+}

@@ -65,22 +65,8 @@ pub fn anthropic_tool(schema: &OutputSchema) -> Result<AnthropicTool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
+    use crate::schema::test_support::{schema, unsupported_reason};
     use serde_json::json;
-
-    fn schema(name: &str, schema: Value) -> OutputSchema {
-        OutputSchema {
-            name: name.to_string(),
-            schema,
-        }
-    }
-
-    fn unsupported_reason(result: Result<impl std::fmt::Debug>) -> String {
-        match result {
-            Err(Error::UnsupportedSchema { reason, .. }) => reason,
-            other => panic!("expected UnsupportedSchema, got {other:?}"),
-        }
-    }
 
     #[test]
     fn anthropic_forces_a_tool_carrying_the_schema() {

@@ -145,22 +145,8 @@ fn google_node(walk: &mut Walk<'_>, node: &Value, path: &str) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
+    use crate::schema::test_support::{schema, unsupported_reason};
     use serde_json::json;
-
-    fn schema(name: &str, schema: Value) -> OutputSchema {
-        OutputSchema {
-            name: name.to_string(),
-            schema,
-        }
-    }
-
-    fn unsupported_reason(result: Result<impl std::fmt::Debug>) -> String {
-        match result {
-            Err(Error::UnsupportedSchema { reason, .. }) => reason,
-            other => panic!("expected UnsupportedSchema, got {other:?}"),
-        }
-    }
 
     fn google(value: Value) -> Value {
         let raw = google_response_json_schema(&schema("answer", value), ProviderKind::Vertex)

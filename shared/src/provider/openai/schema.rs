@@ -551,26 +551,12 @@ impl<'a> NullRemoval<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
     use crate::provider::anthropic::schema::anthropic_tool;
+    use crate::schema::test_support::{schema, unsupported_reason};
     use serde_json::json;
-
-    fn schema(name: &str, schema: Value) -> OutputSchema {
-        OutputSchema {
-            name: name.to_string(),
-            schema,
-        }
-    }
 
     fn strict(value: Value) -> Result<Value> {
         openai_strict_schema(&schema("answer", value))
-    }
-
-    fn unsupported_reason(result: Result<impl std::fmt::Debug>) -> String {
-        match result {
-            Err(Error::UnsupportedSchema { reason, .. }) => reason,
-            other => panic!("expected UnsupportedSchema, got {other:?}"),
-        }
     }
 
     fn is_valid(schema: &Value, instance: &Value) -> bool {
