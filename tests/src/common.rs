@@ -524,6 +524,23 @@ const WORDS: [&str; 8] = [
 
 /// Locks a mutex even if a handler panicked while holding it: the emulator's state
 /// stays usable for the rest of a test run.
+/// A list call's `limit` query parameter: `default` when absent, `Err` with the text
+/// given when it is not a whole number from 1 to `max` (each API words that itself).
+pub fn page_limit(
+    query: &std::collections::HashMap<String, String>,
+    default: usize,
+    max: usize,
+) -> Result<usize, &str> {
+    match query.get("limit") {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or(text.as_str()),
+    }
+}
+
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::common::{BatchFate, Shared, lock, new_id, ran_count, rfc3339};
+use crate::common::{BatchFate, Shared, lock, new_id, page_limit, ran_count, rfc3339};
 
 use super::results::{PlannedResult, ResultKind, results_url};
 use super::validation::plan_batch;
@@ -259,16 +259,9 @@ pub(super) async fn list_batches(
     State(state): State<Arc<Anthropic>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<axum::Json<Value>> {
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::invalid(format!("limit: Input should be between 1 and {MAX_PAGE}"))
-            })?,
-    };
+    let limit = page_limit(&query, DEFAULT_PAGE, MAX_PAGE).map_err(|_| {
+        ApiError::invalid(format!("limit: Input should be between 1 and {MAX_PAGE}"))
+    })?;
     let mut batches = lock(&state.batches);
     let mut newest_first: Vec<&mut MessageBatch> = batches.iter_mut().rev().collect();
     let position = |id: &String, list: &[&mut MessageBatch]| {

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use crate::common::{BatchFate, Shared, lock, new_id, ran_count, unix_now};
+use crate::common::{BatchFate, Shared, lock, new_id, page_limit, ran_count, unix_now};
 
 use super::files::StoredFile;
 use super::results::{Plan, answered_line, not_run_line, store_result_file};
@@ -540,21 +540,12 @@ pub(super) async fn list_batches(
     State(state): State<Arc<OpenAi>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<axum::Json<Value>> {
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    format!(
-                        "Invalid 'limit': {text}. Expected an integer between 1 and {MAX_PAGE}."
-                    ),
-                    Some("limit"),
-                )
-            })?,
-    };
+    let limit = page_limit(&query, DEFAULT_PAGE, MAX_PAGE).map_err(|text| {
+        ApiError::invalid(
+            format!("Invalid 'limit': {text}. Expected an integer between 1 and {MAX_PAGE}."),
+            Some("limit"),
+        )
+    })?;
     let mut store = lock(&state.store);
     let Store { files, batches } = &mut *store;
     let newest_first: Vec<&mut BatchRecord> = batches.iter_mut().rev().collect();
