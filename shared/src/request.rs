@@ -64,6 +64,28 @@ pub struct GenerationParams {
     /// Placed before every conversation; for plain texts it is the instruction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
+    /// How the shared prefix of every request (schema and system prompt) is cached.
+    #[serde(default)]
+    pub prompt_cache: PromptCache,
+}
+
+/// Prompt caching of the prefix every request of a batch shares (the schema and the
+/// system prompt). Anthropic caches only what a request marks, for the lifetime asked;
+/// OpenAI and Google cache long identical prefixes on their own, and OpenAI takes a
+/// cache key that routes requests with the same prefix together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PromptCache {
+    /// Nothing is marked and no cache key is sent.
+    #[serde(rename = "off")]
+    Off,
+    /// Anthropic's 5-minute cache (writes cost 1.25× input).
+    #[serde(rename = "5m")]
+    FiveMinutes,
+    /// Anthropic's 1-hour cache (writes cost 2× input): batches often run longer
+    /// than five minutes, so this is the default.
+    #[default]
+    #[serde(rename = "1h")]
+    OneHour,
 }
 
 impl GenerationParams {
@@ -78,6 +100,7 @@ impl Default for GenerationParams {
             max_tokens: Self::default_max_tokens(),
             temperature: None,
             system_prompt: None,
+            prompt_cache: PromptCache::default(),
         }
     }
 }

@@ -616,6 +616,8 @@ mod tests {
     const USAGE: Usage = Usage {
         input_tokens: 10,
         output_tokens: 4,
+        cached_input_tokens: 0,
+        cache_write_input_tokens: 0,
     };
 
     #[test]

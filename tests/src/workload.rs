@@ -40,6 +40,7 @@ pub fn generation_params() -> GenerationParams {
         max_tokens: 1000,
         temperature: Some(0.1),
         system_prompt: None,
+        ..GenerationParams::default()
     }
 }
 

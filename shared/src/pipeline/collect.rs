@@ -466,9 +466,7 @@ impl<'a> PartRun<'a> {
                 return Ok(());
             }
         }
-        let usage = outcome.usage();
-        self.outcome.usage.input_tokens += usage.input_tokens;
-        self.outcome.usage.output_tokens += usage.output_tokens;
+        self.outcome.usage.add(&outcome.usage());
         match outcome {
             Outcome::Success(success) => {
                 self.outcome.succeeded += 1;

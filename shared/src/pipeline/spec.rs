@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelRef;
-use crate::request::{GenerationParams, Message, OutputSchema, Request, Role};
+use crate::request::{GenerationParams, Message, OutputSchema, PromptCache, Request, Role};
 
 /// Everything a job needs besides its requests. Comes from a first header line
 /// `{"spec": {…}}` in the uploaded file, or from `pipelines/<name>.json` for uploads
@@ -37,6 +37,14 @@ pub struct JobSpec {
     /// in a new part until they succeed, fail otherwise or reach this (default 2).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Input rows sent together in one LLM request (1 to 100, default 1). Above 1 the
+    /// rows of a request share one copy of the system prompt and schema, and each row
+    /// is answered and validated on its own; rows must then be single texts.
+    #[serde(default = "default_rows_per_request")]
+    pub rows_per_request: usize,
+    /// Prompt caching of the shared prefix: `"1h"` (default), `"5m"` or `"off"`.
+    #[serde(default)]
+    pub prompt_cache: PromptCache,
     /// Your batch prices, so that the summary can state the job's cost (prices change
     /// and differ by account, so batchline ships none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,19 +59,50 @@ pub struct TokenPrices {
     pub input_per_million: f64,
     /// Price of a million output tokens.
     pub output_per_million: f64,
+    /// Price of a million input tokens read from the prompt cache (absent: the input
+    /// price, so that a cost is never understated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_per_million: Option<f64>,
+    /// Price of a million input tokens written to the prompt cache (Anthropic; absent:
+    /// the input price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_million: Option<f64>,
 }
 
 impl TokenPrices {
-    /// What `usage` costs at these prices, in US dollars.
+    /// What `usage` costs at these prices, in US dollars: uncached input, cache reads,
+    /// cache writes and output each at their own price.
     pub fn cost_usd(&self, usage: &crate::results::Usage) -> f64 {
-        (usage.input_tokens as f64 * self.input_per_million
+        let input = self.input_per_million;
+        (usage.uncached_input_tokens() as f64 * input
+            + usage.cached_input_tokens as f64 * self.cache_read_per_million.unwrap_or(input)
+            + usage.cache_write_input_tokens as f64 * self.cache_write_per_million.unwrap_or(input)
             + usage.output_tokens as f64 * self.output_per_million)
             / 1_000_000.0
+    }
+
+    /// Every price with the name of its spec field.
+    fn fields(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        [
+            ("prices.input_per_million", Some(self.input_per_million)),
+            ("prices.output_per_million", Some(self.output_per_million)),
+            ("prices.cache_read_per_million", self.cache_read_per_million),
+            (
+                "prices.cache_write_per_million",
+                self.cache_write_per_million,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(field, price)| price.map(|p| (field, p)))
     }
 }
 
 fn default_max_attempts() -> u32 {
     2
+}
+
+fn default_rows_per_request() -> usize {
+    1
 }
 
 /// The bounds [`JobSpec::check`] enforces, as the README's spec table documents them.
@@ -76,6 +115,8 @@ pub mod bounds {
     pub const MAX_TOKENS: u32 = 200_000;
     /// `temperature`: 0 to 2.
     pub const MAX_TEMPERATURE: f64 = 2.0;
+    /// `rows_per_request`: 1 to 100.
+    pub const MAX_ROWS_PER_REQUEST: usize = 100;
     /// `prices`: 0 to 10,000 USD per million tokens.
     pub const MAX_PRICE_PER_MILLION: f64 = 10_000.0;
 }
@@ -127,6 +168,13 @@ impl JobSpec {
                 format!("1 to {}", bounds::MAX_TOKENS),
             );
         }
+        if !(1..=bounds::MAX_ROWS_PER_REQUEST).contains(&self.rows_per_request) {
+            return out_of_bounds(
+                "rows_per_request",
+                self.rows_per_request.to_string(),
+                format!("1 to {}", bounds::MAX_ROWS_PER_REQUEST),
+            );
+        }
         if let Some(max) = self.max_requests_per_part
             && !(1..=max_requests_per_provider_batch).contains(&max)
         {
@@ -149,10 +197,7 @@ impl JobSpec {
             );
         }
         if let Some(prices) = self.prices {
-            for (field, price) in [
-                ("prices.input_per_million", prices.input_per_million),
-                ("prices.output_per_million", prices.output_per_million),
-            ] {
+            for (field, price) in prices.fields() {
                 if !(0.0..=bounds::MAX_PRICE_PER_MILLION).contains(&price) {
                     return out_of_bounds(
                         field,
@@ -171,6 +216,7 @@ impl JobSpec {
             max_tokens: self.max_tokens,
             temperature: self.temperature,
             system_prompt: self.system_prompt.clone(),
+            prompt_cache: self.prompt_cache,
         }
     }
 }

@@ -139,8 +139,7 @@ pub(super) async fn close_job(
             *outcomes_by_attempt.entry(part.attempt).or_insert(0) +=
                 outcome.succeeded + outcome.failed;
         }
-        usage.input_tokens += outcome.usage.input_tokens;
-        usage.output_tokens += outcome.usage.output_tokens;
+        usage.add(&outcome.usage);
         for (kind, n) in &outcome.errors_by_type {
             *errors_by_type.entry(kind.clone()).or_insert(0) += n;
         }

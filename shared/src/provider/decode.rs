@@ -35,19 +35,51 @@ pub mod error_type {
     pub const READ_ERROR: &str = "read_error";
 }
 
-/// Token usage of one request.
+/// Token usage of one request, normalised across providers.
+///
+/// `input_tokens` counts every prompt token, cached or not (Anthropic reports cache
+/// reads and writes apart from its `input_tokens`; the decoder adds them back), and the
+/// two cache fields say how many of those were read from or written to the provider's
+/// prompt cache, so that a cost can price each kind at its own rate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens, cached ones included.
     pub input_tokens: u64,
     /// Answer tokens (thinking included where the provider bills it as output).
     pub output_tokens: u64,
+    /// Of the prompt tokens, those read from the prompt cache (Anthropic
+    /// `cache_read_input_tokens`, OpenAI `prompt_tokens_details.cached_tokens`, Google
+    /// `cachedContentTokenCount`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_input_tokens: u64,
+    /// Of the prompt tokens, those written to the prompt cache (Anthropic
+    /// `cache_creation_input_tokens`; the other providers cache without charging).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_input_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Usage {
     /// No token counted either way.
     pub fn is_zero(&self) -> bool {
         self.input_tokens == 0 && self.output_tokens == 0
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cached_input_tokens += other.cached_input_tokens;
+        self.cache_write_input_tokens += other.cache_write_input_tokens;
+    }
+
+    /// Prompt tokens neither read from nor written to the cache.
+    pub fn uncached_input_tokens(&self) -> u64 {
+        self.input_tokens
+            .saturating_sub(self.cached_input_tokens + self.cache_write_input_tokens)
     }
 }
 

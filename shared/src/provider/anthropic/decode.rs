@@ -49,6 +49,12 @@ struct MessageUsage {
     input_tokens: u64,
     #[serde(default)]
     output_tokens: u64,
+    /// Prompt tokens written to the cache; not part of `input_tokens`.
+    #[serde(default)]
+    cache_creation_input_tokens: u64,
+    /// Prompt tokens read from the cache; not part of `input_tokens`.
+    #[serde(default)]
+    cache_read_input_tokens: u64,
 }
 
 /// `{"type":"error","error":{"type","message"}}`; the inner object is the one that
@@ -114,8 +120,10 @@ pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
 
 fn message_answer(message: Message<'_>) -> (Answer<'_>, Usage) {
     let usage = message.usage.map_or_else(Usage::default, |u| Usage {
-        input_tokens: u.input_tokens,
+        input_tokens: u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens,
         output_tokens: u.output_tokens,
+        cached_input_tokens: u.cache_read_input_tokens,
+        cache_write_input_tokens: u.cache_creation_input_tokens,
     });
     let stop_reason = message.stop_reason.as_deref();
     if stop_reason == Some("refusal") {
@@ -178,7 +186,8 @@ mod tests {
             decoded.usage,
             Usage {
                 input_tokens: 20,
-                output_tokens: 9
+                output_tokens: 9,
+                ..Usage::default()
             }
         );
         match decoded.answer {

@@ -161,6 +161,7 @@ mod tests {
             max_tokens: 512,
             temperature,
             system_prompt: system_prompt.map(str::to_string),
+            ..GenerationParams::default()
         };
         AnthropicEncoder::new("claude-sonnet-4-5", &schema, &params).unwrap()
     }

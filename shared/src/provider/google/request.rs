@@ -159,6 +159,7 @@ pub(crate) mod tests {
             max_tokens: 256,
             temperature: Some(0.0),
             system_prompt: Some("Extract facts.".to_string()),
+            ..GenerationParams::default()
         }
     }
 

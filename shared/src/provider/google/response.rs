@@ -57,6 +57,9 @@ struct UsageMetadata {
     /// Billed as output, but not part of `candidatesTokenCount`.
     #[serde(default, deserialize_with = "lenient_count")]
     thoughts_token_count: u64,
+    /// Of the prompt tokens, those served from the (implicit or explicit) cache.
+    #[serde(default, deserialize_with = "lenient_count")]
+    cached_content_token_count: u64,
 }
 
 /// Finish reasons that mean a safety or policy system withheld the answer.
@@ -79,6 +82,8 @@ pub(crate) fn response_answer(response: GenerateContentResponse<'_>) -> (Answer<
         .map_or_else(Usage::default, |u| Usage {
             input_tokens: u.prompt_token_count,
             output_tokens: u.candidates_token_count + u.thoughts_token_count,
+            cached_input_tokens: u.cached_content_token_count,
+            cache_write_input_tokens: 0,
         });
     if let Some(feedback) = response.prompt_feedback
         && let Some(reason) = feedback.block_reason

@@ -55,6 +55,15 @@ struct CompletionUsage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// Of the prompt tokens, those served from the prompt cache (part of `prompt_tokens`).
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: u64,
 }
 
 /// `{"message","type","param","code"}`; `code` may be null.
@@ -127,6 +136,8 @@ fn decode_response(response: Response<'_>) -> (Answer<'_>, Usage) {
     let usage = body.usage.map_or_else(Usage::default, |u| Usage {
         input_tokens: u.prompt_tokens,
         output_tokens: u.completion_tokens,
+        cached_input_tokens: u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
+        cache_write_input_tokens: 0,
     });
     (completion_answer(body.choices), usage)
 }
@@ -199,7 +210,8 @@ mod tests {
             decoded.usage,
             Usage {
                 input_tokens: 12,
-                output_tokens: 5
+                output_tokens: 5,
+                ..Usage::default()
             }
         );
         match decoded.answer {

@@ -208,6 +208,7 @@ mod tests {
             max_tokens: 300,
             temperature: Some(0.2),
             system_prompt: Some("Extract facts.".to_string()),
+            ..GenerationParams::default()
         };
         let line = encode_one("gpt-4o-mini", &params, &conversation());
         assert_eq!(
@@ -239,6 +240,7 @@ mod tests {
             max_tokens: 4000,
             temperature: Some(0.7),
             system_prompt: None,
+            ..GenerationParams::default()
         };
         let request = Request {
             custom_id: "r".to_string(),

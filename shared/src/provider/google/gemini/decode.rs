@@ -96,7 +96,8 @@ mod tests {
             decoded.usage,
             Usage {
                 input_tokens: 8,
-                output_tokens: 3
+                output_tokens: 3,
+                ..Usage::default()
             }
         );
         match decoded.answer {

@@ -171,7 +171,8 @@ mod tests {
             decoded.usage,
             Usage {
                 input_tokens: 11,
-                output_tokens: 8
+                output_tokens: 8,
+                ..Usage::default()
             }
         );
         match decoded.answer {
