@@ -6,11 +6,15 @@
 //! conversation, too large on its own) leaves it unchanged, so a caller can record
 //! an error for that one line and go on.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use crate::error::{Error, Result};
 use crate::model::{ModelRef, ProviderKind};
+use crate::packing::{
+    check_packable, packed_params, packed_request, packed_request_id, packed_schema,
+};
 use crate::provider::descriptor;
 use crate::provider::encode::{Framing, PartLimits, RequestEncoder};
 use crate::request::{GenerationParams, Message, OutputSchema, Request, Role};
@@ -50,10 +54,45 @@ pub struct BatchPart {
     pub index: u32,
     /// The framed batch input, as the provider takes it.
     pub body: Bytes,
-    /// The ids of the part's requests, in row order.
+    /// The ids of the part's rows, in row order.
     pub custom_ids: Vec<String>,
+    /// How many rows each provider request of the part holds, in order: all 1 unless
+    /// rows are packed ([`crate::packing`]).
+    pub request_rows: Vec<u32>,
     /// Why the part was closed early; `None` for the last part.
     pub split: Option<SplitReason>,
+}
+
+impl BatchPart {
+    /// The row ids of each provider request, in order.
+    pub fn requests(&self) -> impl Iterator<Item = &[String]> {
+        let mut rest = self.custom_ids.as_slice();
+        self.request_rows.iter().map(move |&n| {
+            let (request, tail) = rest.split_at(n as usize);
+            rest = tail;
+            request
+        })
+    }
+
+    /// The part's manifest: one line per provider request, its rows' ids separated
+    /// by tabs (ids never hold control characters).
+    pub fn manifest(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.custom_ids.iter().map(|id| id.len() + 1).sum());
+        for request in self.requests() {
+            out.extend_from_slice(request.join("\t").as_bytes());
+            out.push(b'\n');
+        }
+        out
+    }
+}
+
+/// Reads a manifest ([`BatchPart::manifest`]) back: the row ids of each request.
+pub fn parse_manifest(manifest: &str) -> Vec<Vec<String>> {
+    manifest
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| line.split('\t').map(str::to_string).collect())
+        .collect()
 }
 
 /// The encoder of `model`'s provider, with the schema translated once for the batch.
@@ -65,24 +104,54 @@ pub fn encoder_for(
     descriptor(model.provider).encoder(&model.model, schema, params)
 }
 
-/// Accumulates encoded requests into parts that fit the provider's limits.
+/// Packed requests' encoders, one per number of rows (the schema names each row),
+/// made when first needed.
+#[derive(Debug)]
+struct Packer {
+    model: ModelRef,
+    schema: OutputSchema,
+    params: GenerationParams,
+    rows_per_request: usize,
+    encoders: HashMap<usize, Box<dyn RequestEncoder>>,
+    /// Rows waiting for their request, and the bytes of their texts.
+    pending: Vec<Request>,
+    pending_bytes: usize,
+}
+
+impl Packer {
+    fn encoder(&mut self, rows: usize) -> Result<&dyn RequestEncoder> {
+        if !self.encoders.contains_key(&rows) {
+            let schema = packed_schema(&self.schema, rows, self.model.provider)?;
+            let encoder = encoder_for(&self.model, &schema, &packed_params(&self.params))?;
+            self.encoders.insert(rows, encoder);
+        }
+        Ok(self.encoders[&rows].as_ref())
+    }
+}
+
+/// Accumulates encoded requests into parts that fit the provider's limits, packing
+/// `rows_per_request` rows into each request when asked to.
 #[derive(Debug)]
 pub struct BatchBuilder {
     encoder: Box<dyn RequestEncoder>,
+    packer: Option<Packer>,
     limits: PartLimits,
     framing: Framing,
     /// Every id accepted so far in the job, across parts.
     seen_ids: HashSet<String>,
-    /// The open part: framing prefix and the rows so far (no suffix yet).
+    /// The open part: framing prefix and the requests so far (no suffix yet).
     body: Vec<u8>,
     custom_ids: Vec<String>,
+    request_rows: Vec<u32>,
     part_index: u32,
     /// Reused for each request so that a refused request never touches `body`.
     scratch: Vec<u8>,
+    /// Rows refused after they were accepted (see [`BatchBuilder::take_rejected`]).
+    rejected: Vec<(String, String)>,
 }
 
 impl BatchBuilder {
-    /// A builder for `model`'s provider, within its limits.
+    /// A builder for `model`'s provider, within its limits, one row per request.
     pub fn new(model: &ModelRef, schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
         let limits = descriptor(model.provider).limits();
         Ok(Self::with_encoder(
@@ -91,18 +160,47 @@ impl BatchBuilder {
         ))
     }
 
+    /// A builder that packs up to `rows_per_request` rows into each request
+    /// ([`crate::packing`]); with 1 it is [`BatchBuilder::new`].
+    pub fn packed(
+        model: &ModelRef,
+        schema: &OutputSchema,
+        params: &GenerationParams,
+        rows_per_request: usize,
+    ) -> Result<Self> {
+        let mut builder = Self::new(model, schema, params)?;
+        if rows_per_request > 1 {
+            let mut packer = Packer {
+                model: model.clone(),
+                schema: schema.clone(),
+                params: params.clone(),
+                rows_per_request,
+                encoders: HashMap::new(),
+                pending: Vec::new(),
+                pending_bytes: 0,
+            };
+            // A schema that cannot be packed fails the job now, not at the first request.
+            packer.encoder(rows_per_request)?;
+            builder.packer = Some(packer);
+        }
+        Ok(builder)
+    }
+
     /// A builder over `encoder` whose parts stay within `limits`.
     pub fn with_encoder(encoder: Box<dyn RequestEncoder>, limits: PartLimits) -> Self {
         let framing = encoder.framing();
         Self {
             encoder,
+            packer: None,
             limits,
             framing,
             seen_ids: HashSet::new(),
             body: framing.prefix.to_vec(),
             custom_ids: Vec::new(),
+            request_rows: Vec::new(),
             part_index: 0,
             scratch: Vec::new(),
+            rejected: Vec::new(),
         }
     }
 
@@ -117,8 +215,17 @@ impl BatchBuilder {
         self.limits
     }
 
-    /// Adds `request` to the open part. Returns the previous part, closed, when the
-    /// request did not fit in it and opened a new one. On error nothing changes.
+    /// Rows that were accepted by [`BatchBuilder::push`] but whose packed request
+    /// could not be encoded even alone, with the reason: the caller records them as
+    /// errors. Empty in practice (a packed request is capped far below a batch's size).
+    pub fn take_rejected(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.rejected)
+    }
+
+    /// Adds the row `request`. Unpacked, it is encoded into the open part at once;
+    /// packed, it waits for the rows of its request. Returns the previous part,
+    /// closed, when a request did not fit in it and opened a new one. On error
+    /// nothing changes and the error concerns `request` only.
     pub fn push(&mut self, request: &Request) -> Result<Option<BatchPart>> {
         if self.seen_ids.contains(&request.custom_id) {
             return Err(Error::InvalidRequest {
@@ -126,23 +233,129 @@ impl BatchBuilder {
                 reason: "duplicate custom_id: ids must be unique within a job".to_string(),
             });
         }
-        let rows = self.custom_ids.len();
-        let count_full = rows >= self.limits.max_requests;
-        let row = if count_full { 0 } else { rows };
-        self.encode_into_scratch(row, request)?;
+        let Some(packer) = &mut self.packer else {
+            let closed = self.add_request(None, request, &[])?;
+            self.seen_ids.insert(request.custom_id.clone());
+            return Ok(closed);
+        };
+        check_packable(request).map_err(|reason| Error::InvalidRequest {
+            custom_id: request.custom_id.clone(),
+            reason,
+        })?;
+        let text_bytes = request.messages[0].content.len();
+        // A packed request stays far below a batch's byte limit, so it always fits alone.
+        let full = packer.pending.len() >= packer.rows_per_request
+            || packer.pending_bytes + text_bytes > self.limits.max_bytes / 4;
+        let closed = match full {
+            true => self.flush_pending(),
+            false => None,
+        };
+        let packer = self.packer.as_mut().expect("packing builder");
+        packer.pending_bytes += text_bytes;
+        packer.pending.push(request.clone());
+        self.seen_ids.insert(request.custom_id.clone());
+        Ok(closed)
+    }
+
+    /// Adds `rows` as one packed request of their own (a retry splits a request that
+    /// was too long this way), after the rows waiting for a request. Unpacked, each
+    /// row is pushed as usual. Returns the parts closed on the way.
+    pub fn push_together(&mut self, rows: &[Request]) -> Result<Vec<BatchPart>> {
+        if self.packer.is_none() {
+            let mut closed = Vec::new();
+            for row in rows {
+                closed.extend(self.push(row)?);
+            }
+            return Ok(closed);
+        }
+        for row in rows {
+            if self.seen_ids.contains(&row.custom_id) {
+                return Err(Error::InvalidRequest {
+                    custom_id: row.custom_id.clone(),
+                    reason: "duplicate custom_id: ids must be unique within a job".to_string(),
+                });
+            }
+        }
+        let mut closed: Vec<BatchPart> = self.flush_pending().into_iter().collect();
+        let packer = self.packer.as_mut().expect("packing builder");
+        packer.pending = rows.to_vec();
+        closed.extend(self.flush_pending());
+        self.seen_ids
+            .extend(rows.iter().map(|row| row.custom_id.clone()));
+        Ok(closed)
+    }
+
+    /// Closes the last parts (packed rows still waiting may close one more); empty
+    /// when no request was added since the last split.
+    pub fn finish(&mut self) -> Vec<BatchPart> {
+        let mut parts: Vec<BatchPart> = self.flush_pending().into_iter().collect();
+        parts.extend(self.close_part(None));
+        parts
+    }
+
+    /// Encodes the rows waiting for their request as one packed request. Should that
+    /// fail, the rows go into requests of their own and a row that fails alone is
+    /// recorded in `rejected`.
+    fn flush_pending(&mut self) -> Option<BatchPart> {
+        let packer = self.packer.as_mut()?;
+        let rows = std::mem::take(&mut packer.pending);
+        packer.pending_bytes = 0;
+        if rows.is_empty() {
+            return None;
+        }
+        let refs: Vec<&Request> = rows.iter().collect();
+        let ids: Vec<String> = rows.iter().map(|row| row.custom_id.clone()).collect();
+        let packed = packed_request(packed_request_id(self.request_rows.len()), &refs);
+        match self.add_request(Some(rows.len()), &packed, &ids) {
+            Ok(closed) => closed,
+            Err(_) if rows.len() > 1 => {
+                let mut closed = None;
+                for row in rows {
+                    let packer = self.packer.as_mut().expect("packing builder");
+                    packer.pending = vec![row];
+                    closed = closed.or(self.flush_pending());
+                }
+                closed
+            }
+            Err(e) => {
+                self.rejected.push((ids[0].clone(), e.to_string()));
+                None
+            }
+        }
+    }
+
+    /// Encodes `request` (holding the rows `ids`, or itself when unpacked: `rows` is
+    /// `None`) into the open part, closing it first when the request does not fit.
+    fn add_request(
+        &mut self,
+        rows: Option<usize>,
+        request: &Request,
+        ids: &[String],
+    ) -> Result<Option<BatchPart>> {
+        let requests = self.request_rows.len();
+        let count_full = requests >= self.limits.max_requests;
+        // The row number is part of some encodings (Vertex labels) and of packed ids.
+        let row = if count_full { 0 } else { requests };
+        let mut request = Cow::Borrowed(request);
+        if rows.is_some() && count_full {
+            request.to_mut().custom_id = packed_request_id(0);
+        }
+        self.encode_into_scratch(rows, row, &request)?;
 
         let fits_open_part = !count_full
             && self.body.len()
-                + self.separator_len(rows)
+                + self.separator_len(requests)
                 + self.scratch.len()
                 + self.framing.suffix.len()
                 <= self.limits.max_bytes;
         let closed = if fits_open_part {
             None
         } else {
-            // The row number is part of some encodings (Vertex labels): re-encode as row 0.
             if row != 0 {
-                self.encode_into_scratch(0, request)?;
+                if rows.is_some() {
+                    request.to_mut().custom_id = packed_request_id(0);
+                }
+                self.encode_into_scratch(rows, 0, &request)?;
             }
             let alone = self.framing.prefix.len() + self.scratch.len() + self.framing.suffix.len();
             if alone > self.limits.max_bytes {
@@ -167,36 +380,49 @@ impl BatchBuilder {
             self.close_part(Some(reason))
         };
 
-        if !self.custom_ids.is_empty() {
+        if !self.request_rows.is_empty() {
             self.body.extend_from_slice(self.framing.separator);
         }
         self.body.extend_from_slice(&self.scratch);
-        self.custom_ids.push(request.custom_id.clone());
-        self.seen_ids.insert(request.custom_id.clone());
+        match rows {
+            Some(n) => {
+                self.custom_ids.extend_from_slice(ids);
+                self.request_rows.push(n as u32);
+            }
+            None => {
+                self.custom_ids.push(request.custom_id.clone());
+                self.request_rows.push(1);
+            }
+        }
         Ok(closed)
     }
 
-    /// Closes the last part; `None` when no request was pushed since the last split.
-    pub fn finish(mut self) -> Option<BatchPart> {
-        self.close_part(None)
-    }
-
-    fn encode_into_scratch(&mut self, row: usize, request: &Request) -> Result<()> {
+    /// Encodes `request` with the encoder for `rows` packed rows (or the unpacked one).
+    fn encode_into_scratch(
+        &mut self,
+        rows: Option<usize>,
+        row: usize,
+        request: &Request,
+    ) -> Result<()> {
         self.scratch.clear();
-        self.encoder.encode(row, request, &mut self.scratch)
+        let encoder = match (rows, &mut self.packer) {
+            (Some(n), Some(packer)) => packer.encoder(n)?,
+            _ => self.encoder.as_ref(),
+        };
+        encoder.encode(row, request, &mut self.scratch)
     }
 
-    fn separator_len(&self, rows: usize) -> usize {
-        if rows == 0 {
+    fn separator_len(&self, requests: usize) -> usize {
+        if requests == 0 {
             0
         } else {
             self.framing.separator.len()
         }
     }
 
-    /// Takes the open part (if it has rows) and opens an empty one.
+    /// Takes the open part (if it has requests) and opens an empty one.
     fn close_part(&mut self, split: Option<SplitReason>) -> Option<BatchPart> {
-        if self.custom_ids.is_empty() {
+        if self.request_rows.is_empty() {
             return None;
         }
         let mut body = std::mem::replace(&mut self.body, self.framing.prefix.to_vec());
@@ -205,6 +431,7 @@ impl BatchBuilder {
             index: self.part_index,
             body: Bytes::from(body),
             custom_ids: std::mem::take(&mut self.custom_ids),
+            request_rows: std::mem::take(&mut self.request_rows),
             split,
         };
         self.part_index += 1;
@@ -457,7 +684,7 @@ mod tests {
             "{err}"
         );
         assert_eq!((builder.body.clone(), builder.custom_ids.clone()), before);
-        let part = builder.finish().expect("one part");
+        let part = builder.finish().pop().expect("one part");
         assert_eq!(part.custom_ids, ["request-0", "request-1"]);
         assert_eq!(ids_in_body(ProviderKind::OpenAi, &part), part.custom_ids);
     }
@@ -487,7 +714,7 @@ mod tests {
         assert!(err.to_string().contains("\"row 7/b\""), "{err}");
         let good = texts(1);
         push_all(&mut builder, &good);
-        let part = builder.finish().expect("one part");
+        let part = builder.finish().pop().expect("one part");
         assert_eq!(ids_in_body(ProviderKind::Anthropic, &part), ["request-0"]);
     }
 
@@ -505,7 +732,7 @@ mod tests {
         let mut requests = texts(2);
         requests[1].custom_id = "empty".into(); // the id was not taken by the refused request
         push_all(&mut builder, &requests);
-        let part = builder.finish().expect("one part");
+        let part = builder.finish().pop().expect("one part");
         assert_eq!(part.custom_ids, ["request-0", "empty"]);
         assert_eq!(ids_in_body(ProviderKind::Vertex, &part), part.custom_ids);
     }
@@ -563,7 +790,7 @@ mod tests {
             let one_line = {
                 let mut b = builder(provider_model);
                 push_all(&mut b, &requests[..1]);
-                b.finish().expect("part").body.len()
+                b.finish().pop().expect("part").body.len()
             };
             // Room for about three requests per part.
             let max_bytes = one_line * 3 + 10;
@@ -611,14 +838,14 @@ mod tests {
             "{err}"
         );
         assert_eq!(builder.body, before);
-        let part = builder.finish().expect("the small request's part");
+        let part = builder.finish().pop().expect("the small request's part");
         assert_eq!(part.custom_ids, ["request-0"]);
         assert_eq!(part.split, None);
     }
 
     #[test]
     fn finish_without_requests_has_no_part() {
-        assert!(builder("gemini/gemini-2.5-flash").finish().is_none());
+        assert!(builder("gemini/gemini-2.5-flash").finish().is_empty());
     }
 
     #[test]
@@ -638,6 +865,7 @@ mod tests {
             index: 0,
             body: Bytes::new(),
             custom_ids: vec![],
+            request_rows: vec![],
             split: limit,
         };
         let by_count = Some(SplitReason::RequestCount { limit: 50_000 });

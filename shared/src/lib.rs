@@ -11,6 +11,7 @@ pub mod build;
 pub mod clock;
 pub mod error;
 pub mod model;
+pub mod packing;
 pub mod pipeline;
 pub mod provider;
 pub mod queue;

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
+use crate::packing::{RowAnswer, packed_request_id, packed_request_index, split_answer};
 use crate::provider::decode::{Answer, Malformed, RowKey};
 use crate::provider::{AnswerFixup, ProviderDescriptor, descriptor};
 use crate::request::OutputSchema;
@@ -273,6 +274,8 @@ pub struct ResultParser {
     fixup: Option<AnswerFixup>,
     /// The part's custom_ids by row (its manifest), for lines that carry only a row.
     row_ids: Arc<[String]>,
+    /// For a part of packed requests: the row ids of each request, in order.
+    packed: Option<Arc<[Vec<String>]>>,
 }
 
 impl fmt::Debug for ResultParser {
@@ -305,6 +308,182 @@ impl ResultParser {
             schema: schema.clone(),
             validator,
             row_ids,
+            packed: None,
+        })
+    }
+
+    /// A parser for a part of packed requests ([`crate::packing`]); `requests` holds
+    /// the row ids of each request, in order (the part's manifest). Each row's answer
+    /// is validated against `schema` on its own.
+    pub fn packed(
+        provider: ProviderKind,
+        schema: &OutputSchema,
+        requests: Arc<[Vec<String>]>,
+    ) -> Result<Self> {
+        let request_ids: Arc<[String]> = (0..requests.len()).map(packed_request_id).collect();
+        let mut parser = Self::new(provider, schema, request_ids)?;
+        parser.packed = Some(requests);
+        Ok(parser)
+    }
+
+    /// One results line to the outcomes of its rows, appended to `out`: one outcome,
+    /// or for a packed request one per row of the request (a line that names no
+    /// request gives one `malformed_line`).
+    pub fn parse_line_into(&self, line_no: u64, line: &[u8], out: &mut Vec<Outcome>) {
+        match &self.packed {
+            Some(requests) => self.parse_packed_line(requests, line_no, line, out),
+            None => out.push(self.parse_line(line_no, line)),
+        }
+    }
+
+    fn parse_packed_line(
+        &self,
+        requests: &[Vec<String>],
+        line_no: u64,
+        line: &[u8],
+        out: &mut Vec<Outcome>,
+    ) {
+        let failure = |custom_id: String, error_type: &str, message: String, usage: Usage| {
+            Outcome::Error(Failure {
+                raw_data: Some(capped_text(line)),
+                line: Some(line_no),
+                usage,
+                ..Failure::new(custom_id, error_type, message)
+            })
+        };
+        let request_of = |key: &RowKey<'_>| {
+            match key {
+                RowKey::CustomId(id) => packed_request_index(id),
+                RowKey::Row(row) => Some(*row),
+            }
+            .filter(|&index| index < requests.len())
+        };
+        let decoded = match self.provider.decode(line) {
+            Ok(decoded) => decoded,
+            Err(Malformed { key, reason }) => {
+                match key.as_ref().and_then(request_of) {
+                    Some(index) => out.extend(requests[index].iter().map(|id| {
+                        failure(
+                            id.clone(),
+                            error_type::MALFORMED_LINE,
+                            reason.clone(),
+                            Usage::default(),
+                        )
+                    })),
+                    None => out.push(failure(
+                        format!("line-{line_no}"),
+                        error_type::MALFORMED_LINE,
+                        reason,
+                        Usage::default(),
+                    )),
+                }
+                return;
+            }
+        };
+        let Some(index) = request_of(&decoded.key) else {
+            let reason = format!(
+                "the line names no request of this part's {}",
+                requests.len()
+            );
+            out.push(failure(
+                format!("line-{line_no}"),
+                error_type::MALFORMED_LINE,
+                reason,
+                decoded.usage,
+            ));
+            return;
+        };
+        let rows = &requests[index];
+        let usages = share_usage(decoded.usage, rows.len());
+        let of_request = |message: &str| match rows.len() {
+            1 => message.to_string(),
+            n => format!("{message} (in a request of {n} rows)"),
+        };
+        let answer =
+            match &decoded.answer {
+                Answer::Failed {
+                    error_type,
+                    message,
+                } => {
+                    let message = of_request(message);
+                    out.extend(rows.iter().zip(usages).map(|(id, usage)| {
+                        failure(id.clone(), error_type, message.clone(), usage)
+                    }));
+                    return;
+                }
+                Answer::Text(text) => text.as_ref(),
+                Answer::Embedded(raw) => raw.get(),
+            };
+        let split = match split_answer(answer, rows.len()) {
+            Ok(split) => split,
+            Err(err) => {
+                let message = of_request(&format!(
+                    "the answer is not a JSON object keyed by row number: {err}"
+                ));
+                out.extend(rows.iter().zip(usages).map(|(id, usage)| {
+                    failure(id.clone(), error_type::INVALID_JSON, message.clone(), usage)
+                }));
+                return;
+            }
+        };
+        if !split.unknown_keys.is_empty() {
+            tracing::warn!(line = line_no, keys = ?split.unknown_keys, "a packed answer holds keys that name no row of its request; not attributed to any row");
+        }
+        for ((id, answer), usage) in rows.iter().zip(split.rows).zip(usages) {
+            let outcome = match answer {
+                RowAnswer::Answered(raw) => self.row_outcome(id, raw.get(), usage, line_no),
+                RowAnswer::Missing => Outcome::Error(Failure {
+                    line: Some(line_no),
+                    usage,
+                    ..Failure::new(
+                        id.as_str(),
+                        error_type::MISSING_ROW,
+                        of_request("the model's answer left this row out"),
+                    )
+                }),
+                RowAnswer::Repeated => failure(
+                    id.clone(),
+                    error_type::REPEATED_ROW,
+                    of_request("the model answered this row more than once, so no answer is kept"),
+                    usage,
+                ),
+            };
+            out.push(outcome);
+        }
+    }
+
+    /// One row's answer of a packed request, validated against the schema.
+    fn row_outcome(&self, custom_id: &str, answer: &str, usage: Usage, line_no: u64) -> Outcome {
+        let mut result: Value = match serde_json::from_str(answer) {
+            Ok(value) => value,
+            Err(err) => {
+                return Outcome::Error(Failure {
+                    raw_data: Some(capped_text(answer.as_bytes())),
+                    line: Some(line_no),
+                    usage,
+                    ..Failure::new(
+                        custom_id,
+                        error_type::INVALID_JSON,
+                        format!("the answer is not valid JSON: {err}"),
+                    )
+                });
+            }
+        };
+        if let Some(fixup) = self.fixup {
+            fixup(&self.schema.schema, &mut result);
+        }
+        if let Some(message) = self.schema_mismatch(&result) {
+            return Outcome::Error(Failure {
+                raw_data: Some(capped_text(answer.as_bytes())),
+                line: Some(line_no),
+                usage,
+                ..Failure::new(custom_id, error_type::SCHEMA_MISMATCH, message)
+            });
+        }
+        Outcome::Success(Success {
+            custom_id: custom_id.to_string(),
+            result,
+            usage,
         })
     }
 
@@ -422,6 +601,19 @@ impl ResultParser {
         }
         Some(message)
     }
+}
+
+/// `usage` shared out over `rows` rows: each gets an equal share, the first ones the
+/// remainder, so that the shares add up to the request's usage exactly.
+fn share_usage(usage: Usage, rows: usize) -> impl Iterator<Item = Usage> {
+    let n = rows.max(1) as u64;
+    let share = move |total: u64, row: u64| total / n + u64::from(row < total % n);
+    (0..rows as u64).map(move |row| Usage {
+        input_tokens: share(usage.input_tokens, row),
+        output_tokens: share(usage.output_tokens, row),
+        cached_input_tokens: share(usage.cached_input_tokens, row),
+        cache_write_input_tokens: share(usage.cache_write_input_tokens, row),
+    })
 }
 
 /// Parses a whole results file line by line with a parser of its own.

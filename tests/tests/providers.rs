@@ -198,7 +198,7 @@ fn build_part(s: &Setup, requests: &[Request]) -> BatchPart {
         let closed = builder.push(request).expect("request encodes");
         assert!(closed.is_none(), "the test batch must fit in one part");
     }
-    builder.finish().expect("a part with requests")
+    builder.finish().pop().expect("a part with requests")
 }
 
 async fn submit(s: &Setup, requests: &[Request], job: &str) -> (BatchPart, BatchStatus) {

@@ -10,8 +10,7 @@
 //! source object's lines) while attempts remain; that part is polled and collected
 //! like any other, and its last attempt writes what still fails as errors.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -22,8 +21,9 @@ use super::parts::{create_batch, reread_requests};
 pub use super::ready::ReadyMessage;
 use super::spec::JobSpec;
 use super::summary;
-use crate::build::{BatchBuilder, BatchPart};
+use crate::build::{BatchBuilder, BatchPart, parse_manifest};
 use crate::provider::{BatchProvider, ProviderDescriptor, descriptor};
+use crate::request::Request;
 use crate::results::{Failure, Outcome, ResultParser, error_type};
 use crate::status::BatchState;
 use crate::storage::{ObjectStore, ObjectWriter};
@@ -180,21 +180,24 @@ impl CollectRun<'_> {
             },
         };
         let (_, manifest) = ctx.store.get(&keys::part_manifest(job_id, index)).await?;
-        let ids: Arc<[String]> = String::from_utf8_lossy(&manifest)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect();
-        let parser = ResultParser::new(
-            self.spec.model.provider,
-            &self.spec.output_schema(),
-            ids.clone(),
-        )?;
+        let requests = parse_manifest(&String::from_utf8_lossy(&manifest));
+        let ids: Vec<String> = requests.iter().flatten().cloned().collect();
+        let (provider_kind, schema) = (self.spec.model.provider, self.spec.output_schema());
+        let packed = self.spec.rows_per_request > 1;
+        let request_sizes: Vec<u32> = requests.iter().map(|r| r.len() as u32).collect();
+        let parser = match packed {
+            true => ResultParser::packed(provider_kind, &schema, requests.into())?,
+            false => ResultParser::new(provider_kind, &schema, ids.clone().into())?,
+        };
 
-        // Failures are held back for a retry part only while attempts remain.
-        let retry_for = (self.part.attempt < self.spec.max_attempts)
-            .then(|| descriptor(self.spec.model.provider));
-        let mut part_run = PartRun::new(ctx, job_id, self.part, &ids, retry_for);
+        // Failures are held back for a retry part while attempts remain, and rows of a
+        // packed request that was too long always (in smaller requests).
+        let retry = RetryRule {
+            provider: descriptor(provider_kind),
+            attempts_left: self.part.attempt < self.spec.max_attempts,
+            request_sizes: packed.then_some(request_sizes),
+        };
+        let mut part_run = PartRun::new(ctx, job_id, self.part, &ids, retry);
         // The last delivery records what could not be read instead of failing again
         // (a refused results URL, a stream that always breaks): nothing stays unknown.
         if read_failure.is_none()
@@ -230,14 +233,7 @@ impl CollectRun<'_> {
             .await?;
         let retry = match part_run.retryable.is_empty() {
             true => None,
-            false => {
-                let wanted: Vec<&str> = part_run
-                    .retryable
-                    .iter()
-                    .map(|f| f.custom_id.as_str())
-                    .collect();
-                self.retry_part(&wanted).await?
-            }
+            false => self.retry_part(&part_run.retryable).await?,
         };
         part_run.settle_retryable(retry.as_ref()).await?;
         let outcome = part_run.finish().await?;
@@ -289,31 +285,51 @@ impl CollectRun<'_> {
         })
     }
 
-    /// Builds a new part from the original request lines of the `wanted` ids. `None`
-    /// when it cannot be built (the source object is gone): the failures stay final.
-    async fn retry_part(&self, wanted: &[&str]) -> Result<Option<BatchPart>, PipelineError> {
+    /// Builds a new part from the original request lines of the held-back failures'
+    /// rows: rows of a packed request that was too long go in two requests of half its
+    /// rows each, the others are packed as usual. `None` when it cannot be built (the
+    /// source object is gone): the failures stay final.
+    async fn retry_part(&self, held: &[HeldBack]) -> Result<Option<BatchPart>, PipelineError> {
         let (job_id, index) = (self.record.job_id.as_str(), self.part.index);
-        let wanted: HashSet<&str> = wanted.iter().copied().collect();
+        let wanted: HashSet<&str> = held.iter().map(|h| h.failure.custom_id.as_str()).collect();
         let Some(requests) =
             reread_requests(self.ctx, &self.record.source, self.spec, &wanted).await?
         else {
             tracing::warn!(job = %job_id, part = index, "the source object is gone: retryable failures are final");
             return Ok(None);
         };
-        let mut builder = BatchBuilder::new(
+        let too_long: HashMap<&str, u32> = held
+            .iter()
+            .filter_map(|h| Some((h.failure.custom_id.as_str(), h.too_long_request?)))
+            .collect();
+        let mut halves: BTreeMap<u32, Vec<Request>> = BTreeMap::new();
+        let mut builder = BatchBuilder::packed(
             &self.spec.model,
             &self.spec.output_schema(),
             &self.spec.params(),
+            self.spec.rows_per_request,
         )?;
-        for request in &requests {
-            // A subset of one part always fits in one part; if not, do not guess.
-            if builder.push(request)?.is_some() {
+        let mut closed = Vec::new();
+        for request in requests {
+            match too_long.get(request.custom_id.as_str()) {
+                Some(&from) => halves.entry(from).or_default().push(request),
+                None => closed.extend(builder.push(&request)?),
+            }
+        }
+        for rows in halves.values() {
+            let (first, second) = rows.split_at(rows.len().div_ceil(2));
+            closed.extend(builder.push_together(first)?);
+            closed.extend(builder.push_together(second)?);
+        }
+        closed.extend(builder.finish());
+        // A subset of one part always fits in one part; if not, do not guess.
+        let mut batch = match (closed.pop(), closed.is_empty()) {
+            (Some(batch), true) => batch,
+            (None, _) => return Ok(None),
+            (Some(_), false) => {
                 tracing::warn!(job = %job_id, part = index, "the retry part does not fit one batch: failures are final");
                 return Ok(None);
             }
-        }
-        let Some(mut batch) = builder.finish() else {
-            return Ok(None);
         };
         // Deterministic, so that a rerun finds the same part: after every first-attempt
         // part, at the same offset as the part it retries.
@@ -347,7 +363,7 @@ impl CollectRun<'_> {
         Ok(PartRecord {
             attempt: self.part.attempt + 1,
             retry_of: Some(index),
-            ..PartRecord::submitted(batch.index, batch.custom_ids.len() as u64, status)
+            ..PartRecord::submitted(batch, status)
         })
     }
 }
@@ -393,10 +409,30 @@ struct PartRun<'a> {
     /// Provider lines read, whatever they held.
     received: u64,
     attempt: u32,
-    /// The provider whose temporary failures go into a retry part, while attempts remain.
-    retry_for: Option<&'static dyn ProviderDescriptor>,
+    /// Which failures go into a retry part.
+    retry: RetryRule,
+    /// For packed parts: the request each row was in (rows are in request order).
+    request_of_row: Vec<u32>,
     /// Failures held back for a retry part (raw data dropped to bound memory).
-    retryable: Vec<Failure>,
+    retryable: Vec<HeldBack>,
+}
+
+/// Which failures of a part are held back for a retry part.
+struct RetryRule {
+    provider: &'static dyn ProviderDescriptor,
+    /// Temporary failures are retried while the part's attempt is below `max_attempts`.
+    attempts_left: bool,
+    /// For packed parts, the rows of each request: a request of several rows that failed
+    /// for its length is split however many attempts were made, since each split
+    /// halves it.
+    request_sizes: Option<Vec<u32>>,
+}
+
+/// A failure held back for a retry part.
+struct HeldBack {
+    failure: Failure,
+    /// The packed request it was in, when that request was too long and is split.
+    too_long_request: Option<u32>,
 }
 
 impl<'a> PartRun<'a> {
@@ -405,8 +441,15 @@ impl<'a> PartRun<'a> {
         job: &str,
         part: &PartRecord,
         ids: &'a [String],
-        retry_for: Option<&'static dyn ProviderDescriptor>,
+        retry: RetryRule,
     ) -> Self {
+        let request_of_row = retry
+            .request_sizes
+            .iter()
+            .flatten()
+            .enumerate()
+            .flat_map(|(request, &rows)| std::iter::repeat_n(request as u32, rows as usize))
+            .collect();
         Self {
             store: ctx.store.as_ref(),
             successes: ObjectWriter::new(ctx.store.as_ref(), keys::successes(job, part.index)),
@@ -422,9 +465,35 @@ impl<'a> PartRun<'a> {
             line: Vec::with_capacity(4096),
             received: 0,
             attempt: part.attempt,
-            retry_for,
+            retry,
+            request_of_row,
             retryable: Vec::new(),
         }
+    }
+
+    /// Whether `failure` of row `row` goes into a retry part, and whether as part of
+    /// a too-long packed request (`Some(request)`) to be split.
+    fn holds_back(&self, row: usize, failure: &Failure) -> Option<Option<u32>> {
+        let RetryRule {
+            provider,
+            attempts_left,
+            request_sizes,
+        } = &self.retry;
+        if let Some(sizes) = request_sizes {
+            let request = self.request_of_row[row];
+            if sizes[request as usize] > 1
+                && provider.is_length_failure(&failure.error_type, &failure.error_message)
+            {
+                return Some(Some(request));
+            }
+        }
+        let worth_retrying = is_retryable(*provider, failure)
+            || (request_sizes.is_some()
+                && matches!(
+                    failure.error_type.as_str(),
+                    error_type::MISSING_ROW | error_type::REPEATED_ROW
+                ));
+        (*attempts_left && worth_retrying).then_some(None)
     }
 
     async fn stream_results(
@@ -439,11 +508,14 @@ impl<'a> PartRun<'a> {
             Err(_) if state == BatchState::Failed => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        let mut outcomes = Vec::new();
         while let Some(line) = lines.next().await {
             let line = line?;
             self.received += 1;
-            let outcome = parser.parse_line(self.received, &line);
-            self.record(outcome).await?;
+            parser.parse_line_into(self.received, &line, &mut outcomes);
+            for outcome in outcomes.drain(..) {
+                self.record(outcome).await?;
+            }
         }
         Ok(())
     }
@@ -458,14 +530,17 @@ impl<'a> PartRun<'a> {
         {
             failure.line = None;
         }
-        match self.rows.get(outcome.custom_id()) {
-            Some(&row) if !self.seen[row] => self.seen[row] = true,
+        let row = match self.rows.get(outcome.custom_id()) {
+            Some(&row) if !self.seen[row] => {
+                self.seen[row] = true;
+                row
+            }
             _ => {
                 tracing::warn!(custom_id = %outcome.custom_id(), "result line for an unknown or repeated id, ignored");
                 self.outcome.unexpected_lines += 1;
                 return Ok(());
             }
-        }
+        };
         self.outcome.usage.add(&outcome.usage());
         match outcome {
             Outcome::Success(success) => {
@@ -474,15 +549,16 @@ impl<'a> PartRun<'a> {
                 write_line(&success, self.attempt, &mut self.line);
                 self.successes.write(&self.line).await?;
             }
-            Outcome::Error(mut failure)
-                if self
-                    .retry_for
-                    .is_some_and(|provider| is_retryable(provider, &failure)) =>
-            {
-                failure.raw_data = None;
-                self.retryable.push(failure);
-            }
-            Outcome::Error(failure) => self.write_error(&failure).await?,
+            Outcome::Error(mut failure) => match self.holds_back(row, &failure) {
+                Some(too_long_request) => {
+                    failure.raw_data = None;
+                    self.retryable.push(HeldBack {
+                        failure,
+                        too_long_request,
+                    });
+                }
+                None => self.write_error(&failure).await?,
+            },
         }
         Ok(())
     }
@@ -552,10 +628,10 @@ impl<'a> PartRun<'a> {
             .iter()
             .flat_map(|part| part.custom_ids.iter().map(String::as_str))
             .collect();
-        for failure in std::mem::take(&mut self.retryable) {
-            match resubmitted.contains(failure.custom_id.as_str()) {
+        for held in std::mem::take(&mut self.retryable) {
+            match resubmitted.contains(held.failure.custom_id.as_str()) {
                 true => self.outcome.retried += 1,
-                false => self.write_error(&failure).await?,
+                false => self.write_error(&held.failure).await?,
             }
         }
         Ok(())

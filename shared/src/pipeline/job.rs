@@ -154,8 +154,12 @@ pub struct PartOutcome {
 pub struct PartRecord {
     /// The part's number in the job: in its keys and in ready messages.
     pub index: u32,
-    /// Requests in the part (the length of its manifest).
+    /// Input rows in the part (the ids in its manifest).
     pub requests: u64,
+    /// Provider requests in the part (the lines of its manifest): fewer than `requests`
+    /// when rows are packed; absent in records written before packing existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_requests: Option<u64>,
     /// The provider's batch id, once the batch is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
@@ -227,10 +231,11 @@ fn first_attempt() -> u32 {
 
 impl PartRecord {
     /// A part as submit creates it: first attempt, not yet polled or collected.
-    pub fn submitted(index: u32, requests: u64, status: crate::status::BatchStatus) -> Self {
+    pub fn submitted(part: &crate::build::BatchPart, status: crate::status::BatchStatus) -> Self {
         Self {
-            index,
-            requests,
+            index: part.index,
+            requests: part.custom_ids.len() as u64,
+            llm_requests: Some(part.request_rows.len() as u64),
             batch_id: Some(status.batch_id),
             state: Some(status.state),
             raw_status: Some(status.raw_status),

@@ -116,8 +116,7 @@ pub(super) async fn create_batch(
     find_first: bool,
 ) -> Result<crate::status::BatchStatus, PipelineError> {
     let index = part.index;
-    let mut manifest = part.custom_ids.join("\n").into_bytes();
-    manifest.push(b'\n');
+    let manifest = part.manifest();
     ctx.store
         .put(
             &keys::part_manifest(job_id, index),

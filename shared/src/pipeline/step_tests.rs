@@ -563,3 +563,151 @@ async fn a_transient_status_failure_is_noted_and_cleared() {
     assert_eq!(s.record(&job).await.parts[0].poll_error, None);
     s.results(&job, &ids).await;
 }
+
+#[tokio::test]
+async fn packed_rows_come_back_one_result_per_row_with_shared_usage() {
+    let s = Steps::new(Settings::default());
+    let (job, ids) = s
+        .start("packed", 12, json!({"rows_per_request": 5}), true)
+        .await;
+    let record = s.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Completed);
+    let results = s.results(&job, &ids).await;
+    assert_eq!(results.successes.len(), 12);
+    // 12 rows in requests of 5, 5 and 2; each request's usage (10 in, 5 out) is shared.
+    assert_eq!(results.summary["llm_requests"], 3, "{}", results.summary);
+    assert_eq!(results.summary["usage"]["input_tokens"], 30);
+    assert_eq!(results.summary["usage"]["output_tokens"], 15);
+    let (_, manifest) = s
+        .ctx
+        .store
+        .get(&keys::part_manifest(&job, 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(manifest.to_vec()).unwrap().lines().next(),
+        Some("doc-0\tdoc-1\tdoc-2\tdoc-3\tdoc-4")
+    );
+}
+
+#[tokio::test]
+async fn rows_left_out_invented_or_repeated_are_never_given_another_rows_answer() {
+    let s = Steps::new(Settings::default());
+    // rows-0 holds doc-0…doc-3: row 2 is left out, row 3 answered twice, row 9 invented.
+    let answer = r#"{"1": {"total": 1}, "3": {"total": 3}, "3": {"total": 33}, "4": {"total": "four"}, "9": {"total": 9}}"#;
+    s.provider
+        .script(Fate::Answers(vec![("rows-0".into(), answer.into())]));
+    let (job, ids) = s
+        .start(
+            "split-back",
+            4,
+            json!({"rows_per_request": 4, "max_attempts": 1}),
+            false,
+        )
+        .await;
+    s.run_to_end(&job).await;
+    let results = s.results(&job, &ids).await;
+    assert_eq!(results.successes.len(), 1);
+    assert_eq!(results.successes[0]["custom_id"], "doc-0");
+    assert_eq!(results.successes[0]["result"], json!({"total": 1}));
+    let types = results.error_types();
+    assert_eq!(types["doc-1"], "missing_row");
+    assert_eq!(types["doc-2"], "repeated_row");
+    assert_eq!(
+        types["doc-3"], "schema_mismatch",
+        "each row is validated on its own"
+    );
+}
+
+#[tokio::test]
+async fn a_packed_request_cut_off_for_length_is_split_until_its_rows_fit() {
+    let s = Steps::new(Settings::default());
+    // Answers of more than 2 rows do not fit the token limit: 8 rows → 4 → 2 fit.
+    s.provider.script(Fate::TruncateAbove { rows: 2 });
+    s.provider.script(Fate::TruncateAbove { rows: 2 });
+    s.provider.script(Fate::TruncateAbove { rows: 2 });
+    let (job, ids) = s
+        .start(
+            "too-long",
+            8,
+            json!({"rows_per_request": 8, "max_attempts": 1}),
+            false,
+        )
+        .await;
+    let record = s.run_to_end(&job).await;
+    let results = s.results(&job, &ids).await;
+    assert_eq!(
+        results.successes.len(),
+        8,
+        "rows that fit alone never fail for their request's length: {:?}",
+        results.errors
+    );
+    // 1 request of 8, then 2 of 4, then 4 of 2: three parts, whatever max_attempts says.
+    assert_eq!(record.parts.len(), 3);
+    assert_eq!(results.summary["llm_requests"], 7);
+    assert_eq!(results.summary["retried"], 16);
+}
+
+#[tokio::test]
+async fn rows_of_a_failed_packed_request_each_get_its_error() {
+    let s = Steps::new(Settings::default());
+    s.provider.script(Fate::RateLimited(vec!["rows-1".into()]));
+    let (job, ids) = s
+        .start(
+            "packed-failure",
+            6,
+            json!({"rows_per_request": 3, "max_attempts": 1}),
+            false,
+        )
+        .await;
+    s.run_to_end(&job).await;
+    let results = s.results(&job, &ids).await;
+    let types = results.error_types();
+    assert_eq!(types.len(), 3);
+    for id in ["doc-3", "doc-4", "doc-5"] {
+        assert_eq!(types[id], "rate_limit_exceeded");
+    }
+    assert!(
+        results.errors[0]["error_message"]
+            .as_str()
+            .unwrap()
+            .ends_with("(in a request of 3 rows)")
+    );
+}
+
+#[tokio::test]
+async fn conversations_cannot_be_packed_and_are_reported_by_line() {
+    let s = Steps::new(Settings::default());
+    let spec = json!({"spec": {"model": "openai/gpt-4o-mini", "schema_name": "s", "rows_per_request": 2,
+        "schema": {"type": "object", "properties": {"total": {"type": "number"}},
+                   "required": ["total"], "additionalProperties": false}}});
+    let lines = [
+        spec.to_string(),
+        json!({"custom_id": "a", "text": "one"}).to_string(),
+        json!({"custom_id": "b", "messages": [{"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yes"}, {"role": "user", "content": "more"}]})
+        .to_string(),
+        json!({"custom_id": "c", "text": "three"}).to_string(),
+    ];
+    let key = "inbox/conversations.jsonl";
+    s.ctx
+        .store
+        .put(key, Bytes::from(lines.join("\n")), PutMode::Overwrite)
+        .await
+        .unwrap();
+    s.submit(key).await.unwrap();
+    let job = s.job_of(key).await;
+    s.run_to_end(&job).await;
+    let ids: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let results = s.results(&job, &ids).await;
+    assert_eq!(results.successes.len(), 2);
+    let error = &results.errors[0];
+    assert_eq!(error["custom_id"], "b");
+    assert_eq!(error["line"], 3);
+    assert!(
+        error["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("rows_per_request")
+    );
+}

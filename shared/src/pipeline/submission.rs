@@ -7,7 +7,7 @@
 //! a batch are skipped, and a batch created just before the crash is found again by
 //! its tags.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use super::parts::{create_batch, next_line, open_reader, read_request};
 use super::spec::{self, JobSpec, SpecHeader};
 use super::summary;
 use crate::build::{BatchBuilder, BatchPart};
-use crate::provider::{BatchProvider, PartLimits};
+use crate::provider::{BatchProvider, PartLimits, descriptor};
 use crate::results::{Failure, ResultParser};
 use crate::storage::{ObjectMeta, ObjectWriter, PutMode, StoreError};
 
@@ -162,7 +162,15 @@ async fn submit_claimed(
         Ok(found) => found,
         Err(reason) => return fail(ctx, versioned, reason).await,
     };
-    let mut builder = match BatchBuilder::new(&spec.model, &spec.output_schema(), &spec.params()) {
+    if let Err(reason) = spec.check(descriptor(spec.model.provider).limits().max_requests) {
+        return fail(ctx, versioned, format!("{key}: {reason}")).await;
+    }
+    let mut builder = match BatchBuilder::packed(
+        &spec.model,
+        &spec.output_schema(),
+        &spec.params(),
+        spec.rows_per_request,
+    ) {
         Ok(builder) => builder,
         Err(e) => return fail(ctx, versioned, format!("{key}: {e}")).await,
     };
@@ -171,9 +179,6 @@ async fn submit_claimed(
     let no_rows = std::sync::Arc::from(Vec::new());
     if let Err(e) = ResultParser::new(spec.model.provider, &spec.output_schema(), no_rows) {
         return fail(ctx, versioned, format!("{key}: {e}")).await;
-    }
-    if let Err(reason) = spec.check(builder.limits().max_requests) {
-        return fail(ctx, versioned, format!("{key}: {reason}")).await;
     }
     if let Some(max_requests) = spec.max_requests_per_part {
         let limits = builder.limits();
@@ -196,6 +201,7 @@ async fn submit_claimed(
         rejected_lines: 0,
         requests: 0,
         ids: HashSet::new(),
+        waiting: HashMap::new(),
         unreadable: None,
     };
     // The first line was either the header (consumed) or a request (handed back).
@@ -223,15 +229,23 @@ async fn submit_claimed(
                     run.write_rejection(request.custom_id, number, e.to_string())
                         .await?
                 }
-                Ok(Some(part)) => run.submit_part(&mut versioned, part).await?,
-                Ok(None) => {}
+                Ok(closed) => {
+                    if spec.rows_per_request > 1 {
+                        run.waiting.insert(request.custom_id, number);
+                    }
+                    if let Some(part) = closed {
+                        run.submit_part(&mut versioned, part).await?;
+                    }
+                }
             },
         }
+        run.write_late_rejections(&mut builder).await?;
         line = next_line(&mut reader, key).await?;
     }
-    if let Some(part) = builder.finish() {
+    for part in builder.finish() {
         run.submit_part(&mut versioned, part).await?;
     }
+    run.write_late_rejections(&mut builder).await?;
 
     let (requests, rejected_lines) = (run.requests, run.rejected_lines);
     if rejected_lines > 0 {
@@ -449,6 +463,9 @@ struct SubmitRun<'a> {
     /// Every id a line has taken so far, accepted or rejected: a later line with the
     /// same id is reported under its line number, so that each id appears once.
     ids: HashSet<String>,
+    /// Line numbers of the rows the builder holds for a packed request that is not
+    /// written yet, so that a row it refuses later is reported with its line.
+    waiting: HashMap<String, u64>,
     /// Why the reader stopped before the end of the file, if it did.
     unreadable: Option<String>,
 }
@@ -490,6 +507,19 @@ impl SubmitRun<'_> {
         Ok(())
     }
 
+    /// Reports the rows the builder refused after accepting them (see
+    /// [`BatchBuilder::take_rejected`]).
+    async fn write_late_rejections(
+        &mut self,
+        builder: &mut BatchBuilder,
+    ) -> Result<(), PipelineError> {
+        for (custom_id, reason) in builder.take_rejected() {
+            let line = self.waiting.get(&custom_id).copied().unwrap_or(0);
+            self.write_rejection(custom_id, line, reason).await?;
+        }
+        Ok(())
+    }
+
     /// Records the part's ids, then creates its batch (or finds the one a crashed
     /// run created), then records the batch id. Parts with a batch are skipped.
     async fn submit_part(
@@ -517,7 +547,7 @@ impl SubmitRun<'_> {
         versioned.record.parts.retain(|p| p.index != index);
         versioned.record.parts.push(PartRecord {
             split_reason: part.split.map(|s| s.to_string()),
-            ..PartRecord::submitted(index, part.custom_ids.len() as u64, status)
+            ..PartRecord::submitted(&part, status)
         });
         versioned.record.submit_lease_until =
             Some(self.ctx.clock.after(self.ctx.settings.submit_lease));

@@ -22,6 +22,9 @@ struct Summary<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     model: Option<String>,
     requests: u64,
+    /// Requests sent to the provider, retries included: fewer than `requests` when
+    /// rows are packed (`rows_per_request`).
+    llm_requests: u64,
     succeeded: u64,
     failed: u64,
     errors_by_type: BTreeMap<String, u64>,
@@ -49,6 +52,8 @@ struct PartSummary<'a> {
     batch_id: Option<&'a str>,
     provider_status: Option<&'a str>,
     requests: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    llm_requests: Option<u64>,
     succeeded: u64,
     failed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,6 +165,11 @@ pub(super) async fn close_job(
         input: record.input,
         model: record.spec.as_ref().map(|s| s.model.to_string()),
         requests: record.requests,
+        llm_requests: record
+            .parts
+            .iter()
+            .map(|p| p.llm_requests.unwrap_or(p.requests))
+            .sum(),
         succeeded,
         failed,
         errors_by_type,
@@ -182,6 +192,7 @@ pub(super) async fn close_job(
                 batch_id: p.batch_id.as_deref(),
                 provider_status: p.raw_status.as_deref(),
                 requests: p.requests,
+                llm_requests: p.llm_requests,
                 succeeded: p.collected.as_ref().map_or(0, |c| c.succeeded),
                 failed: p.collected.as_ref().map_or(0, |c| c.failed),
                 split_reason: p.split_reason.as_deref(),

@@ -102,6 +102,20 @@ pub trait ProviderDescriptor: Send + Sync + Debug {
         self.temporary_error_types().contains(&error_type)
     }
 
+    /// The error type of the provider's "the prompt is longer than the model's context
+    /// window" failure, and words its message always holds ("" when the type alone says it).
+    fn prompt_too_long(&self) -> (&'static str, &'static str);
+
+    /// Whether a request failed for its length: the prompt did not fit the model's
+    /// context window, or the answer was cut off by the output token limit. A packed
+    /// request that fails so is resubmitted in smaller requests.
+    fn is_length_failure(&self, error_type: &str, message: &str) -> bool {
+        let (too_long_type, too_long_words) = self.prompt_too_long();
+        (error_type == crate::provider::decode::error_type::INVALID_JSON
+            && message.starts_with(crate::provider::decode::TRUNCATED))
+            || (error_type == too_long_type && message.contains(too_long_words))
+    }
+
     /// The variables that may come from a secret store instead of the environment
     /// (the Lambda functions read `<NAME>_SECRET_ARN` and `<NAME>_PARAMETER`).
     fn secret_variables(&self) -> &'static [&'static str];

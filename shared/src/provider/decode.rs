@@ -33,6 +33,10 @@ pub mod error_type {
     pub const PROVIDER_ERROR: &str = "provider_error";
     /// The results stream broke before its end.
     pub const READ_ERROR: &str = "read_error";
+    /// The answer to a request of several rows left this row out.
+    pub const MISSING_ROW: &str = "missing_row";
+    /// The answer to a request of several rows answered this row more than once.
+    pub const REPEATED_ROW: &str = "repeated_row";
 }
 
 /// Token usage of one request, normalised across providers.
@@ -144,10 +148,13 @@ impl<'a> Answer<'a> {
     pub fn truncated(signal: &str) -> Self {
         Self::failed(
             error_type::INVALID_JSON,
-            format!("the answer was cut off by the token limit ({signal}); raise max_tokens"),
+            format!("{TRUNCATED} ({signal}); raise max_tokens"),
         )
     }
 }
+
+/// How the message of an answer cut off by the output token limit begins.
+pub const TRUNCATED: &str = "the answer was cut off by the token limit";
 
 /// The error type and message of a decoded failure; panics on an answer (tests only).
 #[cfg(test)]

@@ -48,6 +48,15 @@ pub enum Fate {
     /// The batch completes, but the results line of this custom_id is cut off after
     /// its first half (which still names the id).
     CutLine(String),
+    /// The batch completes; each listed request (by custom_id) answers the given text
+    /// instead of the provider's answer.
+    Answers(Vec<(String, String)>),
+    /// The batch completes; a packed request of more than `rows` rows is cut off by
+    /// the token limit (finish reason `length`), as a long answer would be.
+    TruncateAbove {
+        /// The most rows whose answers fit the token limit.
+        rows: usize,
+    },
 }
 
 /// The in-memory provider; see the module documentation.
@@ -71,6 +80,8 @@ struct State {
 struct MemoryBatch {
     status: BatchStatus,
     custom_ids: Vec<String>,
+    /// Rows of each request: the `### <n>` headings of a packed request, else 0.
+    rows: Vec<usize>,
     fate: Fate,
 }
 
@@ -134,8 +145,28 @@ impl MemoryProvider {
         Ok(f(batch))
     }
 
-    /// One OpenAI output line for `custom_id`: the answer, or a rate-limit error.
-    fn result_line(&self, custom_id: &str, rate_limited: bool) -> String {
+    /// One OpenAI output line for `custom_id` (a request of `rows` packed rows, or 0):
+    /// the answer (one per row when packed), what `fate` makes it, or a rate-limit error.
+    fn result_line(&self, custom_id: &str, rows: usize, fate: &Fate, rate_limited: bool) -> String {
+        let answer = match fate {
+            Fate::Answers(answers)
+                if let Some((_, text)) = answers.iter().find(|(id, _)| id == custom_id) =>
+            {
+                text.clone()
+            }
+            _ if rows == 0 => self.answer.to_string(),
+            _ => Value::Object(
+                (1..=rows)
+                    .map(|k| (k.to_string(), self.answer.clone()))
+                    .collect(),
+            )
+            .to_string(),
+        };
+        let cut_off = matches!(fate, Fate::TruncateAbove { rows: most } if rows > *most);
+        let (finish_reason, content) = match cut_off {
+            true => ("length", answer[..answer.len() / 2].to_string()),
+            false => ("stop", answer),
+        };
         let response = if rate_limited {
             json!({"status_code": 429, "request_id": "req", "body": {"error": {
                 "message": "Rate limit reached", "type": "requests",
@@ -143,8 +174,8 @@ impl MemoryProvider {
         } else {
             json!({"status_code": 200, "request_id": "req", "body": {
                 "object": "chat.completion",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": self.answer.to_string(), "refusal": null}}],
+                "choices": [{"index": 0, "finish_reason": finish_reason,
+                             "message": {"role": "assistant", "content": content, "refusal": null}}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}})
         };
         json!({"id": "batch_req", "custom_id": custom_id, "response": response, "error": null})
@@ -157,7 +188,9 @@ impl MemoryBatch {
     fn results(&self) -> Vec<(&str, bool)> {
         let ids = self.custom_ids.iter().map(String::as_str);
         match &self.fate {
-            Fate::Complete | Fate::CutLine(_) => ids.map(|id| (id, false)).collect(),
+            Fate::Complete | Fate::CutLine(_) | Fate::Answers(_) | Fate::TruncateAbove { .. } => {
+                ids.map(|id| (id, false)).collect()
+            }
             Fate::RateLimited(limited) => ids
                 .map(|id| (id, limited.iter().any(|l| l == id)))
                 .collect(),
@@ -212,14 +245,30 @@ impl BatchProvider for MemoryProvider {
             state.failing_creates -= 1;
             return Err(Self::refused(500, "The server had an error"));
         }
-        let custom_ids = input
+        let requests = input
             .split(|b| *b == b'\n')
             .filter(|line| !line.is_empty())
             .map(|line| {
                 let line: Value = serde_json::from_slice(line)?;
-                Ok(line["custom_id"].as_str().unwrap_or_default().to_string())
+                let user_text = line["body"]["messages"]
+                    .as_array()
+                    .and_then(|messages| messages.last())
+                    .and_then(|message| message["content"].as_str())
+                    .unwrap_or_default();
+                let headings = user_text
+                    .lines()
+                    .filter(|l| {
+                        l.strip_prefix("### ")
+                            .is_some_and(|n| n.parse::<usize>().is_ok())
+                    })
+                    .count();
+                Ok((
+                    line["custom_id"].as_str().unwrap_or_default().to_string(),
+                    headings,
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
+        let (custom_ids, rows): (Vec<String>, Vec<usize>) = requests.into_iter().unzip();
         let status = BatchStatus {
             batch_id: format!("batch_{}", state.batches.len()),
             state: BatchState::Processing,
@@ -238,6 +287,7 @@ impl BatchProvider for MemoryProvider {
         state.batches.push(MemoryBatch {
             status: status.clone(),
             custom_ids,
+            rows,
             fate,
         });
         Ok(status)
@@ -277,7 +327,12 @@ impl BatchProvider for MemoryProvider {
                     .results()
                     .into_iter()
                     .map(|(id, limited)| {
-                        let mut line = self.result_line(id, limited);
+                        let rows = batch
+                            .custom_ids
+                            .iter()
+                            .position(|c| c == id)
+                            .map_or(0, |i| batch.rows[i]);
+                        let mut line = self.result_line(id, rows, &batch.fate, limited);
                         if batch.fate == Fate::CutLine(id.to_string()) {
                             line.truncate(line.len() / 2);
                         }

@@ -54,6 +54,11 @@ impl ProviderDescriptor for Anthropic {
         &["rate_limit_error", "overloaded_error", "api_error"]
     }
 
+    /// "prompt is too long: 210000 tokens > 200000 maximum".
+    fn prompt_too_long(&self) -> (&'static str, &'static str) {
+        ("invalid_request_error", "prompt is too long")
+    }
+
     fn limits(&self) -> PartLimits {
         encode::LIMITS
     }

@@ -22,3 +22,7 @@ const TEMPORARY_STATUSES: [&str; 4] = [
     "INTERNAL",
     "DEADLINE_EXCEEDED",
 ];
+
+/// A prompt longer than the context window: "The input token count (1200000) exceeds
+/// the maximum number of tokens allowed (1048576)."
+const PROMPT_TOO_LONG: (&str, &str) = ("INVALID_ARGUMENT", "exceeds the maximum number of tokens");

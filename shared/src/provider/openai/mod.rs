@@ -59,6 +59,10 @@ impl ProviderDescriptor for OpenAi {
         &["rate_limit_exceeded", "server_error"]
     }
 
+    fn prompt_too_long(&self) -> (&'static str, &'static str) {
+        ("context_length_exceeded", "")
+    }
+
     fn limits(&self) -> PartLimits {
         encode::LIMITS
     }

@@ -53,6 +53,10 @@ impl ProviderDescriptor for Gemini {
         &super::TEMPORARY_STATUSES
     }
 
+    fn prompt_too_long(&self) -> (&'static str, &'static str) {
+        super::PROMPT_TOO_LONG
+    }
+
     fn limits(&self) -> PartLimits {
         encode::LIMITS
     }

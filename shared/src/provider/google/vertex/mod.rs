@@ -70,6 +70,10 @@ impl ProviderDescriptor for Vertex {
         &super::TEMPORARY_STATUSES
     }
 
+    fn prompt_too_long(&self) -> (&'static str, &'static str) {
+        super::PROMPT_TOO_LONG
+    }
+
     /// Vertex reports a line's failure as free text (a generic `provider_error`), so
     /// its server-side statuses are recognised in the message: quoted in an HTTP error
     /// body, or leading the text of an rpc status object (`INTERNAL: 13: …`).
