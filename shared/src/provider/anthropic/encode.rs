@@ -4,13 +4,21 @@
 //! The answer's schema travels as a forced tool. System text (the batch's system
 //! prompt and any system messages, in order, joined by a blank line) goes to the
 //! top-level `system` field, never into `messages`.
+//!
+//! Prompt caching (anything but [`crate::request::PromptCache::Off`]): Anthropic caches in the order
+//! tools → system → messages, and only up to blocks marked with `cache_control`. The
+//! forced tool carries a breakpoint, and the system text is sent as one text block
+//! (the same text as without caching) carrying the same breakpoint, so both cover the
+//! prefix every request of the batch shares; the rows' own turns come after. With
+//! caching off the request is as it always was: `system` a plain string, nothing
+//! marked.
 
 use std::borrow::Cow;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::schema::{AnthropicTool, anthropic_tool};
+use super::schema::{AnthropicTool, CacheControl, anthropic_cached_tool};
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
 use crate::provider::encode::{
@@ -43,20 +51,25 @@ pub struct AnthropicEncoder {
     max_tokens: u32,
     temperature: Option<f64>,
     system_prompt: Option<String>,
+    /// The breakpoint for the system block; the tool already carries it.
+    cache_control: Option<CacheControl>,
     tool: AnthropicTool,
 }
 
 impl AnthropicEncoder {
-    /// Translates `schema` into the tool once for the batch; fails on parameters
-    /// Anthropic refuses or a schema it cannot take.
+    /// Translates `schema` into the tool once for the batch (with its cache
+    /// breakpoint unless `params.prompt_cache` is off); fails on parameters Anthropic
+    /// refuses or a schema it cannot take.
     pub fn new(model: &str, schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
         check_params(params, ProviderKind::Anthropic, MAX_TEMPERATURE)?;
+        let cache_control = CacheControl::for_cache(params.prompt_cache);
         Ok(Self {
             model: model.to_string(),
             max_tokens: params.max_tokens,
             temperature: params.temperature,
             system_prompt: params.system_prompt.clone(),
-            tool: anthropic_tool(schema)?,
+            cache_control,
+            tool: anthropic_cached_tool(schema, cache_control)?,
         })
     }
 }
@@ -74,10 +87,40 @@ struct Params<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<Cow<'a, str>>,
+    system: Option<System<'a>>,
     messages: Turns<'a>,
     tools: &'a RawValue,
     tool_choice: &'a RawValue,
+}
+
+/// The top-level `system` field: a plain string, or (with caching on) the same text
+/// as one text block carrying the cache breakpoint.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum System<'a> {
+    Text(Cow<'a, str>),
+    Blocks([SystemBlock<'a>; 1]),
+}
+
+/// `{"type":"text","text","cache_control"}`
+#[derive(Serialize)]
+struct SystemBlock<'a> {
+    r#type: &'static str,
+    text: Cow<'a, str>,
+    cache_control: CacheControl,
+}
+
+impl<'a> System<'a> {
+    fn new(text: Cow<'a, str>, cache_control: Option<CacheControl>) -> Self {
+        match cache_control {
+            None => System::Text(text),
+            Some(cache_control) => System::Blocks([SystemBlock {
+                r#type: "text",
+                text,
+                cache_control,
+            }]),
+        }
+    }
 }
 
 /// The conversation without its system messages.
@@ -136,7 +179,8 @@ impl RequestEncoder for AnthropicEncoder {
                 model: &self.model,
                 max_tokens: self.max_tokens,
                 temperature: self.temperature,
-                system: joined_system(self.system_prompt.as_deref(), &request.messages),
+                system: joined_system(self.system_prompt.as_deref(), &request.messages)
+                    .map(|text| System::new(text, self.cache_control)),
                 messages: Turns(&request.messages),
                 tools: &self.tool.tools,
                 tool_choice: &self.tool.tool_choice,
@@ -149,10 +193,19 @@ impl RequestEncoder for AnthropicEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::Role;
+    use crate::request::{PromptCache, Role};
     use serde_json::{Value, json};
 
+    /// An encoder with prompt caching off: the requests as they were before caching.
     fn encoder(system_prompt: Option<&str>, temperature: Option<f64>) -> AnthropicEncoder {
+        cached_encoder(system_prompt, temperature, PromptCache::Off)
+    }
+
+    fn cached_encoder(
+        system_prompt: Option<&str>,
+        temperature: Option<f64>,
+        prompt_cache: PromptCache,
+    ) -> AnthropicEncoder {
         let schema = OutputSchema {
             name: "answer".to_string(),
             schema: json!({"type":"object","properties":{"x":{"type":"integer"}},"required":["x"]}),
@@ -161,7 +214,7 @@ mod tests {
             max_tokens: 512,
             temperature,
             system_prompt: system_prompt.map(str::to_string),
-            ..GenerationParams::default()
+            prompt_cache,
         };
         AnthropicEncoder::new("claude-sonnet-4-5", &schema, &params).unwrap()
     }
@@ -231,6 +284,77 @@ mod tests {
                 "tool_choice": {"type": "tool", "name": "answer"}
             })
         );
+    }
+
+    fn cached_tools(ttl: &str) -> Value {
+        let mut tools = tools();
+        tools[0]["cache_control"] = json!({"type": "ephemeral", "ttl": ttl});
+        tools
+    }
+
+    fn system_conversation() -> Request {
+        Request {
+            custom_id: "doc_1".to_string(),
+            messages: vec![
+                Message::new(Role::System, "Be terse."),
+                Message::new(Role::User, "Say one"),
+            ],
+        }
+    }
+
+    #[test]
+    fn caching_marks_the_system_block_and_the_tool() {
+        for (cache, ttl) in [
+            (PromptCache::OneHour, "1h"),
+            (PromptCache::FiveMinutes, "5m"),
+        ] {
+            let encoder = cached_encoder(Some("Extract facts."), None, cache);
+            let item = encode(&encoder, &system_conversation());
+            assert_eq!(
+                item["params"],
+                json!({
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": 512,
+                    "system": [{
+                        "type": "text",
+                        "text": "Extract facts.\n\nBe terse.",
+                        "cache_control": {"type": "ephemeral", "ttl": ttl}
+                    }],
+                    "messages": [{"role": "user", "content": "Say one"}],
+                    "tools": cached_tools(ttl),
+                    "tool_choice": {"type": "tool", "name": "answer"}
+                }),
+                "{cache:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn caching_without_system_text_marks_only_the_tool() {
+        let request = Request {
+            custom_id: "a".to_string(),
+            messages: vec![Message::new(Role::User, "hi")],
+        };
+        let item = encode(&cached_encoder(None, None, PromptCache::OneHour), &request);
+        assert_eq!(item["params"].get("system"), None);
+        assert_eq!(item["params"]["tools"], cached_tools("1h"));
+    }
+
+    #[test]
+    fn caching_off_leaves_the_request_byte_for_byte_as_before() {
+        let encoder = cached_encoder(Some("Extract facts."), Some(0.5), PromptCache::Off);
+        let mut out = Vec::new();
+        encoder.encode(0, &system_conversation(), &mut out).unwrap();
+        let expected = concat!(
+            r#"{"custom_id":"doc_1","params":{"model":"claude-sonnet-4-5","max_tokens":512,"#,
+            r#""temperature":0.5,"system":"Extract facts.\n\nBe terse.","#,
+            r#""messages":[{"role":"user","content":"Say one"}],"#,
+            r#""tools":[{"name":"answer","description":"Record the requested information. "#,
+            r#"The input must match this tool's schema.","input_schema":{"type":"object","#,
+            r#""properties":{"x":{"type":"integer"}},"required":["x"]}}],"#,
+            r#""tool_choice":{"type":"tool","name":"answer"}}}"#
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Anthropic structured output as a forced tool: the schema is the tool's
-//! `input_schema`, unchanged, and must be an object at the top level.
+//! `input_schema`, unchanged, and must be an object at the top level. With prompt
+//! caching on, the tool also carries the batch's `cache_control` breakpoint.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -8,7 +9,7 @@ use serde_json::value::{RawValue, to_raw_value};
 use crate::error::Result;
 use crate::model::ProviderKind;
 use crate::provider::encode::check_schema_name;
-use crate::request::OutputSchema;
+use crate::request::{OutputSchema, PromptCache};
 use crate::schema::Walk;
 
 /// The forced tool that carries the schema to Anthropic.
@@ -20,17 +21,52 @@ pub struct AnthropicTool {
     pub tool_choice: Box<RawValue>,
 }
 
+/// An Anthropic prompt-cache breakpoint, `{"type":"ephemeral","ttl":"1h"|"5m"}`: the
+/// prefix up to and including the block that carries it is cached for `ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CacheControl {
+    r#type: &'static str,
+    ttl: &'static str,
+}
+
+impl CacheControl {
+    /// The breakpoint for `cache`, or `None` when caching is off (nothing is marked).
+    pub fn for_cache(cache: PromptCache) -> Option<Self> {
+        let ttl = match cache {
+            PromptCache::Off => return None,
+            PromptCache::FiveMinutes => "5m",
+            PromptCache::OneHour => "1h",
+        };
+        Some(Self {
+            r#type: "ephemeral",
+            ttl,
+        })
+    }
+}
+
 /// Used when the schema has no top-level `description` of its own.
 const DEFAULT_TOOL_DESCRIPTION: &str =
     "Record the requested information. The input must match this tool's schema.";
 
 /// The forced tool for `schema`, whose top level must be an object.
 pub fn anthropic_tool(schema: &OutputSchema) -> Result<AnthropicTool> {
+    anthropic_cached_tool(schema, None)
+}
+
+/// The forced tool for `schema`, carrying `cache_control` when it is set. Tools come
+/// first in Anthropic's cache order (tools, system, messages), so a breakpoint here
+/// caches the part of the prefix that every request of the batch shares.
+pub fn anthropic_cached_tool(
+    schema: &OutputSchema,
+    cache_control: Option<CacheControl>,
+) -> Result<AnthropicTool> {
     #[derive(Serialize)]
     struct Tool<'a> {
         name: &'a str,
         description: &'a str,
         input_schema: &'a Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
     }
     #[derive(Serialize)]
     struct ToolChoice<'a> {
@@ -54,6 +90,7 @@ pub fn anthropic_tool(schema: &OutputSchema) -> Result<AnthropicTool> {
             name: &schema.name,
             description,
             input_schema: &schema.schema,
+            cache_control,
         }])?,
         tool_choice: to_raw_value(&ToolChoice {
             r#type: "tool",
@@ -84,6 +121,36 @@ mod tests {
         let plain = anthropic_tool(&schema("p", json!({"type":"object"}))).unwrap();
         let tools: Value = serde_json::from_str(plain.tools.get()).unwrap();
         assert_eq!(tools[0]["description"], DEFAULT_TOOL_DESCRIPTION);
+    }
+
+    #[test]
+    fn a_cached_tool_carries_the_breakpoint_after_its_schema() {
+        let input = json!({"type":"object"});
+        let cases = [
+            (
+                PromptCache::OneHour,
+                r#","cache_control":{"type":"ephemeral","ttl":"1h"}}]"#,
+            ),
+            (
+                PromptCache::FiveMinutes,
+                r#","cache_control":{"type":"ephemeral","ttl":"5m"}}]"#,
+            ),
+            (PromptCache::Off, r#""input_schema":{"type":"object"}}]"#),
+        ];
+        for (cache, ending) in cases {
+            let tool =
+                anthropic_cached_tool(&schema("p", input.clone()), CacheControl::for_cache(cache))
+                    .unwrap();
+            assert!(
+                tool.tools.get().ends_with(ending),
+                "{cache:?}: {}",
+                tool.tools.get()
+            );
+        }
+        let off = anthropic_cached_tool(&schema("p", input.clone()), None).unwrap();
+        let plain = anthropic_tool(&schema("p", input)).unwrap();
+        assert_eq!(off.tools.get(), plain.tools.get());
+        assert!(!plain.tools.get().contains("cache_control"));
     }
 
     #[test]

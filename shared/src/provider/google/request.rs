@@ -56,6 +56,15 @@ impl GoogleRequestTemplate {
 
     /// The request body for `request`, after the checks every provider makes, with
     /// `labels` (Vertex AI's) if any.
+    ///
+    /// Prompt caching: Vertex AI and the Gemini API cache repeated prefixes implicitly,
+    /// so nothing is sent for [`crate::request::PromptCache`] and the setting is
+    /// ignored here. What makes the cache hit is that the shared part is identical in
+    /// every request of the batch: `systemInstruction` starts with the batch's system
+    /// prompt, taken as it is from the template, and `generationConfig` (with the
+    /// translated schema) is serialized once in [`GoogleRequestTemplate::new`] and
+    /// copied byte for byte; only the row's own turns (and Vertex AI's per-row
+    /// labels, which are not part of the prompt) differ.
     pub(crate) fn request<'a, L: Serialize>(
         &'a self,
         request: &'a Request,

@@ -5,10 +5,18 @@
 //! (which also covers their hidden reasoning tokens, so a small budget can end in
 //! `finish_reason: "length"`) and no temperature at all. System messages are sent as
 //! `system`; OpenAI treats them as `developer` messages for reasoning models.
+//!
+//! Prompt caching is automatic at OpenAI for an identical prefix of 1,024 tokens or
+//! more, so each body puts what every request of the batch shares first: the schema
+//! (`response_format`, which OpenAI places ahead of the messages) and the batch's
+//! system prompt as the first message, the row's own turns last. Unless
+//! [`PromptCache::Off`], each body also carries a `prompt_cache_key` derived from that
+//! shared part, which routes the batch's requests to the same cache.
 
 use serde::Serialize;
 use serde::ser::SerializeSeq;
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 
 use super::schema::openai_response_format;
 use crate::error::Result;
@@ -16,7 +24,7 @@ use crate::model::ProviderKind;
 use crate::provider::encode::{
     Framing, PartLimits, RequestEncoder, append_json, check_params, check_request,
 };
-use crate::request::{GenerationParams, Message, OutputSchema, Request, Role};
+use crate::request::{GenerationParams, Message, OutputSchema, PromptCache, Request, Role};
 
 /// The endpoint every line and the batch itself name.
 pub const ENDPOINT: &str = "/v1/chat/completions";
@@ -48,6 +56,8 @@ pub struct OpenAiEncoder {
     temperature: Option<f64>,
     system_prompt: Option<String>,
     response_format: Box<RawValue>,
+    /// `bl-` and 16 hex digits, or `None` when prompt caching is off.
+    prompt_cache_key: Option<String>,
 }
 
 impl OpenAiEncoder {
@@ -62,15 +72,57 @@ impl OpenAiEncoder {
                 "temperature is not sent: OpenAI reasoning models refuse it"
             );
         }
+        let response_format = openai_response_format(schema)?;
+        let prompt_cache_key = (params.prompt_cache != PromptCache::Off).then(|| {
+            prompt_cache_key(
+                model,
+                params.system_prompt.as_deref(),
+                &schema.name,
+                &response_format,
+            )
+        });
         Ok(Self {
             model: model.to_string(),
             reasoning,
             max_tokens: params.max_tokens,
             temperature: if reasoning { None } else { params.temperature },
             system_prompt: params.system_prompt.clone(),
-            response_format: openai_response_format(schema)?,
+            response_format,
+            prompt_cache_key,
         })
     }
+}
+
+/// The `prompt_cache_key` of a batch: `bl-` and the first 16 hex digits of a SHA-256
+/// over what every request shares (model, system prompt, schema name and the
+/// translated schema), each field length-prefixed so that no two different sets of
+/// fields hash the same bytes. SHA-256 rather than `DefaultHasher`, whose output may
+/// change between Rust versions: the same batch spec keeps the same key.
+///
+/// `prompt_cache_key` is an optional string field of the Chat Completions body
+/// ("used by OpenAI to cache responses for similar requests"; it replaces `user` for
+/// that purpose). The API reference gives it no length limit of its own, unlike its
+/// sibling `safety_identifier` (at most 64 characters); 19 characters stays well
+/// inside either.
+fn prompt_cache_key(
+    model: &str,
+    system_prompt: Option<&str>,
+    schema_name: &str,
+    response_format: &RawValue,
+) -> String {
+    let mut hasher = Sha256::new();
+    for field in [
+        model,
+        system_prompt.unwrap_or(""),
+        schema_name,
+        response_format.get(),
+    ] {
+        hasher.update((field.len() as u64).to_le_bytes());
+        hasher.update(field.as_bytes());
+    }
+    hasher.update([u8::from(system_prompt.is_some())]);
+    let digest = hasher.finalize();
+    format!("bl-{}", hex::encode(&digest[..8]))
 }
 
 #[derive(Serialize)]
@@ -92,6 +144,8 @@ struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     response_format: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_cache_key: Option<&'a str>,
 }
 
 /// The batch's system prompt, then the conversation as it is.
@@ -156,6 +210,7 @@ impl RequestEncoder for OpenAiEncoder {
                 max_completion_tokens,
                 temperature: self.temperature,
                 response_format: &self.response_format,
+                prompt_cache_key: self.prompt_cache_key.as_deref(),
             },
         };
         append_json(&line, true, out)
@@ -208,7 +263,7 @@ mod tests {
             max_tokens: 300,
             temperature: Some(0.2),
             system_prompt: Some("Extract facts.".to_string()),
-            ..GenerationParams::default()
+            prompt_cache: PromptCache::Off,
         };
         let line = encode_one("gpt-4o-mini", &params, &conversation());
         assert_eq!(
@@ -240,7 +295,7 @@ mod tests {
             max_tokens: 4000,
             temperature: Some(0.7),
             system_prompt: None,
-            ..GenerationParams::default()
+            prompt_cache: PromptCache::Off,
         };
         let request = Request {
             custom_id: "r".to_string(),
@@ -269,6 +324,99 @@ mod tests {
         for model in ["gpt-4o", "gpt-4.1-mini", "omni-moderation"] {
             assert!(!is_reasoning_model(model), "{model}");
         }
+    }
+
+    fn cache_key(model: &str, schema: &OutputSchema, params: &GenerationParams) -> Option<String> {
+        let encoder = OpenAiEncoder::new(model, schema, params).unwrap();
+        let mut keys = ["a", "b"].map(|id| {
+            let request = Request {
+                custom_id: id.to_string(),
+                messages: vec![Message::new(Role::User, format!("row {id}"))],
+            };
+            let mut out = Vec::new();
+            encoder.encode(0, &request, &mut out).unwrap();
+            let line: Value = serde_json::from_slice(&out).unwrap();
+            line["body"]
+                .get("prompt_cache_key")
+                .map(|key| key.as_str().unwrap().to_string())
+        });
+        assert_eq!(
+            keys[0], keys[1],
+            "every request of an encoder has the same key"
+        );
+        keys[0].take()
+    }
+
+    fn cached_params(system_prompt: &str) -> GenerationParams {
+        GenerationParams {
+            system_prompt: Some(system_prompt.to_string()),
+            ..GenerationParams::default()
+        }
+    }
+
+    #[test]
+    fn prompt_cache_key_is_stable_and_follows_the_shared_prefix() {
+        let key = cache_key("gpt-4o", &schema(), &cached_params("Extract facts.")).unwrap();
+        assert_eq!(key.len(), 19, "{key}");
+        assert!(key.starts_with("bl-"), "{key}");
+        assert!(key[3..].bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+        // The same inputs give the same key in every build: the key is a SHA-256.
+        assert_eq!(key, "bl-94e236959693aa48");
+        let five_minutes = GenerationParams {
+            prompt_cache: PromptCache::FiveMinutes,
+            ..cached_params("Extract facts.")
+        };
+        assert_eq!(
+            cache_key("gpt-4o", &schema(), &five_minutes).as_deref(),
+            Some(key.as_str()),
+            "the TTL is Anthropic's; OpenAI's key does not depend on it"
+        );
+        let other_schema = OutputSchema {
+            name: "other".to_string(),
+            ..schema()
+        };
+        let other_body = OutputSchema {
+            schema: json!({"type":"object","properties":{"y":{"type":"integer"}},"required":["y"]}),
+            ..schema()
+        };
+        for (model, schema, params) in [
+            ("gpt-4o", other_schema, cached_params("Extract facts.")),
+            ("gpt-4o", other_body, cached_params("Extract facts.")),
+            ("gpt-4o", schema(), cached_params("Extract names.")),
+            ("gpt-4o", schema(), GenerationParams::default()),
+            ("gpt-4o-mini", schema(), cached_params("Extract facts.")),
+        ] {
+            let other = cache_key(model, &schema, &params).unwrap();
+            assert_ne!(
+                other, key,
+                "{model} {} {:?}",
+                schema.name, params.system_prompt
+            );
+        }
+    }
+
+    #[test]
+    fn prompt_cache_off_sends_no_key() {
+        let params = GenerationParams {
+            prompt_cache: PromptCache::Off,
+            ..cached_params("Extract facts.")
+        };
+        assert_eq!(cache_key("gpt-4o", &schema(), &params), None);
+    }
+
+    #[test]
+    fn the_shared_prefix_comes_first_and_the_row_last() {
+        let line = encode_one("gpt-4o", &cached_params("Extract facts."), &conversation());
+        let messages = line["body"]["messages"].as_array().unwrap();
+        assert_eq!(
+            messages.first().unwrap(),
+            &json!({"role": "system", "content": "Extract facts."})
+        );
+        assert_eq!(
+            messages.last().unwrap(),
+            &json!({"role": "user", "content": "Again"})
+        );
+        assert_eq!(line["body"]["response_format"], response_format());
     }
 
     #[test]
