@@ -351,3 +351,31 @@ async fn uploads_carry_a_checksum_in_place_of_a_payload_signature() {
         vec![json!({"b": 2})]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_rows_are_answered_and_split_back_on_every_provider() {
+    let h = Harness::start().await;
+    for kind in ProviderKind::ALL {
+        let mut lines = vec![support::header(
+            kind,
+            json!({"rows_per_request": 5, "max_tokens": 2048}),
+        )];
+        let ids: Vec<String> = (0..12).map(|i| format!("doc-{i}")).collect();
+        lines.extend(ids.iter().enumerate().map(|(i, id)| {
+            json!({"custom_id": id, "text": format!("Invoice {i} from Vendor{i} Limited, total {i}.50 EUR")})
+                .to_string()
+        }));
+        let job = h
+            .submit(&format!("inbox/{kind}/packed.jsonl"), lines.join("\n") + "\n")
+            .await;
+        let record = h.run_to_end(&job).await;
+        assert_eq!(record.status, JobStatus::Completed, "{kind}: {:?}", record.failure);
+        let results = h.assert_invariant(&job, &ids).await;
+        assert_eq!(results.successes.len(), 12, "{kind}: {:?}", results.errors);
+        assert_eq!(results.summary["requests"], 12, "{kind}");
+        assert_eq!(results.summary["llm_requests"], 3, "{kind}");
+        for success in &results.successes {
+            assert!(success["result"]["vendor"].is_string(), "{kind}: {success}");
+        }
+    }
+}
