@@ -111,8 +111,16 @@ impl NumberRange {
     }
 
     fn fits(&self, x: f64, integer: bool) -> bool {
-        let above = if self.exclusive_lo { x > self.lo } else { x >= self.lo };
-        let below = if self.exclusive_hi { x < self.hi } else { x <= self.hi };
+        let above = if self.exclusive_lo {
+            x > self.lo
+        } else {
+            x >= self.lo
+        };
+        let below = if self.exclusive_hi {
+            x < self.hi
+        } else {
+            x <= self.hi
+        };
         let whole = !integer || x.fract() == 0.0;
         let multiple = self
             .multiple_of
@@ -175,16 +183,16 @@ impl<'a> AnswerGen<'a> {
         } else {
             fitting[(self.next() % fitting.len() as u64) as usize]
         };
-        if integer {
-            json!(x as i64)
-        } else {
-            json!(x)
-        }
+        if integer { json!(x as i64) } else { json!(x) }
     }
 
     fn seeded_number(&mut self, range: &NumberRange, integer: bool) -> f64 {
         let lo = if range.lo <= -1e15 { 0.0 } else { range.lo };
-        let hi = if range.hi >= 1e15 { lo + 100.0 } else { range.hi };
+        let hi = if range.hi >= 1e15 {
+            lo + 100.0
+        } else {
+            range.hi
+        };
         let step = range.multiple_of.unwrap_or(if integer { 1.0 } else { 0.0 });
         if step > 0.0 {
             let first = (lo / step).ceil();
@@ -199,7 +207,11 @@ impl<'a> AnswerGen<'a> {
         }
         let frac = (self.next() % 1000) as f64 / 1000.0;
         let x = lo + (hi - lo) * frac;
-        if range.fits(x, false) { x } else { (lo + hi) / 2.0 }
+        if range.fits(x, false) {
+            x
+        } else {
+            (lo + hi) / 2.0
+        }
     }
 
     /// One to three consecutive words of the text from a seeded position, padded to
@@ -401,7 +413,6 @@ const WORDS: [&str; 8] = [
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
 ];
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,5 +542,4 @@ mod tests {
         assert_eq!(answer["none"], json!([]));
         assert!(answer["some"][0].is_string());
     }
-
 }

@@ -188,10 +188,10 @@ impl CacheState {
         };
         let mut covered = hit;
         for prefix in prefixes {
-            let entry = self.entries.entry(prefix.hash).or_insert(Entry {
-                wave,
-                expires: 0,
-            });
+            let entry = self
+                .entries
+                .entry(prefix.hash)
+                .or_insert(Entry { wave, expires: 0 });
             if entry.expires <= clock {
                 // Expired entries are written anew.
                 entry.wave = wave;
@@ -328,7 +328,9 @@ mod tests {
         let run = || {
             let mut cache = CacheState::new(config(0.5));
             let p = [prefix(1024, 9, 600)];
-            (0..40).map(|_| cache.lookup(&p, true).read).collect::<Vec<_>>()
+            (0..40)
+                .map(|_| cache.lookup(&p, true).read)
+                .collect::<Vec<_>>()
         };
         let reads = run();
         assert_eq!(reads, run());

@@ -491,6 +491,10 @@ pub fn directory_timestamp(t: OffsetDateTime) -> String {
 mod tests {
     use super::*;
 
+    fn cache() -> CacheState {
+        CacheState::new(crate::cache::CacheConfig::default())
+    }
+
     fn request(role: &str, config: Value) -> Value {
         json!({
             "contents": [{"role": role, "parts": [{"text": "extract the invoice"}]}],
@@ -513,8 +517,13 @@ mod tests {
             json!({"responseMimeType": "application/json", "responseJsonSchema": json_schema}),
             json!({"response_mime_type": "application/json", "response_schema": openapi_schema}),
         ] {
-            let answer = generate(&request("user", config), Api::Vertex, "gemini-2.5-flash")
-                .expect("a valid request gets an answer");
+            let answer = generate(
+                &request("user", config),
+                Api::Vertex,
+                "gemini-2.5-flash",
+                &mut cache(),
+            )
+            .expect("a valid request gets an answer");
             let candidate = &answer["candidates"][0];
             assert_eq!(candidate["finishReason"], "STOP");
             let text = candidate["content"]["parts"][0]["text"].as_str().unwrap();
@@ -563,10 +572,16 @@ mod tests {
             ),
         ];
         for (request, api) in cases {
-            let error = generate(&request, api, "gemini-2.5-flash").unwrap_err();
+            let error = generate(&request, api, "gemini-2.5-flash", &mut cache()).unwrap_err();
             assert_eq!(error.code, Code::InvalidArgument, "{request}");
         }
-        let role_error = generate(&request("assistant", json!({})), Api::Vertex, "m").unwrap_err();
+        let role_error = generate(
+            &request("assistant", json!({})),
+            Api::Vertex,
+            "m",
+            &mut cache(),
+        )
+        .unwrap_err();
         assert_eq!(
             role_error.vertex_line_status(),
             r#"Bad Request: {"error": {"code": 400, "message": "Please use a valid role: user, model.", "status": "INVALID_ARGUMENT"}}"#
@@ -585,7 +600,14 @@ mod tests {
                 "generationConfig": config,
             })
         };
-        let run = |kind: &str| generate(&with_marker(kind), Api::Vertex, "gemini-2.5-flash");
+        let run = |kind: &str| {
+            generate(
+                &with_marker(kind),
+                Api::Vertex,
+                "gemini-2.5-flash",
+                &mut cache(),
+            )
+        };
         assert_eq!(
             run("provider_error").unwrap_err().code,
             Code::InvalidArgument

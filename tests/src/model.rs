@@ -278,7 +278,12 @@ fn blocks(content: &Value) -> Vec<Value> {
 
 fn anthropic_view(params: &Value) -> Result<View, String> {
     let mut segments = Vec::new();
-    for tool in params.get("tools").and_then(Value::as_array).into_iter().flatten() {
+    for tool in params
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let mut definition = tool.clone();
         if let Some(map) = definition.as_object_mut() {
             map.remove("cache_control");
@@ -296,7 +301,10 @@ fn anthropic_view(params: &Value) -> Result<View, String> {
     }
     let messages = params.get("messages").and_then(Value::as_array);
     for message in messages.into_iter().flatten() {
-        let role = message.get("role").and_then(Value::as_str).unwrap_or("user");
+        let role = message
+            .get("role")
+            .and_then(Value::as_str)
+            .unwrap_or("user");
         let mut first = true;
         for block in message.get("content").map(blocks).unwrap_or_default() {
             let text = content_text(&json!([block]));
@@ -370,7 +378,10 @@ fn openai_view(body: &Value) -> View {
     }
     let messages = body.get("messages").and_then(Value::as_array);
     for message in messages.into_iter().flatten() {
-        let role = message.get("role").and_then(Value::as_str).unwrap_or("user");
+        let role = message
+            .get("role")
+            .and_then(Value::as_str)
+            .unwrap_or("user");
         let text = content_text(message.get("content").unwrap_or(&Value::Null));
         segments.push(Segment {
             tokens: message_tokens(role, &text),
@@ -381,7 +392,12 @@ fn openai_view(body: &Value) -> View {
     let user: Vec<Value> = messages
         .into_iter()
         .flatten()
-        .filter(|m| !matches!(m.get("role").and_then(Value::as_str), Some("system" | "developer")))
+        .filter(|m| {
+            !matches!(
+                m.get("role").and_then(Value::as_str),
+                Some("system" | "developer")
+            )
+        })
         .cloned()
         .collect();
     View {
@@ -431,7 +447,9 @@ fn google_view(request: &Value) -> View {
     let contents = field(request, "contents").and_then(Value::as_array);
     let mut texts = Vec::new();
     for content in contents.into_iter().flatten() {
-        let role = field(content, "role").and_then(Value::as_str).unwrap_or("user");
+        let role = field(content, "role")
+            .and_then(Value::as_str)
+            .unwrap_or("user");
         let text = parts_text(content);
         segments.push(Segment {
             tokens: message_tokens(role, &text),
@@ -447,7 +465,9 @@ fn google_view(request: &Value) -> View {
         segments,
         text: texts.join("\n"),
         schema: json_mode.then(|| {
-            schema.unwrap_or_else(|| json!({"type": "object", "properties": {"answer": {"type": "string"}}}))
+            schema.unwrap_or_else(
+                || json!({"type": "object", "properties": {"answer": {"type": "string"}}}),
+            )
         }),
         max_tokens: config
             .and_then(|c| field(c, "maxOutputTokens"))
@@ -703,7 +723,10 @@ fn answer_text(schema: &Value, text: &str) -> String {
     }
     let next = keys.iter().max().copied().unwrap_or(0) + 1;
     for (i, own) in invented.into_iter().enumerate() {
-        entries.push((next + i as u64, answer_at(schema, row_ref, &format!("{own} (invented)"))));
+        entries.push((
+            next + i as u64,
+            answer_at(schema, row_ref, &format!("{own} (invented)")),
+        ));
     }
     let body: Vec<String> = entries
         .iter()

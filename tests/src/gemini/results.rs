@@ -99,9 +99,7 @@ impl Batch {
             }
             // Inline responses stay in request order: a request without metadata
             // can only be matched to its response by position.
-            Input::Inline(_) => Output::Inline(
-                (0..ran).map(answer).collect(),
-            ),
+            Input::Inline(_) => Output::Inline((0..ran).map(answer).collect()),
         };
         let state = match (cancelled_at, self.fate) {
             (Some(_), _) => CANCELLED,

@@ -403,12 +403,12 @@ pub(super) async fn create_batch(
     let plan = tokio::task::spawn_blocking(move || {
         plan_batch(&content, &INPUT_LIMITS, fate, &shared, &batch_id)
     })
-        .await
-        .map_err(|e| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "server_error",
-            ..ApiError::invalid(format!("validation task failed: {e}"), None)
-        })?;
+    .await
+    .map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "server_error",
+        ..ApiError::invalid(format!("validation task failed: {e}"), None)
+    })?;
     let mut batch = BatchRecord {
         id,
         input_file_id: params.input_file_id,
