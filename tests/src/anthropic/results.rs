@@ -140,7 +140,12 @@ pub(super) fn plan_result(
     let content = match (tool, output.structured, output.finish) {
         (Some(tool), true, finish) => {
             let input = match serde_json::from_str::<Value>(&output.text) {
-                Ok(value) if finish == Finish::Stop && value.to_string() == output.text => value,
+                Ok(value)
+                    if finish == Finish::Stop
+                        && serde_json::to_string(&value).ok().as_ref() == Some(&output.text) =>
+                {
+                    value
+                }
                 // A repeated key: the text goes into the line as written.
                 Ok(_) if finish == Finish::Stop => {
                     let marker = new_id("raw_tool_input_");
