@@ -191,7 +191,8 @@ pub enum Finish {
 pub struct Output {
     /// The answer text: JSON when `structured`, else prose; the refusal text when refused.
     pub text: String,
-    /// Whether `text` is (meant as) the structured answer rather than prose.
+    /// Whether `text` is (meant as) the structured answer rather than prose (the
+    /// `truncate` fault's half answer counts as prose).
     pub structured: bool,
     /// Why it stopped.
     pub finish: Finish,
@@ -638,7 +639,12 @@ fn answer(view: &View, fault: Option<RequestFault>) -> Output {
             schema_breaking_answer(schema, &view.text).to_string(),
             Finish::Stop,
         ),
-        Some(RequestFault::Truncate) => structured(first_half(&full()).to_string(), Finish::Length),
+        // The fault's half answer is text (an Anthropic model writes it as a text block),
+        // unlike a real cut at max tokens, which an Anthropic tool input shows as far as written.
+        Some(RequestFault::Truncate) => Output {
+            finish: Finish::Length,
+            ..prose(first_half(&full()).to_string())
+        },
         _ => structured(full(), Finish::Stop),
     }
 }

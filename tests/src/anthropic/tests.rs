@@ -370,16 +370,8 @@ async fn request_fault_markers_shape_each_result() {
     assert_eq!(message("refusal")["content"][0]["type"], "text");
     let truncated = message("truncate");
     assert_eq!(truncated["stop_reason"], "max_tokens");
-    // The tool input as far as the model wrote it: a part of the whole answer.
-    let block = &truncated["content"][0];
-    assert_eq!(block["type"], "tool_use");
-    let full = answer_for(&schema(), "Bob [[fault:truncate]]");
-    assert_ne!(block["input"], full);
-    for (key, value) in block["input"].as_object().unwrap() {
-        if value.is_number() {
-            assert_eq!(value, &full[key], "{block}");
-        }
-    }
+    let text = truncated["content"][0]["text"].as_str().unwrap();
+    assert!(serde_json::from_str::<Value>(text).is_err());
 }
 
 #[tokio::test]
