@@ -579,3 +579,27 @@ async fn every_answer_carries_a_request_id() {
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
     assert_ne!(request_id(&unauthorized), first);
 }
+
+#[test]
+fn a_repeated_row_key_stays_repeated_in_the_results_line() {
+    let row =
+        json!({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]});
+    let schema = json!({"type": "object", "properties": {
+        "1": {"$ref": "#/$defs/row"}, "2": {"$ref": "#/$defs/row"}
+    }, "required": ["1", "2"], "$defs": {"row": row}});
+    let params = json!({"model": "claude-sonnet-4-5", "max_tokens": 1024,
+        "tools": [{"name": "rows", "input_schema": schema}],
+        "tool_choice": {"type": "tool", "name": "rows"},
+        "messages": [{"role": "user", "content": "### 1\nAda Lovelace\n\n### 2\nAlan Turing [[fault:repeat_row]]"}]});
+    let mut cache = crate::cache::CacheState::new(crate::cache::CacheConfig::default());
+    let planned = super::results::plan_result(
+        "r1",
+        params.as_object().unwrap(),
+        BatchFate::Complete,
+        &mut cache,
+    );
+    let line = planned.ran_line();
+    assert_eq!(line.matches("\"2\":").count(), 2, "{line}");
+    let parsed: Value = serde_json::from_str(&line).expect("still one JSON line");
+    assert_eq!(parsed["result"]["message"]["stop_reason"], "tool_use");
+}
