@@ -11,9 +11,9 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-use crate::common::{
-    RequestFault, Shared, answer_for, first_half, new_id, schema_breaking_answer, tokens,
-};
+use crate::cache::CacheState;
+use crate::common::{Shared, new_id};
+use crate::model::{self, Failure, Finish};
 
 /// Canonical Google API error codes (`google.rpc.Code`) the emulator answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,116 +323,74 @@ fn is_label_text(text: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
-/// Runs one `GenerateContentRequest`: a deterministic `GenerateContentResponse`, or the
-/// error that the request's defects or its fault marker ask for.
-pub fn generate(request: &Value, api: Api, model: &str) -> Result<Value, GoogleError> {
+/// Runs one `GenerateContentRequest` with the prompt cache `cache`: its
+/// `GenerateContentResponse`, or the error that the request's defects, its length or its
+/// fault marker ask for.
+pub fn generate(
+    request: &Value,
+    api: Api,
+    model: &str,
+    cache: &mut CacheState,
+) -> Result<Value, GoogleError> {
     validate_request(request, api)?;
-    let seed = request_text(request);
-    let fault = RequestFault::find_in(&request.to_string());
-    match fault {
-        Some(RequestFault::ProviderError) => {
+    let which = match api {
+        Api::Vertex => model::Api::Vertex,
+        Api::Gemini => model::Api::Gemini,
+    };
+    let reply = model::run_request(which, model, request, cache);
+    let output = match reply.outcome {
+        Err(Failure::ContextLength { tokens, limit }) => {
             return Err(GoogleError::invalid(format!(
-                "The input token count ({}) exceeds the maximum number of tokens allowed (1048576).",
-                1_048_576 + tokens(&seed)
+                "The input token count ({tokens}) exceeds the maximum number of tokens allowed ({limit})."
             )));
         }
-        Some(RequestFault::RateLimit) => {
+        Err(Failure::RateLimit) => {
             return Err(GoogleError::new(
                 Code::ResourceExhausted,
                 "Resource exhausted. Please try again later.",
             ));
         }
-        Some(RequestFault::ServerError) => {
+        Err(Failure::Server) => {
             return Err(GoogleError::new(
                 Code::Internal,
                 "Internal error encountered.",
             ));
         }
-        _ => {}
+        Ok(output) => output,
+    };
+    let candidate = match output.finish {
+        Finish::Refusal => json!({
+            "content": {"role": "model"},
+            "finishReason": "SAFETY",
+            "index": 0,
+            "safetyRatings": [{
+                "category": "HARM_CATEGORY_DANGEROUS_CONTENT",
+                "probability": "HIGH",
+                "blocked": true,
+            }],
+        }),
+        finish => json!({
+            "content": {"role": "model", "parts": [{"text": output.text}]},
+            "finishReason": if finish == Finish::Length { "MAX_TOKENS" } else { "STOP" },
+            "index": 0,
+        }),
+    };
+    let mut usage = reply.usage;
+    if output.finish == Finish::Refusal {
+        // A blocked candidate has no parts, and Google reports no candidate tokens.
+        usage.output = 0;
     }
-    let config = field(request, "generationConfig");
-    let json_mode = config
-        .and_then(|c| field(c, "responseMimeType"))
-        .and_then(Value::as_str)
-        == Some(JSON_MIME);
-    let schema = config
-        .and_then(response_schema)
-        .unwrap_or_else(|| json!({"type": "object", "properties": {"answer": {"type": "string"}}}));
-    let full_answer = if json_mode {
-        answer_for(&schema, &seed).to_string()
-    } else {
-        format!(
-            "An emulated answer to {} words of input.",
-            seed.split_whitespace().count()
-        )
-    };
-    let (text, finish_reason) = match fault {
-        Some(RequestFault::Refusal) => (None, "SAFETY"),
-        Some(RequestFault::NonJson) => (
-            Some("I would rather answer this in prose than in JSON.".to_string()),
-            "STOP",
-        ),
-        Some(RequestFault::SchemaBreak) => (
-            Some(schema_breaking_answer(&schema, &seed).to_string()),
-            "STOP",
-        ),
-        Some(RequestFault::Truncate) => (Some(first_half(&full_answer).to_string()), "MAX_TOKENS"),
-        _ => (Some(full_answer), "STOP"),
-    };
-    Ok(response(text, finish_reason, tokens(&seed), model))
-}
-
-fn response(text: Option<String>, finish_reason: &str, prompt_tokens: u64, model: &str) -> Value {
-    let mut usage = json!({"promptTokenCount": prompt_tokens});
-    let candidate = match text {
-        Some(text) => {
-            let answer_tokens = tokens(&text);
-            usage["candidatesTokenCount"] = json!(answer_tokens);
-            usage["totalTokenCount"] = json!(prompt_tokens + answer_tokens);
-            json!({
-                "content": {"role": "model", "parts": [{"text": text}]},
-                "finishReason": finish_reason,
-                "index": 0,
-            })
-        }
-        None => {
-            usage["totalTokenCount"] = json!(prompt_tokens);
-            json!({
-                "content": {"role": "model"},
-                "finishReason": finish_reason,
-                "index": 0,
-                "safetyRatings": [{
-                    "category": "HARM_CATEGORY_DANGEROUS_CONTENT",
-                    "probability": "HIGH",
-                    "blocked": true,
-                }],
-            })
-        }
-    };
-    json!({
+    Ok(json!({
         "candidates": [candidate],
-        "usageMetadata": usage,
+        "usageMetadata": usage.to_provider_json(which),
         "modelVersion": model,
         "responseId": new_id(""),
-    })
-}
-
-/// The text of every part of `contents`, one per line: what answers are seeded with.
-fn request_text(request: &Value) -> String {
-    field(request, "contents")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|content| field(content, "parts").and_then(Value::as_array))
-        .flatten()
-        .filter_map(|part| part.get("text").and_then(Value::as_str))
-        .collect::<Vec<_>>()
-        .join("\n")
+    }))
 }
 
 /// The schema answers must follow: `responseJsonSchema` as is, or `responseSchema`
 /// (OpenAPI subset, upper-case type names) turned into JSON Schema.
-fn response_schema(config: &Value) -> Option<Value> {
+pub fn response_schema(config: &Value) -> Option<Value> {
     field(config, "responseJsonSchema")
         .cloned()
         .or_else(|| field(config, "responseSchema").map(lowercase_types))
@@ -533,6 +491,10 @@ pub fn directory_timestamp(t: OffsetDateTime) -> String {
 mod tests {
     use super::*;
 
+    fn cache() -> CacheState {
+        CacheState::new(crate::cache::CacheConfig::default())
+    }
+
     fn request(role: &str, config: Value) -> Value {
         json!({
             "contents": [{"role": role, "parts": [{"text": "extract the invoice"}]}],
@@ -555,8 +517,13 @@ mod tests {
             json!({"responseMimeType": "application/json", "responseJsonSchema": json_schema}),
             json!({"response_mime_type": "application/json", "response_schema": openapi_schema}),
         ] {
-            let answer = generate(&request("user", config), Api::Vertex, "gemini-2.5-flash")
-                .expect("a valid request gets an answer");
+            let answer = generate(
+                &request("user", config),
+                Api::Vertex,
+                "gemini-2.5-flash",
+                &mut cache(),
+            )
+            .expect("a valid request gets an answer");
             let candidate = &answer["candidates"][0];
             assert_eq!(candidate["finishReason"], "STOP");
             let text = candidate["content"]["parts"][0]["text"].as_str().unwrap();
@@ -605,10 +572,16 @@ mod tests {
             ),
         ];
         for (request, api) in cases {
-            let error = generate(&request, api, "gemini-2.5-flash").unwrap_err();
+            let error = generate(&request, api, "gemini-2.5-flash", &mut cache()).unwrap_err();
             assert_eq!(error.code, Code::InvalidArgument, "{request}");
         }
-        let role_error = generate(&request("assistant", json!({})), Api::Vertex, "m").unwrap_err();
+        let role_error = generate(
+            &request("assistant", json!({})),
+            Api::Vertex,
+            "m",
+            &mut cache(),
+        )
+        .unwrap_err();
         assert_eq!(
             role_error.vertex_line_status(),
             r#"Bad Request: {"error": {"code": 400, "message": "Please use a valid role: user, model.", "status": "INVALID_ARGUMENT"}}"#
@@ -627,7 +600,14 @@ mod tests {
                 "generationConfig": config,
             })
         };
-        let run = |kind: &str| generate(&with_marker(kind), Api::Vertex, "gemini-2.5-flash");
+        let run = |kind: &str| {
+            generate(
+                &with_marker(kind),
+                Api::Vertex,
+                "gemini-2.5-flash",
+                &mut cache(),
+            )
+        };
         assert_eq!(
             run("provider_error").unwrap_err().code,
             Code::InvalidArgument

@@ -5,12 +5,15 @@
 //! Control endpoints under `/_emulator/` (not part of any provider API) let tests
 //! switch faults on and move batches to their end deterministically.
 
+pub mod answer;
 pub mod anthropic;
+pub mod cache;
 pub mod common;
 pub mod gcs;
 pub mod gemini;
 pub mod google;
 pub mod harness;
+pub mod model;
 pub mod oauth;
 pub mod openai;
 pub mod vertex;

@@ -78,15 +78,15 @@ impl MessageBatch {
         let mut results = Vec::new();
         for index in shared.results_order(&self.id, self.planned.len()) {
             let planned = &self.planned[index];
-            let (kind, result) = if index < ran {
-                (planned.kind, planned.result.clone())
+            let (kind, line) = if index < ran {
+                (planned.kind, planned.ran_line())
             } else {
-                (not_run, json!({"type": not_run.as_str()}))
+                let result = json!({"type": not_run.as_str()});
+                let line = json!({"custom_id": planned.custom_id, "result": result});
+                (not_run, line.to_string())
             };
             *counts.entry(kind.as_str()).or_insert(0) += 1;
-            let line = json!({"custom_id": planned.custom_id, "result": result});
-            // Serializing a `Value` cannot fail.
-            serde_json::to_writer(&mut results, &line).expect("serializing a JSON value");
+            results.extend_from_slice(line.as_bytes());
             results.push(b'\n');
         }
         self.ended = Some(Ended {
@@ -159,7 +159,9 @@ pub(super) async fn create_batch(
         .map_err(|_| too_large())?;
     let (fate, partial) = state.shared.fate_for_new_batch();
     // Checking up to 256 MB of requests is CPU work: keep it off the async workers.
-    let planned = tokio::task::spawn_blocking(move || plan_batch(&body, fate))
+    let id = new_id("msgbatch_");
+    let (shared, batch_id) = (state.shared.clone(), id.clone());
+    let planned = tokio::task::spawn_blocking(move || plan_batch(&body, fate, &shared, &batch_id))
         .await
         .map_err(|e| ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -167,7 +169,7 @@ pub(super) async fn create_batch(
             message: format!("validation task failed: {e}"),
         })??;
     let mut batch = MessageBatch {
-        id: new_id("msgbatch_"),
+        id,
         created: Instant::now(),
         created_at: OffsetDateTime::now_utc(),
         fate,

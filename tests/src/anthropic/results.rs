@@ -6,13 +6,11 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
-use crate::common::{
-    BatchFate, RequestFault, answer_for, download_response, first_half, messages_text, new_id,
-    schema_breaking_answer, tokens,
-};
+use crate::cache::CacheState;
+use crate::common::{BatchFate, download_response, new_id};
+use crate::model::{Api, Failure, Finish, answering_tool, close_partial_json, run_request};
 
 use super::batches::with_batch;
-use super::validation::{chosen_tool_name, tool_named};
 use super::{Anthropic, ApiError, ApiResult};
 
 /// How a request ended, as counted in `request_counts`.
@@ -41,6 +39,9 @@ pub(super) struct PlannedResult {
     pub(super) custom_id: String,
     pub(super) kind: ResultKind,
     pub(super) result: Value,
+    /// A tool input whose text a `Value` cannot hold (a repeated key): the marker string
+    /// standing for it in `result`, and the text.
+    pub(super) raw_input: Option<(String, String)>,
 }
 
 pub(super) fn results_url(base_url: &str, id: &str) -> String {
@@ -69,14 +70,6 @@ pub(super) async fn batch_results(
     ))
 }
 
-/// The tool the model answers with: the forced one, else the first.
-fn answering_tool(params: &Map<String, Value>) -> Option<&Value> {
-    match chosen_tool_name(params) {
-        Some(name) => tool_named(params, name),
-        None => params.get("tools").and_then(Value::as_array)?.first(),
-    }
-}
-
 pub(super) fn errored(kind: &str, message: &str) -> (ResultKind, Value) {
     (
         ResultKind::Errored,
@@ -84,16 +77,30 @@ pub(super) fn errored(kind: &str, message: &str) -> (ResultKind, Value) {
     )
 }
 
+impl PlannedResult {
+    /// The results line of a request that ran: the planned result, with the raw tool
+    /// input written in place of its marker.
+    pub(super) fn ran_line(&self) -> String {
+        let line = json!({"custom_id": self.custom_id, "result": self.result}).to_string();
+        match &self.raw_input {
+            Some((marker, raw)) => line.replacen(&format!("\"{marker}\""), raw, 1),
+            None => line,
+        }
+    }
+}
+
 /// The result a checked request gets when it runs.
 pub(super) fn plan_result(
     custom_id: &str,
     params: &Map<String, Value>,
     fate: BatchFate,
+    cache: &mut CacheState,
 ) -> PlannedResult {
     let planned = |(kind, result): (ResultKind, Value)| PlannedResult {
         custom_id: custom_id.to_string(),
         kind,
         result,
+        raw_input: None,
     };
     match fate {
         BatchFate::AllFail => {
@@ -109,83 +116,73 @@ pub(super) fn plan_result(
         }
         BatchFate::Complete | BatchFate::Expire => {}
     }
-    let messages = params
-        .get("messages")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    let text = messages_text(messages);
-    let seed = format!("{custom_id}{text}");
-    let tool = answering_tool(params);
-    let schema = tool
-        .and_then(|tool| tool.get("input_schema"))
-        .cloned()
-        .unwrap_or_else(|| json!({"type": "object"}));
-    let tool_use = |input: Value| {
-        json!({
-            "type": "tool_use",
-            "id": new_id("toolu_"),
-            "name": tool.and_then(|t| t.get("name")).cloned().unwrap_or(Value::Null),
-            "input": input,
-        })
-    };
-    let text_block = |text: String| json!({"type": "text", "text": text});
-    let answer = || answer_for(&schema, &seed);
-    let (content, stop_reason) = match RequestFault::find_in(&text) {
-        Some(RequestFault::ProviderError) => {
+    let params = Value::Object(params.clone());
+    let model = params.get("model").and_then(Value::as_str).unwrap_or("");
+    let reply = run_request(Api::Anthropic, model, &params, cache);
+    let output = match reply.outcome {
+        Err(Failure::ContextLength { tokens, limit }) => {
             return planned(errored(
                 "invalid_request_error",
-                "prompt is too long: 210000 tokens > 200000 maximum",
+                &format!("prompt is too long: {tokens} tokens > {limit} maximum"),
             ));
         }
-        Some(RequestFault::RateLimit) => {
+        Err(Failure::RateLimit) => {
             return planned(errored(
                 "rate_limit_error",
                 "Number of request tokens has exceeded your per-minute rate limit.",
             ));
         }
-        Some(RequestFault::ServerError) => {
-            return planned(errored("api_error", "Internal server error"));
-        }
-        Some(RequestFault::SchemaBreak) if tool.is_some() => {
-            (tool_use(schema_breaking_answer(&schema, &seed)), "tool_use")
-        }
-        Some(RequestFault::SchemaBreak | RequestFault::NonJson) => (
-            text_block(format!(
-                "I could not produce structured output, but here is a summary: {}",
-                answer()
-            )),
-            "end_turn",
-        ),
-        Some(RequestFault::Refusal) => (
-            text_block("I'm sorry, but I can't help with that request.".to_string()),
-            "refusal",
-        ),
-        Some(RequestFault::Truncate) => (
-            text_block(first_half(&answer().to_string()).to_string()),
-            "max_tokens",
-        ),
-        None if tool.is_some() => (tool_use(answer()), "tool_use"),
-        None => (text_block(answer().to_string()), "end_turn"),
+        Err(Failure::Server) => return planned(errored("api_error", "Internal server error")),
+        Ok(output) => output,
     };
-    let input_tokens = tokens(&text);
-    let output_tokens = tokens(&content.to_string());
-    planned((
-        ResultKind::Succeeded,
-        json!({"type": "succeeded", "message": {
-            "id": new_id("msg_"),
-            "type": "message",
-            "role": "assistant",
-            "model": params.get("model").cloned().unwrap_or(Value::Null),
-            "content": [content],
-            "stop_reason": stop_reason,
-            "stop_sequence": null,
-            "usage": {
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "service_tier": "batch",
-            },
-        }}),
-    ))
+    let tool = answering_tool(&params);
+    let mut raw_input = None;
+    let content = match (tool, output.structured, output.finish) {
+        (Some(tool), true, finish) => {
+            let input = match serde_json::from_str::<Value>(&output.text) {
+                Ok(value)
+                    if finish == Finish::Stop
+                        && serde_json::to_string(&value).ok().as_ref() == Some(&output.text) =>
+                {
+                    value
+                }
+                // A repeated key: the text goes into the line as written.
+                Ok(_) if finish == Finish::Stop => {
+                    let marker = new_id("raw_tool_input_");
+                    raw_input = Some((marker.clone(), output.text.clone()));
+                    Value::String(marker)
+                }
+                _ => close_partial_json(&output.text),
+            };
+            json!({
+                "type": "tool_use",
+                "id": new_id("toolu_"),
+                "name": tool.get("name").cloned().unwrap_or(Value::Null),
+                "input": input,
+            })
+        }
+        _ => json!({"type": "text", "text": output.text}),
+    };
+    let stop_reason = match (output.finish, content["type"].as_str()) {
+        (Finish::Refusal, _) => "refusal",
+        (Finish::Length, _) => "max_tokens",
+        (Finish::Stop, Some("tool_use")) => "tool_use",
+        (Finish::Stop, _) => "end_turn",
+    };
+    PlannedResult {
+        raw_input,
+        ..planned((
+            ResultKind::Succeeded,
+            json!({"type": "succeeded", "message": {
+                "id": new_id("msg_"),
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [content],
+                "stop_reason": stop_reason,
+                "stop_sequence": null,
+                "usage": reply.usage.to_provider_json(Api::Anthropic),
+            }}),
+        ))
+    }
 }

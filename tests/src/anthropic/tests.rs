@@ -8,8 +8,9 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 
+use crate::answer::answer_for;
 use crate::common::testing::{BASE_URL, STEP, call, call_json, frozen_shared, jsonl, steps_ago};
-use crate::common::{BatchFate, Config, RequestFault, Shared, answer_for, lock};
+use crate::common::{BatchFate, Config, RequestFault, Shared, lock};
 
 use super::batches::MAX_BODY_BYTES;
 use super::results::ResultKind;
@@ -260,7 +261,9 @@ async fn create_rejects_invalid_requests_as_a_whole() {
             json!({"requests": vec![json!({}); MAX_REQUESTS + 1]})
                 .to_string()
                 .as_bytes(),
-            BatchFate::Complete
+            BatchFate::Complete,
+            &frozen_shared(),
+            "msgbatch_test",
         )
         .unwrap_err()
         .status,
@@ -328,17 +331,19 @@ async fn a_batch_ends_with_one_tool_use_answer_per_request() {
         assert_eq!(block["type"], "tool_use");
         assert_eq!(block["name"], "person");
         assert!(block["id"].as_str().unwrap().starts_with("toolu_"));
-        assert_eq!(
-            block["input"],
-            answer_for(&schema(), &format!("r{i}text {i}"))
-        );
+        assert_eq!(block["input"], answer_for(&schema(), &format!("text {i}")));
     }
 }
 
 #[tokio::test]
 async fn request_fault_markers_shape_each_result() {
     let harness = Harness::new();
-    let kinds = RequestFault::ALL.map(|(name, _)| name);
+    // Row faults only act on several-rows requests (see the model tests).
+    let kinds: Vec<&str> = RequestFault::ALL
+        .iter()
+        .filter(|(_, fault)| !fault.is_row_fault())
+        .map(|(name, _)| *name)
+        .collect();
     let batch: Vec<Value> = kinds
         .iter()
         .map(|kind| request(kind, &format!("Bob [[fault:{kind}]]")))
@@ -573,4 +578,28 @@ async fn every_answer_carries_a_request_id() {
     let unauthorized = send(&[("anthropic-version", "2023-06-01")]).await.unwrap();
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
     assert_ne!(request_id(&unauthorized), first);
+}
+
+#[test]
+fn a_repeated_row_key_stays_repeated_in_the_results_line() {
+    let row =
+        json!({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]});
+    let schema = json!({"type": "object", "properties": {
+        "1": {"$ref": "#/$defs/row"}, "2": {"$ref": "#/$defs/row"}
+    }, "required": ["1", "2"], "$defs": {"row": row}});
+    let params = json!({"model": "claude-sonnet-4-5", "max_tokens": 1024,
+        "tools": [{"name": "rows", "input_schema": schema}],
+        "tool_choice": {"type": "tool", "name": "rows"},
+        "messages": [{"role": "user", "content": "### 1\nAda Lovelace\n\n### 2\nAlan Turing [[fault:repeat_row]]"}]});
+    let mut cache = crate::cache::CacheState::new(crate::cache::CacheConfig::default());
+    let planned = super::results::plan_result(
+        "r1",
+        params.as_object().unwrap(),
+        BatchFate::Complete,
+        &mut cache,
+    );
+    let line = planned.ran_line();
+    assert_eq!(line.matches("\"2\":").count(), 2, "{line}");
+    let parsed: Value = serde_json::from_str(&line).expect("still one JSON line");
+    assert_eq!(parsed["result"]["message"]["stop_reason"], "tool_use");
 }

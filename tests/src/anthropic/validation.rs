@@ -4,7 +4,8 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
-use crate::common::{BatchFate, is_identifier};
+use crate::common::{BatchFate, Shared, is_identifier};
+use crate::model::check_cache_control;
 
 use super::results::{PlannedResult, plan_result};
 use super::{ApiError, ApiResult};
@@ -12,7 +13,12 @@ use super::{ApiError, ApiResult};
 pub(super) const MAX_REQUESTS: usize = 100_000;
 
 /// Checks every request of a create call and plans its result.
-pub(super) fn plan_batch(body: &[u8], fate: BatchFate) -> ApiResult<Vec<PlannedResult>> {
+pub(super) fn plan_batch(
+    body: &[u8],
+    fate: BatchFate,
+    shared: &Shared,
+    batch_id: &str,
+) -> ApiResult<Vec<PlannedResult>> {
     let body: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("The request body is not valid JSON: {e}")))?;
     let requests = body
@@ -36,10 +42,12 @@ pub(super) fn plan_batch(body: &[u8], fate: BatchFate) -> ApiResult<Vec<PlannedR
         }
         checked.push((custom_id, params));
     }
-    Ok(checked
-        .into_iter()
-        .map(|(custom_id, params)| plan_result(custom_id, params, fate))
-        .collect())
+    Ok(
+        shared.run_in_results_order(batch_id, checked.len(), |index, cache| {
+            let (custom_id, params) = checked[index];
+            plan_result(custom_id, params, fate, cache)
+        }),
+    )
 }
 
 /// The custom id and params of a request that passes the create-call checks.
@@ -104,6 +112,8 @@ fn check_request(request: &Value, index: usize) -> ApiResult<(&str, &Map<String,
             &format!("tool_choice names tool '{name}', which is not in tools."),
         );
     }
+    check_cache_control(request.get("params").unwrap_or(&Value::Null))
+        .map_err(|problem| ApiError::invalid(format!("requests.{index}.params: {problem}")))?;
     Ok((custom_id, params))
 }
 

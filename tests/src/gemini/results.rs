@@ -1,7 +1,7 @@
 //! Running a finished Gemini batch: a response or an error for every request.
 
 use axum::body::Bytes;
-use serde_json::{Value, json};
+use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::common::{BatchFate, ran_count};
@@ -45,14 +45,21 @@ impl Batch {
             pending: requests.len() - ran,
             ..Stats::default()
         };
-        let mut answer = |tag: &Tag, request: &Value| {
-            let outcome = match self.fate {
+        let mut outcomes: Vec<Option<_>> = gemini
+            .shared
+            .run_in_results_order(&self.id, ran, |index, cache| match self.fate {
                 BatchFate::AllFail => Err(GoogleError::new(
                     Code::Internal,
                     "Internal error encountered.",
                 )),
-                _ => generate(request, Api::Gemini, &self.model_id),
-            };
+                _ => generate(&requests[index].1, Api::Gemini, &self.model_id, cache),
+            })
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut answer = |index: usize| {
+            let (tag, _) = &requests[index];
+            let outcome = outcomes[index].take().expect("each request runs once");
             let mut line = match tag {
                 Tag::Key(key) => json!({"key": key}),
                 Tag::Metadata(Some(metadata)) => json!({"metadata": metadata}),
@@ -75,8 +82,7 @@ impl Batch {
             Input::File(_) => {
                 let mut results = Vec::new();
                 for index in gemini.shared.results_order(&self.id, ran) {
-                    let (tag, request) = &requests[index];
-                    serde_json::to_writer(&mut results, &answer(tag, request))
+                    serde_json::to_writer(&mut results, &answer(index))
                         .expect("serializing JSON to memory");
                     results.push(b'\n');
                 }
@@ -93,12 +99,7 @@ impl Batch {
             }
             // Inline responses stay in request order: a request without metadata
             // can only be matched to its response by position.
-            Input::Inline(_) => Output::Inline(
-                requests[..ran]
-                    .iter()
-                    .map(|(tag, request)| answer(tag, request))
-                    .collect(),
-            ),
+            Input::Inline(_) => Output::Inline((0..ran).map(answer).collect()),
         };
         let state = match (cancelled_at, self.fate) {
             (Some(_), _) => CANCELLED,

@@ -12,7 +12,10 @@ use serde_json::{Map, Value, json};
 
 use crate::common::{BatchFate, Shared, lock, new_id, page_limit, ran_count, unix_now};
 
+use crate::model::Usage;
+
 use super::files::StoredFile;
+
 use super::results::{Plan, answered_line, not_run_line, store_result_file};
 use super::validation::{InputLimits, LineError, plan_batch};
 use super::{ApiError, ApiResult, CHAT_COMPLETIONS, OpenAi, Store};
@@ -66,8 +69,8 @@ pub(super) struct Outcome {
     pub(super) error_file_id: Option<String>,
     pub(super) completed: usize,
     pub(super) failed: usize,
-    pub(super) input_tokens: u64,
-    pub(super) output_tokens: u64,
+    /// Tokens used by the requests that ran.
+    pub(super) usage: Usage,
 }
 
 /// Why requests that did not run are reported without a response.
@@ -205,14 +208,12 @@ impl BatchRecord {
             error_file_id: None,
             completed: 0,
             failed: 0,
-            input_tokens: 0,
-            output_tokens: 0,
+            usage: Usage::default(),
         };
         for index in shared.results_order(&self.id, plan.requests.len()) {
             let request = &plan.requests[index];
             let line = if index < ran {
-                outcome.input_tokens += request.input_tokens;
-                outcome.output_tokens += request.output_tokens;
+                outcome.usage += request.usage;
                 answered_line(request)
             } else {
                 not_run_line(&request.custom_id, not_run)
@@ -243,10 +244,8 @@ impl BatchRecord {
     }
 
     pub(super) fn to_json(&self) -> Value {
-        let (input_tokens, output_tokens) = self
-            .outcome
-            .as_ref()
-            .map_or((0, 0), |o| (o.input_tokens, o.output_tokens));
+        let usage = self.outcome.as_ref().map(|o| o.usage).unwrap_or_default();
+        let (input_tokens, output_tokens) = (usage.prompt(), usage.output);
         let errors = match &self.plan {
             Err(errors) if self.status == Status::Failed => json!({
                 "object": "list",
@@ -283,7 +282,7 @@ impl BatchRecord {
             "request_counts": self.request_counts(),
             "usage": {
                 "input_tokens": input_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens_details": {"cached_tokens": usage.cache_read},
                 "output_tokens": output_tokens,
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": input_tokens + output_tokens,
@@ -399,15 +398,19 @@ pub(super) async fn create_batch(
     }
     let (fate, partial) = state.shared.fate_for_new_batch();
     // Parsing a file of up to 200 MB is CPU work: keep it off the async workers.
-    let plan = tokio::task::spawn_blocking(move || plan_batch(&content, &INPUT_LIMITS, fate))
-        .await
-        .map_err(|e| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "server_error",
-            ..ApiError::invalid(format!("validation task failed: {e}"), None)
-        })?;
+    let id = new_id("batch_");
+    let (shared, batch_id) = (state.shared.clone(), id.clone());
+    let plan = tokio::task::spawn_blocking(move || {
+        plan_batch(&content, &INPUT_LIMITS, fate, &shared, &batch_id)
+    })
+    .await
+    .map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "server_error",
+        ..ApiError::invalid(format!("validation task failed: {e}"), None)
+    })?;
     let mut batch = BatchRecord {
-        id: new_id("batch_"),
+        id,
         input_file_id: params.input_file_id,
         completion_window: params.completion_window,
         metadata: params.metadata,
@@ -473,8 +476,7 @@ pub(super) async fn preload_finished_batch(
             error_file_id: None,
             completed,
             failed: 0,
-            input_tokens: 0,
-            output_tokens: 0,
+            usage: Usage::default(),
         }),
     };
     let answer = batch.to_json();

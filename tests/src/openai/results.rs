@@ -5,10 +5,9 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use serde_json::{Value, json};
 
-use crate::common::{
-    BatchFate, RequestFault, answer_for, first_half, messages_text, new_id, schema_breaking_answer,
-    tokens, unix_now,
-};
+use crate::cache::CacheState;
+use crate::common::{BatchFate, new_id, unix_now};
+use crate::model::{Api, Failure, Finish, Usage, run_request};
 
 use super::batches::NotRun;
 use super::files::StoredFile;
@@ -27,8 +26,8 @@ pub(super) struct PlannedRequest {
     pub(super) status_code: u16,
     /// A `chat.completion`, or `{"error": {...}}` for a non-200 answer.
     pub(super) body: Value,
-    pub(super) input_tokens: u64,
-    pub(super) output_tokens: u64,
+    /// Tokens it used (zero for an error).
+    pub(super) usage: Usage,
 }
 
 pub(super) fn answered_line(request: &PlannedRequest) -> Value {
@@ -80,7 +79,11 @@ pub(super) fn store_result_file(
 }
 
 /// The answer a valid line gets when it runs (or the error it gets).
-pub(super) fn plan_request(line: &InputLine, fate: BatchFate) -> PlannedRequest {
+pub(super) fn plan_request(
+    line: &InputLine,
+    fate: BatchFate,
+    cache: &mut CacheState,
+) -> PlannedRequest {
     let error = |status_code: u16,
                  message: &str,
                  kind: &str,
@@ -90,8 +93,7 @@ pub(super) fn plan_request(line: &InputLine, fate: BatchFate) -> PlannedRequest 
             custom_id: line.custom_id.clone(),
             status_code,
             body: json!({"error": {"message": message, "type": kind, "param": param, "code": code}}),
-            input_tokens: 0,
-            output_tokens: 0,
+            usage: Usage::default(),
         }
     };
     let server_error = || {
@@ -115,35 +117,21 @@ pub(super) fn plan_request(line: &InputLine, fate: BatchFate) -> PlannedRequest 
             Some(problem.code),
         );
     }
-    let messages = line
-        .body
-        .get("messages")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    let text = messages_text(messages);
-    let fault = RequestFault::find_in(&text);
-    let schema = line
-        .body
-        .get("response_format")
-        .and_then(|format| format.pointer("/json_schema/schema"))
-        .cloned()
-        .unwrap_or_else(|| json!({"type": "string"}));
-    let seed = format!("{}{text}", line.custom_id);
-    let serialized = |answer: Value| match answer {
-        Value::String(text) => text,
-        other => other.to_string(),
-    };
-    let (content, refusal, finish_reason) = match fault {
-        Some(RequestFault::ProviderError) => {
+    let body = Value::Object(line.body.clone());
+    let reply = run_request(Api::OpenAi, &line.model, &body, cache);
+    let output = match reply.outcome {
+        Err(Failure::ContextLength { tokens, limit }) => {
             return error(
                 400,
-                "This model's maximum context length is 128000 tokens. However, your messages resulted in 131072 tokens. Please reduce the length of the messages.",
+                &format!(
+                    "This model's maximum context length is {limit} tokens. However, your messages resulted in {tokens} tokens. Please reduce the length of the messages."
+                ),
                 "invalid_request_error",
                 Some("messages"),
                 Some("context_length_exceeded"),
             );
         }
-        Some(RequestFault::RateLimit) => {
+        Err(Failure::RateLimit) => {
             return error(
                 429,
                 "Rate limit reached for requests. Please try again later.",
@@ -152,33 +140,14 @@ pub(super) fn plan_request(line: &InputLine, fate: BatchFate) -> PlannedRequest 
                 Some("rate_limit_exceeded"),
             );
         }
-        Some(RequestFault::ServerError) => return server_error(),
-        Some(RequestFault::NonJson) => (
-            Some(format!(
-                "Sure! Here is what I found: {}",
-                serialized(answer_for(&schema, &seed))
-            )),
-            None,
-            "stop",
-        ),
-        Some(RequestFault::SchemaBreak) => (
-            Some(serialized(schema_breaking_answer(&schema, &seed))),
-            None,
-            "stop",
-        ),
-        Some(RequestFault::Refusal) => (
-            None,
-            Some("I'm sorry, but I can't help with that request.".to_string()),
-            "stop",
-        ),
-        Some(RequestFault::Truncate) => {
-            let full = serialized(answer_for(&schema, &seed));
-            (Some(first_half(&full).to_string()), None, "length")
-        }
-        None => (Some(serialized(answer_for(&schema, &seed))), None, "stop"),
+        Err(Failure::Server) => return server_error(),
+        Ok(output) => output,
     };
-    let input_tokens = tokens(&text);
-    let output_tokens = tokens(content.as_deref().or(refusal.as_deref()).unwrap_or(""));
+    let (content, refusal, finish_reason) = match output.finish {
+        Finish::Refusal => (None, Some(output.text), "stop"),
+        Finish::Length => (Some(output.text), None, "length"),
+        Finish::Stop => (Some(output.text), None, "stop"),
+    };
     PlannedRequest {
         custom_id: line.custom_id.clone(),
         status_code: 200,
@@ -193,13 +162,8 @@ pub(super) fn plan_request(line: &InputLine, fate: BatchFate) -> PlannedRequest 
                 "logprobs": null,
                 "finish_reason": finish_reason,
             }],
-            "usage": {
-                "prompt_tokens": input_tokens,
-                "completion_tokens": output_tokens,
-                "total_tokens": input_tokens + output_tokens,
-            },
+            "usage": reply.usage.to_provider_json(Api::OpenAi),
         }),
-        input_tokens,
-        output_tokens,
+        usage: reply.usage,
     }
 }

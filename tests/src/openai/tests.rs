@@ -8,8 +8,9 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 
+use crate::answer::answer_for;
 use crate::common::testing::{call, call_json, frozen_shared, jsonl, steps_ago};
-use crate::common::{BatchFate, RequestFault, answer_for, lock};
+use crate::common::{BatchFate, RequestFault, lock};
 
 use super::batches::{DAY_SECONDS, INPUT_LIMITS, STEP_DONE, STEP_FINALIZING, STEP_IN_PROGRESS};
 use super::validation::{
@@ -386,15 +387,19 @@ async fn a_batch_walks_through_its_stages_and_answers_every_request() {
         assert!(body["choices"][0]["message"]["refusal"].is_null());
         assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
         let parsed: Value = serde_json::from_str(content_of(answer).as_str().unwrap()).unwrap();
-        let seed = format!("{custom_id}Extract.\ntext {i}");
-        assert_eq!(parsed, answer_for(&schema(), &seed));
+        assert_eq!(parsed, answer_for(&schema(), &format!("text {i}")));
     }
 }
 
 #[tokio::test]
 async fn request_fault_markers_shape_each_answer() {
     let harness = Harness::new();
-    let kinds = RequestFault::ALL.map(|(name, _)| name);
+    // Row faults only act on several-rows requests (see the model tests).
+    let kinds: Vec<&str> = RequestFault::ALL
+        .iter()
+        .filter(|(_, fault)| !fault.is_row_fault())
+        .map(|(name, _)| *name)
+        .collect();
     let lines: Vec<Value> = kinds
         .iter()
         .map(|kind| line(kind, &format!("Bob [[fault:{kind}]]")))
@@ -597,12 +602,18 @@ fn strict_schemas_nest_ten_levels_and_hold_five_thousand_properties_at_most() {
 }
 
 fn plan_errors(content: &[u8], limits: &InputLimits) -> Vec<(&'static str, Option<usize>)> {
-    plan_batch(content, limits, BatchFate::Complete)
-        .err()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| (e.code, e.line))
-        .collect()
+    plan_batch(
+        content,
+        limits,
+        BatchFate::Complete,
+        &frozen_shared(),
+        "batch_test",
+    )
+    .err()
+    .unwrap_or_default()
+    .into_iter()
+    .map(|e| (e.code, e.line))
+    .collect()
 }
 
 #[test]
@@ -654,7 +665,14 @@ fn input_files_are_validated_line_by_line() {
         max_bytes: 100,
     };
     assert_eq!(plan_errors(&three, &tiny), vec![("file_too_large", None)]);
-    let plan = plan_batch(&three, &INPUT_LIMITS, BatchFate::Complete).unwrap();
+    let plan = plan_batch(
+        &three,
+        &INPUT_LIMITS,
+        BatchFate::Complete,
+        &frozen_shared(),
+        "batch_test",
+    )
+    .unwrap();
     assert_eq!(plan.requests.len(), 3);
 }
 

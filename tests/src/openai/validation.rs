@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
-use crate::common::{BatchFate, is_identifier};
+use crate::common::{BatchFate, Shared, is_identifier};
 
 use super::CHAT_COMPLETIONS;
 use super::results::{Plan, plan_request};
@@ -61,6 +61,8 @@ pub(super) fn plan_batch(
     content: &[u8],
     limits: &InputLimits,
     fate: BatchFate,
+    shared: &Shared,
+    batch_id: &str,
 ) -> Result<Plan, Vec<LineError>> {
     if content.len() > limits.max_bytes {
         return Err(vec![LineError::whole_file(
@@ -120,7 +122,9 @@ pub(super) fn plan_batch(
             ),
         )]);
     }
-    let requests = valid.iter().map(|line| plan_request(line, fate)).collect();
+    let requests = shared.run_in_results_order(batch_id, valid.len(), |index, cache| {
+        plan_request(&valid[index], fate, cache)
+    });
     Ok(Plan { model, requests })
 }
 

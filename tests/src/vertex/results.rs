@@ -50,15 +50,26 @@ impl Job {
             incomplete: lines.len() - ran,
         };
         let mut predictions = Vec::new();
-        for index in vertex.shared.results_order(&self.name, ran) {
-            let mut line = lines[index].clone();
-            let outcome = match self.fate {
+        let mut outcomes: Vec<Option<_>> = vertex
+            .shared
+            .run_in_results_order(&self.name, ran, |index, cache| match self.fate {
                 BatchFate::AllFail => Err(GoogleError::new(
                     Code::Internal,
                     "Internal error encountered.",
                 )),
-                _ => generate(&line["request"], Api::Vertex, &self.spec.model_id),
-            };
+                _ => generate(
+                    &lines[index]["request"],
+                    Api::Vertex,
+                    &self.spec.model_id,
+                    cache,
+                ),
+            })
+            .into_iter()
+            .map(Some)
+            .collect();
+        for index in vertex.shared.results_order(&self.name, ran) {
+            let mut line = lines[index].clone();
+            let outcome = outcomes[index].take().expect("each request runs once");
             let status = match outcome {
                 Ok(response) => {
                     stats.successful += 1;
