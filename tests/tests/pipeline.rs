@@ -366,10 +366,18 @@ async fn packed_rows_are_answered_and_split_back_on_every_provider() {
                 .to_string()
         }));
         let job = h
-            .submit(&format!("inbox/{kind}/packed.jsonl"), lines.join("\n") + "\n")
+            .submit(
+                &format!("inbox/{kind}/packed.jsonl"),
+                lines.join("\n") + "\n",
+            )
             .await;
         let record = h.run_to_end(&job).await;
-        assert_eq!(record.status, JobStatus::Completed, "{kind}: {:?}", record.failure);
+        assert_eq!(
+            record.status,
+            JobStatus::Completed,
+            "{kind}: {:?}",
+            record.failure
+        );
         let results = h.assert_invariant(&job, &ids).await;
         assert_eq!(results.successes.len(), 12, "{kind}: {:?}", results.errors);
         assert_eq!(results.summary["requests"], 12, "{kind}");
@@ -377,5 +385,105 @@ async fn packed_rows_are_answered_and_split_back_on_every_provider() {
         for success in &results.successes {
             assert!(success["result"]["vendor"].is_string(), "{kind}: {success}");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_requests_cut_off_by_the_token_limit_are_split_until_rows_fit() {
+    let h = Harness::start().await;
+    for kind in ProviderKind::ALL {
+        // One answer (about 30 tokens) fits 45 tokens, two do not: the emulator cuts
+        // them off, and collect resubmits the rows in halves down to one row each,
+        // although max_attempts allows no retry.
+        let header = support::header(
+            kind,
+            json!({"rows_per_request": 8, "max_tokens": 45, "max_attempts": 1}),
+        );
+        let ids: Vec<String> = (0..8).map(|i| format!("doc-{i}")).collect();
+        let mut lines = vec![header];
+        lines.extend(ids.iter().enumerate().map(|(i, id)| {
+            json!({"custom_id": id, "text": format!("Invoice {i} from Vendor{i} Limited, total {i}.50 EUR")})
+                .to_string()
+        }));
+        let job = h
+            .submit(
+                &format!("inbox/{kind}/too-long.jsonl"),
+                lines.join("\n") + "\n",
+            )
+            .await;
+        h.run_to_end(&job).await;
+        let results = h.assert_invariant(&job, &ids).await;
+        assert_eq!(results.successes.len(), 8, "{kind}: {:?}", results.errors);
+        // 1 request of 8 rows, 2 of 4, 4 of 2, 8 of 1.
+        assert_eq!(
+            results.summary["llm_requests"], 15,
+            "{kind}: {}",
+            results.summary
+        );
+        assert_eq!(
+            results.summary["retried"], 24,
+            "{kind}: {}",
+            results.summary
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_prompt_tokens_are_reported_and_priced_on_every_provider() {
+    let h = Harness::start().await;
+    // Long enough for every model's minimum cacheable prefix (4,096 tokens at most).
+    let rules: String = (1..=600)
+        .map(|n| format!("Rule {n}: amounts are written with two decimals. "))
+        .collect();
+    for kind in ProviderKind::ALL {
+        let spec = json!({
+            "system_prompt": rules,
+            "prices": {"input_per_million": 1.0, "output_per_million": 2.0,
+                       "cache_read_per_million": 0.1, "cache_write_per_million": 2.0}
+        });
+        let ids: Vec<String> = (0..40).map(|i| format!("doc-{i}")).collect();
+        let mut lines = vec![support::header(kind, spec)];
+        lines.extend(ids.iter().enumerate().map(|(i, id)| {
+            json!({"custom_id": id, "text": format!("Invoice {i} from ACME, total {i}.50 EUR")})
+                .to_string()
+        }));
+        let job = h
+            .submit(
+                &format!("inbox/{kind}/cached.jsonl"),
+                lines.join("\n") + "\n",
+            )
+            .await;
+        h.run_to_end(&job).await;
+        let results = h.assert_invariant(&job, &ids).await;
+        let usage = &results.summary["usage"];
+        let count = |field: &str| usage[field].as_f64().unwrap_or(0.0);
+        let (input, output) = (count("input_tokens"), count("output_tokens"));
+        let (read, written) = (
+            count("cached_input_tokens"),
+            count("cache_write_input_tokens"),
+        );
+        // Requests after the first wave of 16 find the prefix the first wave wrote.
+        assert!(read > 0.0, "{kind}: {usage}");
+        assert!(read < input, "{kind}: {usage}");
+        assert_eq!(
+            written > 0.0,
+            kind == ProviderKind::Anthropic,
+            "{kind}: {usage}"
+        );
+        let expected = ((input - read - written) + 0.1 * read + 2.0 * written + 2.0 * output) / 1e6;
+        let cost = results.summary["cost_usd"].as_f64().expect("a cost");
+        assert!(
+            (cost - expected).abs() < 1e-9,
+            "{kind}: {cost} vs {expected}"
+        );
+        let cached_rows = results
+            .successes
+            .iter()
+            .filter(|s| s["usage"]["cached_input_tokens"].as_u64().unwrap_or(0) > 0)
+            .count();
+        assert!(
+            cached_rows > 0,
+            "{kind}: per-result usage reports cached tokens"
+        );
     }
 }

@@ -141,8 +141,9 @@ fn message_answer(message: Message<'_>) -> (Answer<'_>, Usage) {
         .find(|block| block.kind == "tool_use")
         .and_then(|block| block.input);
     let answer = match (tool_input, stop_reason) {
+        // A tool call cut off by the limit is closed by the API but incomplete.
+        (_, Some("max_tokens")) => Answer::truncated("stop_reason \"max_tokens\""),
         (Some(input), _) => Answer::Embedded(input),
-        (None, Some("max_tokens")) => Answer::truncated("stop_reason \"max_tokens\""),
         (None, _) => Answer::failed(
             error_type::NO_STRUCTURED_OUTPUT,
             format!(
@@ -232,6 +233,10 @@ mod tests {
         let (kind, message) = expect_failed(&decode(truncated).unwrap());
         assert_eq!(kind, "invalid_json");
         assert!(message.contains("cut off by the token limit"));
+
+        // The API closes a tool call cut off by the limit: valid JSON, but incomplete.
+        let cut_tool = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"tool_use","id":"t","name":"invoice","input":{"vendor":"AC"}}],"stop_reason":"max_tokens","usage":{"input_tokens":4,"output_tokens":8}}}}"#;
+        assert_eq!(expect_failed(&decode(cut_tool).unwrap()).0, "invalid_json");
 
         let text_only = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"{}"}],"stop_reason":"end_turn"}}}"#;
         assert_eq!(
