@@ -10,7 +10,11 @@ ready-queue messages to `collect`, until the job's summary is written. Everythin
 The functions' environment is tests/scripts/local.env (fixed values) plus the endpoints
 of the run, written together to <run dir>/lambda.env and passed with `--env-file`.
 The example job is events/jobs/invoices.jsonl behind a `{"spec": …}` header built from
-events/pipelines/invoices.json with the chosen provider's model.
+events/pipelines/invoices.json with the chosen provider's model. The demo run packs five
+rows into each request (`rows_per_request`), sends the team's extraction guidelines
+(events/jobs/invoice-guidelines.txt, about 1,250 tokens) as the system prompt, and adds
+80 generated invoices to the file's 20, so that the summary shows what packing and the
+providers' prompt caches do to the tokens billed.
 
 The e2e tests import this module: `LocalPipeline` and the event builders are its API.
 """
@@ -327,9 +331,35 @@ def example_requests() -> bytes:
     return (EVENTS / "jobs" / "invoices.jsonl").read_bytes()
 
 
+DEMO_VENDORS = ["Acme Tools GmbH", "Northwind Traders", "Contoso Ltd", "Fabrikam Inc.", "Litware Inc",
+                "Tailspin Toys", "Coho Winery", "Proseware", "Alpine Ski House", "Woodgrove Bank"]
+DEMO_CURRENCIES = ["EUR", "USD", "GBP", "CHF", "CAD", "SEK"]
+
+
+def demo_spec(provider: str) -> dict:
+    """The demo run's spec: the example spec, five rows per request, the guidelines."""
+    spec = example_spec(provider)
+    spec["rows_per_request"] = 5
+    spec["max_tokens"] = 2048
+    spec["system_prompt"] = (EVENTS / "jobs" / "invoice-guidelines.txt").read_text().strip()
+    return spec
+
+
+def demo_requests() -> bytes:
+    """The example requests and 80 generated invoices (`inv-021` … `inv-100`)."""
+    lines = []
+    for n in range(21, 101):
+        vendor = DEMO_VENDORS[n % len(DEMO_VENDORS)]
+        currency = DEMO_CURRENCIES[n % len(DEMO_CURRENCIES)]
+        amount = f"{(n * 37.25) % 5000 + 12:,.2f}"
+        text = f"{vendor} invoice D-{4000 + n} dated 2024-04-{n % 28 + 1:02d}, total {currency} {amount}"
+        lines.append(json.dumps({"custom_id": f"inv-{n:03d}", "text": text}))
+    return example_requests() + ("\n".join(lines) + "\n").encode()
+
+
 def job_with_header(spec: dict) -> bytes:
     """The upload form that carries its own spec: a header line, then the requests."""
-    return json.dumps({"spec": spec}).encode() + b"\n" + example_requests()
+    return json.dumps({"spec": spec}).encode() + b"\n" + demo_requests()
 
 
 def request_lines(body: bytes) -> list[tuple[int, bytes]]:
@@ -727,7 +757,7 @@ def run_demo(provider: str, build: bool, keep: bool) -> None:
             f"moto {pipeline.moto_url}, emulator {pipeline.emulator_url}, "
             f"cargo lambda watch on 127.0.0.1:{pipeline.invoke_port}"
         )
-        body = job_with_header(example_spec(provider))
+        body = job_with_header(demo_spec(provider))
         event = pipeline.upload(DEMO_KEY, body)
         lines = len(request_lines(body))
         log(f"uploaded s3://{pipeline.bucket}/{DEMO_KEY} ({lines} request lines, model {MODELS[provider]})")
