@@ -510,13 +510,13 @@ async fn whole_file_problems_fail_the_job_with_file_and_reason() {
             "max_tokens of 0",
             "inbox/zero-tokens.jsonl",
             with_spec(openai_spec(json!({"max_tokens": 0}))).into_bytes(),
-            "max_tokens must be at least 1",
+            "spec field `max_tokens` is 0; allowed: 1 to 200000",
         ),
         (
             "a temperature out of range",
             "inbox/hot.jsonl",
             with_spec(openai_spec(json!({"temperature": 7.5}))).into_bytes(),
-            "temperature 7.5",
+            "spec field `temperature` is 7.5; allowed: 0 to 2",
         ),
         (
             "a gzip file without the .gz suffix",
