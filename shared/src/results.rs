@@ -1420,4 +1420,108 @@ mod tests {
             parser(ProviderKind::Gemini).parse_line(1, &answer_line(ProviderKind::Gemini, answer));
         assert_eq!(expect_failure(other).error_type, "schema_mismatch");
     }
+
+    /// A successful results line of `provider` for request `r-1` (Vertex row 1) whose
+    /// answer is the text `answer` (an Anthropic text block, not a tool call).
+    fn text_answer_line(provider: ProviderKind, answer: &str) -> Vec<u8> {
+        match provider {
+            ProviderKind::Anthropic => {
+                let text = serde_json::to_string(answer).unwrap();
+                format!(
+                    r#"{{"custom_id":"r-1","result":{{"type":"succeeded","message":{{"content":[{{"type":"text","text":{text}}}],"stop_reason":"end_turn","usage":{{"input_tokens":10,"output_tokens":4}}}}}}}}"#
+                )
+                .into_bytes()
+            }
+            _ => answer_line(provider, answer),
+        }
+    }
+
+    fn format_parser(provider: ProviderKind, format: AnswerFormat) -> ResultParser {
+        ResultParser::with_format(provider, &format, row_ids()).unwrap()
+    }
+
+    #[test]
+    fn text_answers_are_kept_as_written_without_a_result() {
+        for provider in ProviderKind::ALL {
+            let answer = "Ada Lovelace, 36, \"analyst\".\nNot JSON at all.";
+            let line = text_answer_line(provider, answer);
+            let outcome = format_parser(provider, AnswerFormat::Text).parse_line(1, &line);
+            let Outcome::Success(success) = &outcome else {
+                panic!("{provider}: {outcome:?}");
+            };
+            assert_eq!(success.text.as_deref(), Some(answer), "{provider}");
+            assert_eq!(success.result, Value::Null, "{provider}");
+            let mut out = Vec::new();
+            outcome.write_jsonl(&mut out);
+            let expected = format!(
+                "{{\"custom_id\":\"r-1\",\"text\":{},\"usage\":{{\"input_tokens\":10,\"output_tokens\":4}}}}\n",
+                serde_json::to_string(answer).unwrap()
+            );
+            assert_eq!(String::from_utf8(out.clone()).unwrap(), expected, "{provider}");
+            let read_back: Outcome = serde_json::from_slice(&out).unwrap();
+            assert_eq!(read_back, outcome, "{provider}");
+            match read_back.typed::<String>() {
+                TypedOutcome::Success(typed) => assert_eq!(typed.result, answer),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn json_mode_takes_any_object_and_nothing_else() {
+        for provider in ProviderKind::ALL {
+            let parser = format_parser(provider, AnswerFormat::JsonObject);
+            let line = text_answer_line(provider, r#"{"anything":[1,2],"goes":null}"#);
+            let outcome = parser.parse_line(1, &line);
+            let Outcome::Success(success) = &outcome else {
+                panic!("{provider}: {outcome:?}");
+            };
+            assert_eq!(success.result, json!({"anything": [1, 2], "goes": null}));
+            assert_eq!(success.text, None);
+            let mut out = Vec::new();
+            outcome.write_jsonl(&mut out);
+            assert!(
+                out.starts_with(br#"{"custom_id":"r-1","result":{"anything""#),
+                "{provider}: {}",
+                String::from_utf8_lossy(&out)
+            );
+            for (answer, says) in [
+                ("[1,2]", "an array"),
+                ("[{\"a\":1}]", "an array"),
+                ("\"text\"", "a string"),
+                ("3", "a number"),
+                ("null", "null"),
+                ("{\"cut\":", "not valid JSON"),
+                ("Sure! Here it is.", "not valid JSON"),
+            ] {
+                let failure =
+                    expect_failure(parser.parse_line(1, &text_answer_line(provider, answer)));
+                assert_eq!(failure.error_type, "invalid_json", "{provider} {answer}");
+                assert!(failure.error_message.contains(says), "{failure:?}");
+                assert_eq!(failure.usage, USAGE);
+            }
+        }
+    }
+
+    #[test]
+    fn schema_jobs_still_read_the_anthropic_tool_and_only_it() {
+        let line = text_answer_line(ProviderKind::Anthropic, r#"{"name":"Ada","age":36}"#);
+        let failure = expect_failure(parser(ProviderKind::Anthropic).parse_line(1, &line));
+        assert_eq!(failure.error_type, "no_structured_output");
+        // A tool call in a text-mode answer is not the answer: its text is.
+        let tool = answer_line(ProviderKind::Anthropic, r#"{"name":"Ada","age":36}"#);
+        let failure =
+            expect_failure(format_parser(ProviderKind::Anthropic, AnswerFormat::Text).parse_line(1, &tool));
+        assert_eq!(failure.error_type, "no_structured_output");
+    }
+
+    #[test]
+    fn packed_parsers_need_a_schema() {
+        for format in [AnswerFormat::Text, AnswerFormat::JsonObject] {
+            let err = ResultParser::packed(ProviderKind::OpenAi, &format, Arc::from(vec![]))
+                .unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{err}");
+            assert!(err.to_string().contains("need a schema"), "{err}");
+        }
+    }
 }

@@ -565,4 +565,94 @@ mod tests {
         .unwrap();
         assert_eq!(header.spec.max_tokens, 1024);
     }
+
+    fn spec(fields: serde_json::Value) -> JobSpec {
+        let mut value = serde_json::json!({"model": "openai/gpt-4o-mini"});
+        value
+            .as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn output_defaults_to_schema_with_one_and_text_without() {
+        let schema = serde_json::json!({"schema_name": "s", "schema": {"type": "object"}});
+        let with_schema = spec(schema.clone());
+        assert_eq!(with_schema.output_mode(), OutputMode::Schema);
+        assert_eq!(
+            with_schema.answer_format(),
+            Ok(AnswerFormat::Schema(OutputSchema {
+                name: "s".into(),
+                schema: serde_json::json!({"type": "object"}),
+            }))
+        );
+        let explicit = spec(serde_json::json!({
+            "schema_name": "s", "schema": {"type": "object"}, "output": "schema"
+        }));
+        assert_eq!(explicit.answer_format(), with_schema.answer_format());
+        let text = spec(serde_json::json!({}));
+        assert_eq!(text.output_mode(), OutputMode::Text);
+        assert_eq!(text.answer_format(), Ok(AnswerFormat::Text));
+        assert_eq!(text.check(50_000), Ok(()));
+        let json = spec(serde_json::json!({"output": "json"}));
+        assert_eq!(json.answer_format(), Ok(AnswerFormat::JsonObject));
+        assert_eq!(
+            spec(serde_json::json!({"output": "text"})).answer_format(),
+            Ok(AnswerFormat::Text)
+        );
+        // A schema job's record is written as it always was: no `output` field.
+        assert_eq!(
+            serde_json::to_value(&with_schema).unwrap()["schema_name"],
+            "s"
+        );
+        assert_eq!(serde_json::to_value(&with_schema).unwrap().get("output"), None);
+        assert_eq!(serde_json::to_value(&text).unwrap().get("schema"), None);
+    }
+
+    #[test]
+    fn output_and_schema_that_do_not_fit_are_refused_by_field() {
+        let cases: [(serde_json::Value, &str); 6] = [
+            (serde_json::json!({"output": "schema"}), "`output`"),
+            (
+                serde_json::json!({"output": "json", "schema_name": "s", "schema": {"type": "object"}}),
+                "`output`",
+            ),
+            (
+                serde_json::json!({"output": "text", "schema_name": "s", "schema": {"type": "object"}}),
+                "`output`",
+            ),
+            (serde_json::json!({"schema": {"type": "object"}}), "`schema_name`"),
+            (serde_json::json!({"schema_name": "s"}), "`schema_name`"),
+            (serde_json::json!({"output": "json", "schema_name": "s"}), "`schema_name`"),
+        ];
+        for (fields, field) in cases {
+            let spec = spec(fields.clone());
+            let err = spec.check(50_000).unwrap_err();
+            assert!(err.contains(field), "{fields}: {err}");
+            assert_eq!(spec.answer_format(), Err(err));
+        }
+        assert!(
+            serde_json::from_value::<JobSpec>(serde_json::json!({
+                "model": "openai/gpt-4o-mini", "output": "yaml"
+            }))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn text_and_json_output_cannot_be_packed() {
+        for output in ["text", "json"] {
+            let spec = spec(serde_json::json!({"output": output, "rows_per_request": 4}));
+            let err = spec.check(50_000).unwrap_err();
+            assert!(
+                err.contains("`rows_per_request`") && err.contains(&format!("`output` \"{output}\"")),
+                "{err}"
+            );
+        }
+        let packed_schema = spec(serde_json::json!({
+            "schema_name": "s", "schema": {"type": "object"}, "rows_per_request": 4
+        }));
+        assert_eq!(packed_schema.check(50_000), Ok(()));
+    }
 }
