@@ -1457,7 +1457,11 @@ mod tests {
                 "{{\"custom_id\":\"r-1\",\"text\":{},\"usage\":{{\"input_tokens\":10,\"output_tokens\":4}}}}\n",
                 serde_json::to_string(answer).unwrap()
             );
-            assert_eq!(String::from_utf8(out.clone()).unwrap(), expected, "{provider}");
+            assert_eq!(
+                String::from_utf8(out.clone()).unwrap(),
+                expected,
+                "{provider}"
+            );
             let read_back: Outcome = serde_json::from_slice(&out).unwrap();
             assert_eq!(read_back, outcome, "{provider}");
             match read_back.typed::<String>() {
@@ -1510,16 +1514,17 @@ mod tests {
         assert_eq!(failure.error_type, "no_structured_output");
         // A tool call in a text-mode answer is not the answer: its text is.
         let tool = answer_line(ProviderKind::Anthropic, r#"{"name":"Ada","age":36}"#);
-        let failure =
-            expect_failure(format_parser(ProviderKind::Anthropic, AnswerFormat::Text).parse_line(1, &tool));
+        let failure = expect_failure(
+            format_parser(ProviderKind::Anthropic, AnswerFormat::Text).parse_line(1, &tool),
+        );
         assert_eq!(failure.error_type, "no_structured_output");
     }
 
     #[test]
     fn packed_parsers_need_a_schema() {
         for format in [AnswerFormat::Text, AnswerFormat::JsonObject] {
-            let err = ResultParser::packed(ProviderKind::OpenAi, &format, Arc::from(vec![]))
-                .unwrap_err();
+            let err =
+                ResultParser::packed(ProviderKind::OpenAi, &format, Arc::from(vec![])).unwrap_err();
             assert!(matches!(err, Error::Config(_)), "{err}");
             assert!(err.to_string().contains("need a schema"), "{err}");
         }

@@ -606,7 +606,10 @@ mod tests {
             serde_json::to_value(&with_schema).unwrap()["schema_name"],
             "s"
         );
-        assert_eq!(serde_json::to_value(&with_schema).unwrap().get("output"), None);
+        assert_eq!(
+            serde_json::to_value(&with_schema).unwrap().get("output"),
+            None
+        );
         assert_eq!(serde_json::to_value(&text).unwrap().get("schema"), None);
     }
 
@@ -622,9 +625,15 @@ mod tests {
                 serde_json::json!({"output": "text", "schema_name": "s", "schema": {"type": "object"}}),
                 "`output`",
             ),
-            (serde_json::json!({"schema": {"type": "object"}}), "`schema_name`"),
+            (
+                serde_json::json!({"schema": {"type": "object"}}),
+                "`schema_name`",
+            ),
             (serde_json::json!({"schema_name": "s"}), "`schema_name`"),
-            (serde_json::json!({"output": "json", "schema_name": "s"}), "`schema_name`"),
+            (
+                serde_json::json!({"output": "json", "schema_name": "s"}),
+                "`schema_name`",
+            ),
         ];
         for (fields, field) in cases {
             let spec = spec(fields.clone());
@@ -646,7 +655,8 @@ mod tests {
             let spec = spec(serde_json::json!({"output": output, "rows_per_request": 4}));
             let err = spec.check(50_000).unwrap_err();
             assert!(
-                err.contains("`rows_per_request`") && err.contains(&format!("`output` \"{output}\"")),
+                err.contains("`rows_per_request`")
+                    && err.contains(&format!("`output` \"{output}\"")),
                 "{err}"
             );
         }

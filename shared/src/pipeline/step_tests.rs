@@ -716,7 +716,12 @@ async fn conversations_cannot_be_packed_and_are_reported_by_line() {
 async fn a_job_without_a_schema_gets_text_answers() {
     let s = Steps::new(Settings::default());
     let (job, ids) = s
-        .start("text", 3, json!({"schema_name": null, "schema": null}), true)
+        .start(
+            "text",
+            3,
+            json!({"schema_name": null, "schema": null}),
+            true,
+        )
         .await;
     let record = s.run_to_end(&job).await;
     assert_eq!(record.status, JobStatus::Completed);
@@ -730,7 +735,11 @@ async fn a_job_without_a_schema_gets_text_answers() {
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(fields, ["custom_id", "text", "usage", "attempts"], "{success}");
+        assert_eq!(
+            fields,
+            ["custom_id", "text", "usage", "attempts"],
+            "{success}"
+        );
         // The memory provider answers every request with the same content.
         assert_eq!(success["text"], r#"{"total":12.5}"#);
     }
