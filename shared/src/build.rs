@@ -13,11 +13,12 @@ use std::fmt;
 use crate::error::{Error, Result};
 use crate::model::{ModelRef, ProviderKind};
 use crate::packing::{
-    check_packable, packed_params, packed_request, packed_request_id, packed_schema,
+    check_packable, packable_schema, packed_params, packed_request, packed_request_id,
+    packed_schema,
 };
 use crate::provider::descriptor;
 use crate::provider::encode::{Framing, PartLimits, RequestEncoder};
-use crate::request::{GenerationParams, Message, OutputSchema, Request, Role};
+use crate::request::{AnswerFormat, GenerationParams, Message, OutputSchema, Request, Role};
 use bytes::Bytes;
 
 /// Why a part was closed before the input ended.
@@ -95,13 +96,14 @@ pub fn parse_manifest(manifest: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The encoder of `model`'s provider, with the schema translated once for the batch.
+/// The encoder of `model`'s provider asking for answers in `format`, with its schema
+/// (if any) translated once for the batch.
 pub fn encoder_for(
     model: &ModelRef,
-    schema: &OutputSchema,
+    format: &AnswerFormat,
     params: &GenerationParams,
 ) -> Result<Box<dyn RequestEncoder>> {
-    descriptor(model.provider).encoder(&model.model, schema, params)
+    descriptor(model.provider).encoder(&model.model, format, params)
 }
 
 /// Packed requests' encoders, one per number of rows (the schema names each row),
@@ -122,7 +124,11 @@ impl Packer {
     fn encoder(&mut self, rows: usize) -> Result<&dyn RequestEncoder> {
         if !self.encoders.contains_key(&rows) {
             let schema = packed_schema(&self.schema, rows, self.model.provider)?;
-            let encoder = encoder_for(&self.model, &schema, &packed_params(&self.params))?;
+            let encoder = encoder_for(
+                &self.model,
+                &AnswerFormat::Schema(schema),
+                &packed_params(&self.params),
+            )?;
             self.encoders.insert(rows, encoder);
         }
         Ok(self.encoders[&rows].as_ref())
@@ -151,25 +157,25 @@ pub struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    /// A builder for `model`'s provider, within its limits, one row per request.
+    /// A builder for `model`'s provider asking for answers to `schema`, within its
+    /// limits, one row per request.
     pub fn new(model: &ModelRef, schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
-        let limits = descriptor(model.provider).limits();
-        Ok(Self::with_encoder(
-            encoder_for(model, schema, params)?,
-            limits,
-        ))
+        Self::packed(model, &AnswerFormat::Schema(schema.clone()), params, 1)
     }
 
-    /// A builder that packs up to `rows_per_request` rows into each request
-    /// ([`crate::packing`]); with 1 it is [`BatchBuilder::new`].
+    /// A builder asking for answers in `format` that packs up to `rows_per_request`
+    /// rows into each request ([`crate::packing`], which needs a schema); with 1 row
+    /// per request any format goes.
     pub fn packed(
         model: &ModelRef,
-        schema: &OutputSchema,
+        format: &AnswerFormat,
         params: &GenerationParams,
         rows_per_request: usize,
     ) -> Result<Self> {
-        let mut builder = Self::new(model, schema, params)?;
+        let limits = descriptor(model.provider).limits();
+        let mut builder = Self::with_encoder(encoder_for(model, format, params)?, limits);
         if rows_per_request > 1 {
+            let schema = packable_schema(format)?;
             let mut packer = Packer {
                 model: model.clone(),
                 schema: schema.clone(),
@@ -902,10 +908,10 @@ mod tests {
 
     #[test]
     fn encoder_for_translates_the_schema_for_the_provider() {
-        let free_form = OutputSchema {
+        let free_form = AnswerFormat::Schema(OutputSchema {
             name: "free".into(),
             schema: json!({"type":"object","properties":{"m":{"type":"object"}}}),
-        };
+        });
         let params = GenerationParams::default();
         assert!(matches!(
             encoder_for(&model("openai/gpt-4o"), &free_form, &params),

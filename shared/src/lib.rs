@@ -24,4 +24,4 @@ pub mod tls;
 
 pub use error::{Error, Result};
 pub use model::{ModelRef, ProviderKind};
-pub use request::{GenerationParams, Message, OutputSchema, Request, Role};
+pub use request::{AnswerFormat, GenerationParams, Message, OutputSchema, Request, Role};

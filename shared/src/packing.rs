@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
-use crate::request::{GenerationParams, Message, OutputSchema, Request, Role};
+use crate::request::{AnswerFormat, GenerationParams, Message, OutputSchema, Request, Role};
 
 /// The instruction that tells the model how packed rows are laid out and answered.
 /// Fixed text, so that every request's prefix stays identical for prompt caching.
@@ -104,6 +104,18 @@ pub fn packed_request(id: String, rows: &[&Request]) -> Request {
 
 fn row_text(row: &Request) -> &str {
     row.messages.first().map_or("", |m| m.content.as_str())
+}
+
+/// The schema packed answers are validated against: packing wraps one, so text and
+/// JSON-object answers cannot be packed.
+pub fn packable_schema(format: &AnswerFormat) -> Result<&OutputSchema> {
+    format.schema().ok_or_else(|| {
+        Error::Config(
+            "several rows per request need a schema to wrap: text and JSON-object answers \
+             are sent one row per request"
+                .to_string(),
+        )
+    })
 }
 
 /// Name of the `$defs` entry that holds the user's schema in a packed schema.

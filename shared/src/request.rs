@@ -1,4 +1,5 @@
-//! What a caller asks for: conversations, the answer's schema, generation parameters.
+//! What a caller asks for: conversations, the answer's form (a schema, any JSON object
+//! or free text), generation parameters.
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,55 @@ pub struct OutputSchema {
     pub name: String,
     /// The JSON Schema itself.
     pub schema: serde_json::Value,
+}
+
+/// What form every answer of a batch takes, which decides how requests ask for it and
+/// how answers are checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnswerFormat {
+    /// A JSON value valid against the schema, asked for with the provider's structured
+    /// output (OpenAI `json_schema`, Anthropic's forced tool, Google's
+    /// `responseJsonSchema`).
+    Schema(OutputSchema),
+    /// Any JSON object, not validated further (OpenAI `json_object`, Google's JSON MIME
+    /// type, [`JSON_OBJECT_INSTRUCTION`] for OpenAI and Anthropic).
+    JsonObject,
+    /// Free text, returned as the model wrote it.
+    Text,
+}
+
+/// What JSON-mode requests add to the system prompt: OpenAI refuses `json_object` mode
+/// unless a message says "JSON", and Anthropic has no JSON mode but this instruction.
+/// Fixed text, so that every request's prefix stays identical for prompt caching.
+pub const JSON_OBJECT_INSTRUCTION: &str = "Answer with one JSON object.";
+
+impl AnswerFormat {
+    /// The schema answers must match, in [`AnswerFormat::Schema`] mode.
+    pub fn schema(&self) -> Option<&OutputSchema> {
+        match self {
+            AnswerFormat::Schema(schema) => Some(schema),
+            AnswerFormat::JsonObject | AnswerFormat::Text => None,
+        }
+    }
+
+    /// The system prompt OpenAI and Anthropic requests are sent with: `system_prompt`
+    /// as it is, followed in JSON mode by [`JSON_OBJECT_INSTRUCTION`] (Google's JSON
+    /// MIME type needs no instruction).
+    pub fn system_prompt(&self, system_prompt: Option<&str>) -> Option<String> {
+        match (self, system_prompt) {
+            (AnswerFormat::JsonObject, Some(prompt)) => {
+                Some(format!("{prompt}\n\n{JSON_OBJECT_INSTRUCTION}"))
+            }
+            (AnswerFormat::JsonObject, None) => Some(JSON_OBJECT_INSTRUCTION.to_string()),
+            (_, prompt) => prompt.map(str::to_string),
+        }
+    }
+}
+
+impl From<OutputSchema> for AnswerFormat {
+    fn from(schema: OutputSchema) -> Self {
+        AnswerFormat::Schema(schema)
+    }
 }
 
 /// Generation parameters shared by every request of a batch.

@@ -3,7 +3,8 @@
 //! A provider's decoder reads the envelope of one results line (borrowing from it,
 //! without building a JSON tree) into a [`Decoded`](crate::provider::decode::Decoded);
 //! [`ResultParser`] then resolves its request through the part's manifest, parses the
-//! answer, validates it against the job's schema and yields an [`Outcome`].
+//! answer, validates it against the job's schema (or checks that it is a JSON object
+//! in JSON mode, or keeps it as text in text mode) and yields an [`Outcome`].
 
 use std::borrow::{Borrow, Cow};
 use std::collections::HashMap;
@@ -12,28 +13,51 @@ use std::io::BufRead;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
-use crate::packing::{RowAnswer, packed_request_id, packed_request_index, split_answer};
-use crate::provider::decode::{Answer, Malformed, RowKey};
+use crate::packing::{
+    RowAnswer, packable_schema, packed_request_id, packed_request_index, split_answer,
+};
+use crate::provider::decode::{Answer, Decoded, Malformed, RowKey};
 use crate::provider::{AnswerFixup, ProviderDescriptor, descriptor};
-use crate::request::OutputSchema;
+use crate::request::{AnswerFormat, OutputSchema};
 
 pub use crate::provider::decode::{Usage, error_type};
 
-/// A validated answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A validated answer. Written as `{"custom_id","result","usage"}`, or for a text
+/// answer `{"custom_id","text","usage"}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Success {
     /// The request's id.
     pub custom_id: String,
-    /// The answer, valid against the job's schema.
+    /// The answer, valid against the job's schema (any JSON object in JSON mode);
+    /// `null` for a text answer.
+    #[serde(default)]
     pub result: Value,
+    /// The answer of a job without a schema in text mode, as the model wrote it;
+    /// `None` otherwise.
+    #[serde(default)]
+    pub text: Option<String>,
     /// Tokens billed for the request.
     #[serde(default)]
     pub usage: Usage,
+}
+
+impl Serialize for Success {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut success = serializer.serialize_struct("Success", 3)?;
+        success.serialize_field("custom_id", &self.custom_id)?;
+        match &self.text {
+            Some(text) => success.serialize_field("text", text)?,
+            None => success.serialize_field("result", &self.result)?,
+        }
+        success.serialize_field("usage", &self.usage)?;
+        success.end()
+    }
 }
 
 /// A request that did not produce a valid answer, and why.
@@ -75,14 +99,15 @@ impl Failure {
 }
 
 /// One request's result. Serialised untagged, so a results file line reads back as
-/// whichever of the two it is.
+/// whichever of the two it is: a failure is tried first, since its `error_type` and
+/// `error_message` never occur in a success, whose answer fields are both optional.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Outcome {
-    /// A valid answer.
-    Success(Success),
     /// No valid answer, and why.
     Error(Failure),
+    /// A valid answer.
+    Success(Success),
 }
 
 impl Outcome {
@@ -107,14 +132,18 @@ impl Outcome {
         }
     }
 
-    /// The success's object as a `T`; a result that does not fit `T` becomes a
-    /// `schema_mismatch` failure.
+    /// The success's object (a text answer: its string) as a `T`; a result that does
+    /// not fit `T` becomes a `schema_mismatch` failure.
     pub fn typed<T: DeserializeOwned>(&self) -> TypedOutcome<T> {
         let success = match self {
             Outcome::Error(failure) => return TypedOutcome::Error(failure.clone()),
             Outcome::Success(success) => success,
         };
-        match T::deserialize(&success.result) {
+        let text = success
+            .text
+            .as_ref()
+            .map(|text| Value::String(text.clone()));
+        match T::deserialize(text.as_ref().unwrap_or(&success.result)) {
             Ok(result) => TypedOutcome::Success(TypedSuccess {
                 custom_id: success.custom_id.clone(),
                 result,
@@ -267,46 +296,81 @@ const VALIDATION_MESSAGE_LIMIT: usize = 300;
 /// Turns one part's results lines into outcomes. Compiles the schema once.
 pub struct ResultParser {
     provider: &'static dyn ProviderDescriptor,
-    schema: OutputSchema,
-    validator: jsonschema::Validator,
-    /// What the provider's schema translation makes the model write that the job's
-    /// schema does not accept (OpenAI's strict-mode nulls), decided once per schema.
-    fixup: Option<AnswerFixup>,
+    check: AnswerCheck,
     /// The part's custom_ids by row (its manifest), for lines that carry only a row.
     row_ids: Arc<[String]>,
     /// For a part of packed requests: the row ids of each request, in order.
     packed: Option<Arc<[Vec<String>]>>,
 }
 
+/// How an answer is checked, by [`AnswerFormat`].
+enum AnswerCheck {
+    /// Parsed and validated against the schema.
+    Schema {
+        schema: OutputSchema,
+        validator: Box<jsonschema::Validator>,
+        /// What the provider's schema translation makes the model write that the job's
+        /// schema does not accept (OpenAI's strict-mode nulls), decided once per schema.
+        fixup: Option<AnswerFixup>,
+    },
+    /// Parsed, and must be a JSON object.
+    JsonObject,
+    /// Kept as the model wrote it.
+    Text,
+}
+
 impl fmt::Debug for ResultParser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let format = match &self.check {
+            AnswerCheck::Schema { schema, .. } => schema.name.as_str(),
+            AnswerCheck::JsonObject => "(json object)",
+            AnswerCheck::Text => "(text)",
+        };
         f.debug_struct("ResultParser")
             .field("provider", &self.provider.kind())
-            .field("schema", &self.schema.name)
+            .field("format", &format)
             .field("rows", &self.row_ids.len())
             .finish_non_exhaustive()
     }
 }
 
 impl ResultParser {
-    /// `row_ids` is the part's manifest: its custom_ids in input order.
+    /// A parser of answers to `schema`; `row_ids` is the part's manifest: its
+    /// custom_ids in input order.
     pub fn new(
         provider: ProviderKind,
         schema: &OutputSchema,
         row_ids: Arc<[String]>,
     ) -> Result<Self> {
-        let validator =
-            jsonschema::validator_for(&schema.schema).map_err(|err| Error::UnsupportedSchema {
-                name: schema.name.clone(),
-                provider,
-                reason: format!("not a usable JSON Schema: {err}"),
-            })?;
-        let provider = descriptor(provider);
+        Self::with_format(provider, &AnswerFormat::Schema(schema.clone()), row_ids)
+    }
+
+    /// A parser of answers in `format`; `row_ids` is the part's manifest: its
+    /// custom_ids in input order.
+    pub fn with_format(
+        provider: ProviderKind,
+        format: &AnswerFormat,
+        row_ids: Arc<[String]>,
+    ) -> Result<Self> {
+        let descriptor = descriptor(provider);
+        let check = match format {
+            AnswerFormat::Schema(schema) => AnswerCheck::Schema {
+                validator: Box::new(jsonschema::validator_for(&schema.schema).map_err(|err| {
+                    Error::UnsupportedSchema {
+                        name: schema.name.clone(),
+                        provider,
+                        reason: format!("not a usable JSON Schema: {err}"),
+                    }
+                })?),
+                fixup: descriptor.answer_fixup(&schema.schema),
+                schema: schema.clone(),
+            },
+            AnswerFormat::JsonObject => AnswerCheck::JsonObject,
+            AnswerFormat::Text => AnswerCheck::Text,
+        };
         Ok(Self {
-            fixup: provider.answer_fixup(&schema.schema),
-            provider,
-            schema: schema.clone(),
-            validator,
+            provider: descriptor,
+            check,
             row_ids,
             packed: None,
         })
@@ -314,12 +378,13 @@ impl ResultParser {
 
     /// A parser for a part of packed requests ([`crate::packing`]); `requests` holds
     /// the row ids of each request, in order (the part's manifest). Each row's answer
-    /// is validated against `schema` on its own.
+    /// is validated against the schema of `format` on its own; packing needs one.
     pub fn packed(
         provider: ProviderKind,
-        schema: &OutputSchema,
+        format: &AnswerFormat,
         requests: Arc<[Vec<String>]>,
     ) -> Result<Self> {
+        let schema = packable_schema(format)?;
         let request_ids: Arc<[String]> = (0..requests.len()).map(packed_request_id).collect();
         let mut parser = Self::new(provider, schema, request_ids)?;
         parser.packed = Some(requests);
@@ -358,7 +423,7 @@ impl ResultParser {
             }
             .filter(|&index| index < requests.len())
         };
-        let decoded = match self.provider.decode(line) {
+        let decoded = match self.decode(line) {
             Ok(decoded) => decoded,
             Err(Malformed { key, reason }) => {
                 match key.as_ref().and_then(request_of) {
@@ -452,39 +517,77 @@ impl ResultParser {
         }
     }
 
+    /// Reads a line's envelope: a request sent without a schema is answered by the
+    /// model's text (see [`ProviderDescriptor::decode_text`]).
+    fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {
+        match self.check {
+            AnswerCheck::Schema { .. } => self.provider.decode(line),
+            AnswerCheck::JsonObject | AnswerCheck::Text => self.provider.decode_text(line),
+        }
+    }
+
     /// One row's answer of a packed request, validated against the schema.
     fn row_outcome(&self, custom_id: &str, answer: &str, usage: Usage, line_no: u64) -> Outcome {
-        let mut result: Value = match serde_json::from_str(answer) {
-            Ok(value) => value,
-            Err(err) => {
-                return Outcome::Error(Failure {
-                    raw_data: Some(capped_text(answer.as_bytes())),
-                    line: Some(line_no),
-                    usage,
-                    ..Failure::new(
-                        custom_id,
-                        error_type::INVALID_JSON,
-                        format!("the answer is not valid JSON: {err}"),
-                    )
-                });
-            }
-        };
-        if let Some(fixup) = self.fixup {
-            fixup(&self.schema.schema, &mut result);
-        }
-        if let Some(message) = self.schema_mismatch(&result) {
-            return Outcome::Error(Failure {
+        match self.success(custom_id, answer, usage) {
+            Ok(success) => Outcome::Success(success),
+            Err((error_type, message)) => Outcome::Error(Failure {
                 raw_data: Some(capped_text(answer.as_bytes())),
                 line: Some(line_no),
                 usage,
-                ..Failure::new(custom_id, error_type::SCHEMA_MISMATCH, message)
-            });
+                ..Failure::new(custom_id, error_type, message)
+            }),
         }
-        Outcome::Success(Success {
+    }
+
+    /// The success `answer` makes in this parser's format, or the error type and
+    /// message of why it makes none: in text mode the answer as it is, otherwise its
+    /// JSON, which must be an object in JSON mode and match the schema in schema mode.
+    fn success(
+        &self,
+        custom_id: &str,
+        answer: &str,
+        usage: Usage,
+    ) -> Result<Success, (&'static str, String)> {
+        let success = |result: Value, text: Option<String>| Success {
             custom_id: custom_id.to_string(),
             result,
+            text,
             usage,
-        })
+        };
+        if let AnswerCheck::Text = self.check {
+            return Ok(success(Value::Null, Some(answer.to_string())));
+        }
+        let mut result: Value = serde_json::from_str(answer).map_err(|err| {
+            (
+                error_type::INVALID_JSON,
+                format!("the answer is not valid JSON: {err}"),
+            )
+        })?;
+        match &self.check {
+            AnswerCheck::Schema {
+                schema,
+                validator,
+                fixup,
+            } => {
+                if let Some(fixup) = fixup {
+                    fixup(&schema.schema, &mut result);
+                }
+                if let Some(message) = schema_mismatch(validator, &result) {
+                    return Err((error_type::SCHEMA_MISMATCH, message));
+                }
+            }
+            AnswerCheck::JsonObject if !result.is_object() => {
+                return Err((
+                    error_type::INVALID_JSON,
+                    format!(
+                        "the answer is JSON but not an object (it is {})",
+                        json_kind(&result)
+                    ),
+                ));
+            }
+            AnswerCheck::JsonObject | AnswerCheck::Text => {}
+        }
+        Ok(success(result, None))
     }
 
     /// One results line (without its newline) to an outcome. `line_no` is 1-based.
@@ -500,7 +603,7 @@ impl ResultParser {
                 )
             })
         };
-        let decoded = match self.provider.decode(line) {
+        let decoded = match self.decode(line) {
             Ok(decoded) => decoded,
             Err(Malformed { key, reason }) => {
                 let custom_id = key.as_ref().and_then(|key| self.resolve(key).ok());
@@ -519,34 +622,18 @@ impl ResultParser {
                 ..Failure::new(custom_id, error_type, message)
             })
         };
-        let parsed = match &decoded.answer {
+        let answer = match &decoded.answer {
             Answer::Failed {
                 error_type,
                 message,
             } => return fail(error_type, message.clone()),
-            Answer::Text(text) => serde_json::from_str::<Value>(text),
-            Answer::Embedded(raw) => serde_json::from_str::<Value>(raw.get()),
+            Answer::Text(text) => text.as_ref(),
+            Answer::Embedded(raw) => raw.get(),
         };
-        let mut result = match parsed {
-            Ok(value) => value,
-            Err(err) => {
-                return fail(
-                    error_type::INVALID_JSON,
-                    format!("the answer is not valid JSON: {err}"),
-                );
-            }
-        };
-        if let Some(fixup) = self.fixup {
-            fixup(&self.schema.schema, &mut result);
+        match self.success(custom_id, answer, decoded.usage) {
+            Ok(success) => Outcome::Success(success),
+            Err((error_type, message)) => fail(error_type, message),
         }
-        if let Some(message) = self.schema_mismatch(&result) {
-            return fail(error_type::SCHEMA_MISMATCH, message);
-        }
-        Outcome::Success(Success {
-            custom_id: custom_id.to_string(),
-            result,
-            usage: decoded.usage,
-        })
     }
 
     /// The custom_id a line's key names: as echoed, or the manifest's id of its row.
@@ -567,39 +654,51 @@ impl ResultParser {
     pub fn parse_reader<R: BufRead>(&self, reader: R) -> OutcomeLines<&Self, R> {
         OutcomeLines::new(self, reader)
     }
+}
 
-    /// The first few validation errors with their JSON pointers, or `None` if valid.
-    fn schema_mismatch(&self, result: &Value) -> Option<String> {
-        if self.validator.is_valid(result) {
-            return None;
-        }
-        let mut message = String::from("the answer does not match the schema: ");
-        let mut total = 0usize;
-        for err in self.validator.iter_errors(result) {
-            total += 1;
-            if total > SHOWN_VALIDATION_ERRORS {
-                continue;
-            }
-            if total > 1 {
-                message.push_str("; ");
-            }
-            let pointer = err.instance_path().as_str();
-            let pointer = if pointer.is_empty() {
-                "(root)"
-            } else {
-                pointer
-            };
-            let text = err.to_string();
-            let _ = write!(
-                message,
-                "at {pointer}: {}",
-                capped_str(&text, VALIDATION_MESSAGE_LIMIT)
-            );
-        }
+/// The first few validation errors with their JSON pointers, or `None` if valid.
+fn schema_mismatch(validator: &jsonschema::Validator, result: &Value) -> Option<String> {
+    if validator.is_valid(result) {
+        return None;
+    }
+    let mut message = String::from("the answer does not match the schema: ");
+    let mut total = 0usize;
+    for err in validator.iter_errors(result) {
+        total += 1;
         if total > SHOWN_VALIDATION_ERRORS {
-            let _ = write!(message, "; and {} more", total - SHOWN_VALIDATION_ERRORS);
+            continue;
         }
-        Some(message)
+        if total > 1 {
+            message.push_str("; ");
+        }
+        let pointer = err.instance_path().as_str();
+        let pointer = if pointer.is_empty() {
+            "(root)"
+        } else {
+            pointer
+        };
+        let text = err.to_string();
+        let _ = write!(
+            message,
+            "at {pointer}: {}",
+            capped_str(&text, VALIDATION_MESSAGE_LIMIT)
+        );
+    }
+    if total > SHOWN_VALIDATION_ERRORS {
+        let _ = write!(message, "; and {} more", total - SHOWN_VALIDATION_ERRORS);
+    }
+    Some(message)
+}
+
+/// What kind of JSON value `value` is, for messages.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -822,6 +921,7 @@ mod tests {
                 Outcome::Success(Success {
                     custom_id: "r-1".into(),
                     result: json!({"name": "Ada", "age": 36}),
+                    text: None,
                     usage: USAGE,
                 }),
                 "{provider}"
@@ -1141,12 +1241,14 @@ mod tests {
             Outcome::Success(Success {
                 custom_id: "a".into(),
                 result: json!({"n": 1}),
+                text: None,
                 usage: USAGE,
             }),
             Outcome::Error(Failure::new("b", "refusal", "no")),
             Outcome::Success(Success {
                 custom_id: "c".into(),
                 result: json!([1]),
+                text: None,
                 usage: Usage::default(),
             }),
         ]
@@ -1309,6 +1411,7 @@ mod tests {
             Outcome::Success(Success {
                 custom_id: "r-1".into(),
                 result: json!({"name": "Ada"}),
+                text: None,
                 usage: USAGE,
             })
         );
@@ -1316,5 +1419,114 @@ mod tests {
         let other =
             parser(ProviderKind::Gemini).parse_line(1, &answer_line(ProviderKind::Gemini, answer));
         assert_eq!(expect_failure(other).error_type, "schema_mismatch");
+    }
+
+    /// A successful results line of `provider` for request `r-1` (Vertex row 1) whose
+    /// answer is the text `answer` (an Anthropic text block, not a tool call).
+    fn text_answer_line(provider: ProviderKind, answer: &str) -> Vec<u8> {
+        match provider {
+            ProviderKind::Anthropic => {
+                let text = serde_json::to_string(answer).unwrap();
+                format!(
+                    r#"{{"custom_id":"r-1","result":{{"type":"succeeded","message":{{"content":[{{"type":"text","text":{text}}}],"stop_reason":"end_turn","usage":{{"input_tokens":10,"output_tokens":4}}}}}}}}"#
+                )
+                .into_bytes()
+            }
+            _ => answer_line(provider, answer),
+        }
+    }
+
+    fn format_parser(provider: ProviderKind, format: AnswerFormat) -> ResultParser {
+        ResultParser::with_format(provider, &format, row_ids()).unwrap()
+    }
+
+    #[test]
+    fn text_answers_are_kept_as_written_without_a_result() {
+        for provider in ProviderKind::ALL {
+            let answer = "Ada Lovelace, 36, \"analyst\".\nNot JSON at all.";
+            let line = text_answer_line(provider, answer);
+            let outcome = format_parser(provider, AnswerFormat::Text).parse_line(1, &line);
+            let Outcome::Success(success) = &outcome else {
+                panic!("{provider}: {outcome:?}");
+            };
+            assert_eq!(success.text.as_deref(), Some(answer), "{provider}");
+            assert_eq!(success.result, Value::Null, "{provider}");
+            let mut out = Vec::new();
+            outcome.write_jsonl(&mut out);
+            let expected = format!(
+                "{{\"custom_id\":\"r-1\",\"text\":{},\"usage\":{{\"input_tokens\":10,\"output_tokens\":4}}}}\n",
+                serde_json::to_string(answer).unwrap()
+            );
+            assert_eq!(
+                String::from_utf8(out.clone()).unwrap(),
+                expected,
+                "{provider}"
+            );
+            let read_back: Outcome = serde_json::from_slice(&out).unwrap();
+            assert_eq!(read_back, outcome, "{provider}");
+            match read_back.typed::<String>() {
+                TypedOutcome::Success(typed) => assert_eq!(typed.result, answer),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn json_mode_takes_any_object_and_nothing_else() {
+        for provider in ProviderKind::ALL {
+            let parser = format_parser(provider, AnswerFormat::JsonObject);
+            let line = text_answer_line(provider, r#"{"anything":[1,2],"goes":null}"#);
+            let outcome = parser.parse_line(1, &line);
+            let Outcome::Success(success) = &outcome else {
+                panic!("{provider}: {outcome:?}");
+            };
+            assert_eq!(success.result, json!({"anything": [1, 2], "goes": null}));
+            assert_eq!(success.text, None);
+            let mut out = Vec::new();
+            outcome.write_jsonl(&mut out);
+            assert!(
+                out.starts_with(br#"{"custom_id":"r-1","result":{"anything""#),
+                "{provider}: {}",
+                String::from_utf8_lossy(&out)
+            );
+            for (answer, says) in [
+                ("[1,2]", "an array"),
+                ("[{\"a\":1}]", "an array"),
+                ("\"text\"", "a string"),
+                ("3", "a number"),
+                ("null", "null"),
+                ("{\"cut\":", "not valid JSON"),
+                ("Sure! Here it is.", "not valid JSON"),
+            ] {
+                let failure =
+                    expect_failure(parser.parse_line(1, &text_answer_line(provider, answer)));
+                assert_eq!(failure.error_type, "invalid_json", "{provider} {answer}");
+                assert!(failure.error_message.contains(says), "{failure:?}");
+                assert_eq!(failure.usage, USAGE);
+            }
+        }
+    }
+
+    #[test]
+    fn schema_jobs_still_read_the_anthropic_tool_and_only_it() {
+        let line = text_answer_line(ProviderKind::Anthropic, r#"{"name":"Ada","age":36}"#);
+        let failure = expect_failure(parser(ProviderKind::Anthropic).parse_line(1, &line));
+        assert_eq!(failure.error_type, "no_structured_output");
+        // A tool call in a text-mode answer is not the answer: its text is.
+        let tool = answer_line(ProviderKind::Anthropic, r#"{"name":"Ada","age":36}"#);
+        let failure = expect_failure(
+            format_parser(ProviderKind::Anthropic, AnswerFormat::Text).parse_line(1, &tool),
+        );
+        assert_eq!(failure.error_type, "no_structured_output");
+    }
+
+    #[test]
+    fn packed_parsers_need_a_schema() {
+        for format in [AnswerFormat::Text, AnswerFormat::JsonObject] {
+            let err =
+                ResultParser::packed(ProviderKind::OpenAi, &format, Arc::from(vec![])).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{err}");
+            assert!(err.to_string().contains("need a schema"), "{err}");
+        }
     }
 }

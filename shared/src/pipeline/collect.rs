@@ -22,8 +22,9 @@ pub use super::ready::ReadyMessage;
 use super::spec::JobSpec;
 use super::summary;
 use crate::build::{BatchBuilder, BatchPart, parse_manifest};
+use crate::error::Error;
 use crate::provider::{BatchProvider, ProviderDescriptor, descriptor};
-use crate::request::Request;
+use crate::request::{AnswerFormat, Request};
 use crate::results::{Failure, Outcome, ResultParser, error_type};
 use crate::status::BatchState;
 use crate::storage::{ObjectStore, ObjectWriter};
@@ -182,12 +183,12 @@ impl CollectRun<'_> {
         let (_, manifest) = ctx.store.get(&keys::part_manifest(job_id, index)).await?;
         let requests = parse_manifest(&String::from_utf8_lossy(&manifest));
         let ids: Vec<String> = requests.iter().flatten().cloned().collect();
-        let (provider_kind, schema) = (self.spec.model.provider, self.spec.output_schema());
+        let (provider_kind, format) = (self.spec.model.provider, self.answer_format()?);
         let packed = self.spec.rows_per_request > 1;
         let request_sizes: Vec<u32> = requests.iter().map(|r| r.len() as u32).collect();
         let parser = match packed {
-            true => ResultParser::packed(provider_kind, &schema, requests.into())?,
-            false => ResultParser::new(provider_kind, &schema, ids.clone().into())?,
+            true => ResultParser::packed(provider_kind, &format, requests.into())?,
+            false => ResultParser::with_format(provider_kind, &format, ids.clone().into())?,
         };
 
         // Failures are held back for a retry part while attempts remain, and rows of a
@@ -285,6 +286,12 @@ impl CollectRun<'_> {
         })
     }
 
+    /// The job's answer format (its spec was checked at submit, so this fails only
+    /// for a record changed by hand).
+    fn answer_format(&self) -> Result<AnswerFormat, PipelineError> {
+        Ok(self.spec.answer_format().map_err(Error::Config)?)
+    }
+
     /// Builds a new part from the original request lines of the held-back failures'
     /// rows: rows of a packed request that was too long go in two requests of half its
     /// rows each, the others are packed as usual. `None` when it cannot be built (the
@@ -305,7 +312,7 @@ impl CollectRun<'_> {
         let mut halves: BTreeMap<u32, Vec<Request>> = BTreeMap::new();
         let mut builder = BatchBuilder::packed(
             &self.spec.model,
-            &self.spec.output_schema(),
+            &self.answer_format()?,
             &self.spec.params(),
             self.spec.rows_per_request,
         )?;

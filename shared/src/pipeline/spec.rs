@@ -1,9 +1,11 @@
-//! The job spec (model, schema, parameters, limits) and the input line format.
+//! The job spec (model, answer format, parameters, limits) and the input line format.
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelRef;
-use crate::request::{GenerationParams, Message, OutputSchema, PromptCache, Request, Role};
+use crate::request::{
+    AnswerFormat, GenerationParams, Message, OutputSchema, PromptCache, Request, Role,
+};
 
 /// Everything a job needs besides its requests. Comes from a first header line
 /// `{"spec": {…}}` in the uploaded file, or from `pipelines/<name>.json` for uploads
@@ -13,10 +15,18 @@ use crate::request::{GenerationParams, Message, OutputSchema, PromptCache, Reque
 pub struct JobSpec {
     /// `provider/model`, e.g. `openai/gpt-4o-mini`.
     pub model: ModelRef,
-    /// Name of the answer schema (providers want one; `[a-zA-Z0-9_-]{1,64}`).
-    pub schema_name: String,
-    /// JSON Schema every answer must match.
-    pub schema: serde_json::Value,
+    /// Name of the answer schema (providers want one; `[a-zA-Z0-9_-]{1,64}`); given
+    /// with `schema` and only then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_name: Option<String>,
+    /// JSON Schema every answer must match; without one the answers are free text
+    /// (or any JSON object with `output` `"json"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
+    /// What the answers are: `"schema"` (the default with a schema), `"text"` (the
+    /// default without) or `"json"` (any JSON object, without a schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputMode>,
     /// System prompt sent with every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
@@ -49,6 +59,28 @@ pub struct JobSpec {
     /// and differ by account, so batchline ships none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prices: Option<TokenPrices>,
+}
+
+/// The spec's `output` field: what form the answers take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputMode {
+    /// A JSON value valid against the spec's `schema`.
+    Schema,
+    /// Any JSON object (no schema).
+    Json,
+    /// Free text (no schema).
+    Text,
+}
+
+impl OutputMode {
+    fn name(self) -> &'static str {
+        match self {
+            OutputMode::Schema => "schema",
+            OutputMode::Json => "json",
+            OutputMode::Text => "text",
+        }
+    }
 }
 
 /// US dollars per million tokens.
@@ -130,18 +162,54 @@ fn default_max_line_bytes() -> usize {
 }
 
 impl JobSpec {
-    /// The answer schema as the providers get it.
-    pub fn output_schema(&self) -> OutputSchema {
-        OutputSchema {
-            name: self.schema_name.clone(),
-            schema: self.schema.clone(),
+    /// `output`, or its default: `"schema"` with a schema, `"text"` without.
+    pub fn output_mode(&self) -> OutputMode {
+        self.output.unwrap_or(match self.schema {
+            Some(_) => OutputMode::Schema,
+            None => OutputMode::Text,
+        })
+    }
+
+    /// What form the answers take, from `output`, `schema` and `schema_name`; the
+    /// error names the field that does not fit (a schema without its name, a name
+    /// without a schema, `output` `"schema"` without a schema or another `output`
+    /// with one).
+    pub fn answer_format(&self) -> Result<AnswerFormat, String> {
+        match (self.output_mode(), &self.schema, &self.schema_name) {
+            (OutputMode::Schema, Some(schema), Some(name)) => {
+                Ok(AnswerFormat::Schema(OutputSchema {
+                    name: name.clone(),
+                    schema: schema.clone(),
+                }))
+            }
+            (OutputMode::Schema, Some(_), None) => {
+                Err("spec field `schema_name` is missing: a `schema` needs a name".to_string())
+            }
+            (OutputMode::Schema, None, _) => Err(
+                "spec field `output` is \"schema\" but the spec has no `schema`; give one, or \
+                 use \"text\" or \"json\""
+                    .to_string(),
+            ),
+            (mode, Some(_), _) => Err(format!(
+                "spec field `output` is \"{}\", which takes no `schema`; remove the schema or \
+                 use \"schema\"",
+                mode.name()
+            )),
+            (_, None, Some(_)) => Err(
+                "spec field `schema_name` is given without a `schema`; give both or neither"
+                    .to_string(),
+            ),
+            (OutputMode::Json, None, None) => Ok(AnswerFormat::JsonObject),
+            (OutputMode::Text, None, None) => Ok(AnswerFormat::Text),
         }
     }
 
-    /// Checks every number of the spec against its documented bound
-    /// ([`bounds`]); `max_requests_per_provider_batch` is the provider's own limit.
-    /// The error says which field is out of bounds and what is allowed.
+    /// Checks the answer format ([`JobSpec::answer_format`]) and every number of the
+    /// spec against its documented bound ([`bounds`]);
+    /// `max_requests_per_provider_batch` is the provider's own limit. The error says
+    /// which field is wrong and what is allowed.
     pub fn check(&self, max_requests_per_provider_batch: usize) -> Result<(), String> {
+        self.answer_format()?;
         let out_of_bounds = |field: &str, value: String, allowed: String| {
             Err(format!(
                 "spec field `{field}` is {value}; allowed: {allowed}"
@@ -173,6 +241,17 @@ impl JobSpec {
                 "rows_per_request",
                 self.rows_per_request.to_string(),
                 format!("1 to {}", bounds::MAX_ROWS_PER_REQUEST),
+            );
+        }
+        let mode = self.output_mode();
+        if self.rows_per_request > 1 && mode != OutputMode::Schema {
+            return out_of_bounds(
+                "rows_per_request",
+                self.rows_per_request.to_string(),
+                format!(
+                    "1 with `output` \"{}\" (packed rows need a `schema` to wrap)",
+                    mode.name()
+                ),
             );
         }
         if let Some(max) = self.max_requests_per_part
@@ -485,5 +564,105 @@ mod tests {
         )
         .unwrap();
         assert_eq!(header.spec.max_tokens, 1024);
+    }
+
+    fn spec(fields: serde_json::Value) -> JobSpec {
+        let mut value = serde_json::json!({"model": "openai/gpt-4o-mini"});
+        value
+            .as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn output_defaults_to_schema_with_one_and_text_without() {
+        let schema = serde_json::json!({"schema_name": "s", "schema": {"type": "object"}});
+        let with_schema = spec(schema.clone());
+        assert_eq!(with_schema.output_mode(), OutputMode::Schema);
+        assert_eq!(
+            with_schema.answer_format(),
+            Ok(AnswerFormat::Schema(OutputSchema {
+                name: "s".into(),
+                schema: serde_json::json!({"type": "object"}),
+            }))
+        );
+        let explicit = spec(serde_json::json!({
+            "schema_name": "s", "schema": {"type": "object"}, "output": "schema"
+        }));
+        assert_eq!(explicit.answer_format(), with_schema.answer_format());
+        let text = spec(serde_json::json!({}));
+        assert_eq!(text.output_mode(), OutputMode::Text);
+        assert_eq!(text.answer_format(), Ok(AnswerFormat::Text));
+        assert_eq!(text.check(50_000), Ok(()));
+        let json = spec(serde_json::json!({"output": "json"}));
+        assert_eq!(json.answer_format(), Ok(AnswerFormat::JsonObject));
+        assert_eq!(
+            spec(serde_json::json!({"output": "text"})).answer_format(),
+            Ok(AnswerFormat::Text)
+        );
+        // A schema job's record is written as it always was: no `output` field.
+        assert_eq!(
+            serde_json::to_value(&with_schema).unwrap()["schema_name"],
+            "s"
+        );
+        assert_eq!(
+            serde_json::to_value(&with_schema).unwrap().get("output"),
+            None
+        );
+        assert_eq!(serde_json::to_value(&text).unwrap().get("schema"), None);
+    }
+
+    #[test]
+    fn output_and_schema_that_do_not_fit_are_refused_by_field() {
+        let cases: [(serde_json::Value, &str); 6] = [
+            (serde_json::json!({"output": "schema"}), "`output`"),
+            (
+                serde_json::json!({"output": "json", "schema_name": "s", "schema": {"type": "object"}}),
+                "`output`",
+            ),
+            (
+                serde_json::json!({"output": "text", "schema_name": "s", "schema": {"type": "object"}}),
+                "`output`",
+            ),
+            (
+                serde_json::json!({"schema": {"type": "object"}}),
+                "`schema_name`",
+            ),
+            (serde_json::json!({"schema_name": "s"}), "`schema_name`"),
+            (
+                serde_json::json!({"output": "json", "schema_name": "s"}),
+                "`schema_name`",
+            ),
+        ];
+        for (fields, field) in cases {
+            let spec = spec(fields.clone());
+            let err = spec.check(50_000).unwrap_err();
+            assert!(err.contains(field), "{fields}: {err}");
+            assert_eq!(spec.answer_format(), Err(err));
+        }
+        assert!(
+            serde_json::from_value::<JobSpec>(serde_json::json!({
+                "model": "openai/gpt-4o-mini", "output": "yaml"
+            }))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn text_and_json_output_cannot_be_packed() {
+        for output in ["text", "json"] {
+            let spec = spec(serde_json::json!({"output": output, "rows_per_request": 4}));
+            let err = spec.check(50_000).unwrap_err();
+            assert!(
+                err.contains("`rows_per_request`")
+                    && err.contains(&format!("`output` \"{output}\"")),
+                "{err}"
+            );
+        }
+        let packed_schema = spec(serde_json::json!({
+            "schema_name": "s", "schema": {"type": "object"}, "rows_per_request": 4
+        }));
+        assert_eq!(packed_schema.check(50_000), Ok(()));
     }
 }

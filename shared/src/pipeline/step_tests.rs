@@ -711,3 +711,58 @@ async fn conversations_cannot_be_packed_and_are_reported_by_line() {
             .contains("rows_per_request")
     );
 }
+
+#[tokio::test]
+async fn a_job_without_a_schema_gets_text_answers() {
+    let s = Steps::new(Settings::default());
+    let (job, ids) = s
+        .start(
+            "text",
+            3,
+            json!({"schema_name": null, "schema": null}),
+            true,
+        )
+        .await;
+    let record = s.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Completed);
+    assert_eq!(record.spec.as_ref().unwrap().schema, None);
+    let results = s.results(&job, &ids).await;
+    assert_eq!(results.successes.len(), 3);
+    for success in &results.successes {
+        let fields: Vec<&str> = success
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            fields,
+            ["custom_id", "text", "usage", "attempts"],
+            "{success}"
+        );
+        // The memory provider answers every request with the same content.
+        assert_eq!(success["text"], r#"{"total":12.5}"#);
+    }
+    assert_eq!(results.error_types()["line-5"], "invalid_input");
+}
+
+#[tokio::test]
+async fn text_output_with_several_rows_per_request_fails_the_job() {
+    let s = Steps::new(Settings::default());
+    let key = "inbox/text-packed.jsonl";
+    let spec = json!({"spec": {"model": "openai/gpt-4o-mini", "rows_per_request": 2}});
+    let body = format!("{spec}\n{}\n", json!({"text": "a"}));
+    s.ctx
+        .store
+        .put(key, Bytes::from(body), PutMode::Overwrite)
+        .await
+        .unwrap();
+    match s.submit(key).await.unwrap() {
+        SubmitOutcome::Failed { reason, .. } => assert!(
+            reason.contains("`rows_per_request`") && reason.contains(r#"`output` "text""#),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.provider.created(), 0);
+}

@@ -162,22 +162,22 @@ async fn submit_claimed(
         Ok(found) => found,
         Err(reason) => return fail(ctx, versioned, reason).await,
     };
-    if let Err(reason) = spec.check(descriptor(spec.model.provider).limits().max_requests) {
-        return fail(ctx, versioned, format!("{key}: {reason}")).await;
-    }
-    let mut builder = match BatchBuilder::packed(
-        &spec.model,
-        &spec.output_schema(),
-        &spec.params(),
-        spec.rows_per_request,
-    ) {
-        Ok(builder) => builder,
-        Err(e) => return fail(ctx, versioned, format!("{key}: {e}")).await,
+    let format = match spec
+        .check(descriptor(spec.model.provider).limits().max_requests)
+        .and_then(|()| spec.answer_format())
+    {
+        Ok(format) => format,
+        Err(reason) => return fail(ctx, versioned, format!("{key}: {reason}")).await,
     };
+    let mut builder =
+        match BatchBuilder::packed(&spec.model, &format, &spec.params(), spec.rows_per_request) {
+            Ok(builder) => builder,
+            Err(e) => return fail(ctx, versioned, format!("{key}: {e}")).await,
+        };
     // Collect validates answers with this schema: refuse now one it could not compile,
     // rather than submit batches whose results can never be read.
     let no_rows = std::sync::Arc::from(Vec::new());
-    if let Err(e) = ResultParser::new(spec.model.provider, &spec.output_schema(), no_rows) {
+    if let Err(e) = ResultParser::with_format(spec.model.provider, &format, no_rows) {
         return fail(ctx, versioned, format!("{key}: {e}")).await;
     }
     if let Some(max_requests) = spec.max_requests_per_part {

@@ -17,7 +17,7 @@ use super::decode::{Decoded, Malformed};
 use super::encode::{PartLimits, RequestEncoder};
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
-use crate::request::{GenerationParams, OutputSchema};
+use crate::request::{AnswerFormat, GenerationParams};
 use crate::status::BatchStatus;
 
 /// Tags attached to a provider batch so that it can be found again after a crash
@@ -73,16 +73,24 @@ pub trait ProviderDescriptor: Send + Sync + Debug {
     /// How much one batch may hold.
     fn limits(&self) -> PartLimits;
 
-    /// The encoder of requests to `model`, with `schema` translated once for the batch.
+    /// The encoder of requests to `model` asking for answers in `format`, with its
+    /// schema (if any) translated once for the batch.
     fn encoder(
         &self,
         model: &str,
-        schema: &OutputSchema,
+        format: &AnswerFormat,
         params: &GenerationParams,
     ) -> Result<Box<dyn RequestEncoder>>;
 
     /// Reads the envelope of one results line (without its newline).
     fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed>;
+
+    /// Reads one results line of a request sent without a schema (text and JSON
+    /// modes), whose answer is the model's text. The default is [`Self::decode`], for
+    /// providers whose answer is the message text in every mode.
+    fn decode_text<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {
+        self.decode(line)
+    }
 
     /// What to undo in answers to `schema` before they are validated against it (what
     /// the schema translation made the model write that `schema` does not accept), or

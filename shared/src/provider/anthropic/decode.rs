@@ -1,12 +1,16 @@
 //! Anthropic result-line decoding (Message Batches results JSONL). The structured
-//! answer is the `input` of the forced `tool_use` block.
+//! answer is the `input` of the forced `tool_use` block ([`decode`]); a request sent
+//! without a tool (text and JSON modes) is answered by the message's text blocks,
+//! joined ([`decode_text`]).
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::provider::decode::{Answer, Decoded, Malformed, RowKey, Usage, error_type};
+use crate::provider::decode::{
+    Answer, Decoded, Malformed, RowKey, Usage, error_type, optional_borrowed,
+};
 
 #[derive(Deserialize)]
 struct Line<'a> {
@@ -41,6 +45,17 @@ struct ContentBlock<'a> {
     kind: Cow<'a, str>,
     #[serde(borrow)]
     input: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "optional_borrowed")]
+    text: Option<Cow<'a, str>>,
+}
+
+/// Which part of a message is the answer.
+#[derive(Clone, Copy)]
+enum AnswerPart {
+    /// The forced tool's input.
+    ToolInput,
+    /// The text blocks, joined.
+    Text,
 }
 
 #[derive(Deserialize)]
@@ -74,14 +89,25 @@ struct ErrorDetail {
     message: Option<String>,
 }
 
-/// Decodes one line of an Anthropic batch results file.
+/// Decodes one line of an Anthropic batch results file of requests with the forced
+/// tool: the answer is its input.
 pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
+    decode_as(line, AnswerPart::ToolInput)
+}
+
+/// Decodes one line of an Anthropic batch results file of requests without a tool:
+/// the answer is the message's text blocks, joined.
+pub fn decode_text(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
+    decode_as(line, AnswerPart::Text)
+}
+
+fn decode_as(line: &[u8], part: AnswerPart) -> Result<Decoded<'_>, Malformed> {
     let parsed: Line<'_> = serde_json::from_slice(line)
         .map_err(|e| Malformed::unreadable(&e, line, &[&["custom_id"]]))?;
     let result = parsed.result;
     let (answer, usage) = match result.kind.as_ref() {
         "succeeded" => match result.message {
-            Some(message) => message_answer(message),
+            Some(message) => message_answer(message, part),
             None => {
                 return Err(Malformed::new(
                     Some(parsed.custom_id.into_owned()),
@@ -118,7 +144,7 @@ pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
     })
 }
 
-fn message_answer(message: Message<'_>) -> (Answer<'_>, Usage) {
+fn message_answer(message: Message<'_>, part: AnswerPart) -> (Answer<'_>, Usage) {
     let usage = message.usage.map_or_else(Usage::default, |u| Usage {
         input_tokens: u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens,
         output_tokens: u.output_tokens,
@@ -135,24 +161,47 @@ fn message_answer(message: Message<'_>) -> (Answer<'_>, Usage) {
             usage,
         );
     }
-    let tool_input = message
-        .content
-        .iter()
-        .find(|block| block.kind == "tool_use")
-        .and_then(|block| block.input);
-    let answer = match (tool_input, stop_reason) {
+    let answer = match part {
+        AnswerPart::ToolInput => message
+            .content
+            .iter()
+            .find(|block| block.kind == "tool_use")
+            .and_then(|block| block.input)
+            .map(Answer::Embedded),
+        // A text cut off by the token limit is not the answer, as at the other providers.
+        AnswerPart::Text if stop_reason == Some("max_tokens") => None,
+        AnswerPart::Text => joined_text(message.content).map(Answer::Text),
+    };
+    let answer = match (answer, stop_reason) {
         // A tool call cut off by the limit is closed by the API but incomplete.
         (_, Some("max_tokens")) => Answer::truncated("stop_reason \"max_tokens\""),
-        (Some(input), _) => Answer::Embedded(input),
+        (Some(answer), _) => answer,
         (None, _) => Answer::failed(
             error_type::NO_STRUCTURED_OUTPUT,
             format!(
-                "the message has no tool_use block (stop_reason {:?})",
+                "the message has no {} block (stop_reason {:?})",
+                match part {
+                    AnswerPart::ToolInput => "tool_use",
+                    AnswerPart::Text => "text",
+                },
                 stop_reason.unwrap_or("none")
             ),
         ),
     };
     (answer, usage)
+}
+
+/// The text blocks in order, joined without separator (borrowed when there is one).
+fn joined_text<'a>(content: Vec<ContentBlock<'a>>) -> Option<Cow<'a, str>> {
+    let mut texts = content
+        .into_iter()
+        .filter(|block| block.kind == "text")
+        .filter_map(|block| block.text);
+    let first = texts.next()?;
+    Some(texts.fold(first, |mut joined, text| {
+        joined.to_mut().push_str(&text);
+        joined
+    }))
 }
 
 fn errored(error: Option<ErrorResponse>) -> Answer<'static> {
@@ -256,5 +305,34 @@ mod tests {
         let no_result = br#"{"custom_id":"d-8"}"#;
         assert_eq!(decode(no_result).unwrap_err().custom_id(), Some("d-8"));
         assert_eq!(decode(b"\x00\x01").unwrap_err().key, None);
+    }
+
+    #[test]
+    fn text_answers_are_the_text_blocks_joined() {
+        let line = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"Ada was "},{"type":"text","text":"36."}],"stop_reason":"end_turn","usage":{"input_tokens":4,"output_tokens":3}}}}"#;
+        match decode_text(line).unwrap().answer {
+            Answer::Text(text) => assert_eq!(text, "Ada was 36."),
+            other => panic!("{other:?}"),
+        }
+        let one = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"{\"a\":1}"}],"stop_reason":"end_turn"}}}"#;
+        match decode_text(one).unwrap().answer {
+            Answer::Text(text) => assert_eq!(text, r#"{"a":1}"#),
+            other => panic!("{other:?}"),
+        }
+        // The same line read for a tool has no structured answer.
+        assert_eq!(
+            expect_failed(&decode(one).unwrap()).0,
+            "no_structured_output"
+        );
+        let empty = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[],"stop_reason":"end_turn"}}}"#;
+        let (kind, message) = expect_failed(&decode_text(empty).unwrap());
+        assert_eq!(kind, "no_structured_output");
+        assert!(message.contains("no text block"), "{message}");
+        let truncated = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"Once upon"}],"stop_reason":"max_tokens"}}}"#;
+        assert!(
+            expect_failed(&decode_text(truncated).unwrap())
+                .1
+                .contains("cut off by the token limit")
+        );
     }
 }

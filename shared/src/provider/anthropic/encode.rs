@@ -1,7 +1,10 @@
 //! Anthropic request encoding: one JSON document `{"requests":[…]}` whose items are
 //! `{"custom_id","params":{Messages API body}}`.
 //!
-//! The answer's schema travels as a forced tool. System text (the batch's system
+//! The answer's schema travels as a forced tool. Without a schema no tool is sent: a
+//! free-text answer is the message's text, and in JSON mode the system prompt ends
+//! with [`crate::request::JSON_OBJECT_INSTRUCTION`] (Anthropic has no JSON mode).
+//! System text (the batch's system
 //! prompt and any system messages, in order, joined by a blank line) goes to the
 //! top-level `system` field, never into `messages`.
 //!
@@ -25,7 +28,7 @@ use crate::provider::encode::{
     Framing, PartLimits, RequestEncoder, append_json, check_params, check_request, is_identifier,
     serialize_turns, system_texts,
 };
-use crate::request::{GenerationParams, Message, OutputSchema, Request};
+use crate::request::{AnswerFormat, GenerationParams, Message, Request};
 
 /// Message Batches: 100,000 requests and 256 MB per batch.
 pub const LIMITS: PartLimits = PartLimits {
@@ -43,8 +46,8 @@ pub const FRAMING: Framing = Framing {
 /// Anthropic accepts temperatures from 0 to 1.
 const MAX_TEMPERATURE: f64 = 1.0;
 
-/// Writes Anthropic Message Batches requests (the schema as a forced tool) for one
-/// model, schema and parameter set.
+/// Writes Anthropic Message Batches requests (the schema as a forced tool, or no tool
+/// without a schema) for one model, answer format and parameter set.
 #[derive(Debug)]
 pub struct AnthropicEncoder {
     model: String,
@@ -53,23 +56,28 @@ pub struct AnthropicEncoder {
     system_prompt: Option<String>,
     /// The breakpoint for the system block; the tool already carries it.
     cache_control: Option<CacheControl>,
-    tool: AnthropicTool,
+    /// The forced tool; `None` without a schema.
+    tool: Option<AnthropicTool>,
 }
 
 impl AnthropicEncoder {
-    /// Translates `schema` into the tool once for the batch (with its cache
-    /// breakpoint unless `params.prompt_cache` is off); fails on parameters Anthropic
-    /// refuses or a schema it cannot take.
-    pub fn new(model: &str, schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
+    /// Translates the schema of `format` into the tool once for the batch (with its
+    /// cache breakpoint unless `params.prompt_cache` is off); fails on parameters
+    /// Anthropic refuses or a schema it cannot take.
+    pub fn new(model: &str, format: &AnswerFormat, params: &GenerationParams) -> Result<Self> {
         check_params(params, ProviderKind::Anthropic, MAX_TEMPERATURE)?;
         let cache_control = CacheControl::for_cache(params.prompt_cache);
+        let tool = match format.schema() {
+            Some(schema) => Some(anthropic_cached_tool(schema, cache_control)?),
+            None => None,
+        };
         Ok(Self {
             model: model.to_string(),
             max_tokens: params.max_tokens,
             temperature: params.temperature,
-            system_prompt: params.system_prompt.clone(),
+            system_prompt: format.system_prompt(params.system_prompt.as_deref()),
             cache_control,
-            tool: anthropic_cached_tool(schema, cache_control)?,
+            tool,
         })
     }
 }
@@ -89,8 +97,10 @@ struct Params<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<System<'a>>,
     messages: Turns<'a>,
-    tools: &'a RawValue,
-    tool_choice: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'a RawValue>,
 }
 
 /// The top-level `system` field: a plain string, or (with caching on) the same text
@@ -182,8 +192,8 @@ impl RequestEncoder for AnthropicEncoder {
                 system: joined_system(self.system_prompt.as_deref(), &request.messages)
                     .map(|text| System::new(text, self.cache_control)),
                 messages: Turns(&request.messages),
-                tools: &self.tool.tools,
-                tool_choice: &self.tool.tool_choice,
+                tools: self.tool.as_ref().map(|tool| &*tool.tools),
+                tool_choice: self.tool.as_ref().map(|tool| &*tool.tool_choice),
             },
         };
         append_json(&item, false, out)
@@ -193,7 +203,7 @@ impl RequestEncoder for AnthropicEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{PromptCache, Role};
+    use crate::request::{OutputSchema, PromptCache, Role};
     use serde_json::{Value, json};
 
     /// An encoder with prompt caching off: the requests as they were before caching.
@@ -216,7 +226,7 @@ mod tests {
             system_prompt: system_prompt.map(str::to_string),
             prompt_cache,
         };
-        AnthropicEncoder::new("claude-sonnet-4-5", &schema, &params).unwrap()
+        AnthropicEncoder::new("claude-sonnet-4-5", &schema.into(), &params).unwrap()
     }
 
     fn encode(encoder: &AnthropicEncoder, request: &Request) -> Value {
@@ -387,7 +397,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            AnthropicEncoder::new("claude", &schema, &params),
+            AnthropicEncoder::new("claude", &schema.into(), &params),
             Err(Error::Config(_))
         ));
     }
@@ -415,5 +425,55 @@ mod tests {
             .map(|r| r["custom_id"].as_str().unwrap())
             .collect();
         assert_eq!(ids, ["a", "b"]);
+    }
+
+    fn unstructured_encoder(format: &AnswerFormat, prompt_cache: PromptCache) -> AnthropicEncoder {
+        let params = GenerationParams {
+            max_tokens: 512,
+            temperature: None,
+            system_prompt: Some("Summarise.".to_string()),
+            prompt_cache,
+        };
+        AnthropicEncoder::new("claude-sonnet-4-5", format, &params).unwrap()
+    }
+
+    #[test]
+    fn text_mode_sends_no_tool() {
+        let encoder = unstructured_encoder(&AnswerFormat::Text, PromptCache::Off);
+        let mut out = Vec::new();
+        encoder.encode(0, &system_conversation(), &mut out).unwrap();
+        let expected = concat!(
+            r#"{"custom_id":"doc_1","params":{"model":"claude-sonnet-4-5","max_tokens":512,"#,
+            r#""system":"Summarise.\n\nBe terse.","#,
+            r#""messages":[{"role":"user","content":"Say one"}]}}"#
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[test]
+    fn json_mode_instructs_in_the_system_prompt_without_a_tool() {
+        let encoder = unstructured_encoder(&AnswerFormat::JsonObject, PromptCache::Off);
+        let item = encode(&encoder, &system_conversation());
+        assert_eq!(
+            item["params"],
+            json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 512,
+                "system": "Summarise.\n\nAnswer with one JSON object.\n\nBe terse.",
+                "messages": [{"role": "user", "content": "Say one"}]
+            })
+        );
+        // With caching on, the system block alone carries the breakpoint.
+        let encoder = unstructured_encoder(&AnswerFormat::JsonObject, PromptCache::OneHour);
+        let item = encode(&encoder, &system_conversation());
+        assert_eq!(
+            item["params"]["system"],
+            json!([{
+                "type": "text",
+                "text": "Summarise.\n\nAnswer with one JSON object.\n\nBe terse.",
+                "cache_control": {"type": "ephemeral", "ttl": "1h"}
+            }])
+        );
+        assert_eq!(item["params"].get("tools"), None);
     }
 }

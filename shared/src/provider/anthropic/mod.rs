@@ -21,7 +21,7 @@ use crate::provider::config::Variables;
 use crate::provider::contract::ProviderDescriptor;
 use crate::provider::decode::{Decoded, Malformed};
 use crate::provider::encode::{PartLimits, RequestEncoder};
-use crate::request::{GenerationParams, OutputSchema};
+use crate::request::{AnswerFormat, GenerationParams};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 
 const KIND: ProviderKind = ProviderKind::Anthropic;
@@ -66,16 +66,21 @@ impl ProviderDescriptor for Anthropic {
     fn encoder(
         &self,
         model: &str,
-        schema: &OutputSchema,
+        format: &AnswerFormat,
         params: &GenerationParams,
     ) -> Result<Box<dyn RequestEncoder>> {
         Ok(Box::new(encode::AnthropicEncoder::new(
-            model, schema, params,
+            model, format, params,
         )?))
     }
 
     fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {
         decode::decode(line)
+    }
+
+    /// Without the forced tool the answer is the message's text blocks.
+    fn decode_text<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {
+        decode::decode_text(line)
     }
 
     fn secret_variables(&self) -> &'static [&'static str] {

@@ -10,7 +10,7 @@ use super::schema::google_response_json_schema;
 use crate::error::Result;
 use crate::model::ProviderKind;
 use crate::provider::encode::{check_params, check_request, serialize_turns, system_texts};
-use crate::request::{GenerationParams, Message, OutputSchema, Request};
+use crate::request::{AnswerFormat, GenerationParams, Message, Request};
 
 /// Both Google APIs accept temperatures from 0 to 2.
 const MAX_TEMPERATURE: f64 = 2.0;
@@ -20,7 +20,7 @@ const MAX_TEMPERATURE: f64 = 2.0;
 #[derive(Debug)]
 pub(crate) struct GoogleRequestTemplate {
     system_prompt: Option<String>,
-    /// `{"maxOutputTokens","temperature"?,"responseMimeType","responseJsonSchema"}`
+    /// `{"maxOutputTokens","temperature"?,"responseMimeType"?,"responseJsonSchema"?}`
     generation_config: Box<RawValue>,
 }
 
@@ -30,23 +30,32 @@ struct GenerationConfig<'a> {
     max_output_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
-    response_mime_type: &'static str,
-    response_json_schema: &'a RawValue,
+    /// `application/json` for a schema or any JSON object; absent for free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_mime_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_json_schema: Option<&'a RawValue>,
 }
 
 impl GoogleRequestTemplate {
     pub(crate) fn new(
-        schema: &OutputSchema,
+        format: &AnswerFormat,
         params: &GenerationParams,
         provider: ProviderKind,
     ) -> Result<Self> {
         check_params(params, provider, MAX_TEMPERATURE)?;
-        let response_json_schema = google_response_json_schema(schema, provider)?;
+        let response_json_schema = match format.schema() {
+            Some(schema) => Some(google_response_json_schema(schema, provider)?),
+            None => None,
+        };
         let generation_config = to_raw_value(&GenerationConfig {
             max_output_tokens: params.max_tokens,
             temperature: params.temperature,
-            response_mime_type: "application/json",
-            response_json_schema: &response_json_schema,
+            response_mime_type: match format {
+                AnswerFormat::Schema(_) | AnswerFormat::JsonObject => Some("application/json"),
+                AnswerFormat::Text => None,
+            },
+            response_json_schema: response_json_schema.as_deref(),
         })?;
         Ok(Self {
             system_prompt: params.system_prompt.clone(),
@@ -149,7 +158,7 @@ pub(crate) mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::request::Role;
+    use crate::request::{OutputSchema, Role};
 
     pub(crate) fn schema() -> OutputSchema {
         OutputSchema {

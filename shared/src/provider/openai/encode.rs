@@ -24,7 +24,7 @@ use crate::model::ProviderKind;
 use crate::provider::encode::{
     Framing, PartLimits, RequestEncoder, append_json, check_params, check_request,
 };
-use crate::request::{GenerationParams, Message, OutputSchema, PromptCache, Request, Role};
+use crate::request::{AnswerFormat, GenerationParams, Message, PromptCache, Request, Role};
 
 /// The endpoint every line and the batch itself name.
 pub const ENDPOINT: &str = "/v1/chat/completions";
@@ -47,23 +47,26 @@ pub fn is_reasoning_model(model: &str) -> bool {
 }
 
 /// Writes OpenAI Batch API request lines (`/v1/chat/completions` bodies with a strict
-/// `json_schema` response format) for one model, schema and parameter set.
+/// `json_schema` response format, `json_object`, or none for free text) for one
+/// model, answer format and parameter set.
 #[derive(Debug)]
 pub struct OpenAiEncoder {
     model: String,
     reasoning: bool,
     max_tokens: u32,
     temperature: Option<f64>,
+    /// The batch's system prompt (with the JSON instruction in JSON mode).
     system_prompt: Option<String>,
-    response_format: Box<RawValue>,
+    /// `json_schema` or `json_object`; `None` for free text.
+    response_format: Option<Box<RawValue>>,
     /// `bl-` and 16 hex digits, or `None` when prompt caching is off.
     prompt_cache_key: Option<String>,
 }
 
 impl OpenAiEncoder {
-    /// Translates `schema` once for the batch; fails on parameters OpenAI refuses or a
-    /// schema strict mode cannot express.
-    pub fn new(model: &str, schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
+    /// Translates the schema of `format` once for the batch; fails on parameters
+    /// OpenAI refuses or a schema strict mode cannot express.
+    pub fn new(model: &str, format: &AnswerFormat, params: &GenerationParams) -> Result<Self> {
         check_params(params, ProviderKind::OpenAi, MAX_TEMPERATURE)?;
         let reasoning = is_reasoning_model(model);
         if reasoning && params.temperature.is_some() {
@@ -72,13 +75,20 @@ impl OpenAiEncoder {
                 "temperature is not sent: OpenAI reasoning models refuse it"
             );
         }
-        let response_format = openai_response_format(schema)?;
+        let response_format = match format {
+            AnswerFormat::Schema(schema) => Some(openai_response_format(schema)?),
+            AnswerFormat::JsonObject => Some(RawValue::from_string(
+                r#"{"type":"json_object"}"#.to_string(),
+            )?),
+            AnswerFormat::Text => None,
+        };
+        let system_prompt = format.system_prompt(params.system_prompt.as_deref());
         let prompt_cache_key = (params.prompt_cache != PromptCache::Off).then(|| {
             prompt_cache_key(
                 model,
-                params.system_prompt.as_deref(),
-                &schema.name,
-                &response_format,
+                system_prompt.as_deref(),
+                format.schema().map_or("", |schema| schema.name.as_str()),
+                response_format.as_deref().map_or("", RawValue::get),
             )
         });
         Ok(Self {
@@ -86,7 +96,7 @@ impl OpenAiEncoder {
             reasoning,
             max_tokens: params.max_tokens,
             temperature: if reasoning { None } else { params.temperature },
-            system_prompt: params.system_prompt.clone(),
+            system_prompt,
             response_format,
             prompt_cache_key,
         })
@@ -95,7 +105,7 @@ impl OpenAiEncoder {
 
 /// The `prompt_cache_key` of a batch: `bl-` and the first 16 hex digits of a SHA-256
 /// over what every request shares (model, system prompt, schema name and the
-/// translated schema), each field length-prefixed so that no two different sets of
+/// response format, each empty without a schema), each field length-prefixed so that no two different sets of
 /// fields hash the same bytes. SHA-256 rather than `DefaultHasher`, whose output may
 /// change between Rust versions: the same batch spec keeps the same key.
 ///
@@ -108,14 +118,14 @@ fn prompt_cache_key(
     model: &str,
     system_prompt: Option<&str>,
     schema_name: &str,
-    response_format: &RawValue,
+    response_format: &str,
 ) -> String {
     let mut hasher = Sha256::new();
     for field in [
         model,
         system_prompt.unwrap_or(""),
         schema_name,
-        response_format.get(),
+        response_format,
     ] {
         hasher.update((field.len() as u64).to_le_bytes());
         hasher.update(field.as_bytes());
@@ -143,7 +153,8 @@ struct Body<'a> {
     max_completion_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
-    response_format: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt_cache_key: Option<&'a str>,
 }
@@ -209,7 +220,7 @@ impl RequestEncoder for OpenAiEncoder {
                 max_tokens,
                 max_completion_tokens,
                 temperature: self.temperature,
-                response_format: &self.response_format,
+                response_format: self.response_format.as_deref(),
                 prompt_cache_key: self.prompt_cache_key.as_deref(),
             },
         };
@@ -221,6 +232,7 @@ impl RequestEncoder for OpenAiEncoder {
 mod tests {
     use super::*;
     use crate::error::Error;
+    use crate::request::OutputSchema;
     use serde_json::{Value, json};
 
     fn schema() -> OutputSchema {
@@ -249,7 +261,16 @@ mod tests {
     }
 
     fn encode_one(model: &str, params: &GenerationParams, request: &Request) -> Value {
-        let encoder = OpenAiEncoder::new(model, &schema(), params).unwrap();
+        encode_as(&schema().into(), model, params, request)
+    }
+
+    fn encode_as(
+        format: &AnswerFormat,
+        model: &str,
+        params: &GenerationParams,
+        request: &Request,
+    ) -> Value {
+        let encoder = OpenAiEncoder::new(model, format, params).unwrap();
         let mut out = Vec::new();
         encoder.encode(0, request, &mut out).unwrap();
         assert_eq!(out.last(), Some(&b'\n'), "a JSONL line ends with a newline");
@@ -327,7 +348,7 @@ mod tests {
     }
 
     fn cache_key(model: &str, schema: &OutputSchema, params: &GenerationParams) -> Option<String> {
-        let encoder = OpenAiEncoder::new(model, schema, params).unwrap();
+        let encoder = OpenAiEncoder::new(model, &schema.clone().into(), params).unwrap();
         let mut keys = ["a", "b"].map(|id| {
             let request = Request {
                 custom_id: id.to_string(),
@@ -422,7 +443,7 @@ mod tests {
     #[test]
     fn refused_requests_leave_the_buffer_unchanged() {
         let encoder =
-            OpenAiEncoder::new("gpt-4o", &schema(), &GenerationParams::default()).unwrap();
+            OpenAiEncoder::new("gpt-4o", &schema().into(), &GenerationParams::default()).unwrap();
         let mut out = b"earlier line\n".to_vec();
         for request in [
             Request {
@@ -462,8 +483,107 @@ mod tests {
                 ..Default::default()
             },
         ] {
-            let err = OpenAiEncoder::new("gpt-4o", &schema(), &params).unwrap_err();
+            let err = OpenAiEncoder::new("gpt-4o", &schema().into(), &params).unwrap_err();
             assert!(matches!(err, Error::Config(_)), "{err}");
         }
+    }
+
+    fn text_params() -> GenerationParams {
+        GenerationParams {
+            max_tokens: 300,
+            temperature: Some(0.2),
+            system_prompt: Some("Summarise.".to_string()),
+            prompt_cache: PromptCache::Off,
+        }
+    }
+
+    fn one_text() -> Request {
+        Request {
+            custom_id: "doc-1".to_string(),
+            messages: vec![Message::new(Role::User, "Some text")],
+        }
+    }
+
+    #[test]
+    fn text_mode_sends_no_response_format() {
+        let line = encode_as(
+            &AnswerFormat::Text,
+            "gpt-4o-mini",
+            &text_params(),
+            &one_text(),
+        );
+        assert_eq!(
+            line,
+            json!({
+                "custom_id": "doc-1",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "gpt-4o-mini",
+                    "messages": [
+                        {"role": "system", "content": "Summarise."},
+                        {"role": "user", "content": "Some text"}
+                    ],
+                    "max_tokens": 300,
+                    "temperature": 0.2
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn json_mode_asks_for_a_json_object_and_says_json() {
+        let line = encode_as(
+            &AnswerFormat::JsonObject,
+            "gpt-4o-mini",
+            &text_params(),
+            &one_text(),
+        );
+        assert_eq!(
+            line["body"],
+            json!({
+                "model": "gpt-4o-mini",
+                "messages": [
+                    {"role": "system", "content": "Summarise.\n\nAnswer with one JSON object."},
+                    {"role": "user", "content": "Some text"}
+                ],
+                "max_tokens": 300,
+                "temperature": 0.2,
+                "response_format": {"type": "json_object"}
+            })
+        );
+        let params = GenerationParams {
+            system_prompt: None,
+            ..text_params()
+        };
+        let line = encode_as(&AnswerFormat::JsonObject, "o3-mini", &params, &one_text());
+        assert_eq!(
+            line["body"]["messages"],
+            json!([
+                {"role": "system", "content": "Answer with one JSON object."},
+                {"role": "user", "content": "Some text"}
+            ])
+        );
+    }
+
+    #[test]
+    fn each_answer_format_has_its_own_cache_key() {
+        let params = cached_params("Extract facts.");
+        let key = |format: &AnswerFormat| {
+            let line = encode_as(format, "gpt-4o", &params, &one_text());
+            line["body"]["prompt_cache_key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let keys = [
+            key(&schema().into()),
+            key(&AnswerFormat::JsonObject),
+            key(&AnswerFormat::Text),
+        ];
+        assert_eq!(keys[0], "bl-94e236959693aa48", "schema jobs keep their key");
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(keys[1], keys[2]);
+        assert_ne!(keys[0], keys[2]);
     }
 }

@@ -24,7 +24,7 @@ use crate::provider::config::Variables;
 use crate::provider::contract::{AnswerFixup, ProviderDescriptor};
 use crate::provider::decode::{Decoded, Malformed};
 use crate::provider::encode::{PartLimits, RequestEncoder};
-use crate::request::{GenerationParams, OutputSchema};
+use crate::request::{AnswerFormat, GenerationParams};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 use serde_json::Value;
 
@@ -70,10 +70,10 @@ impl ProviderDescriptor for OpenAi {
     fn encoder(
         &self,
         model: &str,
-        schema: &OutputSchema,
+        format: &AnswerFormat,
         params: &GenerationParams,
     ) -> Result<Box<dyn RequestEncoder>> {
-        Ok(Box::new(encode::OpenAiEncoder::new(model, schema, params)?))
+        Ok(Box::new(encode::OpenAiEncoder::new(model, format, params)?))
     }
 
     fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::model::ProviderKind;
 use crate::provider::encode::{Framing, PartLimits, RequestEncoder, append_json};
 use crate::provider::google::request::{GenerateContentRequest, GoogleRequestTemplate};
-use crate::request::{GenerationParams, OutputSchema, Request};
+use crate::request::{AnswerFormat, GenerationParams, Request};
 
 /// Gemini API batch mode takes input files up to 2 GB (Files API limit); it
 /// documents no request count, so 100,000 per batch is a conservative choice.
@@ -24,10 +24,11 @@ pub struct GeminiEncoder {
 }
 
 impl GeminiEncoder {
-    /// Checks `params` and translates `schema` for the whole batch.
-    pub fn new(schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
+    /// Checks `params` and translates the schema of `format` (if any) for the whole
+    /// batch.
+    pub fn new(format: &AnswerFormat, params: &GenerationParams) -> Result<Self> {
         Ok(Self {
-            template: GoogleRequestTemplate::new(schema, params, ProviderKind::Gemini)?,
+            template: GoogleRequestTemplate::new(format, params, ProviderKind::Gemini)?,
         })
     }
 }
@@ -62,7 +63,7 @@ mod tests {
 
     #[test]
     fn line_carries_the_key_and_the_unlabelled_request() {
-        let encoder = GeminiEncoder::new(&schema(), &params()).unwrap();
+        let encoder = GeminiEncoder::new(&schema().into(), &params()).unwrap();
         let mut out = Vec::new();
         encoder.encode(5, &conversation(), &mut out).unwrap();
         assert_eq!(out.last(), Some(&b'\n'));
@@ -72,7 +73,7 @@ mod tests {
 
     #[test]
     fn only_system_messages_is_not_a_conversation() {
-        let encoder = GeminiEncoder::new(&schema(), &params()).unwrap();
+        let encoder = GeminiEncoder::new(&schema().into(), &params()).unwrap();
         let request = Request {
             custom_id: "sys-only".to_string(),
             messages: vec![Message::new(Role::System, "s")],
@@ -84,5 +85,32 @@ mod tests {
             "{err}"
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn text_and_json_modes_send_no_schema() {
+        let mut expected = expected_request();
+        let config = expected["generationConfig"].as_object_mut().unwrap();
+        config.remove("responseJsonSchema");
+        for (format, mime_type) in [
+            (AnswerFormat::JsonObject, Some("application/json")),
+            (AnswerFormat::Text, None),
+        ] {
+            let mut expected = expected.clone();
+            let config = expected["generationConfig"].as_object_mut().unwrap();
+            match mime_type {
+                Some(mime_type) => config.insert("responseMimeType".into(), json!(mime_type)),
+                None => config.remove("responseMimeType"),
+            };
+            let encoder = GeminiEncoder::new(&format, &params()).unwrap();
+            let mut out = Vec::new();
+            encoder.encode(0, &conversation(), &mut out).unwrap();
+            let line: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(
+                line,
+                json!({"key": "doc-1", "request": expected}),
+                "{format:?}"
+            );
+        }
     }
 }

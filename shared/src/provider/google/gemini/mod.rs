@@ -25,7 +25,7 @@ use crate::provider::google::wire::{
     PAGING, RpcStatus, TokenPage, int64, tagged_display_name, tags_from_display_name,
 };
 use crate::provider::http::{Auth, HttpClient, Resend};
-use crate::request::{GenerationParams, OutputSchema};
+use crate::request::{AnswerFormat, GenerationParams};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 
 const KIND: ProviderKind = ProviderKind::Gemini;
@@ -64,10 +64,10 @@ impl ProviderDescriptor for Gemini {
     fn encoder(
         &self,
         _model: &str,
-        schema: &OutputSchema,
+        format: &AnswerFormat,
         params: &GenerationParams,
     ) -> Result<Box<dyn RequestEncoder>> {
-        Ok(Box::new(encode::GeminiEncoder::new(schema, params)?))
+        Ok(Box::new(encode::GeminiEncoder::new(format, params)?))
     }
 
     fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::model::ProviderKind;
 use crate::provider::encode::{Framing, PartLimits, RequestEncoder, append_json};
 use crate::provider::google::request::{GenerateContentRequest, GoogleRequestTemplate};
-use crate::request::{GenerationParams, OutputSchema, Request};
+use crate::request::{AnswerFormat, GenerationParams, Request};
 
 /// The request label that carries a line's row within its part.
 pub const ROW_LABEL: &str = "batchline_row";
@@ -49,10 +49,11 @@ pub struct VertexEncoder {
 }
 
 impl VertexEncoder {
-    /// Checks `params` and translates `schema` for the whole batch.
-    pub fn new(schema: &OutputSchema, params: &GenerationParams) -> Result<Self> {
+    /// Checks `params` and translates the schema of `format` (if any) for the whole
+    /// batch.
+    pub fn new(format: &AnswerFormat, params: &GenerationParams) -> Result<Self> {
         Ok(Self {
-            template: GoogleRequestTemplate::new(schema, params, ProviderKind::Vertex)?,
+            template: GoogleRequestTemplate::new(format, params, ProviderKind::Vertex)?,
         })
     }
 }
@@ -92,7 +93,7 @@ mod tests {
 
     #[test]
     fn line_maps_roles_moves_system_text_and_labels_the_row() {
-        let encoder = VertexEncoder::new(&schema(), &params()).unwrap();
+        let encoder = VertexEncoder::new(&schema().into(), &params()).unwrap();
         let mut expected = expected_request();
         expected["labels"] = json!({"batchline_row": "17"});
         assert_eq!(
@@ -108,7 +109,7 @@ mod tests {
             temperature: None,
             ..params()
         };
-        let encoder = VertexEncoder::new(&schema(), &params).unwrap();
+        let encoder = VertexEncoder::new(&schema().into(), &params).unwrap();
         let request = Request {
             custom_id: "a".to_string(),
             messages: vec![Message::new(Role::User, "hi")],
@@ -130,7 +131,7 @@ mod tests {
 
     #[test]
     fn conversations_without_a_user_turn_are_refused() {
-        let encoder = VertexEncoder::new(&schema(), &params()).unwrap();
+        let encoder = VertexEncoder::new(&schema().into(), &params()).unwrap();
         let mut out = Vec::new();
         for messages in [vec![], vec![Message::new(Role::Assistant, "a")]] {
             let request = Request {
@@ -141,5 +142,23 @@ mod tests {
             assert!(matches!(err, Error::InvalidRequest { .. }), "{err}");
             assert!(out.is_empty());
         }
+    }
+
+    #[test]
+    fn text_mode_line_has_no_mime_type_or_schema() {
+        let encoder = VertexEncoder::new(&AnswerFormat::Text, &params()).unwrap();
+        let request = Request {
+            custom_id: "a".to_string(),
+            messages: vec![Message::new(Role::User, "hi")],
+        };
+        assert_eq!(
+            encode(&encoder, 3, &request),
+            json!({"request": {
+                "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                "systemInstruction": {"parts": [{"text": "Extract facts."}]},
+                "generationConfig": {"maxOutputTokens": 256, "temperature": 0.0},
+                "labels": {"batchline_row": "3"}
+            }})
+        );
     }
 }

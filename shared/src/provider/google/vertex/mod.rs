@@ -27,7 +27,7 @@ use crate::provider::decode::{Decoded, Malformed};
 use crate::provider::encode::{PartLimits, RequestEncoder};
 use crate::provider::google::wire::{PAGING, RpcStatus, TokenPage, int64, tagged_display_name};
 use crate::provider::http::{AccessTokens, Auth, HttpClient, Paging, Resend};
-use crate::request::{GenerationParams, OutputSchema};
+use crate::request::{AnswerFormat, GenerationParams};
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 
 const KIND: ProviderKind = ProviderKind::Vertex;
@@ -102,10 +102,10 @@ impl ProviderDescriptor for Vertex {
     fn encoder(
         &self,
         _model: &str,
-        schema: &OutputSchema,
+        format: &AnswerFormat,
         params: &GenerationParams,
     ) -> Result<Box<dyn RequestEncoder>> {
-        Ok(Box::new(encode::VertexEncoder::new(schema, params)?))
+        Ok(Box::new(encode::VertexEncoder::new(format, params)?))
     }
 
     fn decode<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {
