@@ -239,8 +239,16 @@ struct View {
     /// The messages' text: what answers are drawn from and fault markers are found in.
     text: String,
     schema: Option<Value>,
+    /// No schema, but the request asks for a JSON object in its text (Anthropic has no
+    /// JSON mode: the system prompt asks), so the model writes one as its text.
+    json_text: bool,
     max_tokens: Option<u64>,
     keyed: bool,
+}
+
+/// What a model answers when asked for any JSON object.
+fn any_object_schema() -> Value {
+    json!({"type": "object", "properties": {"answer": {"type": "string"}}})
 }
 
 fn json_tokens(value: &Value) -> Vec<u32> {
@@ -338,10 +346,15 @@ fn anthropic_view(params: &Value) -> Result<View, String> {
         );
     }
     let tool = answering_tool(params);
+    let system = params
+        .get("system")
+        .map(|s| content_text(s))
+        .unwrap_or_default();
     Ok(View {
         segments,
         text: messages_text(messages),
         schema: tool.and_then(|t| t.get("input_schema")).cloned(),
+        json_text: tool.is_none() && system.contains("JSON object"),
         max_tokens: params.get("max_tokens").and_then(Value::as_u64),
         keyed: true,
     })
@@ -404,10 +417,13 @@ fn openai_view(body: &Value) -> View {
     View {
         segments,
         text: messages_text(Some(&user)),
-        schema: body
-            .get("response_format")
-            .and_then(|f| f.pointer("/json_schema/schema"))
-            .cloned(),
+        schema: body.get("response_format").and_then(|format| {
+            match format.get("type").and_then(Value::as_str) {
+                Some("json_object") => Some(any_object_schema()),
+                _ => format.pointer("/json_schema/schema").cloned(),
+            }
+        }),
+        json_text: false,
         max_tokens: ["max_completion_tokens", "max_tokens"]
             .iter()
             .find_map(|key| body.get(*key).and_then(Value::as_u64)),
@@ -465,11 +481,8 @@ fn google_view(request: &Value) -> View {
     View {
         segments,
         text: texts.join("\n"),
-        schema: json_mode.then(|| {
-            schema.unwrap_or_else(
-                || json!({"type": "object", "properties": {"answer": {"type": "string"}}}),
-            )
-        }),
+        schema: json_mode.then(|| schema.unwrap_or_else(any_object_schema)),
+        json_text: false,
         max_tokens: config
             .and_then(|c| field(c, "maxOutputTokens"))
             .and_then(Value::as_u64),
@@ -622,6 +635,7 @@ fn answer(view: &View, fault: Option<RequestFault>) -> Output {
                 finish: Finish::Length,
                 ..prose(first_half(&prose_answer(&view.text)).to_string())
             },
+            _ if view.json_text => prose(answer_text(&any_object_schema(), &view.text)),
             _ => prose(prose_answer(&view.text)),
         };
     };

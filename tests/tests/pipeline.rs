@@ -487,3 +487,44 @@ async fn cached_prompt_tokens_are_reported_and_priced_on_every_provider() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_text_and_json_answers_on_every_provider() {
+    let h = Harness::start().await;
+    for kind in ProviderKind::ALL {
+        for output in ["text", "json"] {
+            let (body, ids) = job_file(kind, 3, &[]);
+            let mut lines: Vec<String> = body.lines().map(str::to_string).collect();
+            let mut header: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+            let spec = header["spec"].as_object_mut().unwrap();
+            spec.remove("schema");
+            spec.remove("schema_name");
+            spec.insert("output".into(), json!(output));
+            lines[0] = header.to_string();
+            let job = h
+                .submit(
+                    &format!("inbox/{kind}/{output}.jsonl"),
+                    lines.join("\n") + "\n",
+                )
+                .await;
+            h.run_to_end(&job).await;
+            let results = h.assert_invariant(&job, &ids).await;
+            assert_eq!(
+                results.successes.len(),
+                3,
+                "{kind} {output}: {:?}",
+                results.errors
+            );
+            for success in &results.successes {
+                match output {
+                    "text" => assert!(
+                        success["text"].as_str().is_some_and(|t| !t.is_empty())
+                            && success.get("result").is_none(),
+                        "{kind}: {success}"
+                    ),
+                    _ => assert!(success["result"].is_object(), "{kind}: {success}"),
+                }
+            }
+        }
+    }
+}
