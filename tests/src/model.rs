@@ -348,7 +348,7 @@ fn anthropic_view(params: &Value) -> Result<View, String> {
     let tool = answering_tool(params);
     let system = params
         .get("system")
-        .map(|s| content_text(s))
+        .map(content_text)
         .unwrap_or_default();
     Ok(View {
         segments,
