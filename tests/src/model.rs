@@ -346,10 +346,7 @@ fn anthropic_view(params: &Value) -> Result<View, String> {
         );
     }
     let tool = answering_tool(params);
-    let system = params
-        .get("system")
-        .map(content_text)
-        .unwrap_or_default();
+    let system = params.get("system").map(content_text).unwrap_or_default();
     Ok(View {
         segments,
         text: messages_text(messages),
