@@ -7,14 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use batchline::Request;
-use batchline::build::build_batch;
+use batchline::build::{BatchBuilder, build_batch};
 use batchline::model::{ModelRef, ProviderKind};
 use batchline::pipeline::{CollectOutcome, Context, ReadyMessage, Settings, collect};
 use batchline::provider::openai;
 use batchline::queue::MemoryQueue;
 use batchline::results::{Outcome, ResultParser};
 use batchline::storage::S3Store;
+use batchline::{GenerationParams, Request, Role};
 use batchline_emulator::harness::{EmulatorProviders, moto_sdk_config};
 use batchline_emulator::workload;
 use serde::de::IgnoredAny;
@@ -50,6 +50,52 @@ pub fn build(provider: ProviderKind, requests_file: &Path) -> Result<Report, Str
     Ok(Report {
         seconds,
         bytes: plan.parts.iter().map(|p| p.body.len() as u64).sum(),
+        items: built as u64,
+        peak_rss_bytes: own_peak_rss_bytes()?,
+        cpu_seconds: own_cpu_seconds(),
+    })
+}
+
+/// `child build-packed PROVIDER REQUESTS_FILE ROWS_PER_REQUEST`: the same rows, each
+/// reduced to its user text with the system prompt in the generation parameters (what
+/// packing needs), built `rows_per_request` to a request; items are rows.
+pub fn build_packed(
+    provider: ProviderKind,
+    requests_file: &Path,
+    rows_per_request: usize,
+) -> Result<Report, String> {
+    let rows: Vec<Request> = read_lines(requests_file)?
+        .iter()
+        .map(|line| {
+            let mut row: Request =
+                serde_json::from_str(line).map_err(|e| format!("request line: {e}"))?;
+            row.messages.retain(|m| m.role == Role::User);
+            Ok(row)
+        })
+        .collect::<Result<_, String>>()?;
+    let model: ModelRef = model_for(provider).parse().map_err(|e| format!("{e}"))?;
+    let schema = workload::invoice_schema();
+    let params = GenerationParams {
+        system_prompt: Some(workload::SYSTEM_PROMPT.to_string()),
+        max_tokens: 4096,
+        ..workload::generation_params()
+    };
+    let started = Instant::now();
+    let mut builder = BatchBuilder::packed(&model, &schema, &params, rows_per_request)
+        .map_err(|e| e.to_string())?;
+    let mut parts = Vec::new();
+    for row in &rows {
+        parts.extend(builder.push(row).map_err(|e| e.to_string())?);
+    }
+    parts.extend(builder.finish());
+    let seconds = started.elapsed().as_secs_f64();
+    let built: usize = parts.iter().map(|p| p.custom_ids.len()).sum();
+    if built != rows.len() {
+        return Err(format!("built {built} of {} rows", rows.len()));
+    }
+    Ok(Report {
+        seconds,
+        bytes: parts.iter().map(|p| p.body.len() as u64).sum(),
         items: built as u64,
         peak_rss_bytes: own_peak_rss_bytes()?,
         cpu_seconds: own_cpu_seconds(),

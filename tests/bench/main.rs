@@ -6,13 +6,19 @@
 //! core. All data is generated deterministically (`batchline_emulator::workload`).
 //!
 //! ```text
-//! batchline-bench [--runs N] [--quick] [--only build,parse,collect,coldstart]
+//! batchline-bench [--runs N] [--quick] [--only build,parse,collect,coldstart,cost]
 //!                 [--python PATH | --no-python] [--keep-data]
 //! ```
+//!
+//! `cost` (section 5) is not a timing: it bills one invoice workload through the
+//! emulator's token accounting, the reference library's requests against batchline's
+//! packed and cached ones ([`cost`]).
 
 mod child;
 mod coldstart;
 mod collect_env;
+mod cost;
+mod invoices;
 mod measure;
 mod report;
 
@@ -62,6 +68,9 @@ fn child_mode(args: &[String]) -> Result<(), String> {
         |i: usize| -> Result<ProviderKind, String> { arg(i)?.parse().map_err(|e| format!("{e}")) };
     let report = match arg(0)? {
         "build" => child::build(provider(1)?, Path::new(arg(2)?))?,
+        "build-packed" => {
+            child::build_packed(provider(1)?, Path::new(arg(2)?), number(3)? as usize)?
+        }
         "parse" => child::parse(provider(1)?, Path::new(arg(2)?), number(3)? as usize)?,
         "parse-stage" => child::parse_stage(
             child::ParseStage::from_name(arg(1)?)?,
@@ -87,6 +96,7 @@ enum Section {
     Parse,
     Collect,
     ColdStart,
+    Cost,
 }
 
 struct Options {
@@ -113,6 +123,7 @@ impl Options {
                 Section::Parse,
                 Section::Collect,
                 Section::ColdStart,
+                Section::Cost,
             ],
             python: Some(workspace.join(".venv-bench/bin/python")),
             keep_data: false,
@@ -140,6 +151,7 @@ impl Options {
                             "parse" => Ok(Section::Parse),
                             "collect" => Ok(Section::Collect),
                             "coldstart" => Ok(Section::ColdStart),
+                            "cost" => Ok(Section::Cost),
                             other => Err(format!("unknown section {other:?}")),
                         })
                         .collect::<Result<_, _>>()?
@@ -285,6 +297,22 @@ fn run_bench(options: &Options) -> Result<(), String> {
                 .build
                 .push(Measured::new(provider, data.rows, batchline, python)?);
         }
+        // Issue 11: packing must not slow building (rows/s within 10% of one row per
+        // request), so both run here on the same rows.
+        for provider in ProviderKind::ALL {
+            for rows_per_request in report::PACKED_ROWS_PER_REQUEST {
+                let runs = ours(
+                    "build-packed",
+                    provider.as_str(),
+                    &data.requests(),
+                    Some(rows_per_request),
+                )?;
+                let figures = Figures::of(&runs).ok_or("no runs")?;
+                table
+                    .build_packed
+                    .push((provider, rows_per_request, figures));
+            }
+        }
     }
     if options.wants(Section::Parse) {
         for provider in ProviderKind::ALL {
@@ -318,6 +346,13 @@ fn run_bench(options: &Options) -> Result<(), String> {
     }
     if options.wants(Section::ColdStart) {
         table.cold_start = bench_cold_start(options, &me)?;
+    }
+    if options.wants(Section::Cost) {
+        table.cost = Some(cost::run(
+            python.as_deref(),
+            &reference_script,
+            data.dir.path(),
+        )?);
     }
     if options.keep_data {
         progress(&format!("data kept in {}", data.dir.keep().display()));
@@ -440,6 +475,7 @@ fn file_size(path: &Path) -> Result<u64, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn progress(message: &str) {
+/// A progress line on stderr.
+pub(crate) fn progress(message: &str) {
     eprintln!("[bench] {message}");
 }

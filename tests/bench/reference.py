@@ -4,6 +4,9 @@ Run by batchline-bench, one measurement per process (so that its peak RSS is its
 
     reference.py build PROVIDER REQUESTS_FILE   # create_batch_from_messages(file_path=None)
     reference.py parse PROVIDER RESULTS_FILE    # parse_results(content)
+    reference.py requests PROVIDER CONVERSATIONS_FILE OUT_FILE
+        # the cost section: writes the batch input create_batch_from_messages builds
+        # (one request per conversation, the library's defaults) to OUT_FILE
 
 Reading the input is not timed; only the library call is (time.perf_counter). The last
 stdout line is a JSON report {"seconds", "bytes", "items", "peak_rss_bytes"}. Peak RSS
@@ -42,14 +45,34 @@ class Invoice(BaseModel):
     lines: list[str]
 
 
-def build(processor: BatchProcessor, path: str) -> dict:
+def read_conversations(path: str) -> list[list[dict]]:
     with open(path, encoding="utf-8") as f:
-        conversations = [json.loads(line)["messages"] for line in f if line.strip()]
+        return [json.loads(line)["messages"] for line in f if line.strip()]
+
+
+def build(processor: BatchProcessor, path: str) -> dict:
+    conversations = read_conversations(path)
     # The library prints a line per batch; keep stdout for the report.
     with contextlib.redirect_stdout(io.StringIO()):
         started = time.perf_counter()
         buffer = processor.create_batch_from_messages(conversations, file_path=None)
         seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "bytes": len(buffer.getbuffer()),
+        "items": len(conversations),
+    }
+
+
+def requests(processor: BatchProcessor, path: str, out_path: str) -> dict:
+    """The requests the library builds, written as is for the bench to bill."""
+    conversations = read_conversations(path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        started = time.perf_counter()
+        buffer = processor.create_batch_from_messages(conversations, file_path=None)
+        seconds = time.perf_counter() - started
+    with open(out_path, "wb") as f:
+        f.write(buffer.getbuffer())
     return {
         "seconds": seconds,
         "bytes": len(buffer.getbuffer()),
@@ -80,7 +103,10 @@ def peak_rss_bytes() -> int:
 def main() -> None:
     mode, provider, path = sys.argv[1:4]
     processor = BatchProcessor(MODELS[provider], Invoice)
-    report = {"build": build, "parse": parse}[mode](processor, path)
+    if mode == "requests":
+        report = requests(processor, path, sys.argv[4])
+    else:
+        report = {"build": build, "parse": parse}[mode](processor, path)
     report["peak_rss_bytes"] = peak_rss_bytes()
     print(json.dumps(report))
 

@@ -2,7 +2,9 @@
 //! ratios batchline / reference and every target checked.
 
 use batchline::model::ProviderKind;
+use batchline::request::PromptCache;
 
+use crate::cost::{self, Builder, CostTable, Prices};
 use crate::measure::{Figures, Report, Stats};
 
 const BUILD_RATIO_TARGET: f64 = 100.0;
@@ -15,6 +17,36 @@ const COLD_START_MS_TARGET: f64 = 30.0;
 /// Issue 10 raised the stripped-binary budget from 12 MB to 24 MB (SDK clients for the
 /// secret stores); cold start stays the limit users feel.
 const BINARY_MB_TARGET: f64 = 24.0;
+/// Issue 11: batchline's cheapest configuration costs at most this fraction of the
+/// reference library's requests per 1,000 rows, on each provider.
+const COST_RATIO_TARGET: f64 = 0.25;
+
+/// Rows per request compared by the build section's packed runs: one, and ten.
+pub const PACKED_ROWS_PER_REQUEST: [usize; 2] = [1, 10];
+/// Issue 11: packed building keeps at least this fraction of the rows/s of one row
+/// per request ("within 10%").
+const PACKED_BUILD_RATIO_TARGET: f64 = 0.9;
+
+/// Every target of the brief, by section, for the list printed under the table (a
+/// section not run this time shows its targets as not measured).
+const TARGETS: [(&str, &str); 7] = [
+    ("build", "build >= 100 x the reference"),
+    (
+        "build",
+        "build with 10 rows/request within 10% of the rows/s with 1",
+    ),
+    (
+        "parse",
+        "parse + validate >= 8 x the reference on one core (OpenAI >= 300 MB/s)",
+    ),
+    ("collect", "collect peak RSS <= 128 MiB"),
+    ("coldstart", "cold start <= 30 ms"),
+    ("coldstart", "stripped binaries <= 24 MB"),
+    (
+        "cost",
+        "batchline's best <= 0.25 x the reference's USD per 1,000 rows on both providers",
+    ),
+];
 
 /// One provider's figures for one kind of work, ours and the reference's.
 pub struct Measured {
@@ -69,12 +101,15 @@ pub struct ColdStart {
 pub struct Table {
     runs: usize,
     pub build: Vec<Measured>,
+    /// Rows built per second by `BatchBuilder::packed`, by provider and rows per request.
+    pub build_packed: Vec<(ProviderKind, usize, Figures)>,
     pub parse: Vec<Measured>,
     pub parse_big: Option<Measured>,
     /// OpenAI 50k lines taken to each `child::ParseStage`, by stage name.
     pub parse_stages: Vec<(&'static str, Figures)>,
     pub collect: Option<CollectFigures>,
     pub cold_start: Vec<ColdStart>,
+    pub cost: Option<CostTable>,
 }
 
 /// A target and whether this run met it.
@@ -88,11 +123,13 @@ impl Table {
         Self {
             runs,
             build: Vec::new(),
+            build_packed: Vec::new(),
             parse: Vec::new(),
             parse_big: None,
             parse_stages: Vec::new(),
             collect: None,
             cold_start: Vec::new(),
+            cost: None,
         }
     }
 
@@ -117,6 +154,9 @@ impl Table {
                     });
                 }
             }
+        }
+        if !self.build_packed.is_empty() {
+            checks.extend(self.print_build_packed());
         }
         if !self.parse.is_empty() || self.parse_big.is_some() {
             println!(
@@ -225,10 +265,25 @@ impl Table {
                 });
             }
         }
+        if let Some(cost) = &self.cost {
+            checks.extend(print_cost(cost));
+        }
         println!("\n### Targets\n");
         for check in &checks {
             let verdict = if check.met { "met" } else { "MISSED" };
             println!("- {verdict}: {}", check.text);
+        }
+        let run = [
+            ("build", !self.build.is_empty()),
+            ("parse", !self.parse.is_empty()),
+            ("collect", self.collect.is_some()),
+            ("coldstart", !self.cold_start.is_empty()),
+            ("cost", self.cost.is_some()),
+        ];
+        for (section, target) in TARGETS {
+            if !run.iter().any(|&(name, ran)| name == section && ran) {
+                println!("- not measured (section {section} not run): {target}");
+            }
         }
         if self
             .build
@@ -240,6 +295,40 @@ impl Table {
                 "\nreference: n/a where instructor's batch module has no such provider (it supports openai and anthropic only) or the reference run was skipped"
             );
         }
+    }
+
+    /// Section 1b: the same rows built one and ten to a request.
+    fn print_build_packed(&self) -> Vec<Check> {
+        println!(
+            "\n### 1b. Build with rows packed: the same rows as user texts, the system prompt in the parameters, `BatchBuilder::packed`, one core\n"
+        );
+        println!("| provider | rows/request | rows/s | MB/s | ratio to 1 row/request |");
+        println!("|---|---|---|---|---|");
+        let mut checks = Vec::new();
+        for (provider, rows_per_request, figures) in &self.build_packed {
+            let single = self
+                .build_packed
+                .iter()
+                .find(|(p, n, _)| p == provider && *n == 1)
+                .map(|(_, _, f)| f.items_per_s.median);
+            let ratio = single.map(|one| figures.items_per_s.median / one);
+            println!(
+                "| {provider} | {rows_per_request} | {} | {} | {} |",
+                cell(&figures.items_per_s),
+                cell(&figures.mb_per_s),
+                ratio.map_or("n/a".to_string(), |r| format!("{} x", number(r)))
+            );
+            if let (Some(ratio), true) = (ratio, *rows_per_request > 1) {
+                checks.push(Check {
+                    text: format!(
+                        "build {provider}: {rows_per_request} rows/request at {} x the rows/s of 1 (target >= {PACKED_BUILD_RATIO_TARGET} x)",
+                        number(ratio)
+                    ),
+                    met: ratio >= PACKED_BUILD_RATIO_TARGET,
+                });
+            }
+        }
+        checks
     }
 
     fn heading(&self) -> String {
@@ -259,6 +348,101 @@ impl Table {
             runs = self.runs,
             reference = reference_version(),
         )
+    }
+}
+
+/// Section 5: the cost table and its target, one check per provider.
+fn print_cost(table: &CostTable) -> Vec<Check> {
+    println!(
+        "\n### 5. Cost per 1,000 rows: {} invoices (mean {} tokens of text each), system prompt {} tokens, five-field schema; emulator token accounting (o200k), prompt caches modelled (waves of 16, 5% miss rate; OpenAI without `prompt_cache_key` 30%)\n",
+        thousands(cost::ROWS as f64),
+        number(table.row_text_tokens),
+        thousands(table.system_prompt_tokens as f64)
+    );
+    println!("List batch prices as of {}:", cost::PRICES_DATE);
+    for provider in cost::PROVIDERS {
+        println!("- {}", Prices::of(provider).describe(provider));
+    }
+    println!();
+    println!(
+        "| provider | requests built by | rows/request | prompt cache | requests | input tokens/row (uncached) | cache read tokens/row | cache write tokens/row | output tokens/row | USD per 1,000 rows | x reference |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for row in &table.rows {
+        let (by, rows_per_request, cache) = match row.builder {
+            Builder::Reference => ("reference (instructor)", 1, "none".to_string()),
+            Builder::Batchline(n, cache) => ("batchline", n, cache_name(cache).to_string()),
+        };
+        let ratio = table
+            .reference(row.provider)
+            .map_or("n/a".to_string(), |r| {
+                format!("{} x", number(row.usd / r.usd))
+            });
+        let u = &row.usage;
+        println!(
+            "| {} | {by} | {rows_per_request} | {cache} | {} | {} | {} | {} | {} | {:.4} | {ratio} |",
+            row.provider,
+            thousands(row.requests as f64),
+            tokens_cell(row.per_row(u.input)),
+            tokens_cell(row.per_row(u.cache_read)),
+            tokens_cell(row.per_row(u.cache_write_5m + u.cache_write_1h)),
+            tokens_cell(row.per_row(u.output)),
+            row.usd_per_1000(),
+        );
+    }
+    if let Some(reference) = table.reference(cost::PROVIDERS[0]) {
+        println!(
+            "\nThe reference's requests, per row: {} input tokens (system prompt, schema and invoice), {} answer tokens.",
+            number(reference.per_row(reference.usage.prompt())),
+            number(reference.per_row(reference.usage.output))
+        );
+    }
+    let mut checks = Vec::new();
+    let mut verdicts = Vec::new();
+    for provider in cost::PROVIDERS {
+        let (Some(reference), Some(best)) = (table.reference(provider), table.best(provider))
+        else {
+            verdicts.push(format!("{provider} n/a (no reference run)"));
+            continue;
+        };
+        let ratio = best.usd / reference.usd;
+        let met = ratio <= COST_RATIO_TARGET;
+        let Builder::Batchline(n, cache) = best.builder else {
+            continue;
+        };
+        let text = format!(
+            "cost {provider}: batchline's best ({n} rows/request, cache {}) {} x the reference per 1,000 rows (target <= {COST_RATIO_TARGET} x)",
+            cache_name(cache),
+            number(ratio)
+        );
+        verdicts.push(format!(
+            "{provider} {} ({}×)",
+            if met { "PASS" } else { "MISS" },
+            number(ratio)
+        ));
+        checks.push(Check { text, met });
+    }
+    println!(
+        "\ntarget: batchline's best ≤ {COST_RATIO_TARGET}× the reference per 1,000 rows on both providers: {}",
+        verdicts.join(", ")
+    );
+    checks
+}
+
+fn cache_name(cache: PromptCache) -> &'static str {
+    match cache {
+        PromptCache::Off => "off",
+        PromptCache::FiveMinutes => "5m",
+        PromptCache::OneHour => "1h",
+    }
+}
+
+/// Tokens per row: "0" when there are none.
+fn tokens_cell(tokens: f64) -> String {
+    if tokens == 0.0 {
+        "0".to_string()
+    } else {
+        number(tokens)
     }
 }
 
