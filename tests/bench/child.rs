@@ -81,7 +81,7 @@ pub fn build_packed(
         ..workload::generation_params()
     };
     let started = Instant::now();
-    let mut builder = BatchBuilder::packed(&model, &schema, &params, rows_per_request)
+    let mut builder = BatchBuilder::packed(&model, &schema.into(), &params, rows_per_request)
         .map_err(|e| e.to_string())?;
     let mut parts = Vec::new();
     for row in &rows {

@@ -407,6 +407,13 @@ fn print_cost(table: &CostTable) -> Vec<Check> {
         };
         let ratio = best.usd / reference.usd;
         let met = ratio <= COST_RATIO_TARGET;
+        // What no packing or caching can go below: each row's own text at the input
+        // price and its answer at the output price.
+        let prices = cost::Prices::of(provider);
+        let floor_per_row = (table.row_text_tokens * prices.input
+            + reference.per_row(reference.usage.output) * prices.output)
+            / 1e6;
+        let floor = floor_per_row * cost::ROWS as f64 / reference.usd;
         let Builder::Batchline(n, cache) = best.builder else {
             continue;
         };
@@ -416,9 +423,10 @@ fn print_cost(table: &CostTable) -> Vec<Check> {
             number(ratio)
         );
         verdicts.push(format!(
-            "{provider} {} ({}×)",
+            "{provider} {} ({}×; the floor of row text and answer alone is {}×)",
             if met { "PASS" } else { "MISS" },
-            number(ratio)
+            number(ratio),
+            number(floor)
         ));
         checks.push(Check { text, met });
     }
