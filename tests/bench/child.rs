@@ -136,6 +136,52 @@ pub fn parse(provider: ProviderKind, results_file: &Path, rows: usize) -> Result
     })
 }
 
+/// `child parse-packed ROWS_PER_REQUEST RESULTS_FILE ROWS`: an OpenAI results file of
+/// packed requests (`rows-<k>`, `ROWS_PER_REQUEST` answers each) parsed, split back
+/// and validated row by row; every row must be a success. Items are rows.
+pub fn parse_packed(
+    results_file: &Path,
+    rows: usize,
+    rows_per_request: usize,
+) -> Result<Report, String> {
+    let requests: Arc<[Vec<String>]> = (0..rows)
+        .collect::<Vec<_>>()
+        .chunks(rows_per_request)
+        .map(|chunk| chunk.iter().map(|&i| workload::custom_id(i)).collect())
+        .collect();
+    let parser = ResultParser::packed(
+        ProviderKind::OpenAi,
+        &workload::invoice_schema().into(),
+        requests,
+    )
+    .map_err(|e| e.to_string())?;
+    let lines = read_lines(results_file)?;
+    let bytes = lines.iter().map(|l| l.len() as u64 + 1).sum();
+    let started = Instant::now();
+    let mut outcomes = Vec::with_capacity(rows_per_request);
+    let mut items = 0u64;
+    for (n, line) in lines.iter().enumerate() {
+        parser.parse_line_into(n as u64 + 1, line.as_bytes(), &mut outcomes);
+        for outcome in outcomes.drain(..) {
+            if let Outcome::Error(failure) = outcome {
+                return Err(format!("row {} failed: {failure:?}", failure.custom_id));
+            }
+            items += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if items != rows as u64 {
+        return Err(format!("parsed {items} rows, expected {rows}"));
+    }
+    Ok(Report {
+        seconds,
+        bytes,
+        items,
+        peak_rss_bytes: own_peak_rss_bytes()?,
+        cpu_seconds: own_cpu_seconds(),
+    })
+}
+
 /// How far `child parse-stage` takes each OpenAI results line, to show where parse
 /// time goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -72,6 +72,9 @@ fn child_mode(args: &[String]) -> Result<(), String> {
             child::build_packed(provider(1)?, Path::new(arg(2)?), number(3)? as usize)?
         }
         "parse" => child::parse(provider(1)?, Path::new(arg(2)?), number(3)? as usize)?,
+        "parse-packed" => {
+            child::parse_packed(Path::new(arg(2)?), number(3)? as usize, number(1)? as usize)?
+        }
         "parse-stage" => child::parse_stage(
             child::ParseStage::from_name(arg(1)?)?,
             Path::new(arg(2)?),
@@ -189,6 +192,11 @@ impl Data {
         self.dir.path().join(format!("results-{provider}.jsonl"))
     }
 
+    /// OpenAI results of the same rows packed [`report::PACKED_ROWS`] to a request.
+    fn packed_results(&self) -> PathBuf {
+        self.dir.path().join("results-openai-packed.jsonl")
+    }
+
     fn big_results(&self) -> PathBuf {
         self.dir.path().join("results-openai-big.jsonl")
     }
@@ -231,6 +239,24 @@ impl Data {
                 })
                 .map_err(io)?;
             }
+            write(&data.packed_results(), &|out| {
+                let rows: Vec<usize> = (0..options.rows).collect();
+                for (k, request) in rows.chunks(report::PACKED_ROWS).enumerate() {
+                    let answer: serde_json::Map<String, serde_json::Value> = request
+                        .iter()
+                        .enumerate()
+                        .map(|(n, &i)| {
+                            let answer = workload::answer(i, workload::ANSWER_ITEMS);
+                            ((n + 1).to_string(), answer)
+                        })
+                        .collect();
+                    let id = batchline::packing::packed_request_id(k);
+                    workload::write_answer_line(ProviderKind::OpenAi, k, &id, &answer.into(), out)?;
+                    out.write_all(b"\n")?;
+                }
+                Ok(options.rows)
+            })
+            .map_err(io)?;
             data.big_rows = write(&data.big_results(), &|out| {
                 workload::write_results_file(
                     ProviderKind::OpenAi,
@@ -323,6 +349,16 @@ fn run_bench(options: &Options) -> Result<(), String> {
                 .parse
                 .push(Measured::new(provider, data.rows, batchline, python)?);
         }
+        // Issue 11: packing must not slow parsing (rows/s within 10% of one row per
+        // request): the same rows, one and ten to a request.
+        let packed = report::PACKED_ROWS.to_string();
+        let runs = ours(
+            "parse-packed",
+            &packed,
+            &data.packed_results(),
+            Some(data.rows),
+        )?;
+        table.parse_packed = Some(Figures::of(&runs).ok_or("no runs")?);
         let file = data.results(ProviderKind::OpenAi);
         for stage in child::ParseStage::ALL {
             let runs = ours("parse-stage", stage.name(), &file, Some(data.rows))?;

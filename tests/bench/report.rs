@@ -22,7 +22,9 @@ const BINARY_MB_TARGET: f64 = 24.0;
 const COST_RATIO_TARGET: f64 = 0.25;
 
 /// Rows per request compared by the build section's packed runs: one, and ten.
-pub const PACKED_ROWS_PER_REQUEST: [usize; 2] = [1, 10];
+pub const PACKED_ROWS_PER_REQUEST: [usize; 2] = [1, PACKED_ROWS];
+/// Rows per request of the packed build and parse runs.
+pub const PACKED_ROWS: usize = 10;
 /// Issue 11: packed building keeps at least this fraction of the rows/s of one row
 /// per request ("within 10%").
 const PACKED_BUILD_RATIO_TARGET: f64 = 0.9;
@@ -107,6 +109,8 @@ pub struct Table {
     pub parse_big: Option<Measured>,
     /// OpenAI 50k lines taken to each `child::ParseStage`, by stage name.
     pub parse_stages: Vec<(&'static str, Figures)>,
+    /// OpenAI results of the parse rows packed [`PACKED_ROWS`] to a request.
+    pub parse_packed: Option<Figures>,
     pub collect: Option<CollectFigures>,
     pub cold_start: Vec<ColdStart>,
     pub cost: Option<CostTable>,
@@ -127,6 +131,7 @@ impl Table {
             parse: Vec::new(),
             parse_big: None,
             parse_stages: Vec::new(),
+            parse_packed: None,
             collect: None,
             cold_start: Vec::new(),
             cost: None,
@@ -203,6 +208,9 @@ impl Table {
             println!(
                 "\nsyntax: serde_json checks each line and keeps nothing; envelope: the OpenAI decoder reads the line into borrowed structs, answer unparsed; full: envelope, answer parsed into a `serde_json::Value` and validated against the schema."
             );
+        }
+        if let Some(packed) = &self.parse_packed {
+            checks.extend(self.print_parse_packed(packed));
         }
         if let Some(c) = &self.collect {
             println!(
@@ -295,6 +303,38 @@ impl Table {
                 "\nreference: n/a where instructor's batch module has no such provider (it supports openai and anthropic only) or the reference run was skipped"
             );
         }
+    }
+
+    /// Section 2c: the OpenAI parse rows, one and [`PACKED_ROWS`] to a request.
+    fn print_parse_packed(&self, packed: &Figures) -> Vec<Check> {
+        let Some(single) = self
+            .parse
+            .iter()
+            .find(|m| m.provider == ProviderKind::OpenAi)
+        else {
+            return Vec::new();
+        };
+        println!(
+            "\n### 2c. Parse with rows packed: the OpenAI rows above, {PACKED_ROWS} to a request, split back and validated row by row, one core\n"
+        );
+        println!("| rows/request | rows/s | MB/s | ratio to 1 row/request |");
+        println!("|---|---|---|---|");
+        let ratio = packed.items_per_s.median / single.ours.items_per_s.median;
+        for (rows, figures, ratio) in [(1, &single.ours, 1.0), (PACKED_ROWS, packed, ratio)] {
+            println!(
+                "| {rows} | {} | {} | {} x |",
+                cell(&figures.items_per_s),
+                cell(&figures.mb_per_s),
+                number(ratio)
+            );
+        }
+        vec![Check {
+            text: format!(
+                "parse openai: {PACKED_ROWS} rows/request at {} x the rows/s of 1 (target >= {PACKED_BUILD_RATIO_TARGET} x)",
+                number(ratio)
+            ),
+            met: ratio >= PACKED_BUILD_RATIO_TARGET,
+        }]
     }
 
     /// Section 1b: the same rows built one and ten to a request.

@@ -190,7 +190,18 @@ pub fn write_results_line(
     items: usize,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    let answer = answer(i, items);
+    write_answer_line(provider, i, &custom_id(i), &answer(i, items), out)
+}
+
+/// Appends the successful results line (no newline) in `provider`'s shape of request
+/// `id`, the `i`-th of its part, answering `answer`.
+pub fn write_answer_line(
+    provider: ProviderKind,
+    i: usize,
+    id: &str,
+    answer: &Value,
+    out: &mut impl Write,
+) -> io::Result<()> {
     let answer_text = answer.to_string();
     let input_tokens = tokens(SYSTEM_PROMPT.len() + USER_CHARS);
     let output_tokens = tokens(answer_text.len());
@@ -198,7 +209,7 @@ pub fn write_results_line(
     let line = match provider {
         ProviderKind::OpenAi => json!({
             "id": format!("batch_req_{}", rng.hex()),
-            "custom_id": custom_id(i),
+            "custom_id": id,
             "response": {
                 "status_code": 200,
                 "request_id": format!("req_{}", rng.hex()),
@@ -237,7 +248,7 @@ pub fn write_results_line(
             "error": null
         }),
         ProviderKind::Anthropic => json!({
-            "custom_id": custom_id(i),
+            "custom_id": id,
             "result": {
                 "type": "succeeded",
                 "message": {
@@ -281,7 +292,7 @@ pub fn write_results_line(
             "response": gemini_response(&answer_text, input_tokens, output_tokens, &mut rng)
         }),
         ProviderKind::Gemini => json!({
-            "key": custom_id(i),
+            "key": id,
             "response": gemini_response(&answer_text, input_tokens, output_tokens, &mut rng)
         }),
     };
