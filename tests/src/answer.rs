@@ -45,7 +45,9 @@ fn words_of(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Every number written in `text` (`-12`, `3.5`), in order.
+/// Every number written in `text` (`-12`, `3.5`, `1,240.50`), in order. A `-` is a sign
+/// only where a word could not go on through it (`INV-0113` holds 113, not -113), and a
+/// comma followed by three digits groups thousands.
 fn numbers_of(text: &str) -> Vec<f64> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
@@ -55,18 +57,30 @@ fn numbers_of(text: &str) -> Vec<f64> {
             i += 1;
             continue;
         }
-        let negative = i > 0 && bytes[i - 1] == b'-';
-        let start = if negative { i - 1 } else { i };
-        while i < bytes.len() && bytes[i].is_ascii_digit() {
+        let negative =
+            i > 0 && bytes[i - 1] == b'-' && (i < 2 || !bytes[i - 2].is_ascii_alphanumeric());
+        let mut digits = String::from(if negative { "-" } else { "" });
+        let take_digits = |i: &mut usize, digits: &mut String| {
+            while *i < bytes.len() && bytes[*i].is_ascii_digit() {
+                digits.push(char::from(bytes[*i]));
+                *i += 1;
+            }
+        };
+        take_digits(&mut i, &mut digits);
+        while i + 3 < bytes.len()
+            && bytes[i] == b','
+            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+            && bytes.get(i + 4).is_none_or(|b| !b.is_ascii_digit())
+        {
             i += 1;
+            take_digits(&mut i, &mut digits);
         }
         if i + 1 < bytes.len() && bytes[i] == b'.' && bytes[i + 1].is_ascii_digit() {
+            digits.push('.');
             i += 1;
-            while i < bytes.len() && bytes[i].is_ascii_digit() {
-                i += 1;
-            }
+            take_digits(&mut i, &mut digits);
         }
-        if let Ok(number) = text[start..i].parse::<f64>() {
+        if let Ok(number) = digits.parse::<f64>() {
             out.push(number);
         }
     }
@@ -415,6 +429,16 @@ const WORDS: [&str; 8] = [
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn numbers_are_read_as_written() {
+        assert_eq!(
+            numbers_of("Invoice 2024-0113, total EUR 1,240.50; refund -12 (-3.5) and 48,000"),
+            [2024.0, 113.0, 1240.5, -12.0, -3.5, 48000.0]
+        );
+        assert_eq!(numbers_of("12,34 and 1,2345"), [12.0, 34.0, 1.0, 2345.0]);
+    }
+
     use super::*;
 
     #[test]

@@ -356,21 +356,9 @@ async fn uploads_carry_a_checksum_in_place_of_a_payload_signature() {
 async fn packed_rows_are_answered_and_split_back_on_every_provider() {
     let h = Harness::start().await;
     for kind in ProviderKind::ALL {
-        let mut lines = vec![support::header(
-            kind,
-            json!({"rows_per_request": 5, "max_tokens": 2048}),
-        )];
-        let ids: Vec<String> = (0..12).map(|i| format!("doc-{i}")).collect();
-        lines.extend(ids.iter().enumerate().map(|(i, id)| {
-            json!({"custom_id": id, "text": format!("Invoice {i} from Vendor{i} Limited, total {i}.50 EUR")})
-                .to_string()
-        }));
-        let job = h
-            .submit(
-                &format!("inbox/{kind}/packed.jsonl"),
-                lines.join("\n") + "\n",
-            )
-            .await;
+        let spec = json!({"rows_per_request": 5, "max_tokens": 2048});
+        let (body, ids) = support::job_file_with(kind, spec, 12, &[]);
+        let job = h.submit(&format!("inbox/{kind}/packed.jsonl"), body).await;
         let record = h.run_to_end(&job).await;
         assert_eq!(
             record.status,
@@ -395,21 +383,10 @@ async fn packed_requests_cut_off_by_the_token_limit_are_split_until_rows_fit() {
         // One answer (about 30 tokens) fits 45 tokens, two do not: the emulator cuts
         // them off, and collect resubmits the rows in halves down to one row each,
         // although max_attempts allows no retry.
-        let header = support::header(
-            kind,
-            json!({"rows_per_request": 8, "max_tokens": 45, "max_attempts": 1}),
-        );
-        let ids: Vec<String> = (0..8).map(|i| format!("doc-{i}")).collect();
-        let mut lines = vec![header];
-        lines.extend(ids.iter().enumerate().map(|(i, id)| {
-            json!({"custom_id": id, "text": format!("Invoice {i} from Vendor{i} Limited, total {i}.50 EUR")})
-                .to_string()
-        }));
+        let spec = json!({"rows_per_request": 8, "max_tokens": 45, "max_attempts": 1});
+        let (body, ids) = support::job_file_with(kind, spec, 8, &[]);
         let job = h
-            .submit(
-                &format!("inbox/{kind}/too-long.jsonl"),
-                lines.join("\n") + "\n",
-            )
+            .submit(&format!("inbox/{kind}/too-long.jsonl"), body)
             .await;
         h.run_to_end(&job).await;
         let results = h.assert_invariant(&job, &ids).await;
@@ -441,18 +418,8 @@ async fn cached_prompt_tokens_are_reported_and_priced_on_every_provider() {
             "prices": {"input_per_million": 1.0, "output_per_million": 2.0,
                        "cache_read_per_million": 0.1, "cache_write_per_million": 2.0}
         });
-        let ids: Vec<String> = (0..40).map(|i| format!("doc-{i}")).collect();
-        let mut lines = vec![support::header(kind, spec)];
-        lines.extend(ids.iter().enumerate().map(|(i, id)| {
-            json!({"custom_id": id, "text": format!("Invoice {i} from ACME, total {i}.50 EUR")})
-                .to_string()
-        }));
-        let job = h
-            .submit(
-                &format!("inbox/{kind}/cached.jsonl"),
-                lines.join("\n") + "\n",
-            )
-            .await;
+        let (body, ids) = support::job_file_with(kind, spec, 40, &[]);
+        let job = h.submit(&format!("inbox/{kind}/cached.jsonl"), body).await;
         h.run_to_end(&job).await;
         let results = h.assert_invariant(&job, &ids).await;
         let usage = &results.summary["usage"];
@@ -525,6 +492,66 @@ async fn free_text_and_json_answers_on_every_provider() {
                     _ => assert!(success["result"].is_object(), "{kind}: {success}"),
                 }
             }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_model_leaves_out_repeats_or_invents_are_never_misattributed() {
+    let h = Harness::start().await;
+    for kind in ProviderKind::ALL {
+        // One request of four rows: row 2 is left out, row 3 answered twice, and a
+        // fifth row invented; rows 1 and 4 keep their own answers.
+        let spec = json!({"rows_per_request": 4, "max_tokens": 2048, "max_attempts": 1});
+        let faults = [
+            "",
+            "[[fault:drop_row]]",
+            "[[fault:repeat_row]]",
+            "[[fault:invent_row]]",
+        ];
+        let mut lines = vec![support::header(kind, spec)];
+        let ids: Vec<String> = (0..4).map(|i| format!("doc-{i}")).collect();
+        lines.extend(ids.iter().zip(faults).enumerate().map(|(i, (id, fault))| {
+            json!({"custom_id": id, "text": format!("Invoice {i} from Vendor{i} Limited {fault}")})
+                .to_string()
+        }));
+        let job = h
+            .submit(
+                &format!("inbox/{kind}/misattributed.jsonl"),
+                lines.join("\n") + "\n",
+            )
+            .await;
+        h.run_to_end(&job).await;
+        let results = h.assert_invariant(&job, &ids).await;
+        let types = results.error_types();
+        assert_eq!(
+            types.get("doc-1").map(String::as_str),
+            Some("missing_row"),
+            "{kind}: {types:?}"
+        );
+        assert_eq!(
+            types.get("doc-2").map(String::as_str),
+            Some("repeated_row"),
+            "{kind}: {types:?}"
+        );
+        assert_eq!(results.successes.len(), 2, "{kind}: {:?}", results.errors);
+        for success in &results.successes {
+            let own = if success["custom_id"] == "doc-0" {
+                "Vendor0"
+            } else {
+                "Vendor3"
+            };
+            let answer = success["result"].to_string();
+            assert!(
+                !["Vendor1", "Vendor2"]
+                    .iter()
+                    .any(|other| answer.contains(other)),
+                "{kind}: {success} holds another row's words"
+            );
+            assert!(
+                answer.contains(own) || !answer.contains("Vendor"),
+                "{kind}: {success}"
+            );
         }
     }
 }

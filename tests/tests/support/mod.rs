@@ -379,7 +379,17 @@ pub fn header(kind: ProviderKind, extra: Value) -> String {
 
 /// A job file: header + `n` text requests `doc-0..n`, with `extra_lines` appended.
 pub fn job_file(kind: ProviderKind, n: usize, extra_lines: &[String]) -> (String, Vec<String>) {
-    let mut lines = vec![header(kind, json!({}))];
+    job_file_with(kind, json!({}), n, extra_lines)
+}
+
+/// [`job_file`] with `spec` merged into the header's spec.
+pub fn job_file_with(
+    kind: ProviderKind,
+    spec: Value,
+    n: usize,
+    extra_lines: &[String],
+) -> (String, Vec<String>) {
+    let mut lines = vec![header(kind, spec)];
     let mut ids = Vec::new();
     for i in 0..n {
         let id = format!("doc-{i}");

@@ -103,33 +103,48 @@ struct Params<'a> {
     tool_choice: Option<&'a RawValue>,
 }
 
-/// The top-level `system` field: a plain string, or (with caching on) the same text
-/// as one text block carrying the cache breakpoint.
+/// The top-level `system` field: a plain string, or (with caching on) text blocks
+/// whose first, the batch's system prompt, carries the cache breakpoint.
 #[derive(Serialize)]
 #[serde(untagged)]
 enum System<'a> {
     Text(Cow<'a, str>),
-    Blocks([SystemBlock<'a>; 1]),
+    Blocks(Vec<SystemBlock<'a>>),
 }
 
-/// `{"type":"text","text","cache_control"}`
+/// `{"type":"text","text","cache_control"?}`
 #[derive(Serialize)]
 struct SystemBlock<'a> {
     r#type: &'static str,
     text: Cow<'a, str>,
-    cache_control: CacheControl,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<CacheControl>,
 }
 
 impl<'a> System<'a> {
-    fn new(text: Cow<'a, str>, cache_control: Option<CacheControl>) -> Self {
-        match cache_control {
-            None => System::Text(text),
-            Some(cache_control) => System::Blocks([SystemBlock {
-                r#type: "text",
-                text,
-                cache_control,
-            }]),
-        }
+    /// The batch's system prompt and the conversation's own system messages. With
+    /// caching on, the prompt (the same in every request) is a block of its own with
+    /// the breakpoint, and the request's own system text follows it unmarked: marking
+    /// text that differs per request would pay a cache write for every request.
+    fn new(
+        system_prompt: Option<&'a str>,
+        messages: &'a [Message],
+        cache_control: Option<CacheControl>,
+    ) -> Option<Self> {
+        let Some(cache_control) = cache_control else {
+            return joined_system(system_prompt, messages).map(System::Text);
+        };
+        let block = |text, cache_control| SystemBlock {
+            r#type: "text",
+            text,
+            cache_control,
+        };
+        let blocks: Vec<SystemBlock<'a>> = system_prompt
+            .map(|prompt| block(Cow::Borrowed(prompt), Some(cache_control)))
+            .into_iter()
+            .chain(joined_system(None, messages).map(|own| block(own, None)))
+            .collect();
+        (!blocks.is_empty()).then_some(System::Blocks(blocks))
     }
 }
 
@@ -189,8 +204,11 @@ impl RequestEncoder for AnthropicEncoder {
                 model: &self.model,
                 max_tokens: self.max_tokens,
                 temperature: self.temperature,
-                system: joined_system(self.system_prompt.as_deref(), &request.messages)
-                    .map(|text| System::new(text, self.cache_control)),
+                system: System::new(
+                    self.system_prompt.as_deref(),
+                    &request.messages,
+                    self.cache_control,
+                ),
                 messages: Turns(&request.messages),
                 tools: self.tool.as_ref().map(|tool| &*tool.tools),
                 tool_choice: self.tool.as_ref().map(|tool| &*tool.tool_choice),
@@ -312,8 +330,10 @@ mod tests {
         }
     }
 
+    /// The batch's prompt is the same in every request and carries the breakpoint; the
+    /// conversation's own system text follows it unmarked.
     #[test]
-    fn caching_marks_the_system_block_and_the_tool() {
+    fn caching_marks_the_batch_system_prompt_and_the_tool() {
         for (cache, ttl) in [
             (PromptCache::OneHour, "1h"),
             (PromptCache::FiveMinutes, "5m"),
@@ -327,8 +347,11 @@ mod tests {
                     "max_tokens": 512,
                     "system": [{
                         "type": "text",
-                        "text": "Extract facts.\n\nBe terse.",
+                        "text": "Extract facts.",
                         "cache_control": {"type": "ephemeral", "ttl": ttl}
+                    }, {
+                        "type": "text",
+                        "text": "Be terse."
                     }],
                     "messages": [{"role": "user", "content": "Say one"}],
                     "tools": cached_tools(ttl),
@@ -348,6 +371,15 @@ mod tests {
         let item = encode(&cached_encoder(None, None, PromptCache::OneHour), &request);
         assert_eq!(item["params"].get("system"), None);
         assert_eq!(item["params"]["tools"], cached_tools("1h"));
+        // Without a batch prompt, the conversation's own system text is not marked.
+        let item = encode(
+            &cached_encoder(None, None, PromptCache::OneHour),
+            &system_conversation(),
+        );
+        assert_eq!(
+            item["params"]["system"],
+            json!([{"type": "text", "text": "Be terse."}])
+        );
     }
 
     #[test]
@@ -463,15 +495,18 @@ mod tests {
                 "messages": [{"role": "user", "content": "Say one"}]
             })
         );
-        // With caching on, the system block alone carries the breakpoint.
+        // With caching on, the batch's system block alone carries the breakpoint.
         let encoder = unstructured_encoder(&AnswerFormat::JsonObject, PromptCache::OneHour);
         let item = encode(&encoder, &system_conversation());
         assert_eq!(
             item["params"]["system"],
             json!([{
                 "type": "text",
-                "text": "Summarise.\n\nAnswer with one JSON object.\n\nBe terse.",
+                "text": "Summarise.\n\nAnswer with one JSON object.",
                 "cache_control": {"type": "ephemeral", "ttl": "1h"}
+            }, {
+                "type": "text",
+                "text": "Be terse."
             }])
         );
         assert_eq!(item["params"].get("tools"), None);
