@@ -394,7 +394,7 @@ impl Table {
 /// Section 5: the cost table and its target, one check per provider.
 fn print_cost(table: &CostTable) -> Vec<Check> {
     println!(
-        "\n### 5. Cost per 1,000 rows: {} invoices (mean {} tokens of text each), system prompt {} tokens, five-field schema; emulator token accounting (o200k), prompt caches modelled (waves of 16, 5% miss rate; OpenAI without `prompt_cache_key` 30%)\n",
+        "\n### 5. Cost per 1,000 rows: {} invoices (mean {} tokens of text each), system prompt {} tokens, nine-field schema (`cost::record_schema`); emulator token accounting (o200k), prompt caches modelled (waves of 16, 5% miss rate; OpenAI without `prompt_cache_key` 30%)\n",
         thousands(cost::ROWS as f64),
         number(table.row_text_tokens),
         thousands(table.system_prompt_tokens as f64)
