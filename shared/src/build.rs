@@ -233,12 +233,7 @@ impl BatchBuilder {
     /// closed, when a request did not fit in it and opened a new one. On error
     /// nothing changes and the error concerns `request` only.
     pub fn push(&mut self, request: &Request) -> Result<Option<BatchPart>> {
-        if self.seen_ids.contains(&request.custom_id) {
-            return Err(Error::InvalidRequest {
-                custom_id: request.custom_id.clone(),
-                reason: "duplicate custom_id: ids must be unique within a job".to_string(),
-            });
-        }
+        self.check_new_id(request)?;
         let Some(packer) = &mut self.packer else {
             let closed = self.add_request(None, request, &[])?;
             self.seen_ids.insert(request.custom_id.clone());
@@ -275,12 +270,7 @@ impl BatchBuilder {
             return Ok(closed);
         }
         for row in rows {
-            if self.seen_ids.contains(&row.custom_id) {
-                return Err(Error::InvalidRequest {
-                    custom_id: row.custom_id.clone(),
-                    reason: "duplicate custom_id: ids must be unique within a job".to_string(),
-                });
-            }
+            self.check_new_id(row)?;
         }
         let mut closed: Vec<BatchPart> = self.flush_pending().into_iter().collect();
         let packer = self.packer.as_mut().expect("packing builder");
@@ -297,6 +287,17 @@ impl BatchBuilder {
         let mut parts: Vec<BatchPart> = self.flush_pending().into_iter().collect();
         parts.extend(self.close_part(None));
         parts
+    }
+
+    /// Refuses a row whose id an earlier row of the job has.
+    fn check_new_id(&self, row: &Request) -> Result<()> {
+        if !self.seen_ids.contains(&row.custom_id) {
+            return Ok(());
+        }
+        Err(Error::InvalidRequest {
+            custom_id: row.custom_id.clone(),
+            reason: "duplicate custom_id: ids must be unique within a job".to_string(),
+        })
     }
 
     /// Encodes the rows waiting for their request as one packed request. Should that

@@ -123,9 +123,15 @@ pub fn parse(provider: ProviderKind, results_file: &Path, rows: usize) -> Result
         }
         items += 1;
     }
+    parse_report(started, bytes, items, rows)
+}
+
+/// The report of a parse that started at `started` over `bytes` and yielded `items`
+/// rows, all `rows` expected.
+fn parse_report(started: Instant, bytes: u64, items: u64, rows: usize) -> Result<Report, String> {
     let seconds = started.elapsed().as_secs_f64();
     if items != rows as u64 {
-        return Err(format!("parsed {items} results, expected {rows}"));
+        return Err(format!("parsed {items} rows, expected {rows}"));
     }
     Ok(Report {
         seconds,
@@ -155,31 +161,30 @@ pub fn parse_packed(
         requests,
     )
     .map_err(|e| e.to_string())?;
-    let lines = read_lines(results_file)?;
-    let bytes = lines.iter().map(|l| l.len() as u64 + 1).sum();
+    let file = File::open(results_file).map_err(|e| format!("{}: {e}", results_file.display()))?;
+    let bytes = file.metadata().map_err(|e| e.to_string())?.len();
+    // Read as it is parsed, as `parse` reads, so that the two compare like for like.
+    let mut reader = BufReader::with_capacity(1 << 20, file);
     let started = Instant::now();
-    let mut outcomes = Vec::with_capacity(rows_per_request);
-    let mut items = 0u64;
-    for (n, line) in lines.iter().enumerate() {
-        parser.parse_line_into(n as u64 + 1, line.as_bytes(), &mut outcomes);
+    let (mut line, mut outcomes) = (Vec::new(), Vec::with_capacity(rows_per_request));
+    let (mut items, mut line_no) = (0u64, 0u64);
+    while reader
+        .read_until(b'\n', &mut line)
+        .map_err(|e| e.to_string())?
+        > 0
+    {
+        line_no += 1;
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        parser.parse_line_into(line_no, text, &mut outcomes);
         for outcome in outcomes.drain(..) {
             if let Outcome::Error(failure) = outcome {
                 return Err(format!("row {} failed: {failure:?}", failure.custom_id));
             }
             items += 1;
         }
+        line.clear();
     }
-    let seconds = started.elapsed().as_secs_f64();
-    if items != rows as u64 {
-        return Err(format!("parsed {items} rows, expected {rows}"));
-    }
-    Ok(Report {
-        seconds,
-        bytes,
-        items,
-        peak_rss_bytes: own_peak_rss_bytes()?,
-        cpu_seconds: own_cpu_seconds(),
-    })
+    parse_report(started, bytes, items, rows)
 }
 
 /// How far `child parse-stage` takes each OpenAI results line, to show where parse

@@ -529,6 +529,10 @@ impl SubmitRun<'_> {
     ) -> Result<(), PipelineError> {
         let index = part.index;
         let job_id = versioned.record.job_id.clone();
+        // Rows in a part are past the builder: their line numbers are no longer needed.
+        for id in &part.custom_ids {
+            self.waiting.remove(id);
+        }
         if let Some(done) = versioned.record.parts.iter().find(|p| p.index == index)
             && done.batch_id.is_some()
         {
