@@ -10,6 +10,7 @@ pub mod aws;
 pub mod build;
 pub mod clock;
 pub mod error;
+pub mod ledger;
 pub mod model;
 pub mod packing;
 pub mod pipeline;

@@ -296,6 +296,7 @@ pub fn collect_part(target: &CollectTarget<'_>) -> Result<Report, String> {
             providers: Arc::new(EmulatorProviders::new(target.emulator_url)),
             settings: Settings::default(),
             clock: Arc::new(batchline::clock::SystemClock),
+            ledger: None,
         };
         let message = ReadyMessage {
             job_id: target.job_id.to_string(),

@@ -262,6 +262,7 @@ fn context(store: Arc<CountingSink>, provider: Arc<GeneratedProvider>) -> Contex
         providers: Arc::new(Only(provider)),
         settings: Settings::default(),
         clock: Arc::new(batchline::clock::SystemClock),
+        ledger: None,
     }
 }
 

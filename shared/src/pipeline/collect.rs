@@ -199,6 +199,9 @@ impl CollectRun<'_> {
             request_sizes: packed.then_some(request_sizes),
         };
         let mut part_run = PartRun::new(ctx, job_id, self.part, &ids, retry);
+        if self.spec.skip_succeeded {
+            part_run.succeeded_ids = Some(Vec::new());
+        }
         // The last delivery records what could not be read instead of failing again
         // (a refused results URL, a stream that always breaks): nothing stays unknown.
         if read_failure.is_none()
@@ -237,7 +240,13 @@ impl CollectRun<'_> {
             false => self.retry_part(&part_run.retryable).await?,
         };
         part_run.settle_retryable(retry.as_ref()).await?;
+        let succeeded_ids = std::mem::take(&mut part_run.succeeded_ids);
         let outcome = part_run.finish().await?;
+        // After the results are in S3, so that the ledger never names a job whose
+        // answer is not there yet; a crash before the job record is updated redoes both.
+        if let Some(ids) = succeeded_ids {
+            self.record_successes(&ids).await?;
+        }
         let (succeeded, failed) = (outcome.succeeded, outcome.failed);
         // Created last, just before the record names it: the shortest window in which
         // a crash leaves a batch that Anthropic (no tags) cannot find again.
@@ -286,6 +295,17 @@ impl CollectRun<'_> {
         })
     }
 
+    /// Tells the ledger that `ids` succeeded in this job, so that later uploads of the
+    /// pipeline skip them (`skip_succeeded`).
+    async fn record_successes(&self, ids: &[String]) -> Result<(), PipelineError> {
+        let (Some(ledger), Some(pipeline)) = (&self.ctx.ledger, self.record.pipeline()) else {
+            // Submit refuses such a job before anything is sent.
+            return Ok(());
+        };
+        ledger.record(pipeline, &self.record.job_id, ids).await?;
+        Ok(())
+    }
+
     /// The job's answer format (its spec was checked at submit, so this fails only
     /// for a record changed by hand).
     fn answer_format(&self) -> Result<AnswerFormat, PipelineError> {
@@ -300,7 +320,7 @@ impl CollectRun<'_> {
         let (job_id, index) = (self.record.job_id.as_str(), self.part.index);
         let wanted: HashSet<&str> = held.iter().map(|h| h.failure.custom_id.as_str()).collect();
         let Some(requests) =
-            reread_requests(self.ctx, &self.record.source, self.spec, &wanted).await?
+            reread_requests(self.ctx, self.record.rows_source(), self.spec, &wanted).await?
         else {
             tracing::warn!(job = %job_id, part = index, "the source object is gone: retryable failures are final");
             return Ok(None);
@@ -422,6 +442,9 @@ struct PartRun<'a> {
     request_of_row: Vec<u32>,
     /// Failures held back for a retry part (raw data dropped to bound memory).
     retryable: Vec<HeldBack>,
+    /// Ids of the rows that succeeded, kept when the job records them in the success
+    /// ledger (`skip_succeeded`).
+    succeeded_ids: Option<Vec<String>>,
 }
 
 /// Which failures of a part are held back for a retry part.
@@ -475,6 +498,7 @@ impl<'a> PartRun<'a> {
             retry,
             request_of_row,
             retryable: Vec::new(),
+            succeeded_ids: None,
         }
     }
 
@@ -552,6 +576,9 @@ impl<'a> PartRun<'a> {
         match outcome {
             Outcome::Success(success) => {
                 self.outcome.succeeded += 1;
+                if let Some(ids) = &mut self.succeeded_ids {
+                    ids.push(success.custom_id.clone());
+                }
                 self.line.clear();
                 write_line(&success, self.attempt, &mut self.line);
                 self.successes.write(&self.line).await?;

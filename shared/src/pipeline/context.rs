@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::clock::Clock;
+use crate::ledger::SuccessLedger;
 use crate::model::ProviderKind;
 use crate::provider::BatchProvider;
 use crate::queue::{Queue, QueueError};
@@ -82,6 +83,9 @@ pub enum PipelineError {
     /// Serialising or parsing JSON failed.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The success ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 /// Hands out a client per provider (built from configuration and secrets in Lambda,
@@ -142,4 +146,7 @@ pub struct Context {
     pub settings: Settings,
     /// Now, for leases, requeue delays and record timestamps.
     pub clock: Arc<dyn Clock>,
+    /// Rows with a success per pipeline, for `skip_succeeded` (None: not configured;
+    /// a job that asks for it then fails with a reason that says so).
+    pub ledger: Option<Arc<dyn SuccessLedger>>,
 }

@@ -11,6 +11,7 @@
 //! | `<NAME>_SECRET_ARN` | all | read `<NAME>` (e.g. `OPENAI_API_KEY`) from this Secrets Manager secret |
 //! | `<NAME>_PARAMETER` | all | read `<NAME>` from this SSM SecureString parameter |
 //! | `GOOGLE_CREDENTIALS_SECRET_ARN` | all | service-account JSON for Vertex AI, from Secrets Manager |
+//! | `LEDGER_TABLE` | submit, collect | the DynamoDB table of rows with a success, for `skip_succeeded` (without it such jobs fail and say so) |
 //! | `S3_FORCE_PATH_STYLE` | all | `true` for path-style S3 addressing (local S3 servers) |
 //! | `AWS_REGION`, `AWS_ACCESS_KEY_ID`, … | all | region and credentials, as Lambda sets them |
 //! | `AWS_ENDPOINT_URL` | all | one endpoint for every AWS service (moto locally) |
@@ -31,6 +32,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use super::context::{Context, ProviderSource, Settings};
 use super::secrets::{SecretError, SecretReader};
 use crate::error::{Error, Result};
+use crate::ledger::DynamoLedger;
 use crate::model::ProviderKind;
 use crate::provider::config::ProviderConfig;
 use crate::provider::{BatchProvider, connect, descriptor};
@@ -81,6 +83,15 @@ pub async fn context_from_env() -> Result<Context> {
         providers: Arc::new(EnvProviders::new(SecretReader::new(&sdk))),
         settings,
         clock: Arc::new(crate::clock::SystemClock),
+        ledger: std::env::var("LEDGER_TABLE")
+            .ok()
+            .filter(|table| !table.is_empty())
+            .map(|table| {
+                Arc::new(DynamoLedger::new(
+                    aws_sdk_dynamodb::Client::new(&sdk),
+                    table,
+                )) as _
+            }),
     })
 }
 

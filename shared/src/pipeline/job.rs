@@ -58,6 +58,16 @@ pub mod keys {
     pub fn pipeline_spec(name: &str) -> String {
         format!("{PIPELINES}{name}.json")
     }
+    /// Rows not sent because an earlier job of the pipeline has their success
+    /// (`skip_succeeded`), each with that job.
+    pub fn skipped(job: &str) -> String {
+        format!("results/{job}/skipped.jsonl")
+    }
+    /// The named pipeline an upload belongs to: `<name>` for `inbox/<name>/…`.
+    pub fn pipeline_of(key: &str) -> Option<&str> {
+        let (name, _) = key.strip_prefix(INBOX)?.split_once('/')?;
+        (!name.is_empty()).then_some(name)
+    }
 }
 
 /// The uploaded object a job comes from.
@@ -221,8 +231,8 @@ impl PartRecord {
     }
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
+    *n == N::default()
 }
 
 fn first_attempt() -> u32 {
@@ -294,6 +304,39 @@ pub struct JobRecord {
     /// failed), with its time: what an operator reads while the job waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Rows not sent because an earlier job of the pipeline has their success
+    /// (`skip_succeeded`); they are in `results/<job>/skipped.jsonl`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: u64,
+    /// For a re-run of a finished job's failed rows: that job, and the upload its rows
+    /// are read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<RerunOf>,
+}
+
+/// The finished job a re-run job takes its failed rows from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RerunOf {
+    /// The earlier job's id.
+    pub job_id: String,
+    /// The upload that job read, in the version it read.
+    pub source: SourceObject,
+}
+
+impl JobRecord {
+    /// The upload the job's rows are read from: its own, or for a re-run the earlier
+    /// job's.
+    pub fn rows_source(&self) -> &SourceObject {
+        self.rerun_of
+            .as_ref()
+            .map_or(&self.source, |rerun| &rerun.source)
+    }
+
+    /// The named pipeline of the job's rows (the ledger's key), if they were uploaded
+    /// under one.
+    pub fn pipeline(&self) -> Option<&str> {
+        keys::pipeline_of(&self.rows_source().key)
+    }
 }
 
 /// How much of the uploaded object submit read, counted as the bytes arrived from

@@ -14,8 +14,10 @@ pub mod job;
 mod parts;
 pub mod poll;
 pub mod ready;
+mod rerun;
 #[cfg(feature = "aws")]
 pub mod secrets;
+pub mod skip;
 pub mod spec;
 #[cfg(test)]
 mod step_tests;

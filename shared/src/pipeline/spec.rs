@@ -59,6 +59,11 @@ pub struct JobSpec {
     /// and differ by account, so batchline ships none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prices: Option<TokenPrices>,
+    /// Rows whose `custom_id` already has a success in an earlier job of the same
+    /// named pipeline are not sent again (counted as `skipped`, each listed with the
+    /// job that holds its answer). For uploads under `inbox/<pipeline>/` only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_succeeded: bool,
 }
 
 /// The spec's `output` field: what form the answers take.

@@ -18,6 +18,7 @@ use super::poll::poll;
 use super::ready::ReadyMessage;
 use super::submit::{SubmitOutcome, UploadedObject, submit};
 use crate::clock::{Clock, ManualClock};
+use crate::ledger::MemoryLedger;
 use crate::model::ProviderKind;
 use crate::provider::BatchProvider;
 use crate::provider::memory::{Fate, MemoryProvider};
@@ -48,6 +49,8 @@ struct Results {
     summary: Value,
     successes: Vec<Value>,
     errors: Vec<Value>,
+    /// Rows not sent (`skip_succeeded`), each with the job that has its success.
+    skipped: Vec<Value>,
 }
 
 impl Results {
@@ -76,6 +79,7 @@ impl Steps {
             providers: Arc::new(Only(provider.clone())),
             settings,
             clock: clock.clone(),
+            ledger: Some(Arc::new(MemoryLedger::new())),
         };
         Self {
             ctx,
@@ -195,13 +199,17 @@ impl Steps {
             .collect()
     }
 
-    /// The job's result files, checked: each of `ids` exactly once and nothing else,
-    /// and the summary's counts agree.
+    /// The job's result files, checked: each of `ids` exactly once (as a success, an
+    /// error or a skipped row) and nothing else, and the summary's counts agree.
     async fn results(&self, job: &str, ids: &[String]) -> Results {
         let summary: Value =
             serde_json::from_slice(&self.ctx.store.get(&keys::summary(job)).await.unwrap().1)
                 .unwrap();
         let (mut successes, mut errors) = (Vec::new(), Vec::new());
+        let skipped = match summary["skipped"].as_u64() {
+            Some(0) => Vec::new(),
+            _ => self.json_lines(&keys::skipped(job)).await,
+        };
         for key in self
             .ctx
             .store
@@ -209,7 +217,7 @@ impl Steps {
             .await
             .unwrap()
         {
-            if key.ends_with(".jsonl") {
+            if key.ends_with(".jsonl") && key != keys::skipped(job) {
                 let lines = self.json_lines(&key).await;
                 match key.contains("/successes/") {
                     true => successes.extend(lines),
@@ -218,7 +226,7 @@ impl Steps {
             }
         }
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        for line in successes.iter().chain(&errors) {
+        for line in successes.iter().chain(&errors).chain(&skipped) {
             *seen
                 .entry(line["custom_id"].as_str().unwrap().to_string())
                 .or_default() += 1;
@@ -228,11 +236,13 @@ impl Steps {
         assert_eq!(summary["requests"], ids.len());
         assert_eq!(summary["succeeded"], successes.len());
         assert_eq!(summary["failed"], errors.len());
+        assert_eq!(summary["skipped"], skipped.len());
         assert_eq!(summary["invariant_holds"], true);
         Results {
             summary,
             successes,
             errors,
+            skipped,
         }
     }
 }
@@ -765,4 +775,178 @@ async fn text_output_with_several_rows_per_request_fails_the_job() {
         other => panic!("{other:?}"),
     }
     assert_eq!(s.provider.created(), 0);
+}
+
+/// The ids of a job's successes.
+fn succeeded_ids(results: &Results) -> Vec<String> {
+    let mut ids: Vec<String> = results
+        .successes
+        .iter()
+        .map(|r| r["custom_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn skip_succeeded_sends_only_the_rows_without_a_success_in_the_pipeline() {
+    let s = Steps::new(Settings::default());
+    let skip = json!({"skip_succeeded": true, "max_attempts": 1});
+    // The first job: doc-0 and doc-1 succeed, doc-2 and doc-3 expire.
+    s.provider.script(Fate::Expire { ran: 2 });
+    let (first, ids) = s.start("invoices/monday", 4, skip.clone(), false).await;
+    s.run_to_end(&first).await;
+    assert_eq!(s.results(&first, &ids).await.successes.len(), 2);
+    // A job of another pipeline skips nothing.
+    let (other, ids) = s.start("receipts/monday", 4, skip.clone(), false).await;
+    s.run_to_end(&other).await;
+    assert!(s.results(&other, &ids).await.skipped.is_empty());
+
+    let (second, ids) = s.start("invoices/tuesday", 6, skip, false).await;
+    let record = s.run_to_end(&second).await;
+    assert_eq!(record.skipped, 2);
+    let results = s.results(&second, &ids).await;
+    assert_eq!(
+        results.skipped,
+        vec![
+            json!({"custom_id": "doc-0", "answer_job": first}),
+            json!({"custom_id": "doc-1", "answer_job": first}),
+        ]
+    );
+    assert_eq!(
+        succeeded_ids(&results),
+        ["doc-2", "doc-3", "doc-4", "doc-5"]
+    );
+    // Only the rows that were not skipped went to the provider.
+    assert_eq!(record.parts.iter().map(|p| p.requests).sum::<u64>(), 4);
+    assert_eq!(results.summary["files"]["skipped"], keys::skipped(&second));
+}
+
+#[tokio::test]
+async fn concurrent_uploads_never_skip_a_row_that_neither_has_done() {
+    let s = Steps::new(Settings::default());
+    let skip = json!({"skip_succeeded": true});
+    // Both are submitted before either has a success: each sends every row.
+    let (a, ids) = s.start("invoices/a", 3, skip.clone(), false).await;
+    let (b, _) = s.start("invoices/b", 3, skip.clone(), false).await;
+    s.run_to_end(&a).await;
+    s.run_to_end(&b).await;
+    for job in [&a, &b] {
+        let results = s.results(job, &ids).await;
+        assert!(results.skipped.is_empty());
+        assert_eq!(results.successes.len(), 3);
+    }
+    // A later upload skips them all, each pointing at a job whose results hold it.
+    let (c, _) = s.start("invoices/c", 3, skip, false).await;
+    let record = s.run_to_end(&c).await;
+    assert!(record.parts.is_empty(), "{record:?}");
+    let results = s.results(&c, &ids).await;
+    assert_eq!(results.skipped.len(), 3);
+    for row in &results.skipped {
+        let answer_job = row["answer_job"].as_str().unwrap();
+        assert!([&a, &b].contains(&&answer_job.to_string()));
+        let holder = s.results(answer_job, &ids).await;
+        assert!(succeeded_ids(&holder).contains(&row["custom_id"].as_str().unwrap().to_string()));
+    }
+}
+
+#[tokio::test]
+async fn skip_succeeded_outside_a_pipeline_fails_the_job_before_submission() {
+    let s = Steps::new(Settings::default());
+    let key = "inbox/loose.jsonl";
+    let header = json!({"spec": {"model": "openai/gpt-4o-mini", "skip_succeeded": true}});
+    let body = format!("{header}\n{}\n", json!({"text": "x"}));
+    s.ctx
+        .store
+        .put(key, Bytes::from(body), PutMode::Overwrite)
+        .await
+        .unwrap();
+    match s.submit(key).await.unwrap() {
+        SubmitOutcome::Failed { reason, .. } => {
+            assert!(
+                reason.contains("`skip_succeeded`") && reason.contains("inbox/<pipeline>/"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.provider.created(), 0);
+}
+
+#[tokio::test]
+async fn a_rerun_upload_makes_a_job_of_exactly_the_failed_rows() {
+    let s = Steps::new(Settings::default());
+    s.provider.script(Fate::Expire { ran: 2 });
+    let (first, ids) = s
+        .start("invoices/wednesday", 4, json!({"max_attempts": 1}), true)
+        .await;
+    // Not finished yet: a re-run is refused and says why.
+    let early = "inbox/reruns/early.json";
+    let request = Bytes::from(json!({"rerun_failed": first}).to_string());
+    s.ctx
+        .store
+        .put(early, request.clone(), PutMode::Overwrite)
+        .await
+        .unwrap();
+    match s.submit(early).await.unwrap() {
+        SubmitOutcome::Failed { reason, .. } => {
+            assert!(reason.contains("has not finished"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    s.run_to_end(&first).await;
+    let failed = s.results(&first, &ids).await.error_types();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+
+    let key = "inbox/reruns/wednesday.json";
+    s.ctx
+        .store
+        .put(key, request, PutMode::Overwrite)
+        .await
+        .unwrap();
+    let rerun = match s.submit(key).await.unwrap() {
+        SubmitOutcome::Submitted {
+            job_id, requests, ..
+        } => {
+            assert_eq!(requests, 3);
+            job_id
+        }
+        other => panic!("{other:?}"),
+    };
+    let record = s.run_to_end(&rerun).await;
+    assert_eq!(record.rerun_of.as_ref().unwrap().job_id, first);
+    let rerun_ids: Vec<String> = failed.keys().cloned().collect();
+    let results = s.results(&rerun, &rerun_ids).await;
+    assert_eq!(results.summary["rerun_of"], first);
+    // The expired rows ran this time; the bad line is still bad, under the same id
+    // and naming the file it is in.
+    assert_eq!(succeeded_ids(&results), ["doc-2", "doc-3"]);
+    let bad = &results.errors[0];
+    assert_eq!(bad["custom_id"], "line-6");
+    assert!(
+        bad["error_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("inbox/invoices/wednesday.jsonl line 6"),
+        "{bad}"
+    );
+
+    for (request, why) in [
+        (json!({"rerun_failed": "no-such-job"}), "there is no job"),
+        (
+            json!({"rerun_failed": rerun.clone(), "x": 1}),
+            "not a valid re-run request",
+        ),
+    ] {
+        let key = format!("inbox/reruns/{why}.json");
+        s.ctx
+            .store
+            .put(&key, Bytes::from(request.to_string()), PutMode::Overwrite)
+            .await
+            .unwrap();
+        match s.submit(&key).await.unwrap() {
+            SubmitOutcome::Failed { reason, .. } => assert!(reason.contains(why), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

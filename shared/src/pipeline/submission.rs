@@ -18,10 +18,13 @@ use super::job::{
     self, InputRead, JobRecord, JobStatus, PartRecord, SourceObject, Versioned, keys,
 };
 use super::parts::{create_batch, next_line, open_reader, read_request};
+use super::rerun;
+use super::skip::SkipCheck;
 use super::spec::{self, JobSpec, SpecHeader};
 use super::summary;
 use crate::build::{BatchBuilder, BatchPart};
 use crate::provider::{BatchProvider, PartLimits, descriptor};
+use crate::request::Request;
 use crate::results::{Failure, ResultParser};
 use crate::storage::{ObjectMeta, ObjectWriter, PutMode, StoreError};
 
@@ -158,10 +161,37 @@ async fn submit_claimed(
     };
 
     let first = next_line(&mut reader, key).await?;
-    let (spec, pending) = match resolve_spec(ctx, key, first).await? {
-        Ok(found) => found,
-        Err(reason) => return fail(ctx, versioned, reason).await,
+    // A re-run request names a finished job: its failed rows are read again from the
+    // upload that job read, with that job's spec.
+    let (mut rows_meta, mut rows_key, mut only) = (meta.clone(), key.to_string(), None);
+    let (spec, pending) = match first.as_ref().and_then(rerun::requested_job) {
+        Some(requested) => {
+            let loaded = match requested {
+                Ok(job) => rerun::load(ctx, &job).await?,
+                Err(reason) => Err(reason),
+            };
+            let rerun = match loaded {
+                Ok(rerun) => rerun,
+                Err(reason) => {
+                    return fail(ctx, versioned, format!("{key} line 1: {reason}")).await;
+                }
+            };
+            let (meta, rows, first) = match rerun::open_rows(ctx, &rerun.of).await? {
+                Ok(opened) => opened,
+                Err(reason) => return fail(ctx, versioned, format!("{key}: {reason}")).await,
+            };
+            (rows_meta, reader, rows_key) = (meta, rows, rerun.of.source.key.clone());
+            only = Some(rerun.failed);
+            versioned.record.rerun_of = Some(rerun.of);
+            (rerun.spec, first)
+        }
+        None => match resolve_spec(ctx, key, first).await? {
+            Ok(found) => found,
+            Err(reason) => return fail(ctx, versioned, reason).await,
+        },
     };
+    // From here on, errors name the file the rows are read from.
+    let key = rows_key.as_str();
     let format = match spec
         .check(descriptor(spec.model.provider).limits().max_requests)
         .and_then(|()| spec.answer_format())
@@ -187,6 +217,28 @@ async fn submit_claimed(
             ..limits
         });
     }
+    let skip = match (
+        spec.skip_succeeded,
+        &ctx.ledger,
+        versioned.record.pipeline(),
+    ) {
+        (false, _, _) => None,
+        (true, Some(ledger), Some(pipeline)) => Some(SkipCheck::new(ledger.clone(), pipeline)),
+        (true, None, _) => {
+            let reason = format!(
+                "{key}: spec field `skip_succeeded` needs the success ledger, and this \
+                 deployment has none (set LEDGER_TABLE)"
+            );
+            return fail(ctx, versioned, reason).await;
+        }
+        (true, _, None) => {
+            let reason = format!(
+                "{key}: spec field `skip_succeeded` works for uploads under {}<pipeline>/ only",
+                keys::INBOX
+            );
+            return fail(ctx, versioned, reason).await;
+        }
+    };
     reader.set_max_line_bytes(spec.max_line_bytes);
     let provider = ctx.providers.provider(spec.model.provider).await?;
     versioned.record.spec = Some(spec.clone());
@@ -199,6 +251,10 @@ async fn submit_claimed(
         resuming,
         rejected: ObjectWriter::new(ctx.store.as_ref(), keys::input_errors(&job_id)),
         rejected_lines: 0,
+        skip,
+        skipped: ObjectWriter::new(ctx.store.as_ref(), keys::skipped(&job_id)),
+        skipped_rows: 0,
+        only,
         requests: 0,
         ids: HashSet::new(),
         waiting: HashMap::new(),
@@ -223,25 +279,17 @@ async fn submit_claimed(
                 );
                 run.reject(spec::line_id(number), number, reason).await?;
             }
-            Ok((number, request)) => match builder.push(&request) {
-                // The id is this line's (claimed above): report it under that id.
-                Err(e) => {
-                    run.write_rejection(request.custom_id, number, e.to_string())
-                        .await?
+            Ok((number, request)) => {
+                if !run.leaves_out(&request.custom_id) {
+                    run.admit(&mut builder, &mut versioned, number, request)
+                        .await?;
                 }
-                Ok(closed) => {
-                    if spec.rows_per_request > 1 {
-                        run.waiting.insert(request.custom_id, number);
-                    }
-                    if let Some(part) = closed {
-                        run.submit_part(&mut versioned, part).await?;
-                    }
-                }
-            },
+            }
         }
         run.write_late_rejections(&mut builder).await?;
         line = next_line(&mut reader, key).await?;
     }
+    run.release_held(&mut builder, &mut versioned).await?;
     for part in builder.finish() {
         run.submit_part(&mut versioned, part).await?;
     }
@@ -251,11 +299,15 @@ async fn submit_claimed(
     if rejected_lines > 0 {
         run.rejected.finish().await?;
     }
+    versioned.record.skipped = run.skipped_rows;
+    if run.skipped_rows > 0 {
+        run.skipped.finish().await?;
+    }
     let extent = reader.extent();
     let input = InputRead {
-        object_bytes: meta.size,
+        object_bytes: rows_meta.size,
         bytes_read: extent.bytes_read,
-        complete: extent.reached_end && extent.bytes_read == meta.size,
+        complete: extent.reached_end && extent.bytes_read == rows_meta.size,
     };
     versioned.record.input = Some(input);
     if !input.complete {
@@ -294,7 +346,7 @@ async fn submit_claimed(
     versioned.record.submitted_at = Some(ctx.clock.timestamp());
     versioned.record.submit_lease_until = None;
     if parts == 0 {
-        // Every line was rejected: the job is complete with only errors.
+        // Every line was rejected or skipped: the job is complete without a batch.
         versioned.record.status = JobStatus::Completed;
         summary::close_job(ctx, &mut versioned).await?;
     } else {
@@ -333,6 +385,8 @@ async fn claim(
         submit_lease_until: Some(lease_until.clone()),
         input: None,
         last_error: None,
+        skipped: 0,
+        rerun_of: None,
     };
     if let Some(created) = job::create(ctx.store.as_ref(), record).await? {
         return Ok(Some((created, false)));
@@ -459,6 +513,12 @@ struct SubmitRun<'a> {
     resuming: bool,
     rejected: ObjectWriter<'a>,
     rejected_lines: u64,
+    /// Rows waiting for their ledger lookup (`skip_succeeded`).
+    skip: Option<SkipCheck<(u64, Request)>>,
+    skipped: ObjectWriter<'a>,
+    skipped_rows: u64,
+    /// For a re-run: the ids of the rows the job has (the earlier job's failed ones).
+    only: Option<HashSet<String>>,
     requests: u64,
     /// Every id a line has taken so far, accepted or rejected: a later line with the
     /// same id is reported under its line number, so that each id appears once.
@@ -482,7 +542,89 @@ impl SubmitRun<'_> {
         } else {
             spec::line_id(line)
         };
+        if self.leaves_out(&custom_id) {
+            return Ok(());
+        }
         self.write_rejection(custom_id, line, reason).await
+    }
+
+    /// True for a row a re-run job does not have (it did not fail in the earlier
+    /// job); it is then not counted.
+    fn leaves_out(&mut self, custom_id: &str) -> bool {
+        let out = self
+            .only
+            .as_ref()
+            .is_some_and(|only| !only.contains(custom_id));
+        if out {
+            self.requests -= 1;
+        }
+        out
+    }
+
+    /// Sends an accepted row on, or holds it for its ledger lookup (`skip_succeeded`).
+    async fn admit(
+        &mut self,
+        builder: &mut BatchBuilder,
+        versioned: &mut Versioned,
+        line: u64,
+        request: Request,
+    ) -> Result<(), PipelineError> {
+        let Some(skip) = &mut self.skip else {
+            return self.send(builder, versioned, line, request).await;
+        };
+        if skip.hold(request.custom_id.clone(), (line, request)) {
+            self.release_held(builder, versioned).await?;
+        }
+        Ok(())
+    }
+
+    /// Looks the held rows up in the ledger: the skipped ones are listed with the job
+    /// that has their success, the others sent on in input order.
+    async fn release_held(
+        &mut self,
+        builder: &mut BatchBuilder,
+        versioned: &mut Versioned,
+    ) -> Result<(), PipelineError> {
+        let Some(skip) = &mut self.skip else {
+            return Ok(());
+        };
+        let (send, skipped) = skip.release().await?;
+        for row in skipped {
+            self.skipped_rows += 1;
+            let mut bytes = serde_json::to_vec(&row)?;
+            bytes.push(b'\n');
+            self.skipped.write(&bytes).await?;
+        }
+        for (line, request) in send {
+            self.send(builder, versioned, line, request).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds a row to the open part, submitting the part when it is full.
+    async fn send(
+        &mut self,
+        builder: &mut BatchBuilder,
+        versioned: &mut Versioned,
+        line: u64,
+        request: Request,
+    ) -> Result<(), PipelineError> {
+        match builder.push(&request) {
+            // The id is this line's (claimed by the caller): report it under that id.
+            Err(e) => {
+                self.write_rejection(request.custom_id, line, e.to_string())
+                    .await
+            }
+            Ok(closed) => {
+                if self.spec.rows_per_request > 1 {
+                    self.waiting.insert(request.custom_id, line);
+                }
+                match closed {
+                    Some(part) => self.submit_part(versioned, part).await,
+                    None => Ok(()),
+                }
+            }
+        }
     }
 
     /// Writes the rejection of `line` under `custom_id`, which the line has claimed.

@@ -27,6 +27,12 @@ struct Summary<'a> {
     llm_requests: u64,
     succeeded: u64,
     failed: u64,
+    /// Rows not sent because an earlier job of the pipeline has their success
+    /// (`skip_succeeded`; `files.skipped` names that job per row).
+    skipped: u64,
+    /// For a re-run of a finished job's failed rows: that job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rerun_of: Option<&'a str>,
     errors_by_type: BTreeMap<String, u64>,
     /// Requests resubmitted after a retryable failure (each counted once per retry).
     retried: u64,
@@ -36,7 +42,8 @@ struct Summary<'a> {
     /// From the spec's `prices`, where given.
     #[serde(skip_serializing_if = "Option::is_none")]
     cost_usd: Option<f64>,
-    /// successes + failed == requests: every request is accounted for exactly once.
+    /// succeeded + failed + skipped == requests: every request is accounted for
+    /// exactly once.
     invariant_holds: bool,
     parts: Vec<PartSummary<'a>>,
     files: Files,
@@ -67,6 +74,8 @@ struct PartSummary<'a> {
 struct Files {
     successes: Vec<String>,
     errors: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -129,6 +138,7 @@ pub(super) async fn close_job(
     let mut files = Files {
         successes: Vec::new(),
         errors: Vec::new(),
+        skipped: (record.skipped > 0).then(|| keys::skipped(&record.job_id)),
     };
     if record.input_errors > 0 {
         files.errors.push(keys::input_errors(&record.job_id));
@@ -172,6 +182,8 @@ pub(super) async fn close_job(
             .sum(),
         succeeded,
         failed,
+        skipped: record.skipped,
+        rerun_of: record.rerun_of.as_ref().map(|rerun| rerun.job_id.as_str()),
         errors_by_type,
         retried,
         outcomes_by_attempt,
@@ -181,7 +193,7 @@ pub(super) async fn close_job(
             .and_then(|spec| spec.prices)
             .map(|prices| prices.cost_usd(&usage)),
         usage,
-        invariant_holds: succeeded + failed == record.requests,
+        invariant_holds: succeeded + failed + record.skipped == record.requests,
         parts: record
             .parts
             .iter()
@@ -211,7 +223,7 @@ pub(super) async fn close_job(
         },
     };
     if !summary.invariant_holds {
-        tracing::error!(job = %record.job_id, requests = record.requests, succeeded, failed, "results do not account for every request");
+        tracing::error!(job = %record.job_id, requests = record.requests, succeeded, failed, skipped = record.skipped, "results do not account for every request");
     }
     let body = Bytes::from(serde_json::to_vec_pretty(&summary)?);
     ctx.store

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::SqsEvent;
+use batchline::ledger::DynamoLedger;
 use batchline::model::ProviderKind;
 use batchline::pipeline::job::{self, JobRecord, JobStatus, keys};
 use batchline::pipeline::{Context, ProviderSource, Settings, events};
@@ -26,6 +27,38 @@ use serde_json::{Value, json};
 pub use batchline_emulator::harness::{API_KEY, EmulatorProviders, Moto};
 
 pub const BUCKET: &str = "batchline-test";
+/// The success ledger's table, as the template makes it.
+pub const LEDGER_TABLE: &str = "batchline-ledger";
+
+/// Creates the ledger table in moto, keyed as the template keys it, and returns a client.
+async fn create_ledger_table(sdk: &aws_types::SdkConfig) -> aws_sdk_dynamodb::Client {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let client = aws_sdk_dynamodb::Client::new(sdk);
+    client
+        .create_table()
+        .table_name(LEDGER_TABLE)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("row")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("row")
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key"),
+        )
+        .send()
+        .await
+        .expect("create ledger table");
+    client
+}
 
 /// moto + emulator + the pipeline context, for one test.
 pub struct Harness {
@@ -81,6 +114,10 @@ impl Harness {
             providers: Arc::new(EmulatorProviders::new(emulator.base_url())),
             settings: Settings::default(),
             clock: Arc::new(batchline::clock::SystemClock),
+            ledger: Some(Arc::new(DynamoLedger::new(
+                create_ledger_table(&sdk).await,
+                LEDGER_TABLE,
+            ))),
         };
         Self {
             moto,
