@@ -49,9 +49,9 @@ COMMON_ENV = {
     "RUST_LOG",
 }
 EXTRA_ENV = {
-    "SubmitFunction": set(),
+    "SubmitFunction": {"LEDGER_TABLE"},
     "PollFunction": {"READY_QUEUE_URL", "POLL_CONCURRENCY"},
-    "CollectFunction": {"READY_QUEUE_URL", "COLLECT_MAX_RECEIVES"},
+    "CollectFunction": {"READY_QUEUE_URL", "COLLECT_MAX_RECEIVES", "LEDGER_TABLE"},
 }
 
 
@@ -490,6 +490,26 @@ def test_queue_access_matches_roles(template):
         ("sqs:getqueueattributes", "ReadyQueue"),
     }
     assert sqs_grants("SubmitRole") == {("sqs:sendmessage", "SubmitDeadLetterQueue")}
+
+
+def test_ledger_access_is_read_for_submit_and_write_for_collect(template):
+    """skip_succeeded: submit only looks rows up, collect only records them, poll neither."""
+
+    def ledger_grants(role):
+        return {
+            (action, getatt_target(resource))
+            for statement in role_statements(template, role)
+            for action in statement_actions(statement)
+            if action.startswith("dynamodb:")
+            for resource in as_list(statement["Resource"])
+        }
+
+    assert ledger_grants("SubmitRole") == {("dynamodb:batchgetitem", "LedgerTable")}
+    assert ledger_grants("CollectRole") == {("dynamodb:batchwriteitem", "LedgerTable")}
+    assert ledger_grants("PollRole") == set()
+    table = template["Resources"]["LedgerTable"]["Properties"]
+    assert table["KeySchema"] == [{"AttributeName": "row", "KeyType": "HASH"}]
+    assert table["SSESpecification"] == {"SSEEnabled": True}
 
 
 def test_no_secret_is_readable_when_none_is_configured(template):

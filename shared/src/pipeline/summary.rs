@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::context::{Context, PipelineError};
-use super::job::{self, InputRead, JobStatus, SourceObject, Versioned, keys};
+use super::job::{self, InputRead, JobStatus, RerunOf, SourceObject, Versioned, keys};
 use crate::results::Usage;
 
 #[derive(Debug, Serialize)]
@@ -30,9 +30,10 @@ struct Summary<'a> {
     /// Rows not sent because an earlier job of the pipeline has their success
     /// (`skip_succeeded`; `files.skipped` names that job per row).
     skipped: u64,
-    /// For a re-run of a finished job's failed rows: that job.
+    /// For a re-run of a finished job's failed rows: that job and the upload the rows
+    /// were read from (which `input` describes).
     #[serde(skip_serializing_if = "Option::is_none")]
-    rerun_of: Option<&'a str>,
+    rerun_of: Option<&'a RerunOf>,
     errors_by_type: BTreeMap<String, u64>,
     /// Requests resubmitted after a retryable failure (each counted once per retry).
     retried: u64,
@@ -183,7 +184,7 @@ pub(super) async fn close_job(
         succeeded,
         failed,
         skipped: record.skipped,
-        rerun_of: record.rerun_of.as_ref().map(|rerun| rerun.job_id.as_str()),
+        rerun_of: record.rerun_of.as_ref(),
         errors_by_type,
         retried,
         outcomes_by_attempt,

@@ -265,7 +265,8 @@ impl Harness {
     }
 
     /// Reads every result file of the job and checks the invariant: each expected id
-    /// exactly once, as a success or an error; nothing else; summary agrees.
+    /// exactly once, as a success, an error or a skipped row; nothing else; summary
+    /// agrees.
     pub async fn assert_invariant(&self, job: &str, expected_ids: &[String]) -> JobResults {
         let summary: Value = serde_json::from_slice(
             &self
@@ -290,7 +291,9 @@ impl Harness {
         {
             if key.ends_with(".jsonl") {
                 let lines = self.get_json_lines(&key).await;
-                if key.contains("/successes/") {
+                if key == keys::skipped(job) {
+                    results.skipped.extend(lines);
+                } else if key.contains("/successes/") {
                     results.successes.extend(lines);
                 } else {
                     results.errors.extend(lines);
@@ -298,7 +301,12 @@ impl Harness {
             }
         }
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        for line in results.successes.iter().chain(&results.errors) {
+        for line in results
+            .successes
+            .iter()
+            .chain(&results.errors)
+            .chain(&results.skipped)
+        {
             let id = line["custom_id"].as_str().expect("custom_id").to_string();
             *seen.entry(id).or_default() += 1;
         }
@@ -317,6 +325,11 @@ impl Harness {
             "{summary}"
         );
         assert_eq!(
+            summary["skipped"].as_u64(),
+            Some(results.skipped.len() as u64),
+            "{summary}"
+        );
+        assert_eq!(
             summary["requests"].as_u64(),
             Some(expected_ids.len() as u64),
             "{summary}"
@@ -325,7 +338,11 @@ impl Harness {
         // Independently of the submit path: a completed job read every byte of the
         // object as S3 stores it.
         if summary["status"] == "completed" {
-            let source = &summary["source"];
+            // A re-run job reads its rows from the earlier job's upload.
+            let source = match &summary["rerun_of"] {
+                Value::Null => &summary["source"],
+                rerun => &rerun["source"],
+            };
             let head = self
                 .s3
                 .head_object()
@@ -356,6 +373,8 @@ pub struct JobResults {
     pub summary: Value,
     pub successes: Vec<Value>,
     pub errors: Vec<Value>,
+    /// Rows not sent (`skip_succeeded`), each with the job that has its success.
+    pub skipped: Vec<Value>,
 }
 
 impl JobResults {
