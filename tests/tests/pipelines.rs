@@ -26,7 +26,8 @@ async fn uploads_of_a_pipeline_skip_rows_that_already_succeeded() {
     // Monday: four rows and one the provider rate-limits for good.
     let limited =
         json!({"custom_id": "limited", "text": "Invoice [[fault:rate_limit]]"}).to_string();
-    let (body, mut monday_ids) = job_file_with(kind, skip.clone(), 4, &[limited.clone()]);
+    let (body, mut monday_ids) =
+        job_file_with(kind, skip.clone(), 4, std::slice::from_ref(&limited));
     monday_ids.push("limited".into());
     let monday = h.submit("inbox/invoices/monday.jsonl", body).await;
     // Tuesday is uploaded while Monday runs: nothing has succeeded yet, so it skips
