@@ -66,6 +66,8 @@ DEMO_KEY = "inbox/demo/My invoices (March).jsonl"
 # The key the emulator requires; the functions only find it in moto's secret stores.
 EMULATOR_API_KEY = "local-emulator-key"
 EMULATOR_STEP_MS = 300
+# The success ledger (`skip_succeeded`), as the template names its table locally.
+LEDGER_TABLE = "batchline-ledger"
 
 
 class DemoError(RuntimeError):
@@ -457,6 +459,7 @@ class LocalPipeline:
         self.env |= {
             "AWS_ENDPOINT_URL": self.moto_url,
             "READY_QUEUE_URL": self.queue_url,
+            "LEDGER_TABLE": LEDGER_TABLE,
             "OPENAI_BASE_URL": self.emulator_url,
             "ANTHROPIC_BASE_URL": self.emulator_url,
             "GEMINI_BASE_URL": self.emulator_url,
@@ -500,8 +503,15 @@ class LocalPipeline:
         )
 
     def create_resources(self) -> None:
-        """The bucket and queues as infra/template.yaml declares them."""
+        """The bucket, queues and ledger table as infra/template.yaml declares them."""
         s3, sqs = self.client("s3"), self.client("sqs")
+        self.client("dynamodb").create_table(
+            TableName=LEDGER_TABLE,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "row", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "row", "KeyType": "HASH"}],
+            SSESpecification={"Enabled": True},
+        )
         s3.create_bucket(Bucket=self.bucket)
         s3.put_bucket_versioning(Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
         dlq = sqs.create_queue(
