@@ -34,6 +34,11 @@ pub mod keys {
     pub fn part_manifest(job: &str, part: u32) -> String {
         format!("jobs/{job}/parts/{part:05}.ids")
     }
+    /// The rows skipped (`skip_succeeded`) while a part filled, written before its
+    /// batch is created, so that a resumed submit makes the same decisions.
+    pub fn part_skipped(job: &str, part: u32) -> String {
+        format!("jobs/{job}/parts/{part:05}.skipped")
+    }
     /// The job's entry in the open-jobs index.
     pub fn open_marker(job: &str) -> String {
         format!("{OPEN}{job}")

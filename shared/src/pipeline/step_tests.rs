@@ -950,3 +950,60 @@ async fn a_rerun_upload_makes_a_job_of_exactly_the_failed_rows() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_resumed_submit_replays_its_skip_decisions_for_the_parts_it_made() {
+    let s = Steps::new(Settings::default());
+    let ledger = s.ctx.ledger.clone().unwrap();
+    let record = |ids: &[&str], job: &str| {
+        let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let ledger = ledger.clone();
+        let job = job.to_string();
+        async move { ledger.record("invoices", &job, &ids).await.unwrap() }
+    };
+    record(&["doc-1"], "earlier").await;
+    // Two rows a part: part 0 is doc-0 + doc-2 (doc-1 skipped), then the submit dies
+    // creating part 1.
+    s.provider.fail_creates_after(1, 1);
+    let key = "inbox/invoices/friday.jsonl";
+    let spec = json!({"spec": {"model": "openai/gpt-4o-mini", "skip_succeeded": true,
+                               "max_requests_per_part": 2}});
+    let mut lines = vec![spec.to_string()];
+    lines.extend((0..6).map(|i| json!({"custom_id": format!("doc-{i}"), "text": "x"}).to_string()));
+    s.ctx
+        .store
+        .put(key, Bytes::from(lines.join("\n")), PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert!(s.submit(key).await.is_err());
+    // Meanwhile other jobs succeed with doc-2 (already in part 0: still sent by this
+    // job) and doc-4 (not in a part yet: now skipped), and doc-1's entry moves.
+    record(&["doc-2", "doc-4"], "concurrent").await;
+    record(&["doc-1"], "later").await;
+    let job = s.job_of(key).await;
+    assert!(matches!(
+        s.submit(key).await.unwrap(),
+        SubmitOutcome::Submitted { .. }
+    ));
+    let record = s.run_to_end(&job).await;
+    let ids: Vec<String> = (0..6).map(|i| format!("doc-{i}")).collect();
+    let results = s.results(&job, &ids).await;
+    assert_eq!(
+        succeeded_ids(&results),
+        ["doc-0", "doc-2", "doc-3", "doc-5"]
+    );
+    let skipped: Vec<(&str, &str)> = results
+        .skipped
+        .iter()
+        .map(|r| {
+            (
+                r["custom_id"].as_str().unwrap(),
+                r["answer_job"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(skipped, [("doc-1", "earlier"), ("doc-4", "concurrent")]);
+    assert_eq!(record.parts.len(), 2);
+    // Part 0 was created once, and part 1 once on the resume.
+    assert_eq!(s.provider.created(), 2);
+}

@@ -19,10 +19,10 @@ use super::job::{
 };
 use super::parts::{create_batch, next_line, open_reader, read_request};
 use super::rerun;
-use super::skip::SkipCheck;
+use super::skip::{Replay, SkipCheck, Skipped};
 use super::spec::{self, JobSpec, SpecHeader};
 use super::summary;
-use crate::build::{BatchBuilder, BatchPart};
+use crate::build::{BatchBuilder, BatchPart, parse_manifest};
 use crate::provider::{BatchProvider, PartLimits, descriptor};
 use crate::request::Request;
 use crate::results::{Failure, ResultParser};
@@ -223,7 +223,13 @@ async fn submit_claimed(
         versioned.record.pipeline(),
     ) {
         (false, _, _) => None,
-        (true, Some(ledger), Some(pipeline)) => Some(SkipCheck::new(ledger.clone(), pipeline)),
+        (true, Some(ledger), Some(pipeline)) => {
+            let replay = match resuming {
+                true => replay(ctx, &versioned.record).await?,
+                false => Replay::default(),
+            };
+            Some(SkipCheck::new(ledger.clone(), pipeline, replay))
+        }
         (true, None, _) => {
             let reason = format!(
                 "{key}: spec field `skip_succeeded` needs the success ledger, and this \
@@ -254,6 +260,7 @@ async fn submit_claimed(
         skip,
         skipped: ObjectWriter::new(ctx.store.as_ref(), keys::skipped(&job_id)),
         skipped_rows: 0,
+        skipped_since_part: Vec::new(),
         only,
         requests: 0,
         ids: HashSet::new(),
@@ -517,6 +524,8 @@ struct SubmitRun<'a> {
     skip: Option<SkipCheck<(u64, Request)>>,
     skipped: ObjectWriter<'a>,
     skipped_rows: u64,
+    /// Rows skipped since the last part was written: they go with the next part.
+    skipped_since_part: Vec<Skipped>,
     /// For a re-run: the ids of the rows the job has (the earlier job's failed ones).
     only: Option<HashSet<String>>,
     requests: u64,
@@ -594,6 +603,7 @@ impl SubmitRun<'_> {
             let mut bytes = serde_json::to_vec(&row)?;
             bytes.push(b'\n');
             self.skipped.write(&bytes).await?;
+            self.skipped_since_part.push(row);
         }
         for (line, request) in send {
             self.send(builder, versioned, line, request).await?;
@@ -675,10 +685,23 @@ impl SubmitRun<'_> {
         for id in &part.custom_ids {
             self.waiting.remove(id);
         }
+        let skipped = std::mem::take(&mut self.skipped_since_part);
         if let Some(done) = versioned.record.parts.iter().find(|p| p.index == index)
             && done.batch_id.is_some()
         {
             return Ok(());
+        }
+        if self.skip.is_some() {
+            let mut lines = Vec::new();
+            for row in &skipped {
+                serde_json::to_writer(&mut lines, row)?;
+                lines.push(b'\n');
+            }
+            let key = keys::part_skipped(&job_id, index);
+            self.ctx
+                .store
+                .put(&key, Bytes::from(lines), PutMode::Overwrite)
+                .await?;
         }
         let status = create_batch(
             self.ctx,
@@ -699,6 +722,27 @@ impl SubmitRun<'_> {
             Some(self.ctx.clock.after(self.ctx.settings.submit_lease));
         job::save(self.ctx.store.as_ref(), versioned).await
     }
+}
+
+/// The skip decisions of the run that died, for the parts it created a batch for:
+/// their rows (from their manifests) and the rows skipped while they filled.
+async fn replay(ctx: &Context, record: &JobRecord) -> Result<Replay, PipelineError> {
+    let mut replay = Replay::default();
+    for part in record.parts.iter().filter(|p| p.batch_id.is_some()) {
+        let job = &record.job_id;
+        let (_, manifest) = ctx.store.get(&keys::part_manifest(job, part.index)).await?;
+        replay.sent.extend(
+            parse_manifest(&String::from_utf8_lossy(&manifest))
+                .into_iter()
+                .flatten(),
+        );
+        let (_, skipped) = ctx.store.get(&keys::part_skipped(job, part.index)).await?;
+        for line in skipped.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let row: Skipped = serde_json::from_slice(line)?;
+            replay.skipped.insert(row.custom_id, row.answer_job);
+        }
+    }
+    Ok(replay)
 }
 
 /// Fails the job with `reason` before (more) submission, and says so.

@@ -74,6 +74,8 @@ struct State {
     refuse_status: Option<u16>,
     /// Creates still to be answered with HTTP 500.
     failing_creates: u32,
+    /// Creates that succeed before the failing ones begin.
+    creates_before_failing: u32,
 }
 
 #[derive(Debug)]
@@ -115,7 +117,15 @@ impl MemoryProvider {
 
     /// Answers the next `n` creates with HTTP 500.
     pub fn fail_creates(&self, n: u32) {
-        self.lock().failing_creates = n;
+        self.fail_creates_after(0, n);
+    }
+
+    /// Lets `ok` creates succeed, then answers the `n` after them with HTTP 500: a
+    /// submit that dies between its parts.
+    pub fn fail_creates_after(&self, ok: u32, n: u32) {
+        let mut state = self.lock();
+        state.creates_before_failing = ok;
+        state.failing_creates = n;
     }
 
     /// How many batches were created.
@@ -241,7 +251,9 @@ impl BatchProvider for MemoryProvider {
 
     async fn create(&self, _model: &str, input: Bytes, tags: &BatchTags) -> Result<BatchStatus> {
         let mut state = self.lock();
-        if state.failing_creates > 0 {
+        if state.creates_before_failing > 0 {
+            state.creates_before_failing -= 1;
+        } else if state.failing_creates > 0 {
             state.failing_creates -= 1;
             return Err(Self::refused(500, "The server had an error"));
         }
