@@ -134,6 +134,24 @@ impl Steps {
         (job, ids)
     }
 
+    /// Uploads `body` at `key`.
+    async fn put(&self, key: &str, body: impl Into<Bytes>) {
+        self.ctx
+            .store
+            .put(key, body.into(), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+
+    /// Uploads `body` at `key`, submits it and returns why the job failed at submit.
+    async fn failed_submit(&self, key: &str, body: impl Into<Bytes>) -> String {
+        self.put(key, body).await;
+        match self.submit(key).await.unwrap() {
+            SubmitOutcome::Failed { reason, .. } => reason,
+            other => panic!("{key} did not fail: {other:?}"),
+        }
+    }
+
     async fn submit(&self, key: &str) -> Result<SubmitOutcome, PipelineError> {
         let object = UploadedObject {
             key: key.into(),
@@ -762,18 +780,11 @@ async fn text_output_with_several_rows_per_request_fails_the_job() {
     let key = "inbox/text-packed.jsonl";
     let spec = json!({"spec": {"model": "openai/gpt-4o-mini", "rows_per_request": 2}});
     let body = format!("{spec}\n{}\n", json!({"text": "a"}));
-    s.ctx
-        .store
-        .put(key, Bytes::from(body), PutMode::Overwrite)
-        .await
-        .unwrap();
-    match s.submit(key).await.unwrap() {
-        SubmitOutcome::Failed { reason, .. } => assert!(
-            reason.contains("`rows_per_request`") && reason.contains(r#"`output` "text""#),
-            "{reason}"
-        ),
-        other => panic!("{other:?}"),
-    }
+    let reason = s.failed_submit(key, body).await;
+    assert!(
+        reason.contains("`rows_per_request`") && reason.contains(r#"`output` "text""#),
+        "{reason}"
+    );
     assert_eq!(s.provider.created(), 0);
 }
 
@@ -856,20 +867,11 @@ async fn skip_succeeded_outside_a_pipeline_fails_the_job_before_submission() {
     let key = "inbox/loose.jsonl";
     let header = json!({"spec": {"model": "openai/gpt-4o-mini", "skip_succeeded": true}});
     let body = format!("{header}\n{}\n", json!({"text": "x"}));
-    s.ctx
-        .store
-        .put(key, Bytes::from(body), PutMode::Overwrite)
-        .await
-        .unwrap();
-    match s.submit(key).await.unwrap() {
-        SubmitOutcome::Failed { reason, .. } => {
-            assert!(
-                reason.contains("`skip_succeeded`") && reason.contains("inbox/<pipeline>/"),
-                "{reason}"
-            )
-        }
-        other => panic!("{other:?}"),
-    }
+    let reason = s.failed_submit(key, body).await;
+    assert!(
+        reason.contains("`skip_succeeded`") && reason.contains("inbox/<pipeline>/"),
+        "{reason}"
+    );
     assert_eq!(s.provider.created(), 0);
 }
 
@@ -881,29 +883,17 @@ async fn a_rerun_upload_makes_a_job_of_exactly_the_failed_rows() {
         .start("invoices/wednesday", 4, json!({"max_attempts": 1}), true)
         .await;
     // Not finished yet: a re-run is refused and says why.
-    let early = "inbox/reruns/early.json";
-    let request = Bytes::from(json!({"rerun_failed": first}).to_string());
-    s.ctx
-        .store
-        .put(early, request.clone(), PutMode::Overwrite)
-        .await
-        .unwrap();
-    match s.submit(early).await.unwrap() {
-        SubmitOutcome::Failed { reason, .. } => {
-            assert!(reason.contains("has not finished"), "{reason}")
-        }
-        other => panic!("{other:?}"),
-    }
+    let request = json!({"rerun_failed": first}).to_string();
+    let reason = s
+        .failed_submit("inbox/reruns/early.json", request.clone())
+        .await;
+    assert!(reason.contains("has not finished"), "{reason}");
     s.run_to_end(&first).await;
     let failed = s.results(&first, &ids).await.error_types();
     assert_eq!(failed.len(), 3, "{failed:?}");
 
     let key = "inbox/reruns/wednesday.json";
-    s.ctx
-        .store
-        .put(key, request, PutMode::Overwrite)
-        .await
-        .unwrap();
+    s.put(key, request).await;
     let rerun = match s.submit(key).await.unwrap() {
         SubmitOutcome::Submitted {
             job_id, requests, ..
@@ -938,16 +928,10 @@ async fn a_rerun_upload_makes_a_job_of_exactly_the_failed_rows() {
             "not a valid re-run request",
         ),
     ] {
-        let key = format!("inbox/reruns/{why}.json");
-        s.ctx
-            .store
-            .put(&key, Bytes::from(request.to_string()), PutMode::Overwrite)
-            .await
-            .unwrap();
-        match s.submit(&key).await.unwrap() {
-            SubmitOutcome::Failed { reason, .. } => assert!(reason.contains(why), "{reason}"),
-            other => panic!("{other:?}"),
-        }
+        let reason = s
+            .failed_submit(&format!("inbox/reruns/{why}.json"), request.to_string())
+            .await;
+        assert!(reason.contains(why), "{reason}");
     }
 }
 
@@ -970,11 +954,7 @@ async fn a_resumed_submit_replays_its_skip_decisions_for_the_parts_it_made() {
                                "max_requests_per_part": 2}});
     let mut lines = vec![spec.to_string()];
     lines.extend((0..6).map(|i| json!({"custom_id": format!("doc-{i}"), "text": "x"}).to_string()));
-    s.ctx
-        .store
-        .put(key, Bytes::from(lines.join("\n")), PutMode::Overwrite)
-        .await
-        .unwrap();
+    s.put(key, lines.join("\n")).await;
     assert!(s.submit(key).await.is_err());
     // Meanwhile other jobs succeed with doc-2 (already in part 0: still sent by this
     // job) and doc-4 (not in a part yet: now skipped), and doc-1's entry moves.
