@@ -9,12 +9,16 @@ ready-queue messages to `collect`, until the job's summary is written. Everythin
 
 The functions' environment is tests/scripts/local.env (fixed values) plus the endpoints
 of the run, written together to <run dir>/lambda.env and passed with `--env-file`.
-The example job is events/jobs/invoices.jsonl behind a `{"spec": …}` header built from
-events/pipelines/invoices.json with the chosen provider's model. The demo run packs five
-rows into each request (`rows_per_request`), sends the team's extraction guidelines
-(events/jobs/invoice-guidelines.txt, about 1,250 tokens) as the system prompt, and adds
-80 generated invoices to the file's 20, so that the summary shows what packing and the
-providers' prompt caches do to the tokens billed.
+The demo job is a table: a CSV export of 100 invoices (the 20 of
+events/jobs/invoices.jsonl and 80 generated ones) with the columns `invoice_id`,
+`received_from`, `body` and `cost_center`, uploaded under the named pipeline `invoices`.
+Its spec (`pipelines/invoices.json`: events/pipelines/invoices.json with the chosen
+provider's model) builds each user message from two columns with a `template`, carries
+`cost_center` into the results (`keep`), writes Parquet beside JSONL, packs five rows into
+each request (`rows_per_request`) and sends the team's extraction guidelines
+(events/jobs/invoice-guidelines.txt, about 1,250 tokens) as the system prompt, so that the
+summary shows what packing and the providers' prompt caches do to the tokens billed. A
+second upload (April: 40 invoices, 20 of them already in March) shows `skip_succeeded`.
 
 The e2e tests import this module: `LocalPipeline` and the event builders are its API.
 """
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
+import io
 import json
 import os
 import shutil
@@ -62,7 +68,12 @@ MODELS = {
 # `make demo PROVIDER=…` also takes these spellings.
 PROVIDER_ALIASES = {"vertex": "google"}
 
-DEMO_KEY = "inbox/demo/My invoices (March).jsonl"
+# The demo's named pipeline and its two uploads: March, then April (which overlaps it).
+DEMO_PIPELINE = "invoices"
+DEMO_UPLOADS = (
+    ("inbox/invoices/March invoices.csv", range(1, 101)),
+    ("inbox/invoices/April invoices.csv", range(81, 121)),
+)
 # The key the emulator requires; the functions only find it in moto's secret stores.
 EMULATOR_API_KEY = "local-emulator-key"
 EMULATOR_STEP_MS = 300
@@ -339,29 +350,44 @@ DEMO_CURRENCIES = ["EUR", "USD", "GBP", "CHF", "CAD", "SEK"]
 
 
 def demo_spec(provider: str) -> dict:
-    """The demo run's spec: the example spec, five rows per request, the guidelines."""
+    """The demo pipeline's spec: the example spec over CSV columns, kept `cost_center`,
+    Parquet results, five rows per request, the guidelines, skipping rows done before."""
     spec = example_spec(provider)
-    spec["rows_per_request"] = 5
-    spec["max_tokens"] = 2048
-    spec["system_prompt"] = (EVENTS / "jobs" / "invoice-guidelines.txt").read_text().strip()
+    spec |= {
+        "id_column": "invoice_id",
+        "template": "From: {received_from}\n\n{body}",
+        "keep": ["cost_center"],
+        "formats": ["jsonl", "parquet"],
+        "skip_succeeded": True,
+        "rows_per_request": 5,
+        "max_tokens": 2048,
+        "system_prompt": (EVENTS / "jobs" / "invoice-guidelines.txt").read_text().strip(),
+    }
     return spec
 
 
-def demo_requests() -> bytes:
-    """The example requests and 80 generated invoices (`inv-021` … `inv-100`)."""
-    lines = []
-    for n in range(21, 101):
-        vendor = DEMO_VENDORS[n % len(DEMO_VENDORS)]
-        currency = DEMO_CURRENCIES[n % len(DEMO_CURRENCIES)]
-        amount = f"{(n * 37.25) % 5000 + 12:,.2f}"
-        text = f"{vendor} invoice D-{4000 + n} dated 2024-04-{n % 28 + 1:02d}, total {currency} {amount}"
-        lines.append(json.dumps({"custom_id": f"inv-{n:03d}", "text": text}))
-    return example_requests() + ("\n".join(lines) + "\n").encode()
+def demo_invoice_text(n: int) -> str:
+    """Invoice `inv-<n>`: one of the example file's 20 texts, else a generated one."""
+    if n <= 20:
+        line = json.loads(example_requests().splitlines()[n - 1])
+        return line.get("text") or line["messages"][-1]["content"]
+    vendor = DEMO_VENDORS[n % len(DEMO_VENDORS)]
+    currency = DEMO_CURRENCIES[n % len(DEMO_CURRENCIES)]
+    amount = f"{(n * 37.25) % 5000 + 12:,.2f}"
+    # Every fifth body spans two lines, as pasted e-mail bodies do (quoted in the CSV).
+    joint = "\n" if n % 5 == 0 else ", "
+    return f"{vendor} invoice D-{4000 + n} dated 2024-04-{n % 28 + 1:02d}{joint}total {currency} {amount}"
 
 
-def job_with_header(spec: dict) -> bytes:
-    """The upload form that carries its own spec: a header line, then the requests."""
-    return json.dumps({"spec": spec}).encode() + b"\n" + demo_requests()
+def demo_csv(invoices: range) -> bytes:
+    """The CSV export of `invoices`, as a spreadsheet writes it (header, CRLF, quoting)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["invoice_id", "received_from", "body", "cost_center"])
+    for n in invoices:
+        sender = DEMO_VENDORS[n % len(DEMO_VENDORS)].split()[0].lower().strip(".")
+        writer.writerow([f"inv-{n:03d}", f"billing@{sender}.example", demo_invoice_text(n), f"CC-{n % 7 + 1:02d}"])
+    return out.getvalue().encode()
 
 
 def request_lines(body: bytes) -> list[tuple[int, bytes]]:
@@ -744,11 +770,31 @@ def print_results(results: JobResults, shown: int) -> None:
     print(json.dumps(brief, indent=2))
     print(f"\n== first {min(shown, len(results.successes))} of {len(results.successes)} successes")
     for line in results.successes[:shown]:
-        print(json.dumps({"custom_id": line["custom_id"], "result": line["result"]}))
+        print(json.dumps({k: line[k] for k in ("custom_id", "result", "cost_center") if k in line}))
     print(f"\n== first {min(shown, len(results.errors))} of {len(results.errors)} errors")
     for line in results.errors[:shown]:
         fields = ("custom_id", "error_type", "error_message", "line", "attempts")
         print(json.dumps({k: line[k] for k in fields if line.get(k) is not None}))
+
+
+def print_parquet(pipeline: LocalPipeline, job_id: str, shown: int) -> None:
+    """The job's Parquet successes read back with pyarrow, as a user would."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    s3 = pipeline.client("s3")
+    keys = [key for key in pipeline.keys(f"results/{job_id}/successes/") if key.endswith(".parquet")]
+    if not keys:
+        print("\n== no Parquet successes")
+        return
+    tables = [pq.read_table(pa.BufferReader(s3.get_object(Bucket=pipeline.bucket, Key=key)["Body"].read())) for key in keys]
+    table = pa.concat_tables(tables)
+    print(f"\n== Parquet: {len(keys)} file(s), {table.num_rows} rows; columns:")
+    for column in table.schema:
+        print(f"   {column.name}: {column.type}")
+    print(f"== first {min(shown, table.num_rows)} rows")
+    for row in table.slice(0, shown).to_pylist():
+        print(json.dumps(row, default=str))
 
 
 def run_demo(provider: str, build: bool, keep: bool) -> None:
@@ -767,19 +813,23 @@ def run_demo(provider: str, build: bool, keep: bool) -> None:
             f"moto {pipeline.moto_url}, emulator {pipeline.emulator_url}, "
             f"cargo lambda watch on 127.0.0.1:{pipeline.invoke_port}"
         )
-        body = job_with_header(demo_spec(provider))
-        event = pipeline.upload(DEMO_KEY, body)
-        lines = len(request_lines(body))
-        log(f"uploaded s3://{pipeline.bucket}/{DEMO_KEY} ({lines} request lines, model {MODELS[provider]})")
-        with timed(timings, "submit"):
-            outcomes = pipeline.submit(event)
-        log(f"submit: {json.dumps(outcomes)}")
-        job_id = job_id_of(outcomes)
-        with timed(timings, "poll + collect"):
-            pipeline.run_to_completion(job_id)
-        print_results(pipeline.results(job_id), shown=3)
+        pipeline.put_pipeline_spec(DEMO_PIPELINE, demo_spec(provider))
+        log(f"pipelines/{DEMO_PIPELINE}.json: model {MODELS[provider]}, CSV columns through a template")
+        for key, invoices in DEMO_UPLOADS:
+            event = pipeline.upload(key, demo_csv(invoices))
+            log(f"uploaded s3://{pipeline.bucket}/{key} ({len(invoices)} rows)")
+            month = key.split("/")[-1].split()[0]
+            with timed(timings, f"submit ({month})"):
+                outcomes = pipeline.submit(event)
+            log(f"submit: {json.dumps(outcomes)}")
+            job_id = job_id_of(outcomes)
+            with timed(timings, f"poll + collect ({month})"):
+                pipeline.run_to_completion(job_id)
+            print(f"\n######## {key}")
+            print_results(pipeline.results(job_id), shown=3)
+            print_parquet(pipeline, job_id, shown=3)
+            print(f"\nresults: s3://{pipeline.bucket}/results/{job_id}/ (in moto; gone when the demo ends)")
         print(f"\nready-queue DLQ: {pipeline.dead_letters()} message(s)")
-        print(f"\nresults: s3://{pipeline.bucket}/results/{job_id}/ (in moto; gone when the demo ends)")
     except BaseException:
         log(f"failed; logs are in {run_dir}")
         raise
