@@ -34,6 +34,11 @@ pub mod keys {
     pub fn part_manifest(job: &str, part: u32) -> String {
         format!("jobs/{job}/parts/{part:05}.ids")
     }
+    /// A part's kept values, for a job whose spec keeps input fields: one JSON object
+    /// per row, in the manifest's row order.
+    pub fn part_kept(job: &str, part: u32) -> String {
+        format!("jobs/{job}/parts/{part:05}.kept")
+    }
     /// The job's entry in the open-jobs index.
     pub fn open_marker(job: &str) -> String {
         format!("{OPEN}{job}")

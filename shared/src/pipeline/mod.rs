@@ -5,6 +5,7 @@
 
 pub mod collect;
 mod context;
+mod csv_input;
 #[cfg(feature = "aws")]
 pub mod env;
 #[cfg(feature = "aws")]
@@ -14,6 +15,7 @@ pub mod job;
 mod parts;
 pub mod poll;
 pub mod ready;
+pub mod row;
 #[cfg(feature = "aws")]
 pub mod secrets;
 pub mod spec;
@@ -22,6 +24,8 @@ mod step_tests;
 pub mod submission;
 pub mod submit;
 mod summary;
+pub mod template;
+mod upload;
 
 pub use collect::{CollectOutcome, collect};
 pub use context::{Context, PipelineError, ProviderSource, Settings};

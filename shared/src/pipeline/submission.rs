@@ -13,13 +13,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::context::{Context, PipelineError};
+use super::csv_input::is_csv_key;
 use super::input::{INVALID_INPUT, InputError, InputLine};
 use super::job::{
     self, InputRead, JobRecord, JobStatus, PartRecord, SourceObject, Versioned, keys,
 };
-use super::parts::{create_batch, next_line, open_reader, read_request};
+use super::parts::{create_batch, open_reader};
+use super::row::{InputRow, KeptValues, RowRejection, write_record};
 use super::spec::{self, JobSpec, SpecHeader};
 use super::summary;
+use super::upload::{UploadRows, next_line};
 use crate::build::{BatchBuilder, BatchPart};
 use crate::provider::{BatchProvider, PartLimits, descriptor};
 use crate::results::{Failure, ResultParser};
@@ -157,7 +160,11 @@ async fn submit_claimed(
         }
     };
 
-    let first = next_line(&mut reader, key).await?;
+    // A CSV file's first line is its header row: its spec comes from its pipeline.
+    let first = match is_csv_key(key) {
+        true => None,
+        false => next_line(&mut reader, key).await?,
+    };
     let (spec, pending) = match resolve_spec(ctx, key, first).await? {
         Ok(found) => found,
         Err(reason) => return fail(ctx, versioned, reason).await,
@@ -190,6 +197,10 @@ async fn submit_claimed(
     reader.set_max_line_bytes(spec.max_line_bytes);
     let provider = ctx.providers.provider(spec.model.provider).await?;
     versioned.record.spec = Some(spec.clone());
+    let mut rows = match UploadRows::open(key, &spec, reader, pending).await? {
+        Ok(rows) => rows,
+        Err(reason) => return fail(ctx, versioned, reason).await,
+    };
 
     let mut run = SubmitRun {
         ctx,
@@ -202,37 +213,34 @@ async fn submit_claimed(
         requests: 0,
         ids: HashSet::new(),
         waiting: HashMap::new(),
-        unreadable: None,
+        kept: HashMap::new(),
     };
-    // The first line was either the header (consumed) or a request (handed back).
-    let mut line = match pending {
-        Some(line) => Some(line),
-        None => next_line(&mut reader, key).await?,
-    };
-    while let Some(current) = line {
+    while let Some(row) = rows.next_row().await? {
         run.requests += 1;
-        if let InputLine::Unreadable { reason, .. } = &current {
-            run.unreadable = Some(reason.clone());
-        }
-        match read_request(&spec, current) {
-            Err((custom_id, number, reason)) => run.reject(custom_id, number, reason).await?,
-            Ok((number, request)) if !run.ids.insert(request.custom_id.clone()) => {
+        match row {
+            Err(rejection) => run.reject(rejection).await?,
+            Ok(row) if !run.ids.insert(row.request.custom_id.clone()) => {
                 let reason = format!(
                     "duplicate custom_id {:?}: an earlier line has it; ids must be unique within a job",
-                    request.custom_id
+                    row.request.custom_id
                 );
-                run.reject(spec::line_id(number), number, reason).await?;
+                let rejection = RowRejection {
+                    kept: row.kept,
+                    ..RowRejection::new(spec::line_id(row.line), row.line, reason)
+                };
+                run.reject(rejection).await?;
             }
-            Ok((number, request)) => match builder.push(&request) {
+            Ok(row) => match builder.push(&row.request) {
                 // The id is this line's (claimed above): report it under that id.
                 Err(e) => {
-                    run.write_rejection(request.custom_id, number, e.to_string())
-                        .await?
+                    let rejection = RowRejection {
+                        kept: row.kept,
+                        ..RowRejection::new(row.request.custom_id, row.line, e.to_string())
+                    };
+                    run.write_rejection(rejection).await?
                 }
                 Ok(closed) => {
-                    if spec.rows_per_request > 1 {
-                        run.waiting.insert(request.custom_id, number);
-                    }
+                    run.hold(row);
                     if let Some(part) = closed {
                         run.submit_part(&mut versioned, part).await?;
                     }
@@ -240,7 +248,6 @@ async fn submit_claimed(
             },
         }
         run.write_late_rejections(&mut builder).await?;
-        line = next_line(&mut reader, key).await?;
     }
     for part in builder.finish() {
         run.submit_part(&mut versioned, part).await?;
@@ -251,7 +258,7 @@ async fn submit_claimed(
     if rejected_lines > 0 {
         run.rejected.finish().await?;
     }
-    let extent = reader.extent();
+    let extent = rows.lines().extent();
     let input = InputRead {
         object_bytes: meta.size,
         bytes_read: extent.bytes_read,
@@ -259,7 +266,7 @@ async fn submit_claimed(
     };
     versioned.record.input = Some(input);
     if !input.complete {
-        let why = match run.unreadable.as_deref() {
+        let why = match rows.stopped_early() {
             Some(reason) => reason.to_string(),
             None => "the download ended early".to_string(),
         };
@@ -268,7 +275,7 @@ async fn submit_claimed(
              arrived; the rows after line {} are not in the results",
             input.bytes_read,
             input.object_bytes,
-            reader.lines_read()
+            rows.lines().lines_read()
         );
         if versioned.record.parts.is_empty() {
             versioned.record.input_errors = rejected_lines;
@@ -281,12 +288,8 @@ async fn submit_claimed(
         versioned.record.failure = Some(reason);
     }
     if requests == 0 {
-        return fail(
-            ctx,
-            versioned,
-            format!("{key}: the file has no request lines"),
-        )
-        .await;
+        let reason = format!("{key}: {}", rows.no_rows_reason());
+        return fail(ctx, versioned, reason).await;
     }
     let parts = versioned.record.parts.len();
     versioned.record.requests = requests;
@@ -380,7 +383,8 @@ async fn put_open_marker(ctx: &Context, job_id: &str) -> Result<(), PipelineErro
 }
 
 /// The spec from a header line, else from `pipelines/<name>.json` for
-/// `inbox/<name>/…`. Returns the first line back when it was not a header.
+/// `inbox/<name>/…` (always for a CSV file, whose `first` line is not looked at).
+/// Returns the first line back when it was not a header.
 /// The inner `Err` is a whole-file problem, described for the user.
 async fn resolve_spec(
     ctx: &Context,
@@ -401,11 +405,14 @@ async fn resolve_spec(
         }
         _ => {}
     }
+    let no_header = match is_csv_key(key) {
+        true => "a CSV file has no spec header".to_string(),
+        false => first_line_problem(first.as_ref()),
+    };
     let rest = &key[keys::INBOX.len()..];
     let Some((name, _)) = rest.split_once('/') else {
         return Ok(Err(format!(
-            "{key}: no job spec: {} and the file is not under {}<pipeline>/",
-            first_line_problem(first.as_ref()),
+            "{key}: no job spec: {no_header} and the file is not under {}<pipeline>/",
             keys::INBOX
         )));
     };
@@ -414,7 +421,7 @@ async fn resolve_spec(
         Ok((_, body)) => body,
         Err(StoreError::NotFound { .. }) => {
             return Ok(Err(format!(
-                "{key}: no job spec: the first line is not a {{\"spec\": …}} header and {spec_key} does not exist"
+                "{key}: no job spec: {no_header} and {spec_key} does not exist"
             )));
         }
         Err(e) => return Err(e.into()),
@@ -466,45 +473,53 @@ struct SubmitRun<'a> {
     /// Line numbers of the rows the builder holds for a packed request that is not
     /// written yet, so that a row it refuses later is reported with its line.
     waiting: HashMap<String, u64>,
-    /// Why the reader stopped before the end of the file, if it did.
-    unreadable: Option<String>,
+    /// Kept values of the rows the builder holds, until their part's `.kept` file is
+    /// written: memory stays bounded by one part.
+    kept: HashMap<String, KeptValues>,
 }
 
 impl SubmitRun<'_> {
-    async fn reject(
-        &mut self,
-        custom_id: String,
-        line: u64,
-        reason: String,
-    ) -> Result<(), PipelineError> {
-        let custom_id = if self.ids.insert(custom_id.clone()) {
-            custom_id
-        } else {
-            spec::line_id(line)
-        };
-        self.write_rejection(custom_id, line, reason).await
+    /// Reports a rejected row under its id, or under its line's id when an earlier
+    /// row took that id.
+    async fn reject(&mut self, mut rejection: RowRejection) -> Result<(), PipelineError> {
+        if !self.ids.insert(rejection.custom_id.clone()) {
+            rejection.custom_id = spec::line_id(rejection.line);
+        }
+        self.write_rejection(rejection).await
     }
 
-    /// Writes the rejection of `line` under `custom_id`, which the line has claimed.
-    async fn write_rejection(
-        &mut self,
-        custom_id: String,
-        line: u64,
-        reason: String,
-    ) -> Result<(), PipelineError> {
+    /// Writes the rejection under its `custom_id`, which the row has claimed.
+    async fn write_rejection(&mut self, rejection: RowRejection) -> Result<(), PipelineError> {
         self.rejected_lines += 1;
+        let RowRejection {
+            custom_id,
+            line,
+            reason,
+            kept,
+        } = rejection;
         let failure = Failure {
             line: Some(line),
             ..Failure::new(
-                custom_id.as_str(),
+                custom_id,
                 INVALID_INPUT,
                 format!("{} line {line}: {reason}", self.key),
             )
         };
-        let mut bytes = serde_json::to_vec(&failure)?;
-        bytes.push(b'\n');
+        let mut bytes = Vec::new();
+        write_record(&failure, &failure.custom_id, kept.as_ref(), &mut bytes);
         self.rejected.write(&bytes).await?;
         Ok(())
+    }
+
+    /// Keeps what a row accepted by the builder needs until its part is written: its
+    /// line (packed rows, which the builder may still refuse) and its kept values.
+    fn hold(&mut self, row: InputRow) {
+        if self.spec.rows_per_request > 1 {
+            self.waiting.insert(row.request.custom_id.clone(), row.line);
+        }
+        if let Some(kept) = row.kept {
+            self.kept.insert(row.request.custom_id, kept);
+        }
     }
 
     /// Reports the rows the builder refused after accepting them (see
@@ -514,8 +529,12 @@ impl SubmitRun<'_> {
         builder: &mut BatchBuilder,
     ) -> Result<(), PipelineError> {
         for (custom_id, reason) in builder.take_rejected() {
-            let line = self.waiting.get(&custom_id).copied().unwrap_or(0);
-            self.write_rejection(custom_id, line, reason).await?;
+            let line = self.waiting.remove(&custom_id).unwrap_or(0);
+            let rejection = RowRejection {
+                kept: self.kept.remove(&custom_id),
+                ..RowRejection::new(custom_id, line, reason)
+            };
+            self.write_rejection(rejection).await?;
         }
         Ok(())
     }
@@ -529,21 +548,39 @@ impl SubmitRun<'_> {
     ) -> Result<(), PipelineError> {
         let index = part.index;
         let job_id = versioned.record.job_id.clone();
-        // Rows in a part are past the builder: their line numbers are no longer needed.
+        let done = versioned
+            .record
+            .parts
+            .iter()
+            .any(|p| p.index == index && p.batch_id.is_some());
+        if !done {
+            self.create_part(versioned, &job_id, &part).await?;
+        }
+        // Rows in a part are past the builder: their lines and kept values are no
+        // longer needed.
         for id in &part.custom_ids {
             self.waiting.remove(id);
+            self.kept.remove(id);
         }
-        if let Some(done) = versioned.record.parts.iter().find(|p| p.index == index)
-            && done.batch_id.is_some()
-        {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// Creates the part's batch and records it in the job.
+    async fn create_part(
+        &mut self,
+        versioned: &mut Versioned,
+        job_id: &str,
+        part: &BatchPart,
+    ) -> Result<(), PipelineError> {
+        let index = part.index;
+        let keeps = !self.spec.keep.is_empty();
         let status = create_batch(
             self.ctx,
             self.provider.as_ref(),
             &self.spec.model.model,
-            &job_id,
-            &part,
+            job_id,
+            part,
+            keeps.then_some(&self.kept),
             self.resuming,
         )
         .await?;
@@ -551,7 +588,7 @@ impl SubmitRun<'_> {
         versioned.record.parts.retain(|p| p.index != index);
         versioned.record.parts.push(PartRecord {
             split_reason: part.split.map(|s| s.to_string()),
-            ..PartRecord::submitted(&part, status)
+            ..PartRecord::submitted(part, status)
         });
         versioned.record.submit_lease_until =
             Some(self.ctx.clock.after(self.ctx.settings.submit_lease));
