@@ -33,8 +33,9 @@ pub struct RowRejection {
     pub line: u64,
     /// What is wrong with the row (the error record's `error_message`).
     pub reason: String,
-    /// The row's kept values, where the row could be read that far.
-    pub kept: Option<KeptValues>,
+    /// The row's kept values, where the row could be read that far (boxed: most
+    /// rejections have none).
+    pub kept: Option<Box<KeptValues>>,
 }
 
 impl RowRejection {

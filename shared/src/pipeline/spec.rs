@@ -463,14 +463,14 @@ pub fn parse_line(line_no: u64, line: &[u8], keep: &[String]) -> Result<InputRow
                 .map(|name| (name.clone(), fields.remove(name).unwrap_or_default()))
                 .collect();
             let parsed = serde_json::from_value(fields.into()).map_err(|e| RowRejection {
-                kept: Some(kept.clone()),
+                kept: Some(Box::new(kept.clone())),
                 ..not_a_request(e)
             })?;
             (parsed, Some(kept))
         }
     };
     let with_kept = |rejection: RowRejection| RowRejection {
-        kept: kept.clone(),
+        kept: kept.clone().map(Box::new),
         ..rejection
     };
     let request = line_request(line_no, parsed).map_err(with_kept)?;

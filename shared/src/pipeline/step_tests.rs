@@ -51,6 +51,15 @@ struct Results {
 }
 
 impl Results {
+    /// The success or error record of `id`.
+    fn by_id(&self, id: &str) -> &Value {
+        self.successes
+            .iter()
+            .chain(&self.errors)
+            .find(|r| r["custom_id"] == id)
+            .unwrap()
+    }
+
     fn error_types(&self) -> BTreeMap<String, String> {
         self.errors
             .iter()
@@ -95,17 +104,7 @@ impl Steps {
         spec: Value,
         bad_line: bool,
     ) -> (String, Vec<String>) {
-        let mut spec_fields = json!({
-            "model": "openai/gpt-4o-mini",
-            "schema_name": "invoice",
-            "schema": {"type": "object", "properties": {"total": {"type": "number"}},
-                       "required": ["total"], "additionalProperties": false},
-        });
-        spec_fields
-            .as_object_mut()
-            .unwrap()
-            .extend(spec.as_object().unwrap().clone());
-        let mut lines = vec![json!({ "spec": spec_fields }).to_string()];
+        let mut lines = vec![json!({ "spec": invoice_spec(spec) }).to_string()];
         let mut ids: Vec<String> = (0..n).map(|i| format!("doc-{i}")).collect();
         lines.extend(
             ids.iter()
@@ -788,7 +787,7 @@ impl Steps {
         name: &str,
         spec: Value,
         key: &str,
-        body: &str,
+        body: impl Into<Bytes>,
     ) -> SubmitOutcome {
         let store = self.ctx.store.as_ref();
         let spec = Bytes::from(spec.to_string());
@@ -797,7 +796,7 @@ impl Steps {
             .await
             .unwrap();
         store
-            .put(key, Bytes::from(body.to_string()), PutMode::Overwrite)
+            .put(key, body.into(), PutMode::Overwrite)
             .await
             .unwrap();
         self.submit(key).await.unwrap()
@@ -823,7 +822,7 @@ async fn a_csv_job_carries_its_kept_column_into_every_record_and_retry() {
         .script(Fate::RateLimited(vec!["A-2".into(), "A-3".into()]));
     s.provider.script(Fate::RateLimited(vec!["A-3".into()]));
     let outcome = s
-        .submit_under_pipeline("shop", spec, "inbox/shop/products.csv", csv)
+        .submit_under_pipeline("shop", spec, "inbox/shop/products.csv", csv.to_string())
         .await;
     let SubmitOutcome::Submitted {
         job_id: job,
@@ -858,17 +857,9 @@ async fn a_csv_job_carries_its_kept_column_into_every_record_and_retry() {
         assert_eq!(record["region"], region(id), "{record}");
         assert_eq!(fields[..2], ["custom_id", "region"], "{record}");
     }
-    let retried = |id: &str| {
-        results
-            .successes
-            .iter()
-            .chain(&results.errors)
-            .find(|r| r["custom_id"] == id)
-            .unwrap()
-    };
-    assert_eq!(retried("A-2")["attempts"], 2);
-    assert_eq!(retried("A-3")["attempts"], 2);
-    assert_eq!(retried("A-3")["error_type"], "rate_limit_exceeded");
+    assert_eq!(results.by_id("A-2")["attempts"], 2);
+    assert_eq!(results.by_id("A-3")["attempts"], 2);
+    assert_eq!(results.by_id("A-3")["error_type"], "rate_limit_exceeded");
     assert_eq!(results.successes.len(), 2);
     let input_errors = s.json_lines(&keys::input_errors(&job)).await;
     assert_eq!(input_errors.len(), 2);
@@ -912,17 +903,8 @@ async fn csv_files_that_do_not_fit_their_spec_fail_before_anything_is_sent() {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, csv.as_bytes()).unwrap();
         let body = gz.finish().unwrap();
-        let store = s.ctx.store.as_ref();
-        let spec = Bytes::from(invoice_spec(fields.clone()).to_string());
-        store
-            .put(&keys::pipeline_spec("shop"), spec, PutMode::Overwrite)
-            .await
-            .unwrap();
-        store
-            .put(key, Bytes::from(body), PutMode::Overwrite)
-            .await
-            .unwrap();
-        match s.submit(key).await.unwrap() {
+        let spec = invoice_spec(fields.clone());
+        match s.submit_under_pipeline("shop", spec, key, body).await {
             SubmitOutcome::Failed { reason, .. } => assert!(
                 reason.starts_with(key) && reason.contains(expected),
                 "{fields}: {reason}"
@@ -960,7 +942,7 @@ async fn jsonl_lines_carry_their_kept_fields_null_where_missing() {
     .map(|line| line.to_string())
     .join("\n");
     let outcome = s
-        .submit_under_pipeline("kept", spec, "inbox/kept/rows.jsonl", &body)
+        .submit_under_pipeline("kept", spec, "inbox/kept/rows.jsonl", body)
         .await;
     let SubmitOutcome::Submitted { job_id: job, .. } = outcome else {
         panic!("{outcome:?}");
@@ -968,22 +950,11 @@ async fn jsonl_lines_carry_their_kept_fields_null_where_missing() {
     s.run_to_end(&job).await;
     let ids = ["a", "b", "c"].map(String::from);
     let results = s.results(&job, &ids).await;
-    let by_id = |id: &str| {
-        results
-            .successes
-            .iter()
-            .chain(&results.errors)
-            .find(|r| r["custom_id"] == id)
-            .unwrap()
-            .clone()
-    };
-    assert_eq!(
-        (by_id("a")["sku"].clone(), by_id("a")["note"].clone()),
-        (json!(1), json!("n"))
-    );
-    assert_eq!(by_id("b")["note"], Value::Null);
+    let a = results.by_id("a");
+    assert_eq!((&a["sku"], &a["note"]), (&json!(1), &json!("n")));
+    assert_eq!(results.by_id("b")["note"], Value::Null);
     // An unknown field is still refused, the kept ones reported with it.
-    let refused = by_id("c");
+    let refused = results.by_id("c");
     assert!(refused["error_message"].as_str().unwrap().contains("skew"));
     assert_eq!(refused["sku"], Value::Null);
 }

@@ -225,7 +225,7 @@ async fn submit_claimed(
                     row.request.custom_id
                 );
                 let rejection = RowRejection {
-                    kept: row.kept,
+                    kept: row.kept.map(Box::new),
                     ..RowRejection::new(spec::line_id(row.line), row.line, reason)
                 };
                 run.reject(rejection).await?;
@@ -234,7 +234,7 @@ async fn submit_claimed(
                 // The id is this line's (claimed above): report it under that id.
                 Err(e) => {
                     let rejection = RowRejection {
-                        kept: row.kept,
+                        kept: row.kept.map(Box::new),
                         ..RowRejection::new(row.request.custom_id, row.line, e.to_string())
                     };
                     run.write_rejection(rejection).await?
@@ -506,7 +506,7 @@ impl SubmitRun<'_> {
             )
         };
         let mut bytes = Vec::new();
-        write_record(&failure, &failure.custom_id, kept.as_ref(), &mut bytes);
+        write_record(&failure, &failure.custom_id, kept.as_deref(), &mut bytes);
         self.rejected.write(&bytes).await?;
         Ok(())
     }
@@ -531,7 +531,7 @@ impl SubmitRun<'_> {
         for (custom_id, reason) in builder.take_rejected() {
             let line = self.waiting.remove(&custom_id).unwrap_or(0);
             let rejection = RowRejection {
-                kept: self.kept.remove(&custom_id),
+                kept: self.kept.remove(&custom_id).map(Box::new),
                 ..RowRejection::new(custom_id, line, reason)
             };
             self.write_rejection(rejection).await?;

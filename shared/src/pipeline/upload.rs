@@ -314,7 +314,7 @@ impl CsvColumns {
             custom_id,
             line,
             reason,
-            kept: kept.clone(),
+            kept: kept.clone().map(Box::new),
         };
         let custom_id = match &self.id {
             None => spec::line_id(line),
