@@ -304,9 +304,7 @@ impl CollectRun<'_> {
         }
         let key = keys::part_kept(&self.record.job_id, self.part.index);
         let (_, file) = self.ctx.store.get(&key).await?;
-        parse_kept_file(&file, rows).map_err(|reason| {
-            PipelineError::from(Error::Config(format!("{key} cannot be read: {reason}")))
-        })
+        parse_kept_file(&file, rows).map_err(|reason| PipelineError::CorruptRecord { key, reason })
     }
 
     /// Builds a new part from the original request lines of the held-back failures'
