@@ -5,7 +5,8 @@
 //! A record is complete when it holds an even number of quotes; until then the next
 //! lines are joined to it with `\n` (a CRLF inside a quoted field becomes `\n` too),
 //! and the blank lines the line reader skips are put back from the gap in its line
-//! numbers.
+//! numbers (a line of only spaces inside a quoted field comes back empty: the line
+//! reader skips it as blank).
 
 use super::input::{InputError, InputLine, LineReader};
 

@@ -74,15 +74,6 @@ impl Template {
     pub fn pieces(&self) -> &[Piece] {
         &self.pieces
     }
-
-    /// The column names the template reads, in order of first use.
-    pub fn columns(&self) -> impl Iterator<Item = &str> {
-        let mut seen = std::collections::HashSet::new();
-        self.pieces.iter().filter_map(move |piece| match piece {
-            Piece::Column(name) if seen.insert(name.as_str()) => Some(name.as_str()),
-            _ => None,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -103,7 +94,6 @@ mod tests {
                 Piece::Column("title".into()),
             ]
         );
-        assert_eq!(template.columns().collect::<Vec<_>>(), ["title", "body"]);
         assert!(Template::parse("{Product name}").is_ok());
     }
 
