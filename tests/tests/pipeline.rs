@@ -277,6 +277,64 @@ async fn a_named_pipeline_spec_applies_to_uploads_under_its_prefix() {
     assert_eq!(results.successes.len(), 3);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzipped_csv_under_a_pipeline_carries_its_kept_column_to_the_results() {
+    let h = Harness::start().await;
+    let spec = json!({
+        "model": support::model_for(ProviderKind::OpenAi),
+        "schema_name": "price",
+        "schema": {"type": "object", "properties": {"total": {"type": "number"}},
+                   "required": ["total"], "additionalProperties": false},
+        "id_column": "sku",
+        "template": "Title: {title}\n\n{body}",
+        "keep": ["region"],
+    });
+    h.upload("pipelines/shop.json", spec.to_string()).await;
+    // A quoted comma, a quoted CRLF, doubled quotes, then a row one field short.
+    let csv = "\u{feff}sku,title,body,region\r\n\
+               A-1,Lamp,\"Bright, warm: 12.50\",EU\r\n\
+               A-2,Chair,\"Four legs\r\nand a back: 40\",US\r\n\
+               A-3,\"Desk \"\"XL\"\"\",Big: 7,EU\r\n\
+               A-4,Shelf,no region\r\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, csv.as_bytes()).expect("gzip");
+    let key = "inbox/shop/Products.CSV.GZ";
+    let job = h.submit(key, gz.finish().expect("gzip")).await;
+    let record = h.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Completed, "{:?}", record.failure);
+    let ids: Vec<String> = ["A-1", "A-2", "A-3", "line-6"].map(String::from).to_vec();
+    let results = h.assert_invariant(&job, &ids).await;
+    assert_eq!(results.successes.len(), 3, "{:?}", results.errors);
+    for (id, total, region) in [("A-1", 12.5, "EU"), ("A-2", 40.0, "US"), ("A-3", 7.0, "EU")] {
+        let success = results
+            .successes
+            .iter()
+            .find(|s| s["custom_id"] == id)
+            .expect("success");
+        let fields: Vec<&String> = success.as_object().expect("object").keys().collect();
+        assert_eq!(fields[..3], ["custom_id", "region", "result"], "{success}");
+        assert_eq!(success["region"], region, "{success}");
+        // The emulator answers with a number from the text the template built.
+        assert_eq!(success["result"]["total"], total, "{success}");
+    }
+    let ragged = &results.errors[0];
+    assert_eq!(
+        (&ragged["error_type"], &ragged["line"]),
+        (&json!("invalid_input"), &json!(6))
+    );
+    let message = ragged["error_message"].as_str().expect("message");
+    assert!(
+        message.starts_with(&format!(
+            "{key} line 6: the row has 3 fields and the header 4"
+        )),
+        "{message}"
+    );
+    let kept = h
+        .get_json_lines(&batchline::pipeline::job::keys::part_kept(&job, 0))
+        .await;
+    assert_eq!(kept.len(), 3);
+}
+
 /// Each S3 request's signed payload hash and the CRC32 it carried ("none" without one).
 #[derive(Debug, Clone, Default)]
 struct BodyHeaders(std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>);

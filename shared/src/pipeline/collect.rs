@@ -17,8 +17,9 @@ use serde::Serialize;
 
 use super::context::{Context, PipelineError};
 use super::job::{self, JobRecord, JobStatus, PartOutcome, PartRecord, keys};
-use super::parts::{create_batch, reread_requests};
+use super::parts::{create_batch, reread_rows};
 pub use super::ready::ReadyMessage;
+use super::row::{KeptValues, parse_kept_file, write_record};
 use super::spec::JobSpec;
 use super::summary;
 use crate::build::{BatchBuilder, BatchPart, parse_manifest};
@@ -183,6 +184,7 @@ impl CollectRun<'_> {
         let (_, manifest) = ctx.store.get(&keys::part_manifest(job_id, index)).await?;
         let requests = parse_manifest(&String::from_utf8_lossy(&manifest));
         let ids: Vec<String> = requests.iter().flatten().cloned().collect();
+        let kept = self.kept_values(ids.len()).await?;
         let (provider_kind, format) = (self.spec.model.provider, self.answer_format()?);
         let packed = self.spec.rows_per_request > 1;
         let request_sizes: Vec<u32> = requests.iter().map(|r| r.len() as u32).collect();
@@ -198,7 +200,7 @@ impl CollectRun<'_> {
             attempts_left: self.part.attempt < self.spec.max_attempts,
             request_sizes: packed.then_some(request_sizes),
         };
-        let mut part_run = PartRun::new(ctx, job_id, self.part, &ids, retry);
+        let mut part_run = PartRun::new(ctx, job_id, self.part, &ids, &kept, retry);
         if self.spec.skip_succeeded {
             part_run.succeeded_ids = Some(Vec::new());
         }
@@ -239,7 +241,9 @@ impl CollectRun<'_> {
             true => None,
             false => self.retry_part(&part_run.retryable).await?,
         };
-        part_run.settle_retryable(retry.as_ref()).await?;
+        part_run
+            .settle_retryable(retry.as_ref().map(|retry| &retry.part))
+            .await?;
         let succeeded_ids = std::mem::take(&mut part_run.succeeded_ids);
         let outcome = part_run.finish().await?;
         // After the results are in S3, so that the ledger never names a job whose
@@ -251,7 +255,7 @@ impl CollectRun<'_> {
         // Created last, just before the record names it: the shortest window in which
         // a crash leaves a batch that Anthropic (no tags) cannot find again.
         let retry_part = match retry {
-            Some(batch) => Some(self.submit_retry(provider.as_ref(), &batch).await?),
+            Some(retry) => Some(self.submit_retry(provider.as_ref(), &retry).await?),
             None => None,
         };
 
@@ -312,15 +316,26 @@ impl CollectRun<'_> {
         Ok(self.spec.answer_format().map_err(Error::Config)?)
     }
 
+    /// The kept values of the part's `rows` rows, in manifest order; empty when the
+    /// job keeps nothing.
+    async fn kept_values(&self, rows: usize) -> Result<Vec<KeptValues>, PipelineError> {
+        if self.spec.keep.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = keys::part_kept(&self.record.job_id, self.part.index);
+        let (_, file) = self.ctx.store.get(&key).await?;
+        parse_kept_file(&file, rows).map_err(|reason| PipelineError::CorruptRecord { key, reason })
+    }
+
     /// Builds a new part from the original request lines of the held-back failures'
     /// rows: rows of a packed request that was too long go in two requests of half its
     /// rows each, the others are packed as usual. `None` when it cannot be built (the
     /// source object is gone): the failures stay final.
-    async fn retry_part(&self, held: &[HeldBack]) -> Result<Option<BatchPart>, PipelineError> {
+    async fn retry_part(&self, held: &[HeldBack]) -> Result<Option<RetryPart>, PipelineError> {
         let (job_id, index) = (self.record.job_id.as_str(), self.part.index);
         let wanted: HashSet<&str> = held.iter().map(|h| h.failure.custom_id.as_str()).collect();
-        let Some(requests) =
-            reread_requests(self.ctx, self.record.rows_source(), self.spec, &wanted).await?
+        let Some(rows) =
+            reread_rows(self.ctx, self.record.rows_source(), self.spec, &wanted).await?
         else {
             tracing::warn!(job = %job_id, part = index, "the source object is gone: retryable failures are final");
             return Ok(None);
@@ -337,7 +352,12 @@ impl CollectRun<'_> {
             self.spec.rows_per_request,
         )?;
         let mut closed = Vec::new();
-        for request in requests {
+        let mut kept: HashMap<String, KeptValues> = HashMap::new();
+        for row in rows {
+            let request = row.request;
+            if let Some(values) = row.kept {
+                kept.insert(request.custom_id.clone(), values);
+            }
             match too_long.get(request.custom_id.as_str()) {
                 Some(&from) => halves.entry(from).or_default().push(request),
                 None => closed.extend(builder.push(&request)?),
@@ -367,22 +387,25 @@ impl CollectRun<'_> {
             .filter(|p| p.retry_of.is_none())
             .count() as u32;
         batch.index = index + initial_parts;
-        Ok(Some(batch))
+        Ok(Some(RetryPart { part: batch, kept }))
     }
 
     /// Creates the retry part's batch (or finds the one a crashed collect created).
     async fn submit_retry(
         &self,
         provider: &dyn BatchProvider,
-        batch: &BatchPart,
+        retry: &RetryPart,
     ) -> Result<PartRecord, PipelineError> {
         let (job_id, index) = (self.record.job_id.as_str(), self.part.index);
+        let batch = &retry.part;
+        let keeps = !self.spec.keep.is_empty();
         let status = create_batch(
             self.ctx,
             provider,
             &self.spec.model.model,
             job_id,
             batch,
+            keeps.then_some(&retry.kept),
             true,
         )
         .await?;
@@ -393,6 +416,12 @@ impl CollectRun<'_> {
             ..PartRecord::submitted(batch, status)
         })
     }
+}
+
+/// A retry part, with the kept values of its rows by id.
+struct RetryPart {
+    part: BatchPart,
+    kept: HashMap<String, KeptValues>,
 }
 
 /// Failures worth another attempt: throttling, overload and server errors (each
@@ -415,13 +444,6 @@ struct Attempted<'a, T: Serialize> {
     attempts: u32,
 }
 
-fn write_line<T: Serialize>(outcome: &T, attempts: u32, out: &mut Vec<u8>) {
-    // Writing to a Vec cannot fail and results hold only string-keyed JSON.
-    serde_json::to_writer(&mut *out, &Attempted { outcome, attempts })
-        .expect("results serialise to JSON");
-    out.push(b'\n');
-}
-
 /// Results of one part on their way to S3.
 struct PartRun<'a> {
     store: &'a dyn ObjectStore,
@@ -431,6 +453,8 @@ struct PartRun<'a> {
     rows: HashMap<&'a str, usize>,
     seen: Vec<bool>,
     ids: &'a [String],
+    /// Each row's kept values, in row order; empty when the job keeps nothing.
+    kept: &'a [KeptValues],
     outcome: PartOutcome,
     line: Vec<u8>,
     /// Provider lines read, whatever they held.
@@ -471,6 +495,7 @@ impl<'a> PartRun<'a> {
         job: &str,
         part: &PartRecord,
         ids: &'a [String],
+        kept: &'a [KeptValues],
         retry: RetryRule,
     ) -> Self {
         let request_of_row = retry
@@ -491,6 +516,7 @@ impl<'a> PartRun<'a> {
                 .collect(),
             seen: vec![false; ids.len()],
             ids,
+            kept,
             outcome: PartOutcome::default(),
             line: Vec::with_capacity(4096),
             received: 0,
@@ -580,7 +606,12 @@ impl<'a> PartRun<'a> {
                     ids.push(success.custom_id.clone());
                 }
                 self.line.clear();
-                write_line(&success, self.attempt, &mut self.line);
+                let attempted = Attempted {
+                    outcome: &success,
+                    attempts: self.attempt,
+                };
+                let kept = self.kept.get(row);
+                write_record(&attempted, &success.custom_id, kept, &mut self.line);
                 self.successes.write(&self.line).await?;
             }
             Outcome::Error(mut failure) => match self.holds_back(row, &failure) {
@@ -605,7 +636,13 @@ impl<'a> PartRun<'a> {
             .entry(failure.error_type.clone())
             .or_insert(0) += 1;
         self.line.clear();
-        write_line(failure, self.attempt, &mut self.line);
+        let attempted = Attempted {
+            outcome: failure,
+            attempts: self.attempt,
+        };
+        let kept = self.rows.get(failure.custom_id.as_str());
+        let kept = kept.and_then(|&row| self.kept.get(row));
+        write_record(&attempted, &failure.custom_id, kept, &mut self.line);
         self.errors.write(&self.line).await?;
         Ok(())
     }

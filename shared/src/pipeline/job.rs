@@ -34,6 +34,11 @@ pub mod keys {
     pub fn part_manifest(job: &str, part: u32) -> String {
         format!("jobs/{job}/parts/{part:05}.ids")
     }
+    /// A part's kept values, for a job whose spec keeps input fields: one JSON object
+    /// per row, in the manifest's row order.
+    pub fn part_kept(job: &str, part: u32) -> String {
+        format!("jobs/{job}/parts/{part:05}.kept")
+    }
     /// The rows skipped (`skip_succeeded`) while a part filled, written before its
     /// batch is created, so that a resumed submit makes the same decisions.
     pub fn part_skipped(job: &str, part: u32) -> String {

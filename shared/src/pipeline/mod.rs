@@ -5,6 +5,7 @@
 
 pub mod collect;
 mod context;
+mod csv_input;
 #[cfg(feature = "aws")]
 pub mod env;
 #[cfg(feature = "aws")]
@@ -15,6 +16,7 @@ mod parts;
 pub mod poll;
 pub mod ready;
 mod rerun;
+pub mod row;
 #[cfg(feature = "aws")]
 pub mod secrets;
 pub mod skip;
@@ -24,6 +26,8 @@ mod step_tests;
 pub mod submission;
 pub mod submit;
 mod summary;
+pub mod template;
+mod upload;
 
 pub use collect::{CollectOutcome, collect};
 pub use context::{Context, PipelineError, ProviderSource, Settings};

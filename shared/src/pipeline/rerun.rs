@@ -8,10 +8,12 @@ use std::collections::HashSet;
 use serde::Deserialize;
 
 use super::context::{Context, PipelineError};
+use super::csv_input::is_csv_key;
 use super::input::{InputLine, LineReader};
 use super::job::{self, JobStatus, RerunOf, keys};
-use super::parts::{next_line, open_reader};
+use super::parts::open_reader;
 use super::spec::{JobSpec, bounds, is_header};
+use super::upload::next_line;
 use crate::storage::{ObjectMeta, StoreError};
 
 /// The first line of a re-run request.
@@ -109,8 +111,9 @@ pub(super) async fn load(
     }))
 }
 
-/// The earlier upload's metadata, a reader over its rows and its first row (its spec
-/// header, if it has one, skipped). The inner `Err` says why it cannot be read.
+/// The earlier upload's metadata, a reader over its rows and, for JSONL, its first
+/// row (its spec header, if it has one, skipped). The inner `Err` says why it cannot
+/// be read.
 pub(super) async fn open_rows(
     ctx: &Context,
     of: &RerunOf,
@@ -130,6 +133,10 @@ pub(super) async fn open_rows(
         Ok(reader) => reader,
         Err(e) => return Ok(Err(format!("{key}: {e}"))),
     };
+    // A CSV file's first line is its header row, which the row reader reads itself.
+    if is_csv_key(key) {
+        return Ok(Ok((meta, reader, None)));
+    }
     let mut first = next_line(&mut reader, key).await?;
     if let Some(InputLine::Line { bytes, .. }) = &first
         && is_header(bytes)

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::row::{InputRow, KeptValues, RowRejection};
+use super::template::Template;
 use crate::model::ModelRef;
 use crate::request::{
     AnswerFormat, GenerationParams, Message, OutputSchema, PromptCache, Request, Role,
@@ -59,12 +61,44 @@ pub struct JobSpec {
     /// and differ by account, so batchline ships none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prices: Option<TokenPrices>,
+    /// CSV uploads: the column holding each row's `custom_id` (None: `line-N`, the
+    /// line the row starts on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_column: Option<String>,
+    /// CSV uploads: the column holding each row's text (None: the `template`, else a
+    /// column named `text`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_column: Option<String>,
+    /// CSV uploads: the user message built from the row's columns, as in
+    /// `"Title: {title}\n\n{body}"` (`{{` and `}}` are literal braces); excludes
+    /// `text_column`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Input fields (JSONL) or columns (CSV) carried into every result record of
+    /// their row, as top-level fields after `custom_id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<String>,
     /// Rows whose `custom_id` already has a success in an earlier job of the same
     /// named pipeline are not sent again (counted as `skipped`, each listed with the
     /// job that holds its answer). For uploads under `inbox/<pipeline>/` only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_succeeded: bool,
 }
+
+/// Fields of the result records, which a kept value would overwrite, and `messages`,
+/// a request field of JSONL lines.
+const RESERVED_KEEP_NAMES: [&str; 10] = [
+    "custom_id",
+    "result",
+    "text",
+    "usage",
+    "attempts",
+    "error_type",
+    "error_message",
+    "raw_data",
+    "line",
+    "messages",
+];
 
 /// The spec's `output` field: what form the answers take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +249,7 @@ impl JobSpec {
     /// which field is wrong and what is allowed.
     pub fn check(&self, max_requests_per_provider_batch: usize) -> Result<(), String> {
         self.answer_format()?;
+        self.check_columns()?;
         let out_of_bounds = |field: &str, value: String, allowed: String| {
             Err(format!(
                 "spec field `{field}` is {value}; allowed: {allowed}"
@@ -294,6 +329,50 @@ impl JobSpec {
         Ok(())
     }
 
+    /// Checks `id_column`, `text_column`, `template` and `keep` on their own (the
+    /// columns are checked against a CSV file's header when it is read).
+    fn check_columns(&self) -> Result<(), String> {
+        for (field, column) in [
+            ("id_column", &self.id_column),
+            ("text_column", &self.text_column),
+        ] {
+            if column.as_deref().is_some_and(|name| name.trim().is_empty()) {
+                return Err(format!("spec field `{field}` is empty; name a column"));
+            }
+        }
+        if self.text_column.is_some() && self.template.is_some() {
+            return Err(
+                "spec fields `text_column` and `template` are both given; give one".to_string(),
+            );
+        }
+        self.parsed_template()?;
+        let mut seen = std::collections::HashSet::new();
+        for name in &self.keep {
+            if name.trim().is_empty() {
+                return Err("spec field `keep` holds an empty name".to_string());
+            }
+            if RESERVED_KEEP_NAMES.contains(&name.as_str()) {
+                return Err(format!(
+                    "spec field `keep` holds {name:?}, a field of the result records; \
+                     rename that input field or column"
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(format!("spec field `keep` holds {name:?} twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The spec's `template`, parsed; the error names the field.
+    pub fn parsed_template(&self) -> Result<Option<Template>, String> {
+        self.template
+            .as_deref()
+            .map(Template::parse)
+            .transpose()
+            .map_err(|e| format!("spec field `template` is not usable: {e}"))
+    }
+
     /// The generation parameters every request of the job is sent with.
     pub fn params(&self) -> GenerationParams {
         GenerationParams {
@@ -333,15 +412,6 @@ struct InputLine {
     text: Option<String>,
 }
 
-/// Why an input line was not turned into a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineRejection {
-    /// The line's `custom_id` where it could be read, else `line-N`.
-    pub custom_id: String,
-    /// What is wrong with the line (the error record's `error_message`).
-    pub reason: String,
-}
-
 /// The id a line without `custom_id` gets: its 1-based line number in the file.
 /// Also the id a rejected line is reported under when its own id cannot be used.
 ///
@@ -373,18 +443,52 @@ pub fn check_given_id(id: &str, line_no: u64) -> Result<(), String> {
 /// files and logs, so keep them bounded).
 const MAX_CUSTOM_ID_CHARS: usize = 256;
 
-/// Parses one input line into a request. Provider-specific id rules (Anthropic's
-/// regex) are enforced later by the batch builder.
-pub fn parse_line(line_no: u64, line: &[u8]) -> Result<Request, LineRejection> {
-    let reject = |custom_id: String, reason: String| LineRejection { custom_id, reason };
+/// Parses one input line into a request, with the line's values of the `keep`
+/// fields (`null` where the line lacks one). A field that is neither a request field
+/// nor kept is refused, so that a misspelt field is never silently dropped.
+/// Provider-specific id rules (Anthropic's regex) are enforced later by the batch
+/// builder.
+pub fn parse_line(line_no: u64, line: &[u8], keep: &[String]) -> Result<InputRow, RowRejection> {
+    let reject = |custom_id: String, reason: String| RowRejection::new(custom_id, line_no, reason);
     let text = std::str::from_utf8(line)
         .map_err(|e| reject(line_id(line_no), format!("line is not UTF-8 ({e})")))?;
-    let parsed: InputLine = serde_json::from_str(text).map_err(|e| {
+    let not_a_request = |e: serde_json::Error| {
         reject(
             recover_id(text, line_no).unwrap_or_else(|| line_id(line_no)),
             format!("line is not a valid request: {e}"),
         )
-    })?;
+    };
+    let (parsed, kept) = match keep.is_empty() {
+        // The common case reads the line in one pass.
+        true => (serde_json::from_str(text).map_err(not_a_request)?, None),
+        false => {
+            let mut fields: KeptValues = serde_json::from_str(text).map_err(not_a_request)?;
+            let kept: KeptValues = keep
+                .iter()
+                .map(|name| (name.clone(), fields.remove(name).unwrap_or_default()))
+                .collect();
+            let parsed = serde_json::from_value(fields.into()).map_err(|e| RowRejection {
+                kept: Some(Box::new(kept.clone())),
+                ..not_a_request(e)
+            })?;
+            (parsed, Some(kept))
+        }
+    };
+    let with_kept = |rejection: RowRejection| RowRejection {
+        kept: kept.clone().map(Box::new),
+        ..rejection
+    };
+    let request = line_request(line_no, parsed).map_err(with_kept)?;
+    Ok(InputRow {
+        line: line_no,
+        request,
+        kept,
+    })
+}
+
+/// The request of a parsed input line.
+fn line_request(line_no: u64, parsed: InputLine) -> Result<Request, RowRejection> {
+    let reject = |custom_id: String, reason: String| RowRejection::new(custom_id, line_no, reason);
     let custom_id = match parsed.custom_id {
         Some(id) => {
             check_given_id(&id, line_no).map_err(|reason| reject(line_id(line_no), reason))?;
@@ -456,14 +560,16 @@ mod tests {
 
     #[test]
     fn text_and_conversation_lines() {
-        let r = parse_line(3, br#"{"text":"hello"}"#).unwrap();
+        let r = parse_line(3, br#"{"text":"hello"}"#, &[]).unwrap().request;
         assert_eq!(r.custom_id, "line-3");
         assert_eq!(r.messages, vec![Message::new(Role::User, "hello")]);
         let r = parse_line(
             4,
             br#"{"custom_id":"a1","messages":[{"role":"user","content":"x"}]}"#,
+            &[],
         )
-        .unwrap();
+        .unwrap()
+        .request;
         assert_eq!(r.custom_id, "a1");
     }
 
@@ -487,7 +593,7 @@ mod tests {
             (b"\xff\xfe", "line-1", "UTF-8"),
         ];
         for (line, id, reason) in cases {
-            let err = parse_line(1, line).unwrap_err();
+            let err = parse_line(1, line, &[]).unwrap_err();
             assert_eq!(err.custom_id, id, "{err:?}");
             assert!(err.reason.contains(reason), "{err:?}");
         }
@@ -496,25 +602,28 @@ mod tests {
     #[test]
     fn given_ids_of_the_generated_form_are_taken_only_on_their_own_line() {
         assert_eq!(
-            parse_line(7, br#"{"custom_id":"line-7","text":"x"}"#)
+            parse_line(7, br#"{"custom_id":"line-7","text":"x"}"#, &[])
                 .unwrap()
+                .request
                 .custom_id,
             "line-7"
         );
         for (id, line) in [("line-3", 7), ("line-07", 7), ("line-8", 7)] {
             let text = format!(r#"{{"custom_id":"{id}","text":"x"}}"#);
-            let err = parse_line(line, text.as_bytes()).unwrap_err();
+            let err = parse_line(line, text.as_bytes(), &[]).unwrap_err();
             assert_eq!(err.custom_id, "line-7", "{err:?}");
             assert!(err.reason.contains("reserved"), "{err:?}");
             // A line broken elsewhere does not keep a reserved id either.
             let broken = format!(r#"{{"custom_id":"{id}","text":1}}"#);
             assert_eq!(
-                parse_line(line, broken.as_bytes()).unwrap_err().custom_id,
+                parse_line(line, broken.as_bytes(), &[])
+                    .unwrap_err()
+                    .custom_id,
                 "line-7"
             );
         }
-        assert!(parse_line(1, br#"{"custom_id":"line-x","text":"x"}"#).is_ok());
-        assert!(parse_line(1, br#"{"custom_id":"line-","text":"x"}"#).is_ok());
+        assert!(parse_line(1, br#"{"custom_id":"line-x","text":"x"}"#, &[]).is_ok());
+        assert!(parse_line(1, br#"{"custom_id":"line-","text":"x"}"#, &[]).is_ok());
     }
 
     #[test]
@@ -669,5 +778,59 @@ mod tests {
             "schema_name": "s", "schema": {"type": "object"}, "rows_per_request": 4
         }));
         assert_eq!(packed_schema.check(50_000), Ok(()));
+    }
+
+    #[test]
+    fn kept_fields_are_carried_and_other_extra_fields_still_refused() {
+        let keep = ["sku".to_string(), "region".to_string()];
+        let row = parse_line(2, br#"{"custom_id":"a","text":"x","sku":7}"#, &keep).unwrap();
+        assert_eq!(row.request.custom_id, "a");
+        assert_eq!(
+            serde_json::Value::from(row.kept.unwrap()),
+            serde_json::json!({"sku": 7, "region": null})
+        );
+        let typo = parse_line(2, br#"{"custom_id":"a","text":"x","skus":7}"#, &keep);
+        let err = typo.unwrap_err();
+        assert!(err.reason.contains("skus"), "{err:?}");
+        assert_eq!(err.custom_id, "a");
+        // A rejected line keeps what it carried.
+        let err = parse_line(2, br#"{"custom_id":"a","sku":1}"#, &keep).unwrap_err();
+        assert_eq!(err.kept.unwrap()["sku"], 1);
+        assert!(parse_line(2, br#"{"text":"x","sku":7}"#, &[]).is_err());
+    }
+
+    #[test]
+    fn column_fields_are_checked_by_name() {
+        let cases: [(serde_json::Value, &str); 8] = [
+            (serde_json::json!({"id_column": ""}), "`id_column`"),
+            (serde_json::json!({"text_column": " "}), "`text_column`"),
+            (
+                serde_json::json!({"text_column": "body", "template": "{title}"}),
+                "`text_column` and `template`",
+            ),
+            (
+                serde_json::json!({"template": "Title: {title"}),
+                "`template`",
+            ),
+            (
+                serde_json::json!({"template": "no placeholder"}),
+                "`template`",
+            ),
+            (serde_json::json!({"keep": ["sku", "sku"]}), "twice"),
+            (serde_json::json!({"keep": ["usage"]}), "`keep`"),
+            (serde_json::json!({"keep": [""]}), "`keep`"),
+        ];
+        for (fields, expected) in cases {
+            let err = spec(fields.clone()).check(50_000).unwrap_err();
+            assert!(err.contains(expected), "{fields}: {err}");
+        }
+        let csv = spec(serde_json::json!({
+            "id_column": "id", "template": "Title: {title}\n\n{body}", "keep": ["sku"]
+        }));
+        assert_eq!(csv.check(50_000), Ok(()));
+        assert!(csv.parsed_template().unwrap().is_some());
+        // Old job records read and write as before: no empty `keep`.
+        let plain = spec(serde_json::json!({}));
+        assert_eq!(serde_json::to_value(&plain).unwrap().get("keep"), None);
     }
 }

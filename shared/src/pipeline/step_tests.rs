@@ -54,6 +54,15 @@ struct Results {
 }
 
 impl Results {
+    /// The success or error record of `id`.
+    fn by_id(&self, id: &str) -> &Value {
+        self.successes
+            .iter()
+            .chain(&self.errors)
+            .find(|r| r["custom_id"] == id)
+            .unwrap()
+    }
+
     fn error_types(&self) -> BTreeMap<String, String> {
         self.errors
             .iter()
@@ -99,17 +108,7 @@ impl Steps {
         spec: Value,
         bad_line: bool,
     ) -> (String, Vec<String>) {
-        let mut spec_fields = json!({
-            "model": "openai/gpt-4o-mini",
-            "schema_name": "invoice",
-            "schema": {"type": "object", "properties": {"total": {"type": "number"}},
-                       "required": ["total"], "additionalProperties": false},
-        });
-        spec_fields
-            .as_object_mut()
-            .unwrap()
-            .extend(spec.as_object().unwrap().clone());
-        let mut lines = vec![json!({ "spec": spec_fields }).to_string()];
+        let mut lines = vec![json!({ "spec": invoice_spec(spec) }).to_string()];
         let mut ids: Vec<String> = (0..n).map(|i| format!("doc-{i}")).collect();
         lines.extend(
             ids.iter()
@@ -986,4 +985,197 @@ async fn a_resumed_submit_replays_its_skip_decisions_for_the_parts_it_made() {
     assert_eq!(record.parts.len(), 2);
     // Part 0 was created once, and part 1 once on the resume.
     assert_eq!(s.provider.created(), 2);
+}
+
+/// The invoice spec the other tests use, with `fields` added.
+fn invoice_spec(fields: Value) -> Value {
+    let mut spec = json!({
+        "model": "openai/gpt-4o-mini",
+        "schema_name": "invoice",
+        "schema": {"type": "object", "properties": {"total": {"type": "number"}},
+                   "required": ["total"], "additionalProperties": false},
+    });
+    spec.as_object_mut()
+        .unwrap()
+        .extend(fields.as_object().unwrap().clone());
+    spec
+}
+
+impl Steps {
+    /// Stores `spec` as the pipeline `name` and `body` at `key`, then submits it.
+    async fn submit_under_pipeline(
+        &self,
+        name: &str,
+        spec: Value,
+        key: &str,
+        body: impl Into<Bytes>,
+    ) -> SubmitOutcome {
+        let store = self.ctx.store.as_ref();
+        let spec = Bytes::from(spec.to_string());
+        store
+            .put(&keys::pipeline_spec(name), spec, PutMode::Overwrite)
+            .await
+            .unwrap();
+        store
+            .put(key, body.into(), PutMode::Overwrite)
+            .await
+            .unwrap();
+        self.submit(key).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_csv_job_carries_its_kept_column_into_every_record_and_retry() {
+    let s = Steps::new(Settings::default());
+    // A quoted comma, a quoted line end, doubled quotes, a repeated id and a short row.
+    let csv = "sku,title,body,region\r\n\
+               A-1,Lamp,\"Bright, warm\",EU\r\n\
+               A-2,Chair,\"Four legs\r\nand a back\",US\r\n\
+               A-3,\"Desk \"\"XL\"\"\",Big,EU\r\n\
+               A-1,Again,dup,APAC\r\n\
+               A-4,too,few\r\n";
+    let spec = invoice_spec(json!({
+        "id_column": "sku", "template": "Title: {title}\n\n{body}", "keep": ["region"],
+        "max_attempts": 2,
+    }));
+    // The first batch throttles two rows, the retry one of them again.
+    s.provider
+        .script(Fate::RateLimited(vec!["A-2".into(), "A-3".into()]));
+    s.provider.script(Fate::RateLimited(vec!["A-3".into()]));
+    let outcome = s
+        .submit_under_pipeline("shop", spec, "inbox/shop/products.csv", csv.to_string())
+        .await;
+    let SubmitOutcome::Submitted {
+        job_id: job,
+        requests,
+        rejected_lines,
+        ..
+    } = outcome
+    else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!((requests, rejected_lines), (5, 2));
+    let record = s.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Completed);
+    assert_eq!(record.parts.len(), 2, "one retry part");
+    let ids: Vec<String> = ["A-1", "A-2", "A-3", "line-6", "line-7"]
+        .map(String::from)
+        .to_vec();
+    let results = s.results(&job, &ids).await;
+    let region = |id: &str| match id {
+        "A-2" => json!("US"),
+        "line-6" => json!("APAC"),
+        _ => json!("EU"),
+    };
+    for record in results.successes.iter().chain(&results.errors) {
+        let id = record["custom_id"].as_str().unwrap();
+        let fields: Vec<&String> = record.as_object().unwrap().keys().collect();
+        if id == "line-7" {
+            // A ragged row's columns cannot be told apart: nothing is kept.
+            assert_eq!(record.get("region"), None, "{record}");
+            continue;
+        }
+        assert_eq!(record["region"], region(id), "{record}");
+        assert_eq!(fields[..2], ["custom_id", "region"], "{record}");
+    }
+    assert_eq!(results.by_id("A-2")["attempts"], 2);
+    assert_eq!(results.by_id("A-3")["attempts"], 2);
+    assert_eq!(results.by_id("A-3")["error_type"], "rate_limit_exceeded");
+    assert_eq!(results.successes.len(), 2);
+    let input_errors = s.json_lines(&keys::input_errors(&job)).await;
+    assert_eq!(input_errors.len(), 2);
+    for (error, line, reason) in [
+        (&input_errors[0], 6, "duplicate custom_id \"A-1\""),
+        (&input_errors[1], 7, "3 fields and the header 4"),
+    ] {
+        let message = error["error_message"].as_str().unwrap();
+        assert_eq!(error["error_type"], "invalid_input");
+        assert_eq!(error["line"], line);
+        assert!(
+            message.starts_with(&format!("inbox/shop/products.csv line {line}: "))
+                && message.contains(reason),
+            "{message}"
+        );
+    }
+    let summary = &results.summary;
+    assert_eq!(
+        summary["succeeded"].as_u64().unwrap() + summary["failed"].as_u64().unwrap(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn csv_files_that_do_not_fit_their_spec_fail_before_anything_is_sent() {
+    let cases: [(Value, &str, &str); 6] = [
+        (json!({"id_column": "sku"}), "id,text\n1,x\n", "`id_column`"),
+        (json!({"text_column": "body"}), "id,text\n1,x\n", "\"body\""),
+        (
+            json!({"template": "{title}: {body}"}),
+            "title,text\nt,x\n",
+            "(spec field `template`)",
+        ),
+        (json!({"keep": ["region"]}), "text\nx\n", "`keep`"),
+        (json!({}), "text,id,text\nx,1,y\n", "\"text\" twice"),
+        (json!({}), "\u{feff}text\r\n", "no data rows"),
+    ];
+    for (fields, csv, expected) in cases {
+        let s = Steps::new(Settings::default());
+        let key = "inbox/shop/bad.csv.gz";
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, csv.as_bytes()).unwrap();
+        let body = gz.finish().unwrap();
+        let spec = invoice_spec(fields.clone());
+        match s.submit_under_pipeline("shop", spec, key, body).await {
+            SubmitOutcome::Failed { reason, .. } => assert!(
+                reason.starts_with(key) && reason.contains(expected),
+                "{fields}: {reason}"
+            ),
+            other => panic!("{fields}: {other:?}"),
+        }
+        assert_eq!(s.provider.created(), 0);
+    }
+    // A CSV file has no header line to take a spec from.
+    let s = Steps::new(Settings::default());
+    let key = "inbox/loose.csv";
+    let body = Bytes::from_static(b"text\nx\n");
+    s.ctx
+        .store
+        .put(key, body, PutMode::Overwrite)
+        .await
+        .unwrap();
+    match s.submit(key).await.unwrap() {
+        SubmitOutcome::Failed { reason, .. } => {
+            assert!(reason.contains("a CSV file has no spec header"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn jsonl_lines_carry_their_kept_fields_null_where_missing() {
+    let s = Steps::new(Settings::default());
+    let spec = invoice_spec(json!({"keep": ["sku", "note"]}));
+    let body = [
+        json!({"custom_id": "a", "text": "x", "sku": 1, "note": "n"}),
+        json!({"custom_id": "b", "text": "y", "sku": 2}),
+        json!({"custom_id": "c", "text": "z", "skew": 3}),
+    ]
+    .map(|line| line.to_string())
+    .join("\n");
+    let outcome = s
+        .submit_under_pipeline("kept", spec, "inbox/kept/rows.jsonl", body)
+        .await;
+    let SubmitOutcome::Submitted { job_id: job, .. } = outcome else {
+        panic!("{outcome:?}");
+    };
+    s.run_to_end(&job).await;
+    let ids = ["a", "b", "c"].map(String::from);
+    let results = s.results(&job, &ids).await;
+    let a = results.by_id("a");
+    assert_eq!((&a["sku"], &a["note"]), (&json!(1), &json!("n")));
+    assert_eq!(results.by_id("b")["note"], Value::Null);
+    // An unknown field is still refused, the kept ones reported with it.
+    let refused = results.by_id("c");
+    assert!(refused["error_message"].as_str().unwrap().contains("skew"));
+    assert_eq!(refused["sku"], Value::Null);
 }

@@ -13,18 +13,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::context::{Context, PipelineError};
+use super::csv_input::is_csv_key;
 use super::input::{INVALID_INPUT, InputError, InputLine};
 use super::job::{
     self, InputRead, JobRecord, JobStatus, PartRecord, SourceObject, Versioned, keys,
 };
-use super::parts::{create_batch, next_line, open_reader, read_request};
+use super::parts::{create_batch, open_reader};
 use super::rerun;
+use super::row::{InputRow, KeptValues, RowRejection, write_record};
 use super::skip::{Replay, SkipCheck, Skipped};
 use super::spec::{self, JobSpec, SpecHeader};
 use super::summary;
+use super::upload::{UploadRows, next_line};
 use crate::build::{BatchBuilder, BatchPart, parse_manifest};
 use crate::provider::{BatchProvider, PartLimits, descriptor};
-use crate::request::Request;
 use crate::results::{Failure, ResultParser};
 use crate::storage::{ObjectMeta, ObjectWriter, PutMode, StoreError};
 
@@ -160,7 +162,11 @@ async fn submit_claimed(
         }
     };
 
-    let first = next_line(&mut reader, key).await?;
+    // A CSV file's first line is its header row: its spec comes from its pipeline.
+    let first = match is_csv_key(key) {
+        true => None,
+        false => next_line(&mut reader, key).await?,
+    };
     // A re-run request names a finished job: its failed rows are read again from the
     // upload that job read, with that job's spec.
     let (mut rows_meta, mut rows_key, mut only) = (meta.clone(), key.to_string(), None);
@@ -248,6 +254,10 @@ async fn submit_claimed(
     reader.set_max_line_bytes(spec.max_line_bytes);
     let provider = ctx.providers.provider(spec.model.provider).await?;
     versioned.record.spec = Some(spec.clone());
+    let mut rows = match UploadRows::open(key, &spec, reader, pending).await? {
+        Ok(rows) => rows,
+        Err(reason) => return fail(ctx, versioned, reason).await,
+    };
 
     let mut run = SubmitRun {
         ctx,
@@ -265,36 +275,30 @@ async fn submit_claimed(
         requests: 0,
         ids: HashSet::new(),
         waiting: HashMap::new(),
-        unreadable: None,
+        kept: HashMap::new(),
     };
-    // The first line was either the header (consumed) or a request (handed back).
-    let mut line = match pending {
-        Some(line) => Some(line),
-        None => next_line(&mut reader, key).await?,
-    };
-    while let Some(current) = line {
+    while let Some(row) = rows.next_row().await? {
         run.requests += 1;
-        if let InputLine::Unreadable { reason, .. } = &current {
-            run.unreadable = Some(reason.clone());
-        }
-        match read_request(&spec, current) {
-            Err((custom_id, number, reason)) => run.reject(custom_id, number, reason).await?,
-            Ok((number, request)) if !run.ids.insert(request.custom_id.clone()) => {
+        match row {
+            Err(rejection) => run.reject(rejection).await?,
+            Ok(row) if !run.ids.insert(row.request.custom_id.clone()) => {
                 let reason = format!(
                     "duplicate custom_id {:?}: an earlier line has it; ids must be unique within a job",
-                    request.custom_id
+                    row.request.custom_id
                 );
-                run.reject(spec::line_id(number), number, reason).await?;
+                let rejection = RowRejection {
+                    kept: row.kept.map(Box::new),
+                    ..RowRejection::new(spec::line_id(row.line), row.line, reason)
+                };
+                run.reject(rejection).await?;
             }
-            Ok((number, request)) => {
-                if !run.leaves_out(&request.custom_id) {
-                    run.admit(&mut builder, &mut versioned, number, request)
-                        .await?;
+            Ok(row) => {
+                if !run.leaves_out(&row.request.custom_id) {
+                    run.admit(&mut builder, &mut versioned, row).await?;
                 }
             }
         }
         run.write_late_rejections(&mut builder).await?;
-        line = next_line(&mut reader, key).await?;
     }
     run.release_held(&mut builder, &mut versioned).await?;
     for part in builder.finish() {
@@ -310,7 +314,7 @@ async fn submit_claimed(
     if run.skipped_rows > 0 {
         run.skipped.finish().await?;
     }
-    let extent = reader.extent();
+    let extent = rows.lines().extent();
     let input = InputRead {
         object_bytes: rows_meta.size,
         bytes_read: extent.bytes_read,
@@ -318,7 +322,7 @@ async fn submit_claimed(
     };
     versioned.record.input = Some(input);
     if !input.complete {
-        let why = match run.unreadable.as_deref() {
+        let why = match rows.stopped_early() {
             Some(reason) => reason.to_string(),
             None => "the download ended early".to_string(),
         };
@@ -327,7 +331,7 @@ async fn submit_claimed(
              arrived; the rows after line {} are not in the results",
             input.bytes_read,
             input.object_bytes,
-            reader.lines_read()
+            rows.lines().lines_read()
         );
         if versioned.record.parts.is_empty() {
             versioned.record.input_errors = rejected_lines;
@@ -340,12 +344,8 @@ async fn submit_claimed(
         versioned.record.failure = Some(reason);
     }
     if requests == 0 {
-        return fail(
-            ctx,
-            versioned,
-            format!("{key}: the file has no request lines"),
-        )
-        .await;
+        let reason = format!("{key}: {}", rows.no_rows_reason());
+        return fail(ctx, versioned, reason).await;
     }
     let parts = versioned.record.parts.len();
     versioned.record.requests = requests;
@@ -441,7 +441,8 @@ async fn put_open_marker(ctx: &Context, job_id: &str) -> Result<(), PipelineErro
 }
 
 /// The spec from a header line, else from `pipelines/<name>.json` for
-/// `inbox/<name>/…`. Returns the first line back when it was not a header.
+/// `inbox/<name>/…` (always for a CSV file, whose `first` line is not looked at).
+/// Returns the first line back when it was not a header.
 /// The inner `Err` is a whole-file problem, described for the user.
 async fn resolve_spec(
     ctx: &Context,
@@ -462,11 +463,14 @@ async fn resolve_spec(
         }
         _ => {}
     }
+    let no_header = match is_csv_key(key) {
+        true => "a CSV file has no spec header".to_string(),
+        false => first_line_problem(first.as_ref()),
+    };
     let rest = &key[keys::INBOX.len()..];
     let Some((name, _)) = rest.split_once('/') else {
         return Ok(Err(format!(
-            "{key}: no job spec: {} and the file is not under {}<pipeline>/",
-            first_line_problem(first.as_ref()),
+            "{key}: no job spec: {no_header} and the file is not under {}<pipeline>/",
             keys::INBOX
         )));
     };
@@ -475,7 +479,7 @@ async fn resolve_spec(
         Ok((_, body)) => body,
         Err(StoreError::NotFound { .. }) => {
             return Ok(Err(format!(
-                "{key}: no job spec: the first line is not a {{\"spec\": …}} header and {spec_key} does not exist"
+                "{key}: no job spec: {no_header} and {spec_key} does not exist"
             )));
         }
         Err(e) => return Err(e.into()),
@@ -521,7 +525,7 @@ struct SubmitRun<'a> {
     rejected: ObjectWriter<'a>,
     rejected_lines: u64,
     /// Rows waiting for their ledger lookup (`skip_succeeded`).
-    skip: Option<SkipCheck<(u64, Request)>>,
+    skip: Option<SkipCheck<InputRow>>,
     skipped: ObjectWriter<'a>,
     skipped_rows: u64,
     /// Rows skipped since the last part was written: they go with the next part.
@@ -535,26 +539,22 @@ struct SubmitRun<'a> {
     /// Line numbers of the rows the builder holds for a packed request that is not
     /// written yet, so that a row it refuses later is reported with its line.
     waiting: HashMap<String, u64>,
-    /// Why the reader stopped before the end of the file, if it did.
-    unreadable: Option<String>,
+    /// Kept values of the rows the builder holds, until their part's `.kept` file is
+    /// written: memory stays bounded by one part.
+    kept: HashMap<String, KeptValues>,
 }
 
 impl SubmitRun<'_> {
-    async fn reject(
-        &mut self,
-        custom_id: String,
-        line: u64,
-        reason: String,
-    ) -> Result<(), PipelineError> {
-        let custom_id = if self.ids.insert(custom_id.clone()) {
-            custom_id
-        } else {
-            spec::line_id(line)
-        };
-        if self.leaves_out(&custom_id) {
+    /// Reports a rejected row under its id, or under its line's id when an earlier
+    /// row took that id; a re-run job drops the rows it does not have.
+    async fn reject(&mut self, mut rejection: RowRejection) -> Result<(), PipelineError> {
+        if !self.ids.insert(rejection.custom_id.clone()) {
+            rejection.custom_id = spec::line_id(rejection.line);
+        }
+        if self.leaves_out(&rejection.custom_id) {
             return Ok(());
         }
-        self.write_rejection(custom_id, line, reason).await
+        self.write_rejection(rejection).await
     }
 
     /// True for a row a re-run job does not have (it did not fail in the earlier
@@ -575,13 +575,12 @@ impl SubmitRun<'_> {
         &mut self,
         builder: &mut BatchBuilder,
         versioned: &mut Versioned,
-        line: u64,
-        request: Request,
+        row: InputRow,
     ) -> Result<(), PipelineError> {
         let Some(skip) = &mut self.skip else {
-            return self.send(builder, versioned, line, request).await;
+            return self.send(builder, versioned, row).await;
         };
-        if skip.hold(request.custom_id.clone(), (line, request)) {
+        if skip.hold(row.request.custom_id.clone(), row) {
             self.release_held(builder, versioned).await?;
         }
         Ok(())
@@ -605,8 +604,8 @@ impl SubmitRun<'_> {
             self.skipped.write(&bytes).await?;
             self.skipped_since_part.push(row);
         }
-        for (line, request) in send {
-            self.send(builder, versioned, line, request).await?;
+        for row in send {
+            self.send(builder, versioned, row).await?;
         }
         Ok(())
     }
@@ -616,19 +615,19 @@ impl SubmitRun<'_> {
         &mut self,
         builder: &mut BatchBuilder,
         versioned: &mut Versioned,
-        line: u64,
-        request: Request,
+        row: InputRow,
     ) -> Result<(), PipelineError> {
-        match builder.push(&request) {
-            // The id is this line's (claimed by the caller): report it under that id.
+        match builder.push(&row.request) {
+            // The id is this row's (claimed by the caller): report it under that id.
             Err(e) => {
-                self.write_rejection(request.custom_id, line, e.to_string())
-                    .await
+                let rejection = RowRejection {
+                    kept: row.kept.map(Box::new),
+                    ..RowRejection::new(row.request.custom_id, row.line, e.to_string())
+                };
+                self.write_rejection(rejection).await
             }
             Ok(closed) => {
-                if self.spec.rows_per_request > 1 {
-                    self.waiting.insert(request.custom_id, line);
-                }
+                self.hold(row);
                 match closed {
                     Some(part) => self.submit_part(versioned, part).await,
                     None => Ok(()),
@@ -637,26 +636,38 @@ impl SubmitRun<'_> {
         }
     }
 
-    /// Writes the rejection of `line` under `custom_id`, which the line has claimed.
-    async fn write_rejection(
-        &mut self,
-        custom_id: String,
-        line: u64,
-        reason: String,
-    ) -> Result<(), PipelineError> {
+    /// Writes the rejection under its `custom_id`, which the row has claimed.
+    async fn write_rejection(&mut self, rejection: RowRejection) -> Result<(), PipelineError> {
         self.rejected_lines += 1;
+        let RowRejection {
+            custom_id,
+            line,
+            reason,
+            kept,
+        } = rejection;
         let failure = Failure {
             line: Some(line),
             ..Failure::new(
-                custom_id.as_str(),
+                custom_id,
                 INVALID_INPUT,
                 format!("{} line {line}: {reason}", self.key),
             )
         };
-        let mut bytes = serde_json::to_vec(&failure)?;
-        bytes.push(b'\n');
+        let mut bytes = Vec::new();
+        write_record(&failure, &failure.custom_id, kept.as_deref(), &mut bytes);
         self.rejected.write(&bytes).await?;
         Ok(())
+    }
+
+    /// Keeps what a row accepted by the builder needs until its part is written: its
+    /// line (packed rows, which the builder may still refuse) and its kept values.
+    fn hold(&mut self, row: InputRow) {
+        if self.spec.rows_per_request > 1 {
+            self.waiting.insert(row.request.custom_id.clone(), row.line);
+        }
+        if let Some(kept) = row.kept {
+            self.kept.insert(row.request.custom_id, kept);
+        }
     }
 
     /// Reports the rows the builder refused after accepting them (see
@@ -666,8 +677,12 @@ impl SubmitRun<'_> {
         builder: &mut BatchBuilder,
     ) -> Result<(), PipelineError> {
         for (custom_id, reason) in builder.take_rejected() {
-            let line = self.waiting.get(&custom_id).copied().unwrap_or(0);
-            self.write_rejection(custom_id, line, reason).await?;
+            let line = self.waiting.remove(&custom_id).unwrap_or(0);
+            let rejection = RowRejection {
+                kept: self.kept.remove(&custom_id).map(Box::new),
+                ..RowRejection::new(custom_id, line, reason)
+            };
+            self.write_rejection(rejection).await?;
         }
         Ok(())
     }
@@ -681,23 +696,43 @@ impl SubmitRun<'_> {
     ) -> Result<(), PipelineError> {
         let index = part.index;
         let job_id = versioned.record.job_id.clone();
-        // Rows in a part are past the builder: their line numbers are no longer needed.
+        let skipped = std::mem::take(&mut self.skipped_since_part);
+        let done = versioned
+            .record
+            .parts
+            .iter()
+            .any(|p| p.index == index && p.batch_id.is_some());
+        if !done {
+            self.create_part(versioned, &job_id, &part, &skipped)
+                .await?;
+        }
+        // Rows in a part are past the builder: their lines and kept values are no
+        // longer needed.
         for id in &part.custom_ids {
             self.waiting.remove(id);
+            self.kept.remove(id);
         }
-        let skipped = std::mem::take(&mut self.skipped_since_part);
-        if let Some(done) = versioned.record.parts.iter().find(|p| p.index == index)
-            && done.batch_id.is_some()
-        {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// Creates the part's batch and records it in the job. With `skip_succeeded`, the
+    /// rows `skipped` while it filled are stored first, for a resumed submit to replay.
+    async fn create_part(
+        &mut self,
+        versioned: &mut Versioned,
+        job_id: &str,
+        part: &BatchPart,
+        skipped: &[Skipped],
+    ) -> Result<(), PipelineError> {
+        let index = part.index;
+        let keeps = !self.spec.keep.is_empty();
         if self.skip.is_some() {
             let mut lines = Vec::new();
-            for row in &skipped {
+            for row in skipped {
                 serde_json::to_writer(&mut lines, row)?;
                 lines.push(b'\n');
             }
-            let key = keys::part_skipped(&job_id, index);
+            let key = keys::part_skipped(job_id, index);
             self.ctx
                 .store
                 .put(&key, Bytes::from(lines), PutMode::Overwrite)
@@ -707,8 +742,9 @@ impl SubmitRun<'_> {
             self.ctx,
             self.provider.as_ref(),
             &self.spec.model.model,
-            &job_id,
-            &part,
+            job_id,
+            part,
+            keeps.then_some(&self.kept),
             self.resuming,
         )
         .await?;
@@ -716,7 +752,7 @@ impl SubmitRun<'_> {
         versioned.record.parts.retain(|p| p.index != index);
         versioned.record.parts.push(PartRecord {
             split_reason: part.split.map(|s| s.to_string()),
-            ..PartRecord::submitted(&part, status)
+            ..PartRecord::submitted(part, status)
         });
         versioned.record.submit_lease_until =
             Some(self.ctx.clock.after(self.ctx.settings.submit_lease));
