@@ -1010,16 +1010,8 @@ impl Steps {
         key: &str,
         body: impl Into<Bytes>,
     ) -> SubmitOutcome {
-        let store = self.ctx.store.as_ref();
-        let spec = Bytes::from(spec.to_string());
-        store
-            .put(&keys::pipeline_spec(name), spec, PutMode::Overwrite)
-            .await
-            .unwrap();
-        store
-            .put(key, body.into(), PutMode::Overwrite)
-            .await
-            .unwrap();
+        self.put(&keys::pipeline_spec(name), spec.to_string()).await;
+        self.put(key, body).await;
         self.submit(key).await.unwrap()
     }
 }
@@ -1136,19 +1128,8 @@ async fn csv_files_that_do_not_fit_their_spec_fail_before_anything_is_sent() {
     }
     // A CSV file has no header line to take a spec from.
     let s = Steps::new(Settings::default());
-    let key = "inbox/loose.csv";
-    let body = Bytes::from_static(b"text\nx\n");
-    s.ctx
-        .store
-        .put(key, body, PutMode::Overwrite)
-        .await
-        .unwrap();
-    match s.submit(key).await.unwrap() {
-        SubmitOutcome::Failed { reason, .. } => {
-            assert!(reason.contains("a CSV file has no spec header"), "{reason}")
-        }
-        other => panic!("{other:?}"),
-    }
+    let reason = s.failed_submit("inbox/loose.csv", "text\nx\n").await;
+    assert!(reason.contains("a CSV file has no spec header"), "{reason}");
 }
 
 #[tokio::test]
