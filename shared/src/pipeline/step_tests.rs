@@ -766,3 +766,61 @@ async fn text_output_with_several_rows_per_request_fails_the_job() {
     }
     assert_eq!(s.provider.created(), 0);
 }
+
+#[tokio::test]
+async fn parquet_alone_replaces_the_jsonl_successes_and_errors_stay_jsonl() {
+    let s = Steps::new(Settings::default());
+    let (job, _) = s
+        .start("parquet", 4, json!({"formats": ["parquet"]}), true)
+        .await;
+    let record = s.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Completed);
+    let layout = record.table.expect("the layout is decided at submit");
+    let keys_written = s.ctx.store.list(&format!("results/{job}/")).await.unwrap();
+    let parquet = keys::successes_parquet(&job, 0);
+    assert!(keys_written.contains(&parquet), "{keys_written:?}");
+    assert!(!keys_written.contains(&keys::successes(&job, 0)));
+    assert!(keys_written.contains(&keys::input_errors(&job)));
+    let summary: Value =
+        serde_json::from_slice(&s.ctx.store.get(&keys::summary(&job)).await.unwrap().1).unwrap();
+    assert_eq!(summary["files"]["successes"], json!([parquet]));
+
+    let (_, file) = s.ctx.store.get(&parquet).await.unwrap();
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    assert_eq!(reader.schema(), &layout.arrow_schema());
+    let batch = reader.build().unwrap().next().unwrap().unwrap();
+    assert_eq!(batch.num_rows(), 4);
+    let totals = batch
+        .column_by_name("total")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow_array::Float64Array>()
+        .unwrap();
+    assert!(totals.iter().all(|total| total == Some(12.5)));
+}
+
+#[tokio::test]
+async fn a_schema_without_a_table_layout_fails_a_parquet_job_at_submit() {
+    let s = Steps::new(Settings::default());
+    let key = "inbox/clash.jsonl";
+    let spec = json!({"spec": {
+        "model": "openai/gpt-4o-mini", "formats": ["jsonl", "parquet"], "schema_name": "s",
+        "schema": {"type": "object", "properties": {"attempts": {"type": "integer"}},
+                   "required": ["attempts"], "additionalProperties": false},
+    }});
+    let body = format!("{spec}\n{}\n", json!({"text": "a"}));
+    s.ctx
+        .store
+        .put(key, Bytes::from(body), PutMode::Overwrite)
+        .await
+        .unwrap();
+    match s.submit(key).await.unwrap() {
+        SubmitOutcome::Failed { reason, .. } => assert!(
+            reason.contains("`formats`") && reason.contains(r#""attempts""#),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.provider.created(), 0);
+}
