@@ -21,6 +21,7 @@
 //! rather than failing a part, and a JSON `null` is stored as null.
 
 use std::cell::Cell;
+use std::io::Write;
 use std::sync::Arc;
 
 use arrow_json::reader::Decoder;
@@ -469,29 +470,62 @@ impl Source {
 pub struct ParquetSuccesses {
     columns: Vec<(Column, Source)>,
     decoder: Decoder,
-    writer: ArrowWriter<Vec<u8>>,
+    writer: ArrowWriter<ReadyChunks>,
     /// Rows serialised into the decoder, not yet handed to the Parquet writer.
     decoded_rows: usize,
     rows_per_batch: usize,
     max_row_group_bytes: usize,
+    tally: Tally,
+}
+
+/// What serialising rows counts as it goes.
+#[derive(Default)]
+struct Tally {
+    /// Values that did not fit their column.
     mismatches: Cell<u64>,
+    /// About how many bytes the rows in the decoder hold (a string its length, any
+    /// other value 8): large answers close a batch before its row count.
+    decoded_bytes: Cell<usize>,
+}
+
+impl Tally {
+    fn add_bytes(&self, bytes: usize) {
+        self.decoded_bytes.set(self.decoded_bytes.get() + bytes);
+    }
+
+    fn text<S: Serializer>(&self, serializer: S, text: &str) -> Result<S::Ok, S::Error> {
+        self.add_bytes(text.len());
+        serializer.serialize_str(text)
+    }
+
+    fn mismatch<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.mismatches.set(self.mismatches.get() + 1);
+        serializer.serialize_none()
+    }
 }
 
 impl ParquetSuccesses {
-    /// A row group closes when its encoded data passes this many bytes…
-    pub const ROW_GROUP_BYTES: usize = 16 * 1024 * 1024;
+    /// A row group closes when the writer holds this many bytes for it… Closing one
+    /// holds it a few times over (encoded pages, the bytes handed out, the upload
+    /// buffer they are copied into): at 4 MiB, collect's heap with Parquet on stays
+    /// under 64 MiB (`tests/tests/streaming.rs`), 16 MiB took it to 92 MiB.
+    pub const ROW_GROUP_BYTES: usize = 4 * 1024 * 1024;
     /// …or when it has this many rows.
     pub const ROW_GROUP_ROWS: usize = 64 * 1024;
-    /// Rows decoded at a time into one Arrow batch.
+    /// Rows decoded at a time into one Arrow batch…
     const ROWS_PER_BATCH: usize = 1024;
+    /// …unless they reach this many bytes first (the decoder holds a few times that).
+    const BATCH_BYTES: usize = 1024 * 1024;
+    /// What [`Tally`] counts for a value that is not a string.
+    const SCALAR_BYTES: usize = 8;
 
     /// A writer of rows in `layout` with the default row group bounds.
     pub fn new(layout: &TableLayout) -> Result<Self, TableError> {
         Self::with_row_groups(layout, Self::ROW_GROUP_BYTES, Self::ROW_GROUP_ROWS)
     }
 
-    /// A writer of rows in `layout` whose row groups close at `max_bytes` of encoded
-    /// data or `max_rows` rows, whichever comes first.
+    /// A writer of rows in `layout` whose row groups close when the writer holds
+    /// `max_bytes` for one or at `max_rows` rows, whichever comes first.
     pub fn with_row_groups(
         layout: &TableLayout,
         max_bytes: usize,
@@ -506,7 +540,7 @@ impl ParquetSuccesses {
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(max_rows.max(1)))
             .build();
-        let writer = ArrowWriter::try_new(Vec::new(), schema, Some(properties))?;
+        let writer = ArrowWriter::try_new(ReadyChunks::default(), schema, Some(properties))?;
         Ok(Self {
             columns: layout
                 .columns
@@ -518,7 +552,7 @@ impl ParquetSuccesses {
             decoded_rows: 0,
             rows_per_batch,
             max_row_group_bytes: max_bytes,
-            mismatches: Cell::new(0),
+            tally: Tally::default(),
         })
     }
 
@@ -531,14 +565,16 @@ impl ParquetSuccesses {
     ) -> Result<(), TableError> {
         let row = Row {
             columns: &self.columns,
-            mismatches: &self.mismatches,
+            tally: &self.tally,
             success,
             attempts,
             kept,
         };
         self.decoder.serialize(&[row])?;
         self.decoded_rows += 1;
-        if self.decoded_rows >= self.rows_per_batch {
+        if self.decoded_rows >= self.rows_per_batch
+            || self.tally.decoded_bytes.get() >= Self::BATCH_BYTES
+        {
             self.write_decoded()?;
         }
         Ok(())
@@ -549,7 +585,8 @@ impl ParquetSuccesses {
             self.writer.write(&batch)?;
         }
         self.decoded_rows = 0;
-        if self.writer.in_progress_size() >= self.max_row_group_bytes {
+        self.tally.decoded_bytes.set(0);
+        if self.writer.memory_size() >= self.max_row_group_bytes {
             self.writer.flush()?;
         }
         // Row groups completed above (or by the writer at its row bound) reach the
@@ -563,26 +600,56 @@ impl ParquetSuccesses {
     pub fn take_ready_bytes(&mut self) -> Vec<u8> {
         // The writer counts the bytes it wrote itself (for the footer's offsets), so
         // taking them out of its sink is safe.
-        std::mem::take(self.writer.inner_mut())
+        self.writer.inner_mut().take()
     }
 
     /// Values stored as null because they did not fit their column (an integer
     /// beyond the `Int64` range).
     pub fn mismatched_values(&self) -> u64 {
-        self.mismatches.get()
+        self.tally.mismatches.get()
     }
 
     /// Encodes the rows left and the footer: the file's remaining bytes.
     pub fn finish(mut self) -> Result<Vec<u8>, TableError> {
         self.write_decoded()?;
-        Ok(self.writer.into_inner()?)
+        Ok(self.writer.into_inner()?.take())
+    }
+}
+
+/// Where the Parquet writer's bytes wait to be handed out, in the pieces they were
+/// written in: one growing buffer would double its capacity (and copy) while a row
+/// group is written into it, holding up to three times the row group at once.
+#[derive(Default)]
+struct ReadyChunks(Vec<Vec<u8>>);
+
+impl ReadyChunks {
+    /// The bytes written since the last call, in one buffer of their size.
+    fn take(&mut self) -> Vec<u8> {
+        let chunks = std::mem::take(&mut self.0);
+        let mut bytes = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
+        // Each piece is freed once copied.
+        for chunk in chunks {
+            bytes.extend_from_slice(&chunk);
+        }
+        bytes
+    }
+}
+
+impl Write for ReadyChunks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.push(buf.to_vec());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 /// One success as a row of the layout, serialised straight into the decoder.
 struct Row<'a> {
     columns: &'a [(Column, Source)],
-    mismatches: &'a Cell<u64>,
+    tally: &'a Tally,
     success: &'a Success,
     attempts: u32,
     kept: Option<&'a Map<String, Value>>,
@@ -590,27 +657,33 @@ struct Row<'a> {
 
 impl Serialize for Row<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mismatches = self.mismatches;
+        let tally = self.tally;
+        tally.add_bytes(
+            self.success.custom_id.len() + (1 + USAGE.len()) * ParquetSuccesses::SCALAR_BYTES,
+        );
         let usage = usage_values(self.success);
         let mut row = serializer.serialize_map(Some(self.columns.len()))?;
         for (column, source) in self.columns {
             let name = column.name.as_str();
             match source {
                 Source::CustomId => row.serialize_entry(name, &self.success.custom_id)?,
-                Source::Text => row.serialize_entry(name, &self.success.text)?,
+                Source::Text => {
+                    tally.add_bytes(self.success.text.as_ref().map_or(0, String::len));
+                    row.serialize_entry(name, &self.success.text)?
+                }
                 Source::Attempts => row.serialize_entry(name, &self.attempts)?,
                 Source::Usage(i) => row.serialize_entry(name, &usage[*i])?,
                 Source::Kept => {
                     let value = self.kept.and_then(|kept| kept.get(name));
-                    row.serialize_entry(name, &value.map(KeptValue))?
+                    row.serialize_entry(name, &value.map(|value| KeptValue { tally, value }))?
                 }
                 Source::Result => row.serialize_entry(
                     name,
-                    &Shaped::new(mismatches, &self.success.result, &column.kind),
+                    &Shaped::new(tally, &self.success.result, &column.kind),
                 )?,
                 Source::Property => {
                     let value = self.success.result.get(name).unwrap_or(&Value::Null);
-                    row.serialize_entry(name, &Shaped::new(mismatches, value, &column.kind))?
+                    row.serialize_entry(name, &Shaped::new(tally, value, &column.kind))?
                 }
             }
         }
@@ -630,73 +703,73 @@ fn usage_values(success: &Success) -> [u64; 4] {
 }
 
 /// A kept input value: a string as it is, anything else as its JSON text.
-struct KeptValue<'a>(&'a Value);
+struct KeptValue<'a> {
+    tally: &'a Tally,
+    value: &'a Value,
+}
 
 impl Serialize for KeptValue<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
+        match self.value {
             Value::Null => serializer.serialize_none(),
-            Value::String(text) => serializer.serialize_str(text),
-            other => serializer.serialize_str(&other.to_string()),
+            Value::String(text) => self.tally.text(serializer, text),
+            other => self.tally.text(serializer, &other.to_string()),
         }
     }
 }
 
 /// An answer value serialised as its column's kind wants it.
 struct Shaped<'a> {
-    /// Counts values that do not fit their column.
-    mismatches: &'a Cell<u64>,
+    tally: &'a Tally,
     value: &'a Value,
     kind: &'a ColumnKind,
 }
 
 impl<'a> Shaped<'a> {
-    fn new(mismatches: &'a Cell<u64>, value: &'a Value, kind: &'a ColumnKind) -> Self {
-        Self {
-            mismatches,
-            value,
-            kind,
-        }
+    fn new(tally: &'a Tally, value: &'a Value, kind: &'a ColumnKind) -> Self {
+        Self { tally, value, kind }
     }
 }
 
 impl Serialize for Shaped<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mismatches = self.mismatches;
-        let mismatch = |serializer: S| {
-            mismatches.set(mismatches.get() + 1);
-            serializer.serialize_none()
-        };
+        let tally = self.tally;
+        if !matches!(
+            self.value,
+            Value::String(_) | Value::Array(_) | Value::Object(_)
+        ) {
+            tally.add_bytes(ParquetSuccesses::SCALAR_BYTES);
+        }
         match (self.kind, self.value) {
             (_, Value::Null) => serializer.serialize_none(),
-            (ColumnKind::Json, value) => serializer.serialize_str(&value.to_string()),
-            (ColumnKind::String, Value::String(text)) => serializer.serialize_str(text),
+            (ColumnKind::Json, value) => tally.text(serializer, &value.to_string()),
+            (ColumnKind::String, Value::String(text)) => tally.text(serializer, text),
             (ColumnKind::Boolean, Value::Bool(b)) => serializer.serialize_bool(*b),
             (ColumnKind::Float64, Value::Number(n)) => match n.as_f64() {
                 Some(f) => serializer.serialize_f64(f),
-                None => mismatch(serializer),
+                None => tally.mismatch(serializer),
             },
             // JSON Schema counts 3.0 as an integer too.
             (ColumnKind::Int64, Value::Number(n)) => match n.as_i64().or_else(|| whole(n)) {
                 Some(i) => serializer.serialize_i64(i),
-                None => mismatch(serializer),
+                None => tally.mismatch(serializer),
             },
             (ColumnKind::Struct(fields), Value::Object(object)) => {
                 let mut map = serializer.serialize_map(Some(fields.len()))?;
                 for field in fields {
                     let value = object.get(&field.name).unwrap_or(&Value::Null);
-                    map.serialize_entry(&field.name, &Shaped::new(mismatches, value, &field.kind))?;
+                    map.serialize_entry(&field.name, &Shaped::new(tally, value, &field.kind))?;
                 }
                 map.end()
             }
             (ColumnKind::List(item), Value::Array(values)) => {
                 let mut list = serializer.serialize_seq(Some(values.len()))?;
                 for value in values {
-                    list.serialize_element(&Shaped::new(mismatches, value, &item.kind))?;
+                    list.serialize_element(&Shaped::new(tally, value, &item.kind))?;
                 }
                 list.end()
             }
-            _ => mismatch(serializer),
+            _ => tally.mismatch(serializer),
         }
     }
 }

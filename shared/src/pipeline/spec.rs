@@ -79,6 +79,16 @@ pub enum ResultFormat {
     Parquet,
 }
 
+impl ResultFormat {
+    /// The format as the spec writes it: `"jsonl"` or `"parquet"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultFormat::Jsonl => "jsonl",
+            ResultFormat::Parquet => "parquet",
+        }
+    }
+}
+
 fn default_formats() -> Vec<ResultFormat> {
     vec![ResultFormat::Jsonl]
 }
@@ -313,7 +323,7 @@ impl JobSpec {
         {
             return out_of_bounds(
                 "formats",
-                format!("{} twice", serde_json::json!(self.formats[repeated])),
+                format!("\"{}\" twice", self.formats[repeated].as_str()),
                 "each format once".to_string(),
             );
         }
