@@ -505,11 +505,16 @@ impl Tally {
 }
 
 impl ParquetSuccesses {
-    /// A row group closes when the writer holds this many bytes for it… Closing one
+    /// A row group closes when its encoded data passes this many bytes… Closing one
     /// holds it a few times over (encoded pages, the bytes handed out, the upload
     /// buffer they are copied into): at 4 MiB, collect's heap with Parquet on stays
-    /// under 64 MiB (`tests/tests/streaming.rs`), 16 MiB took it to 92 MiB.
+    /// under 64 MiB for answers of 100 KB (`tests/tests/streaming.rs`), 16 MiB took
+    /// it to 92 MiB.
     pub const ROW_GROUP_BYTES: usize = 4 * 1024 * 1024;
+    /// …or when the writer holds this much for it (small values wait unencoded for
+    /// their page, and dictionaries grow: with answers of a few hundred bytes the
+    /// writer holds several times the encoded size)…
+    pub const ROW_GROUP_MEMORY: usize = 32 * 1024 * 1024;
     /// …or when it has this many rows.
     pub const ROW_GROUP_ROWS: usize = 64 * 1024;
     /// Rows decoded at a time into one Arrow batch…
@@ -524,8 +529,9 @@ impl ParquetSuccesses {
         Self::with_row_groups(layout, Self::ROW_GROUP_BYTES, Self::ROW_GROUP_ROWS)
     }
 
-    /// A writer of rows in `layout` whose row groups close when the writer holds
-    /// `max_bytes` for one or at `max_rows` rows, whichever comes first.
+    /// A writer of rows in `layout` whose row groups close at `max_bytes` of encoded
+    /// data, at [`Self::ROW_GROUP_MEMORY`] held, or at `max_rows` rows, whichever
+    /// comes first.
     pub fn with_row_groups(
         layout: &TableLayout,
         max_bytes: usize,
@@ -586,7 +592,9 @@ impl ParquetSuccesses {
         }
         self.decoded_rows = 0;
         self.tally.decoded_bytes.set(0);
-        if self.writer.memory_size() >= self.max_row_group_bytes {
+        if self.writer.in_progress_size() >= self.max_row_group_bytes
+            || self.writer.memory_size() >= Self::ROW_GROUP_MEMORY
+        {
             self.writer.flush()?;
         }
         // Row groups completed above (or by the writer at its row bound) reach the

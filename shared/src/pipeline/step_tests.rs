@@ -130,6 +130,23 @@ impl Steps {
         (job, ids)
     }
 
+    /// Uploads a job of one text line under `key` with the header's `spec`, submits
+    /// it and answers why the job failed; no batch was created.
+    async fn submit_refused(&self, key: &str, spec: Value) -> String {
+        let body = format!("{}\n{}\n", json!({ "spec": spec }), json!({"text": "a"}));
+        self.ctx
+            .store
+            .put(key, Bytes::from(body), PutMode::Overwrite)
+            .await
+            .unwrap();
+        let outcome = self.submit(key).await.unwrap();
+        assert_eq!(self.provider.created(), 0);
+        match outcome {
+            SubmitOutcome::Failed { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        }
+    }
+
     async fn submit(&self, key: &str) -> Result<SubmitOutcome, PipelineError> {
         let object = UploadedObject {
             key: key.into(),
@@ -749,22 +766,12 @@ async fn a_job_without_a_schema_gets_text_answers() {
 #[tokio::test]
 async fn text_output_with_several_rows_per_request_fails_the_job() {
     let s = Steps::new(Settings::default());
-    let key = "inbox/text-packed.jsonl";
-    let spec = json!({"spec": {"model": "openai/gpt-4o-mini", "rows_per_request": 2}});
-    let body = format!("{spec}\n{}\n", json!({"text": "a"}));
-    s.ctx
-        .store
-        .put(key, Bytes::from(body), PutMode::Overwrite)
-        .await
-        .unwrap();
-    match s.submit(key).await.unwrap() {
-        SubmitOutcome::Failed { reason, .. } => assert!(
-            reason.contains("`rows_per_request`") && reason.contains(r#"`output` "text""#),
-            "{reason}"
-        ),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(s.provider.created(), 0);
+    let spec = json!({"model": "openai/gpt-4o-mini", "rows_per_request": 2});
+    let reason = s.submit_refused("inbox/text-packed.jsonl", spec).await;
+    assert!(
+        reason.contains("`rows_per_request`") && reason.contains(r#"`output` "text""#),
+        "{reason}"
+    );
 }
 
 #[tokio::test]
@@ -803,24 +810,14 @@ async fn parquet_alone_replaces_the_jsonl_successes_and_errors_stay_jsonl() {
 #[tokio::test]
 async fn a_schema_without_a_table_layout_fails_a_parquet_job_at_submit() {
     let s = Steps::new(Settings::default());
-    let key = "inbox/clash.jsonl";
-    let spec = json!({"spec": {
+    let spec = json!({
         "model": "openai/gpt-4o-mini", "formats": ["jsonl", "parquet"], "schema_name": "s",
         "schema": {"type": "object", "properties": {"attempts": {"type": "integer"}},
                    "required": ["attempts"], "additionalProperties": false},
-    }});
-    let body = format!("{spec}\n{}\n", json!({"text": "a"}));
-    s.ctx
-        .store
-        .put(key, Bytes::from(body), PutMode::Overwrite)
-        .await
-        .unwrap();
-    match s.submit(key).await.unwrap() {
-        SubmitOutcome::Failed { reason, .. } => assert!(
-            reason.contains("`formats`") && reason.contains(r#""attempts""#),
-            "{reason}"
-        ),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(s.provider.created(), 0);
+    });
+    let reason = s.submit_refused("inbox/clash.jsonl", spec).await;
+    assert!(
+        reason.contains("`formats`") && reason.contains(r#""attempts""#),
+        "{reason}"
+    );
 }
