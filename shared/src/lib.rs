@@ -21,6 +21,9 @@ pub mod results;
 pub mod schema;
 pub mod status;
 pub mod storage;
+pub mod table;
+#[cfg(test)]
+mod table_tests;
 pub mod tls;
 
 pub use error::{Error, Result};

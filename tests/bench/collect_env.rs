@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use batchline::model::ProviderKind;
 use batchline::pipeline::job::{self, JobStatus, keys};
+use batchline::pipeline::spec::ResultFormat;
 use batchline::storage::{ObjectStore, S3Store};
 use batchline_emulator::harness::{API_KEY, Moto, http_client, moto_sdk_config, store_ended_part};
 use batchline_emulator::{Config, Emulator};
@@ -62,9 +63,11 @@ impl CollectEnv {
         })
     }
 
-    /// A job of one ended part whose batch is the preloaded one; answers its id.
-    pub fn prepare_job(&self, run: usize) -> Result<String, String> {
-        let job_id = format!("bench-collect-{run}");
+    /// A job of one ended part whose batch is the preloaded one, its successes
+    /// written in `formats`; answers its id.
+    pub fn prepare_job(&self, run: usize, formats: &[ResultFormat]) -> Result<String, String> {
+        let names: Vec<&str> = formats.iter().map(|f| f.as_str()).collect();
+        let job_id = format!("bench-collect-{}-{run}", names.join("-"));
         self.runtime
             .block_on(store_ended_part(
                 self.store.as_ref(),
@@ -73,6 +76,7 @@ impl CollectEnv {
                 model_for(ProviderKind::OpenAi),
                 &self.batch_id,
                 self.rows,
+                formats,
             ))
             .map_err(|e| e.to_string())?;
         Ok(job_id)
@@ -80,8 +84,8 @@ impl CollectEnv {
 
     /// Checks that the run closed the job with a summary and wrote its successes, then
     /// deletes what it wrote so that moto's memory stays flat across runs. Answers
-    /// the size of the successes object.
-    pub fn check_and_clean(&self, job_id: &str) -> Result<u64, String> {
+    /// the size of the successes objects.
+    pub fn check_and_clean(&self, job_id: &str) -> Result<SuccessesWritten, String> {
         self.runtime.block_on(async {
             let closed = job::load(self.store.as_ref(), job_id)
                 .await
@@ -93,20 +97,34 @@ impl CollectEnv {
                 .head(&keys::summary(job_id), None)
                 .await
                 .map_err(|e| e.to_string())?;
-            let successes = self
-                .store
-                .head(&keys::successes(job_id, 0), None)
-                .await
-                .map_err(|e| e.to_string())?
-                .size;
+            let size = |key: String| async move {
+                let meta = self.store.head(&key, None).await;
+                meta.map(|meta| meta.size).map_err(|e| e.to_string())
+            };
+            let written = SuccessesWritten {
+                jsonl: size(keys::successes(job_id, 0)).await?,
+                parquet: match closed.record.table {
+                    Some(_) => Some(size(keys::successes_parquet(job_id, 0)).await?),
+                    None => None,
+                },
+            };
             for prefix in [format!("results/{job_id}/"), format!("jobs/{job_id}/")] {
                 for key in self.store.list(&prefix).await.map_err(|e| e.to_string())? {
                     self.store.delete(&key).await.map_err(|e| e.to_string())?;
                 }
             }
-            Ok(successes)
+            Ok(written)
         })
     }
+}
+
+/// The sizes of the successes objects one collect wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SuccessesWritten {
+    /// `successes/part-00000.jsonl`.
+    pub jsonl: u64,
+    /// `successes/part-00000.parquet`, when the job asked for it.
+    pub parquet: Option<u64>,
 }
 
 /// `POST /_emulator/openai/batches`: a batch that ended with `results` as its output.

@@ -28,11 +28,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use batchline::model::ProviderKind;
+use batchline::pipeline::spec::ResultFormat;
 use batchline_emulator::workload::{self, FileSize};
 use bytes::Bytes;
 
+use collect_env::SuccessesWritten;
 use measure::{Figures, Report, run_child};
-use report::{ColdStart, CollectFigures, Measured, Table};
+use report::{ColdStart, CollectFigures, CollectLine, Measured, Table};
 
 /// The providers the reference library's batch module supports.
 const REFERENCE_PROVIDERS: [ProviderKind; 2] = [ProviderKind::OpenAi, ProviderKind::Anthropic];
@@ -412,35 +414,49 @@ fn bench_collect(options: &Options, me: &Path) -> Result<CollectFigures, String>
     .map_err(|e| e.to_string())?;
     let results_bytes = results.len() as u64;
     let env = collect_env::CollectEnv::start(Bytes::from(results), options.rows)?;
-    let mut runs: Vec<Report> = Vec::new();
-    let mut written = 0;
-    for run in 0..options.runs {
-        progress(&format!(
-            "batchline collect: run {}/{}",
-            run + 1,
-            options.runs
-        ));
-        let job_id = env.prepare_job(run)?;
-        let mut command = child_command(me);
-        command.args([
-            "child",
-            "collect",
-            &env.moto.url,
-            &env.emulator.base_url(),
-            collect_env::BUCKET,
-            &job_id,
-            &results_bytes.to_string(),
-        ]);
-        runs.push(run_child(command, false)?);
-        written = env.check_and_clean(&job_id)?;
+    let mut lines = Vec::new();
+    for formats in COLLECT_FORMATS {
+        let mut runs: Vec<Report> = Vec::new();
+        let mut written = SuccessesWritten::default();
+        for run in 0..options.runs {
+            progress(&format!(
+                "batchline collect writing {formats:?}: run {}/{}",
+                run + 1,
+                options.runs
+            ));
+            let job_id = env.prepare_job(run, formats)?;
+            let mut command = child_command(me);
+            command.args([
+                "child",
+                "collect",
+                &env.moto.url,
+                &env.emulator.base_url(),
+                collect_env::BUCKET,
+                &job_id,
+                &results_bytes.to_string(),
+            ]);
+            runs.push(run_child(command, false)?);
+            written = env.check_and_clean(&job_id)?;
+        }
+        lines.push(CollectLine {
+            formats,
+            written,
+            figures: Figures::of(&runs).ok_or("no collect runs")?,
+        });
     }
     Ok(CollectFigures {
         rows: options.rows,
         results_bytes,
-        successes_bytes: written,
-        figures: Figures::of(&runs).ok_or("no collect runs")?,
+        lines,
     })
 }
+
+/// The successes formats the collect section measures, one line each: the default,
+/// and Parquet beside it.
+const COLLECT_FORMATS: [&[ResultFormat]; 2] = [
+    &[ResultFormat::Jsonl],
+    &[ResultFormat::Jsonl, ResultFormat::Parquet],
+];
 
 fn bench_cold_start(options: &Options, me: &Path) -> Result<Vec<ColdStart>, String> {
     let release_dir = me.parent().ok_or("the bench binary has no directory")?;

@@ -2,7 +2,10 @@
 //! ratios batchline / reference and every target checked.
 
 use batchline::model::ProviderKind;
+use batchline::pipeline::spec::ResultFormat;
 use batchline::request::PromptCache;
+
+use crate::collect_env::SuccessesWritten;
 
 use crate::cost::{self, Builder, CostTable, Prices};
 use crate::measure::{Figures, Report, Stats};
@@ -89,7 +92,14 @@ impl Measured {
 pub struct CollectFigures {
     pub rows: usize,
     pub results_bytes: u64,
-    pub successes_bytes: u64,
+    /// One line per successes formats measured.
+    pub lines: Vec<CollectLine>,
+}
+
+/// The collect runs that wrote the successes in `formats`.
+pub struct CollectLine {
+    pub formats: &'static [ResultFormat],
+    pub written: SuccessesWritten,
     pub figures: Figures,
 }
 
@@ -214,31 +224,39 @@ impl Table {
         }
         if let Some(c) = &self.collect {
             println!(
-                "\n### 3. Collect end to end: one OpenAI part of {} requests, {} MB of results, emulator -> `pipeline::collect` -> moto S3 ({} MB of successes written)\n",
+                "\n### 3. Collect end to end: one OpenAI part of {} requests, {} MB of results, emulator -> `pipeline::collect` -> moto S3\n",
                 thousands(c.rows as f64),
                 number(c.results_bytes as f64 / 1e6),
-                number(c.successes_bytes as f64 / 1e6)
             );
             println!(
-                "| wall time s | MB/s | results/s | peak RSS MiB | collect process CPU s (whole process) |"
+                "| successes written as | JSONL MB | Parquet MB | wall time s | MB/s | results/s | peak RSS MiB | collect process CPU s (whole process) |"
             );
-            println!("|---|---|---|---|---|");
-            let f = &c.figures;
-            println!(
-                "| {} | {} | {} | {} | {} |",
-                cell(&f.seconds),
-                cell(&f.mb_per_s),
-                cell(&f.items_per_s),
-                cell(&f.rss_mib),
-                cell(&f.cpu_seconds)
-            );
-            checks.push(Check {
-                text: format!(
-                    "collect peak RSS {} MiB (target <= {COLLECT_RSS_MIB_TARGET} MiB)",
-                    number(f.rss_mib.max)
-                ),
-                met: f.rss_mib.max <= COLLECT_RSS_MIB_TARGET,
-            });
+            println!("|---|---|---|---|---|---|---|---|");
+            for line in &c.lines {
+                let f = &line.figures;
+                let formats: Vec<&str> = line.formats.iter().map(|f| f.as_str()).collect();
+                println!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    formats.join(" + "),
+                    number(line.written.jsonl as f64 / 1e6),
+                    line.written
+                        .parquet
+                        .map_or("-".to_string(), |bytes| number(bytes as f64 / 1e6)),
+                    cell(&f.seconds),
+                    cell(&f.mb_per_s),
+                    cell(&f.items_per_s),
+                    cell(&f.rss_mib),
+                    cell(&f.cpu_seconds)
+                );
+                checks.push(Check {
+                    text: format!(
+                        "collect ({}) peak RSS {} MiB (target <= {COLLECT_RSS_MIB_TARGET} MiB)",
+                        formats.join(" + "),
+                        number(f.rss_mib.max)
+                    ),
+                    met: f.rss_mib.max <= COLLECT_RSS_MIB_TARGET,
+                });
+            }
         }
         if !self.cold_start.is_empty() {
             println!(

@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use batchline::model::ProviderKind;
 use batchline::pipeline::job::{self, keys};
+use batchline::pipeline::spec::ResultFormat;
 use batchline::pipeline::{PipelineError, ProviderSource};
 use batchline::provider::config::{Credential, GoogleCredentials, ProviderConfig, VertexSettings};
 use batchline::provider::{BatchProvider, connect};
+use batchline::request::AnswerFormat;
 use batchline::storage::{ObjectStore, PutMode, StoreError};
+use batchline::table::TableLayout;
 use bytes::Bytes;
 use serde_json::json;
 
@@ -149,8 +152,9 @@ impl ProviderSource for EmulatorProviders {
 
 /// Stores what `collect` needs for a job whose only part ended at the provider as
 /// `batch_id`: an open job record with the workload's spec for `model`, and the part's
-/// manifest of `rows` ids (`request-0…`). Lets collect be measured or tested without
-/// running submit and poll first.
+/// manifest of `rows` ids (`request-0…`); the successes are written in `formats`
+/// (with Parquet, the record holds the table layout as submit would make it). Lets
+/// collect be measured or tested without running submit and poll first.
 pub async fn store_ended_part(
     store: &dyn ObjectStore,
     bucket: &str,
@@ -158,6 +162,7 @@ pub async fn store_ended_part(
     model: &str,
     batch_id: &str,
     rows: usize,
+    formats: &[ResultFormat],
 ) -> Result<(), PipelineError> {
     let mut manifest = String::with_capacity(rows * 16);
     for row in 0..rows {
@@ -173,6 +178,14 @@ pub async fn store_ended_part(
         .await?;
     let now = batchline::clock::Clock::timestamp(&batchline::clock::SystemClock);
     let params = workload::generation_params();
+    let schema = workload::invoice_schema();
+    let table = match formats.contains(&ResultFormat::Parquet) {
+        true => Some(
+            TableLayout::for_answers(&AnswerFormat::Schema(schema.clone()), &[])
+                .map_err(batchline::Error::Config)?,
+        ),
+        false => None,
+    };
     // Written as the record's JSON so that fields added later take their defaults.
     let record = serde_json::from_value(json!({
         "job_id": job_id,
@@ -181,10 +194,12 @@ pub async fn store_ended_part(
         "spec": {
             "model": model,
             "schema_name": workload::SCHEMA_NAME,
-            "schema": workload::invoice_schema().schema,
+            "schema": schema.schema,
             "max_tokens": params.max_tokens,
-            "temperature": params.temperature
+            "temperature": params.temperature,
+            "formats": formats
         },
+        "table": table,
         "requests": rows,
         "input_errors": 0,
         "parts": [{

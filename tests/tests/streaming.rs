@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use batchline::model::ProviderKind;
 use batchline::pipeline::job::{self, JobStatus, keys};
+use batchline::pipeline::spec::ResultFormat;
 use batchline::pipeline::{
     CollectOutcome, Context, ProviderSource, ReadyMessage, Settings, SubmitOutcome, UploadedObject,
     collect, submit,
@@ -270,10 +271,24 @@ fn context(store: Arc<CountingSink>, provider: Arc<GeneratedProvider>) -> Contex
 
 #[test]
 fn collect_holds_far_less_than_the_results_it_streams() {
+    collect_within(COLLECT_CAP, &[ResultFormat::Jsonl]);
+}
+
+/// The Parquet writer adds its row group (see `ParquetSuccesses::ROW_GROUP_BYTES`),
+/// held a few times over while it is closed and handed to its own upload.
+#[test]
+fn collect_writing_parquet_too_holds_far_less_than_the_results_it_streams() {
+    collect_within(64 * MIB, &[ResultFormat::Jsonl, ResultFormat::Parquet]);
+}
+
+/// The heap collect may use for JSONL successes alone.
+const COLLECT_CAP: usize = 32 * MIB;
+
+/// Collects 1,200 results of about 100 KB (120 MB, several times [`COLLECT_CAP`])
+/// writing the successes in `formats`, and checks that the heap stayed under `cap`.
+fn collect_within(cap: usize, formats: &[ResultFormat]) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // 1,200 results of about 100 KB: 120 MB through collect, more than three times the cap.
     const ROWS: usize = 1_200;
-    const CAP: usize = 32 * MIB;
     let provider = GeneratedProvider::new(ROWS, workload::items_for_line_bytes(100_000));
     let store = Arc::new(CountingSink::default());
     let ctx = context(store.clone(), provider.clone());
@@ -288,6 +303,7 @@ fn collect_holds_far_less_than_the_results_it_streams() {
             "openai/gpt-4o-mini",
             "batch_big",
             ROWS,
+            formats,
         ))
         .expect("job record");
 
@@ -296,6 +312,11 @@ fn collect_holds_far_less_than_the_results_it_streams() {
         part: 0,
     };
     let (outcome, peak) = peak_heap_during(collect(&ctx, &message, true));
+    eprintln!(
+        "TEMP {formats:?} peak {} KiB uploaded {}",
+        peak / 1024,
+        store.uploaded.load(Ordering::Relaxed)
+    );
 
     assert_eq!(
         outcome.expect("collect"),
@@ -319,20 +340,20 @@ fn collect_holds_far_less_than_the_results_it_streams() {
         })
         .sum();
     assert!(
-        streamed > 3 * CAP as u64,
+        streamed > 3 * COLLECT_CAP as u64,
         "the results ({streamed} bytes) must exceed the cap several times over"
     );
     let uploaded = store.uploaded.load(Ordering::Relaxed);
     assert!(
-        uploaded > 2 * CAP as u64,
+        uploaded > 2 * COLLECT_CAP as u64,
         "the successes went out in multipart parts ({uploaded} bytes)"
     );
     assert!(
-        peak < CAP,
-        "collect's heap peaked at {} MiB for {} MiB of results (cap {} MiB)",
+        peak < cap,
+        "collect's heap peaked at {} MiB for {} MiB of results (cap {} MiB) writing {formats:?}",
         peak / MIB,
         streamed / MIB as u64,
-        CAP / MIB
+        cap / MIB
     );
 }
 

@@ -20,15 +20,16 @@ use super::job::{self, JobRecord, JobStatus, PartOutcome, PartRecord, keys};
 use super::parts::{create_batch, reread_rows};
 pub use super::ready::ReadyMessage;
 use super::row::{KeptValues, parse_kept_file, write_record};
-use super::spec::JobSpec;
+use super::spec::{JobSpec, ResultFormat};
 use super::summary;
 use crate::build::{BatchBuilder, BatchPart, parse_manifest};
 use crate::error::Error;
 use crate::provider::{BatchProvider, ProviderDescriptor, descriptor};
 use crate::request::{AnswerFormat, Request};
-use crate::results::{Failure, Outcome, ResultParser, error_type};
+use crate::results::{Failure, Outcome, ResultParser, Success, error_type};
 use crate::status::BatchState;
 use crate::storage::{ObjectStore, ObjectWriter};
+use crate::table::ParquetSuccesses;
 
 /// What one collect of a part did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +201,7 @@ impl CollectRun<'_> {
             attempts_left: self.part.attempt < self.spec.max_attempts,
             request_sizes: packed.then_some(request_sizes),
         };
-        let mut part_run = PartRun::new(ctx, job_id, self.part, &ids, &kept, retry);
+        let mut part_run = PartRun::new(ctx, self.record, self.part, &ids, &kept, retry)?;
         if self.spec.skip_succeeded {
             part_run.succeeded_ids = Some(Vec::new());
         }
@@ -447,7 +448,10 @@ struct Attempted<'a, T: Serialize> {
 /// Results of one part on their way to S3.
 struct PartRun<'a> {
     store: &'a dyn ObjectStore,
-    successes: ObjectWriter<'a>,
+    /// The successes' JSONL, unless the spec's `formats` leave it out.
+    successes: Option<ObjectWriter<'a>>,
+    /// The successes' Parquet, when the job has a table layout.
+    table: Option<TableRun<'a>>,
     errors: ObjectWriter<'a>,
     /// custom_id → row, and whether that row has its outcome yet.
     rows: HashMap<&'a str, usize>,
@@ -469,6 +473,41 @@ struct PartRun<'a> {
     /// Ids of the rows that succeeded, kept when the job records them in the success
     /// ledger (`skip_succeeded`).
     succeeded_ids: Option<Vec<String>>,
+    /// Where the JSONL successes go, or are removed from when left out.
+    successes_key: String,
+}
+
+/// The successes of one part on their way to S3 as Parquet.
+struct TableRun<'a> {
+    encoder: ParquetSuccesses,
+    object: ObjectWriter<'a>,
+}
+
+impl TableRun<'_> {
+    async fn push(
+        &mut self,
+        success: &Success,
+        attempts: u32,
+        kept: Option<&KeptValues>,
+    ) -> Result<(), PipelineError> {
+        self.encoder.push(success, attempts, kept)?;
+        let ready = self.encoder.take_ready_bytes();
+        if !ready.is_empty() {
+            self.object.write(&ready).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<(), PipelineError> {
+        let mismatched = self.encoder.mismatched_values();
+        if mismatched > 0 {
+            tracing::warn!(key = %self.object.key(), mismatched, "values that do not fit their Parquet column (integers beyond 64 bits) are stored as null; the JSONL has them");
+        }
+        let rest = self.encoder.finish()?;
+        self.object.write(&rest).await?;
+        self.object.finish().await?;
+        Ok(())
+    }
 }
 
 /// Which failures of a part are held back for a retry part.
@@ -492,12 +531,24 @@ struct HeldBack {
 impl<'a> PartRun<'a> {
     fn new(
         ctx: &'a Context,
-        job: &str,
+        record: &JobRecord,
         part: &PartRecord,
         ids: &'a [String],
         kept: &'a [KeptValues],
         retry: RetryRule,
-    ) -> Self {
+    ) -> Result<Self, PipelineError> {
+        let (store, job) = (ctx.store.as_ref(), record.job_id.as_str());
+        let jsonl = record
+            .spec
+            .as_ref()
+            .is_none_or(|spec| spec.writes(ResultFormat::Jsonl));
+        let table = match &record.table {
+            Some(layout) => Some(TableRun {
+                encoder: ParquetSuccesses::new(layout)?,
+                object: ObjectWriter::new(store, keys::successes_parquet(job, part.index)),
+            }),
+            None => None,
+        };
         let request_of_row = retry
             .request_sizes
             .iter()
@@ -505,10 +556,11 @@ impl<'a> PartRun<'a> {
             .enumerate()
             .flat_map(|(request, &rows)| std::iter::repeat_n(request as u32, rows as usize))
             .collect();
-        Self {
-            store: ctx.store.as_ref(),
-            successes: ObjectWriter::new(ctx.store.as_ref(), keys::successes(job, part.index)),
-            errors: ObjectWriter::new(ctx.store.as_ref(), keys::errors(job, part.index)),
+        Ok(Self {
+            store,
+            successes: jsonl.then(|| ObjectWriter::new(store, keys::successes(job, part.index))),
+            table,
+            errors: ObjectWriter::new(store, keys::errors(job, part.index)),
             rows: ids
                 .iter()
                 .enumerate()
@@ -525,7 +577,8 @@ impl<'a> PartRun<'a> {
             request_of_row,
             retryable: Vec::new(),
             succeeded_ids: None,
-        }
+            successes_key: keys::successes(job, part.index),
+        })
     }
 
     /// Whether `failure` of row `row` goes into a retry part, and whether as part of
@@ -605,14 +658,19 @@ impl<'a> PartRun<'a> {
                 if let Some(ids) = &mut self.succeeded_ids {
                     ids.push(success.custom_id.clone());
                 }
-                self.line.clear();
-                let attempted = Attempted {
-                    outcome: &success,
-                    attempts: self.attempt,
-                };
                 let kept = self.kept.get(row);
-                write_record(&attempted, &success.custom_id, kept, &mut self.line);
-                self.successes.write(&self.line).await?;
+                if let Some(successes) = &mut self.successes {
+                    self.line.clear();
+                    let attempted = Attempted {
+                        outcome: &success,
+                        attempts: self.attempt,
+                    };
+                    write_record(&attempted, &success.custom_id, kept, &mut self.line);
+                    successes.write(&self.line).await?;
+                }
+                if let Some(table) = &mut self.table {
+                    table.push(&success, self.attempt, kept).await?;
+                }
             }
             Outcome::Error(mut failure) => match self.holds_back(row, &failure) {
                 Some(too_long_request) => {
@@ -708,24 +766,35 @@ impl<'a> PartRun<'a> {
         Ok(())
     }
 
-    /// Completes both files; a file with nothing in it is removed instead, so that one
-    /// an earlier attempt wrote cannot linger next to the other.
+    /// Completes the files; a file with nothing in it (or the JSONL successes the
+    /// spec leaves out) is removed instead, so that one an earlier attempt wrote
+    /// cannot linger next to the others.
     async fn finish(self) -> Result<PartOutcome, PipelineError> {
-        for (writer, lines) in [
-            (self.successes, self.outcome.succeeded),
-            (self.errors, self.outcome.failed),
-        ] {
-            if lines > 0 {
-                writer.finish().await?;
-            } else {
-                self.store.delete(writer.key()).await?;
+        let (succeeded, failed) = (self.outcome.succeeded, self.outcome.failed);
+        match self.successes {
+            Some(writer) if succeeded > 0 => _ = writer.finish().await?,
+            _ => self.store.delete(&self.successes_key).await?,
+        }
+        if let Some(table) = self.table {
+            match succeeded > 0 {
+                true => table.finish().await?,
+                false => self.store.delete(table.object.key()).await?,
             }
+        }
+        match failed > 0 {
+            true => _ = self.errors.finish().await?,
+            false => self.store.delete(self.errors.key()).await?,
         }
         Ok(self.outcome)
     }
 
     async fn abort(self) {
-        self.successes.abort().await;
+        if let Some(successes) = self.successes {
+            successes.abort().await;
+        }
+        if let Some(table) = self.table {
+            table.object.abort().await;
+        }
         self.errors.abort().await;
     }
 }

@@ -25,6 +25,9 @@ pub enum PipelineError {
     /// The ready queue failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The successes could not be written as Parquet.
+    #[error(transparent)]
+    Table(#[from] crate::table::TableError),
     /// A provider call or the provider's configuration failed.
     #[error(transparent)]
     Provider(#[from] crate::Error),

@@ -14,6 +14,7 @@ use super::spec::JobSpec;
 use crate::results::Usage;
 use crate::status::BatchState;
 use crate::storage::{ObjectStore, PutMode, StoreError};
+use crate::table::TableLayout;
 
 /// Where everything lives in the bucket. `inbox/` is the only prefix that triggers
 /// submit, and nothing below writes there.
@@ -51,6 +52,10 @@ pub mod keys {
     /// A part's validated results.
     pub fn successes(job: &str, part: u32) -> String {
         format!("results/{job}/successes/part-{part:05}.jsonl")
+    }
+    /// A part's validated results as Parquet, when the job's spec asks for them.
+    pub fn successes_parquet(job: &str, part: u32) -> String {
+        format!("results/{job}/successes/part-{part:05}.parquet")
     }
     /// A part's failed requests, one error record per `custom_id`.
     pub fn errors(job: &str, part: u32) -> String {
@@ -290,6 +295,10 @@ pub struct JobRecord {
     /// The job's spec, once submit has read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<JobSpec>,
+    /// The columns of the successes' Parquet files, decided at submit when the spec
+    /// asks for them, so that every part's file has the same ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<TableLayout>,
     /// Request lines read from the file (header excluded).
     pub requests: u64,
     /// Lines rejected before submission (they are in the input errors file).

@@ -83,6 +83,42 @@ pub struct JobSpec {
     /// job that holds its answer). For uploads under `inbox/<pipeline>/` only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_succeeded: bool,
+    /// How the successes are written: `["jsonl"]` (the default), `["jsonl",
+    /// "parquet"]` or `["parquet"]` (errors are JSONL whatever this says).
+    #[serde(
+        default = "default_formats",
+        skip_serializing_if = "is_default_formats"
+    )]
+    pub formats: Vec<ResultFormat>,
+}
+
+/// A file format of the successes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResultFormat {
+    /// One JSON line per success: `successes/part-NNNNN.jsonl`.
+    Jsonl,
+    /// One Parquet file per part, `successes/part-NNNNN.parquet`, with a column per
+    /// answer property (see [`crate::table`]).
+    Parquet,
+}
+
+impl ResultFormat {
+    /// The format as the spec writes it: `"jsonl"` or `"parquet"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultFormat::Jsonl => "jsonl",
+            ResultFormat::Parquet => "parquet",
+        }
+    }
+}
+
+fn default_formats() -> Vec<ResultFormat> {
+    vec![ResultFormat::Jsonl]
+}
+
+fn is_default_formats(formats: &[ResultFormat]) -> bool {
+    formats == [ResultFormat::Jsonl]
 }
 
 /// Fields of the result records, which a kept value would overwrite, and `messages`,
@@ -315,6 +351,22 @@ impl JobSpec {
                 format!("0 to {}", bounds::MAX_TEMPERATURE),
             );
         }
+        if self.formats.is_empty() {
+            return out_of_bounds(
+                "formats",
+                "empty".to_string(),
+                "\"jsonl\", \"parquet\" or both".to_string(),
+            );
+        }
+        if let Some(repeated) =
+            (1..self.formats.len()).find(|&i| self.formats[..i].contains(&self.formats[i]))
+        {
+            return out_of_bounds(
+                "formats",
+                format!("\"{}\" twice", self.formats[repeated].as_str()),
+                "each format once".to_string(),
+            );
+        }
         if let Some(prices) = self.prices {
             for (field, price) in prices.fields() {
                 if !(0.0..=bounds::MAX_PRICE_PER_MILLION).contains(&price) {
@@ -371,6 +423,11 @@ impl JobSpec {
             .map(Template::parse)
             .transpose()
             .map_err(|e| format!("spec field `template` is not usable: {e}"))
+    }
+
+    /// Whether the successes are written in `format`.
+    pub fn writes(&self, format: ResultFormat) -> bool {
+        self.formats.contains(&format)
     }
 
     /// The generation parameters every request of the job is sent with.
@@ -665,6 +722,42 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn formats_default_to_jsonl_and_are_each_given_once() {
+        let default = spec(serde_json::json!({}));
+        assert_eq!(default.formats, [ResultFormat::Jsonl]);
+        assert!(default.writes(ResultFormat::Jsonl) && !default.writes(ResultFormat::Parquet));
+        // Records of jobs without the field are written as they always were.
+        assert_eq!(serde_json::to_value(&default).unwrap().get("formats"), None);
+        for formats in [
+            serde_json::json!(["jsonl", "parquet"]),
+            serde_json::json!(["parquet"]),
+        ] {
+            let spec = spec(serde_json::json!({"formats": formats.clone()}));
+            assert_eq!(spec.check(50_000), Ok(()));
+            assert!(spec.writes(ResultFormat::Parquet));
+            assert_eq!(serde_json::to_value(&spec).unwrap()["formats"], formats);
+        }
+        for formats in [
+            serde_json::json!([]),
+            serde_json::json!(["parquet", "parquet"]),
+        ] {
+            let err = spec(serde_json::json!({"formats": formats}))
+                .check(50_000)
+                .unwrap_err();
+            assert!(
+                err.contains("`formats`") && err.contains("allowed"),
+                "{err}"
+            );
+        }
+        assert!(
+            serde_json::from_value::<JobSpec>(serde_json::json!({
+                "model": "openai/gpt-4o-mini", "formats": ["csv"]
+            }))
+            .is_err()
+        );
     }
 
     #[test]

@@ -151,6 +151,15 @@ impl Steps {
         }
     }
 
+    /// Uploads a job of one text line under `key` with the header's `spec`, submits
+    /// it and answers why the job failed; no batch was created.
+    async fn submit_refused(&self, key: &str, spec: Value) -> String {
+        let body = format!("{}\n{}\n", json!({ "spec": spec }), json!({"text": "a"}));
+        let reason = self.failed_submit(key, body).await;
+        assert_eq!(self.provider.created(), 0);
+        reason
+    }
+
     async fn submit(&self, key: &str) -> Result<SubmitOutcome, PipelineError> {
         let object = UploadedObject {
             key: key.into(),
@@ -776,15 +785,60 @@ async fn a_job_without_a_schema_gets_text_answers() {
 #[tokio::test]
 async fn text_output_with_several_rows_per_request_fails_the_job() {
     let s = Steps::new(Settings::default());
-    let key = "inbox/text-packed.jsonl";
-    let spec = json!({"spec": {"model": "openai/gpt-4o-mini", "rows_per_request": 2}});
-    let body = format!("{spec}\n{}\n", json!({"text": "a"}));
-    let reason = s.failed_submit(key, body).await;
+    let spec = json!({"model": "openai/gpt-4o-mini", "rows_per_request": 2});
+    let reason = s.submit_refused("inbox/text-packed.jsonl", spec).await;
     assert!(
         reason.contains("`rows_per_request`") && reason.contains(r#"`output` "text""#),
         "{reason}"
     );
-    assert_eq!(s.provider.created(), 0);
+}
+
+#[tokio::test]
+async fn parquet_alone_replaces_the_jsonl_successes_and_errors_stay_jsonl() {
+    let s = Steps::new(Settings::default());
+    let (job, _) = s
+        .start("parquet", 4, json!({"formats": ["parquet"]}), true)
+        .await;
+    let record = s.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Completed);
+    let layout = record.table.expect("the layout is decided at submit");
+    let keys_written = s.ctx.store.list(&format!("results/{job}/")).await.unwrap();
+    let parquet = keys::successes_parquet(&job, 0);
+    assert!(keys_written.contains(&parquet), "{keys_written:?}");
+    assert!(!keys_written.contains(&keys::successes(&job, 0)));
+    assert!(keys_written.contains(&keys::input_errors(&job)));
+    let summary: Value =
+        serde_json::from_slice(&s.ctx.store.get(&keys::summary(&job)).await.unwrap().1).unwrap();
+    assert_eq!(summary["files"]["successes"], json!([parquet]));
+
+    let (_, file) = s.ctx.store.get(&parquet).await.unwrap();
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    assert_eq!(reader.schema(), &layout.arrow_schema());
+    let batch = reader.build().unwrap().next().unwrap().unwrap();
+    assert_eq!(batch.num_rows(), 4);
+    let totals = batch
+        .column_by_name("total")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow_array::Float64Array>()
+        .unwrap();
+    assert!(totals.iter().all(|total| total == Some(12.5)));
+}
+
+#[tokio::test]
+async fn a_schema_without_a_table_layout_fails_a_parquet_job_at_submit() {
+    let s = Steps::new(Settings::default());
+    let spec = json!({
+        "model": "openai/gpt-4o-mini", "formats": ["jsonl", "parquet"], "schema_name": "s",
+        "schema": {"type": "object", "properties": {"attempts": {"type": "integer"}},
+                   "required": ["attempts"], "additionalProperties": false},
+    });
+    let reason = s.submit_refused("inbox/clash.jsonl", spec).await;
+    assert!(
+        reason.contains("`formats`") && reason.contains(r#""attempts""#),
+        "{reason}"
+    );
 }
 
 /// The ids of a job's successes.
@@ -863,15 +917,12 @@ async fn concurrent_uploads_never_skip_a_row_that_neither_has_done() {
 #[tokio::test]
 async fn skip_succeeded_outside_a_pipeline_fails_the_job_before_submission() {
     let s = Steps::new(Settings::default());
-    let key = "inbox/loose.jsonl";
-    let header = json!({"spec": {"model": "openai/gpt-4o-mini", "skip_succeeded": true}});
-    let body = format!("{header}\n{}\n", json!({"text": "x"}));
-    let reason = s.failed_submit(key, body).await;
+    let spec = json!({"model": "openai/gpt-4o-mini", "skip_succeeded": true});
+    let reason = s.submit_refused("inbox/loose.jsonl", spec).await;
     assert!(
         reason.contains("`skip_succeeded`") && reason.contains("inbox/<pipeline>/"),
         "{reason}"
     );
-    assert_eq!(s.provider.created(), 0);
 }
 
 #[tokio::test]

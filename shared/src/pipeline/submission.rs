@@ -22,13 +22,14 @@ use super::parts::{create_batch, open_reader};
 use super::rerun;
 use super::row::{InputRow, KeptValues, RowRejection, write_record};
 use super::skip::{Replay, SkipCheck, Skipped};
-use super::spec::{self, JobSpec, SpecHeader};
+use super::spec::{self, JobSpec, ResultFormat, SpecHeader};
 use super::summary;
 use super::upload::{UploadRows, next_line};
 use crate::build::{BatchBuilder, BatchPart, parse_manifest};
 use crate::provider::{BatchProvider, PartLimits, descriptor};
 use crate::results::{Failure, ResultParser};
 use crate::storage::{ObjectMeta, ObjectWriter, PutMode, StoreError};
+use crate::table::TableLayout;
 
 /// What one submission did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -205,6 +206,17 @@ async fn submit_claimed(
         Ok(format) => format,
         Err(reason) => return fail(ctx, versioned, format!("{key}: {reason}")).await,
     };
+    // Decided once, so that every part's Parquet file has the same columns.
+    let table = match spec.writes(ResultFormat::Parquet) {
+        true => match TableLayout::for_answers(&format, &spec.keep) {
+            Ok(layout) => Some(layout),
+            Err(reason) => {
+                let reason = format!("{key}: spec field `formats` asks for parquet, but {reason}");
+                return fail(ctx, versioned, reason).await;
+            }
+        },
+        false => None,
+    };
     let mut builder =
         match BatchBuilder::packed(&spec.model, &format, &spec.params(), spec.rows_per_request) {
             Ok(builder) => builder,
@@ -254,6 +266,7 @@ async fn submit_claimed(
     reader.set_max_line_bytes(spec.max_line_bytes);
     let provider = ctx.providers.provider(spec.model.provider).await?;
     versioned.record.spec = Some(spec.clone());
+    versioned.record.table = table;
     let mut rows = match UploadRows::open(key, &spec, reader, pending).await? {
         Ok(rows) => rows,
         Err(reason) => return fail(ctx, versioned, reason).await,
@@ -383,6 +396,7 @@ async fn claim(
         status: JobStatus::Submitting,
         failure: None,
         spec: None,
+        table: None,
         requests: 0,
         input_errors: 0,
         parts: Vec::new(),

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::context::{Context, PipelineError};
 use super::job::{self, InputRead, JobStatus, RerunOf, SourceObject, Versioned, keys};
+use super::spec::ResultFormat;
 use crate::results::Usage;
 
 #[derive(Debug, Serialize)]
@@ -160,9 +161,20 @@ pub(super) async fn close_job(
             *errors_by_type.entry(kind.clone()).or_insert(0) += n;
         }
         if outcome.succeeded > 0 {
-            files
-                .successes
-                .push(keys::successes(&record.job_id, part.index));
+            let jsonl = record
+                .spec
+                .as_ref()
+                .is_none_or(|spec| spec.writes(ResultFormat::Jsonl));
+            if jsonl {
+                files
+                    .successes
+                    .push(keys::successes(&record.job_id, part.index));
+            }
+            if record.table.is_some() {
+                files
+                    .successes
+                    .push(keys::successes_parquet(&record.job_id, part.index));
+            }
         }
         if outcome.failed > 0 {
             files.errors.push(keys::errors(&record.job_id, part.index));
