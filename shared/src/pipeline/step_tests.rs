@@ -1079,7 +1079,7 @@ async fn a_csv_job_carries_its_kept_column_into_every_record_and_retry() {
                A-4,too,few\r\n";
     let spec = invoice_spec(json!({
         "id_column": "sku", "template": "Title: {title}\n\n{body}", "keep": ["region"],
-        "max_attempts": 2,
+        "max_attempts": 2, "formats": ["jsonl", "parquet"],
     }));
     // The first batch throttles two rows, the retry one of them again.
     s.provider
@@ -1145,6 +1145,40 @@ async fn a_csv_job_carries_its_kept_column_into_every_record_and_retry() {
         summary["succeeded"].as_u64().unwrap() + summary["failed"].as_u64().unwrap(),
         5
     );
+    // The table has the kept column too, on every success of either part.
+    let mut kept_in_table = Vec::new();
+    for part in &record.parts {
+        let (_, file) = s
+            .ctx
+            .store
+            .get(&keys::successes_parquet(&job, part.index))
+            .await
+            .unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        for batch in reader.build().unwrap() {
+            let batch = batch.unwrap();
+            let column = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .unwrap()
+                    .clone()
+            };
+            let (ids, regions) = (column("custom_id"), column("region"));
+            for row in 0..batch.num_rows() {
+                kept_in_table.push((ids.value(row).to_string(), json!(regions.value(row))));
+            }
+        }
+    }
+    kept_in_table.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected: Vec<(String, Value)> = ["A-1", "A-2"]
+        .iter()
+        .map(|id| (id.to_string(), region(id)))
+        .collect();
+    assert_eq!(kept_in_table, expected);
 }
 
 #[tokio::test]
