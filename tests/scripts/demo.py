@@ -366,17 +366,23 @@ def demo_spec(provider: str) -> dict:
     return spec
 
 
-def demo_invoice_text(n: int) -> str:
-    """Invoice `inv-<n>`: one of the example file's 20 texts, else a generated one."""
+def demo_invoice(n: int) -> tuple[str, str]:
+    """Invoice number `n` as (id, body): one of the example file's 20 lines, else a
+    generated one. The example file's broken line becomes a row with an empty body and
+    its line without `custom_id` a row with an empty id: both are `invalid_input` errors."""
     if n <= 20:
-        line = json.loads(example_requests().splitlines()[n - 1])
-        return line.get("text") or line["messages"][-1]["content"]
+        try:
+            line = json.loads(example_requests().splitlines()[n - 1])
+        except json.JSONDecodeError:
+            return f"inv-{n:03d}", ""
+        return line.get("custom_id", ""), line.get("text") or line["messages"][-1]["content"]
     vendor = DEMO_VENDORS[n % len(DEMO_VENDORS)]
     currency = DEMO_CURRENCIES[n % len(DEMO_CURRENCIES)]
     amount = f"{(n * 37.25) % 5000 + 12:,.2f}"
     # Every fifth body spans two lines, as pasted e-mail bodies do (quoted in the CSV).
     joint = "\n" if n % 5 == 0 else ", "
-    return f"{vendor} invoice D-{4000 + n} dated 2024-04-{n % 28 + 1:02d}{joint}total {currency} {amount}"
+    text = f"{vendor} invoice D-{4000 + n} dated 2024-04-{n % 28 + 1:02d}{joint}total {currency} {amount}"
+    return f"inv-{n:03d}", text
 
 
 def demo_csv(invoices: range) -> bytes:
@@ -386,7 +392,8 @@ def demo_csv(invoices: range) -> bytes:
     writer.writerow(["invoice_id", "received_from", "body", "cost_center"])
     for n in invoices:
         sender = DEMO_VENDORS[n % len(DEMO_VENDORS)].split()[0].lower().strip(".")
-        writer.writerow([f"inv-{n:03d}", f"billing@{sender}.example", demo_invoice_text(n), f"CC-{n % 7 + 1:02d}"])
+        invoice_id, body = demo_invoice(n)
+        writer.writerow([invoice_id, f"billing@{sender}.example", body, f"CC-{n % 7 + 1:02d}"])
     return out.getvalue().encode()
 
 
