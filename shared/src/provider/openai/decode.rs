@@ -39,7 +39,9 @@ struct Body<'a> {
 struct Choice<'a> {
     #[serde(borrow)]
     message: Option<ChatMessage<'a>>,
-    finish_reason: Option<String>,
+    /// Borrowed: read on every line, so not worth an allocation.
+    #[serde(borrow, default, deserialize_with = "optional_borrowed")]
+    finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
