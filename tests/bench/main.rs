@@ -39,10 +39,6 @@ use report::{ColdStart, CollectFigures, CollectLine, Measured, Table};
 /// The providers the reference library's batch module supports.
 const REFERENCE_PROVIDERS: [ProviderKind; 2] = [ProviderKind::OpenAi, ProviderKind::Anthropic];
 
-// The functions' allocator, so that the figures are those of the functions' code as it runs.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {

@@ -5,9 +5,6 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use batchline::pipeline::{env, events};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     env::init_tracing();

@@ -4,9 +4,6 @@ use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use batchline::pipeline::{env, poll};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     env::init_tracing();

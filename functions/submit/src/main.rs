@@ -3,9 +3,6 @@
 use batchline::pipeline::{env, events};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     env::init_tracing();
