@@ -32,6 +32,13 @@ pub trait Clock: Send + Sync + Debug {
         OffsetDateTime::parse(timestamp, &Rfc3339).map_or(true, |t| t + delay <= self.now())
     }
 
+    /// Whole seconds from `timestamp` to now (0 when it is unreadable or ahead).
+    fn seconds_since(&self, timestamp: &str) -> u64 {
+        OffsetDateTime::parse(timestamp, &Rfc3339).map_or(0, |t| {
+            u64::try_from((self.now() - t).whole_seconds()).unwrap_or(0)
+        })
+    }
+
     /// True when `timestamp` is not in the future (or unreadable).
     fn has_passed(&self, timestamp: &str) -> bool {
         self.has_passed_by(timestamp, Duration::ZERO)

@@ -60,6 +60,21 @@ pub enum Error {
         message: String,
     },
 
+    /// The provider kept answering HTTP 429 until the attempts ran out: a rate limit,
+    /// or an account quota (Anthropic's processing queue, Vertex AI's concurrent jobs,
+    /// the Gemini API's enqueued tokens) that frees up only as earlier batches end.
+    #[error(
+        "{provider} refused the request for a rate limit or quota after {attempts} attempt(s): {message}"
+    )]
+    QuotaExceeded {
+        /// The provider asked.
+        provider: ProviderKind,
+        /// Attempts made, the first one included.
+        attempts: u32,
+        /// The provider's last answer (scrubbed of secrets).
+        message: String,
+    },
+
     /// The provider answered 2xx with a body we could not understand.
     #[error("{provider} returned an unexpected answer: {message}")]
     Protocol {

@@ -16,6 +16,7 @@ pub mod packing;
 pub mod pipeline;
 pub mod provider;
 pub mod queue;
+pub mod quota;
 pub mod request;
 pub mod results;
 pub mod schema;

@@ -61,6 +61,10 @@ pub struct BatchStatus {
     pub ended_at: Option<String>,
     /// Provider-reported failure reason for the whole batch, if any.
     pub error: Option<String>,
+    /// The provider failed the batch for an account quota (OpenAI's
+    /// `token_limit_exceeded`), not for its requests: the same batch fits later.
+    #[serde(default)]
+    pub quota_exceeded: bool,
     /// Tags we attached at submit (job id, part index), read back from the provider.
     pub tags: std::collections::BTreeMap<String, String>,
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::context::{Context, PipelineError};
 use super::job::{self, JobRecord, JobStatus, PartOutcome, PartRecord, keys};
-use super::parts::{create_batch, reread_rows};
+use super::parts::{Start, create_part, reread_rows};
 pub use super::ready::ReadyMessage;
 use super::row::{KeptValues, parse_kept_file, write_record};
 use super::spec::{JobSpec, ResultFormat};
@@ -72,7 +72,12 @@ pub async fn collect(
         summary::finish_closing(ctx, snapshot).await?;
         return Ok(CollectOutcome::AlreadyCollected);
     }
-    let (Some(spec), Some(batch_id)) = (snapshot.record.spec.clone(), part.batch_id.clone()) else {
+    // A part given up at the job's deadline never had a batch.
+    let batch_id = match &part.deadline_passed {
+        Some(_) => Some(part.batch_id.clone().unwrap_or_default()),
+        None => part.batch_id.clone(),
+    };
+    let (Some(spec), Some(batch_id)) = (snapshot.record.spec.clone(), batch_id) else {
         return Err(unknown());
     };
     if !take_lease(ctx, message).await? {
@@ -164,12 +169,16 @@ impl CollectRun<'_> {
         // A part poll gave up on is not asked again; a status that cannot be read on
         // the last delivery is recorded: either way every request gets an error that
         // says why, and nothing stays unknown.
-        let (status, mut read_failure) = match &self.part.abandoned {
-            Some(reason) => (
+        let (status, mut read_failure) = match (&self.part.deadline_passed, &self.part.abandoned) {
+            (Some(reason), _) => (
+                self.part.last_seen_status(self.batch_id),
+                Some((error_type::EXPIRED, reason.clone())),
+            ),
+            (None, Some(reason)) => (
                 self.part.last_seen_status(self.batch_id),
                 Some((BATCH_UNREACHABLE, reason.clone())),
             ),
-            None => match provider.status(self.batch_id).await {
+            (None, None) => match provider.status(self.batch_id).await {
                 Ok(status) => (status, None),
                 Err(e) if final_attempt => {
                     tracing::error!(job = %job_id, part = index, error = %e, "status unreadable on the last delivery; recording the part as errors");
@@ -198,7 +207,9 @@ impl CollectRun<'_> {
         // packed request that was too long always (in smaller requests).
         let retry = RetryRule {
             provider: descriptor(provider_kind),
-            attempts_left: self.part.attempt < self.spec.max_attempts,
+            // Past the deadline nothing is submitted again.
+            attempts_left: self.part.attempt < self.spec.max_attempts
+                && self.part.deadline_passed.is_none(),
             request_sizes: packed.then_some(request_sizes),
         };
         let mut part_run = PartRun::new(ctx, self.record, self.part, &ids, &kept, retry)?;
@@ -391,7 +402,8 @@ impl CollectRun<'_> {
         Ok(Some(RetryPart { part: batch, kept }))
     }
 
-    /// Creates the retry part's batch (or finds the one a crashed collect created).
+    /// Creates the retry part's batch (or finds the one a crashed collect created); a
+    /// retry part the provider refuses for quota waits like any other part.
     async fn submit_retry(
         &self,
         provider: &dyn BatchProvider,
@@ -400,21 +412,21 @@ impl CollectRun<'_> {
         let (job_id, index) = (self.record.job_id.as_str(), self.part.index);
         let batch = &retry.part;
         let keeps = !self.spec.keep.is_empty();
-        let status = create_batch(
+        let created = create_part(
             self.ctx,
             provider,
             &self.spec.model.model,
             job_id,
             batch,
             keeps.then_some(&retry.kept),
-            true,
+            Start::Create { find_first: true },
         )
         .await?;
-        tracing::info!(job = %job_id, part = index, retry_part = batch.index, batch = %status.batch_id, requests = batch.custom_ids.len(), "resubmitted retryable failures");
+        tracing::info!(job = %job_id, part = index, retry_part = batch.index, batch = ?created.batch_id, requests = batch.custom_ids.len(), "resubmitted retryable failures");
         Ok(PartRecord {
             attempt: self.part.attempt + 1,
             retry_of: Some(index),
-            ..PartRecord::submitted(batch, status)
+            ..created
         })
     }
 }

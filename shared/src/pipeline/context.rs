@@ -118,6 +118,9 @@ pub struct Settings {
     /// Status calls a provider may refuse in a row (HTTP 400, 401, 403, 404) before poll
     /// gives the batch up and collect records its requests as `batch_unreachable`.
     pub max_refused_polls: u32,
+    /// The provider accounts' limits by model or provider (`QUOTA_LIMITS`); a job's
+    /// spec may complete them.
+    pub quotas: crate::quota::QuotaTable,
 }
 
 impl Default for Settings {
@@ -130,6 +133,7 @@ impl Default for Settings {
             max_object_bytes: 5 * 1024 * 1024 * 1024,
             // An hour at the template's five-minute schedule: long enough to rotate a key.
             max_refused_polls: 12,
+            quotas: crate::quota::QuotaTable::default(),
         }
     }
 }

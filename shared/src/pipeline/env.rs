@@ -76,6 +76,12 @@ pub async fn context_from_env() -> Result<Context> {
     {
         settings.poll_concurrency = n;
     }
+    if let Ok(text) = std::env::var("QUOTA_LIMITS")
+        && !text.trim().is_empty()
+    {
+        settings.quotas = crate::quota::QuotaTable::parse(&text)
+            .map_err(|reason| Error::Config(format!("QUOTA_LIMITS: {reason}")))?;
+    }
     Ok(Context {
         store: Arc::new(store),
         bucket,

@@ -40,6 +40,11 @@ pub mod keys {
     pub fn part_kept(job: &str, part: u32) -> String {
         format!("jobs/{job}/parts/{part:05}.kept")
     }
+    /// A part's batch input as the provider takes it, kept so that a part waiting for
+    /// quota (or failed by the provider for quota) can be created later.
+    pub fn part_requests(job: &str, part: u32) -> String {
+        format!("jobs/{job}/parts/{part:05}.requests")
+    }
     /// The rows skipped (`skip_succeeded`) while a part filled, written before its
     /// batch is created, so that a resumed submit makes the same decisions.
     pub fn part_skipped(job: &str, part: u32) -> String {
@@ -228,6 +233,29 @@ pub struct PartRecord {
     /// the provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abandoned: Option<String>,
+    /// Input tokens the part's batch counts against an enqueued-token quota, estimated
+    /// from its input's size ([`crate::quota::estimated_tokens`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub estimated_tokens: u64,
+    /// Set while the part waits for quota, without a batch: creating it would pass a
+    /// known limit, or the provider refused it (or failed it) for quota. Poll creates
+    /// it once earlier batches have ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<String>,
+    /// Times the part was made to wait for quota. It tags the part's next batch, so
+    /// that a batch the provider failed for quota is never taken for the new one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quota_waits: u32,
+    /// Seconds the part spent waiting for quota, over all its waits.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waited_seconds: u64,
+    /// A poll is creating the waiting part's batch until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_lease_until: Option<String>,
+    /// Set when the part still waited for quota at the job's deadline: collect records
+    /// its rows as `expired` with this reason, without a batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_passed: Option<String>,
 }
 
 impl PartRecord {
@@ -241,8 +269,42 @@ impl PartRecord {
             created_at: None,
             ended_at: None,
             error: self.batch_error.clone(),
+            quota_exceeded: false,
             tags: BTreeMap::new(),
         }
+    }
+
+    /// True once submit is done with the part: its batch exists, or it waits for quota.
+    pub fn is_submitted(&self) -> bool {
+        self.batch_id.is_some() || self.waiting_since.is_some()
+    }
+
+    /// True while the part's batch exists and has not ended, as last seen: it holds
+    /// its share of the provider's quotas.
+    pub fn is_running(&self) -> bool {
+        self.batch_id.is_some()
+            && self.collected.is_none()
+            && self.state.is_none_or(|state| !state.is_terminal())
+    }
+
+    /// What the part's batch holds at its provider while it runs.
+    pub fn load(&self) -> crate::quota::Load {
+        crate::quota::Load {
+            tokens: self.estimated_tokens,
+            requests: self.llm_requests.unwrap_or(self.requests),
+        }
+    }
+
+    /// Makes the part wait for quota from `now`, without a batch (the one the
+    /// provider failed for quota, if any, is forgotten).
+    pub fn wait_for_quota(&mut self, now: &str, reason: String) {
+        self.batch_id = None;
+        self.state = None;
+        self.raw_status = None;
+        self.enqueued_at = None;
+        self.batch_error = Some(reason);
+        self.waiting_since = Some(now.to_string());
+        self.quota_waits += 1;
     }
 }
 
@@ -258,13 +320,30 @@ impl PartRecord {
     /// A part as submit creates it: first attempt, not yet polled or collected.
     pub fn submitted(part: &crate::build::BatchPart, status: crate::status::BatchStatus) -> Self {
         Self {
-            index: part.index,
-            requests: part.custom_ids.len() as u64,
-            llm_requests: Some(part.request_rows.len() as u64),
             batch_id: Some(status.batch_id),
             state: Some(status.state),
             raw_status: Some(status.raw_status),
             batch_error: status.error,
+            ..Self::unsubmitted(part)
+        }
+    }
+
+    /// A part whose batch is not created yet: it waits for quota from `now`.
+    pub fn waiting(part: &crate::build::BatchPart, now: &str, reason: String) -> Self {
+        let mut record = Self::unsubmitted(part);
+        record.wait_for_quota(now, reason);
+        record
+    }
+
+    fn unsubmitted(part: &crate::build::BatchPart) -> Self {
+        Self {
+            index: part.index,
+            requests: part.custom_ids.len() as u64,
+            llm_requests: Some(part.request_rows.len() as u64),
+            batch_id: None,
+            state: None,
+            raw_status: None,
+            batch_error: None,
             enqueued_at: None,
             collected: None,
             split_reason: None,
@@ -274,6 +353,12 @@ impl PartRecord {
             poll_error: None,
             refused_polls: 0,
             abandoned: None,
+            estimated_tokens: crate::quota::estimated_tokens(part.body.len()),
+            waiting_since: None,
+            quota_waits: 0,
+            waited_seconds: 0,
+            create_lease_until: None,
+            deadline_passed: None,
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod submit;
 mod summary;
 pub mod template;
 mod upload;
+mod waiting;
 
 pub use collect::{CollectOutcome, collect};
 pub use context::{Context, PipelineError, ProviderSource, Settings};

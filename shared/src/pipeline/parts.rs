@@ -1,5 +1,6 @@
-//! What submit and collect share about a part: reading the uploaded object's
-//! requests (again, for a retry part) and creating the part's provider batch.
+//! What submit, poll and collect share about a part: reading the uploaded object's
+//! requests (again, for a retry part), storing the part and creating its provider
+//! batch (or recording it waiting for quota).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -8,12 +9,13 @@ use bytes::Bytes;
 use super::context::{Context, PipelineError};
 use super::csv_input::is_csv_key;
 use super::input::{InputError, InputLine, LineReader};
-use super::job::{SourceObject, keys};
+use super::job::{PartRecord, SourceObject, keys};
 use super::row::{InputRow, KeptValues, kept_file};
 use super::spec::{self, JobSpec};
 use super::upload::{UploadRows, next_line};
 use crate::build::BatchPart;
 use crate::provider::{BatchProvider, BatchTags};
+use crate::status::BatchStatus;
 use crate::storage::{PutMode, StoreError};
 
 /// The uploaded object's lines, capped in total size; the inner `Err` is a whole-file
@@ -75,44 +77,112 @@ pub(super) async fn reread_rows(
     Ok(Some(found))
 }
 
-/// Writes the part's manifest (its ids in row order) and, when the job keeps values,
-/// its `.kept` file from `kept` (every row of the part by id), then creates its batch
-/// tagged with the job and part, or with `find_first` finds the one a crashed run
-/// created.
-pub(super) async fn create_batch(
+/// How a part's batch is to be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Start {
+    /// Create it now; with `find_first`, look for the one a crashed run created
+    /// before.
+    Create {
+        /// Search the provider's batches for the part's tags first.
+        find_first: bool,
+    },
+    /// Creating it would pass a known quota: the part waits.
+    Wait,
+}
+
+/// Writes the part's manifest (its ids in row order), its `.kept` file from `kept`
+/// (every row of the part by id) when the job keeps values, and its batch input; then
+/// starts its batch as `start` says. A part the provider refuses for quota, or one
+/// told to wait, is recorded waiting (see [`PartRecord::waiting`]).
+pub(super) async fn create_part(
     ctx: &Context,
     provider: &dyn BatchProvider,
     model: &str,
     job_id: &str,
     part: &BatchPart,
     kept: Option<&HashMap<String, KeptValues>>,
-    find_first: bool,
-) -> Result<crate::status::BatchStatus, PipelineError> {
+    start: Start,
+) -> Result<PartRecord, PipelineError> {
     let index = part.index;
-    let manifest = part.manifest();
+    let files = [
+        (keys::part_manifest(job_id, index), Some(part.manifest())),
+        (
+            keys::part_kept(job_id, index),
+            kept.map(|kept| kept_file(&part.custom_ids, kept)),
+        ),
+    ];
+    for (key, bytes) in files {
+        if let Some(bytes) = bytes {
+            ctx.store
+                .put(&key, Bytes::from(bytes), PutMode::Overwrite)
+                .await?;
+        }
+    }
     ctx.store
         .put(
-            &keys::part_manifest(job_id, index),
-            Bytes::from(manifest),
+            &keys::part_requests(job_id, index),
+            part.body.clone(),
             PutMode::Overwrite,
         )
         .await?;
-    if let Some(kept) = kept {
-        ctx.store
-            .put(
-                &keys::part_kept(job_id, index),
-                Bytes::from(kept_file(&part.custom_ids, kept)),
-                PutMode::Overwrite,
-            )
-            .await?;
+    let now = ctx.clock.timestamp();
+    let Start::Create { find_first } = start else {
+        let reason = "waiting for quota: creating the batch now would pass a known limit";
+        return Ok(PartRecord::waiting(part, &now, reason.into()));
+    };
+    let batch = PartBatch {
+        job_id,
+        index,
+        quota_waits: 0,
+    };
+    match start_batch(provider, model, &batch, part.body.clone(), find_first).await {
+        Ok(status) => Ok(PartRecord::submitted(part, status)),
+        Err(e @ crate::Error::QuotaExceeded { .. }) => {
+            tracing::warn!(job = %job_id, part = index, error = %e, "the provider refused the batch for quota; the part waits");
+            Ok(PartRecord::waiting(part, &now, e.to_string()))
+        }
+        Err(e) => Err(e.into()),
     }
-    let tags: BatchTags = BTreeMap::from([
-        ("batchline_job".to_string(), job_id.to_string()),
-        ("batchline_part".to_string(), index.to_string()),
-    ]);
+}
+
+/// Which part a batch is for: its tags.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PartBatch<'a> {
+    /// The job's id.
+    pub job_id: &'a str,
+    /// The part's index.
+    pub index: u32,
+    /// Times the part waited for quota: a batch failed for quota has the tags of an
+    /// earlier wait, so that it is never found as the new one.
+    pub quota_waits: u32,
+}
+
+impl PartBatch<'_> {
+    fn tags(&self) -> BatchTags {
+        let mut tags = BTreeMap::from([
+            ("batchline_job".to_string(), self.job_id.to_string()),
+            ("batchline_part".to_string(), self.index.to_string()),
+        ]);
+        if self.quota_waits > 0 {
+            tags.insert("batchline_wait".into(), self.quota_waits.to_string());
+        }
+        tags
+    }
+}
+
+/// Creates the batch tagged with its job and part, or with `find_first` finds the one
+/// a crashed run created.
+pub(super) async fn start_batch(
+    provider: &dyn BatchProvider,
+    model: &str,
+    batch: &PartBatch<'_>,
+    body: Bytes,
+    find_first: bool,
+) -> crate::Result<BatchStatus> {
+    let tags = batch.tags();
     if find_first && let Some(found) = provider.find(&tags).await? {
-        tracing::info!(job = %job_id, part = index, batch = %found.batch_id, "found the batch a previous run created");
+        tracing::info!(job = %batch.job_id, part = batch.index, batch = %found.batch_id, "found the batch a previous run created");
         return Ok(found);
     }
-    Ok(provider.create(model, part.body.clone(), &tags).await?)
+    provider.create(model, body, &tags).await
 }

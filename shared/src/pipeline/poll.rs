@@ -10,10 +10,11 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::context::{Context, PipelineError};
-use super::job::{self, JobStatus, PartRecord, SourceObject, Versioned, keys};
+use super::job::{self, JobRecord, JobStatus, PartRecord, SourceObject, Versioned, keys};
 use super::ready::ReadyMessage;
 use super::submission::submit_object;
 use super::summary;
+use super::waiting::start_waiting_parts;
 use crate::status::BatchStatus;
 use crate::storage::StoreError;
 
@@ -27,13 +28,20 @@ pub struct PollReport {
     pub parts_checked: usize,
     /// Parts sent to the ready queue for collect.
     pub parts_queued: usize,
+    /// Parts that waited for quota and got their batch in this poll.
+    pub parts_started: usize,
+    /// Parts still waiting for quota after this poll.
+    pub parts_waiting: usize,
+    /// Parts given up because they still waited at their job's deadline.
+    pub parts_expired: usize,
     /// Jobs whose polling failed, wholly or for some part's status (they are tried
     /// again on the next tick; the job record notes each failed status call).
     pub failed_jobs: Vec<String>,
 }
 
 /// Polls every open job, `Settings::poll_concurrency` at a time: queues the parts that
-/// ended, resumes submits whose lease passed and finishes interrupted closes. A job
+/// ended, resumes submits whose lease passed and finishes interrupted closes; then
+/// starts the parts waiting for quota that fit now (`pipeline/waiting.rs`). A job
 /// that fails is listed in [`PollReport::failed_jobs`]; only a failure to list the
 /// open jobs is an error.
 pub async fn poll(ctx: &Context) -> Result<PollReport, PipelineError> {
@@ -51,6 +59,7 @@ pub async fn poll(ctx: &Context) -> Result<PollReport, PipelineError> {
     let mut results = futures::stream::iter(jobs)
         .map(|job| async move { (poll_job(ctx, &job).await, job) })
         .buffer_unordered(ctx.settings.poll_concurrency.max(1));
+    let mut records = Vec::new();
     while let Some((result, job)) = results.next().await {
         match result {
             Ok(polled) => {
@@ -59,6 +68,7 @@ pub async fn poll(ctx: &Context) -> Result<PollReport, PipelineError> {
                 if polled.status_failures > 0 {
                     report.failed_jobs.push(job);
                 }
+                records.extend(polled.record);
             }
             Err(e) => {
                 tracing::warn!(%job, error = %e, "polling the job failed; next tick retries");
@@ -66,6 +76,11 @@ pub async fn poll(ctx: &Context) -> Result<PollReport, PipelineError> {
             }
         }
     }
+    drop(results);
+    let started = start_waiting_parts(ctx, &records, &mut report.failed_jobs).await;
+    report.parts_started = started.started;
+    report.parts_waiting = started.waiting;
+    report.parts_expired = started.expired;
     Ok(report)
 }
 
@@ -76,6 +91,9 @@ struct Polled {
     queued: usize,
     /// Status calls that failed (noted in the job record, tried again next tick).
     status_failures: usize,
+    /// The job's record after this poll, unless it is closed: what its batches hold
+    /// at the provider, and its parts waiting for quota.
+    record: Option<JobRecord>,
 }
 
 async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> {
@@ -83,8 +101,12 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> 
     match snapshot.record.status {
         JobStatus::Open => {}
         JobStatus::Submitting => {
+            let record = snapshot.record.clone();
             resume_dead_submit(ctx, snapshot).await?;
-            return Ok(Polled::default());
+            return Ok(Polled {
+                record: Some(record),
+                ..Polled::default()
+            });
         }
         // Closed, but the close did not finish (summary or index entry left).
         JobStatus::Completed | JobStatus::Failed => {
@@ -109,14 +131,16 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> 
                 .as_deref()
                 .is_none_or(|at| ctx.clock.has_passed_by(at, ctx.settings.requeue_after));
         match (due, part.batch_id.as_deref()) {
-            (true, _) if part.abandoned.is_some() => abandoned.push(part.index),
+            (true, _) if part.abandoned.is_some() || part.deadline_passed.is_some() => {
+                abandoned.push(part.index)
+            }
             (true, Some(batch_id)) => seen.push((part.index, provider.status(batch_id).await)),
             _ => {}
         }
     }
     let checked = seen.len();
     let mut to_queue = Vec::new();
-    job::update(ctx.store.as_ref(), job_id, |record| {
+    let versioned = job::update(ctx.store.as_ref(), job_id, |record| {
         to_queue.clear();
         let mut changed = false;
         for index in &abandoned {
@@ -159,6 +183,18 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> 
             part.state = Some(status.state);
             part.raw_status = Some(status.raw_status.clone());
             part.batch_error = status.error.clone();
+            if status.quota_exceeded {
+                // Not a failure of its requests: the part waits and is created again.
+                tracing::warn!(job = %job_id, part = *index, error = ?status.error, "the provider failed the batch for quota; the part waits");
+                let reason = format!(
+                    "the provider failed batch {} for quota: {}",
+                    status.batch_id,
+                    status.error.as_deref().unwrap_or("no reason given")
+                );
+                part.wait_for_quota(&ctx.clock.timestamp(), reason);
+                changed = true;
+                continue;
+            }
             let still_queued = part
                 .enqueued_at
                 .as_deref()
@@ -183,6 +219,7 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> 
         checked,
         queued: to_queue.len(),
         status_failures: seen.iter().filter(|(_, status)| status.is_err()).count(),
+        record: Some(versioned.record),
     })
 }
 

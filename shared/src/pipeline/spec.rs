@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::row::{InputRow, KeptValues, RowRejection};
 use super::template::Template;
 use crate::model::ModelRef;
+use crate::quota::QuotaLimits;
 use crate::request::{
     AnswerFormat, GenerationParams, Message, OutputSchema, PromptCache, Request, Role,
 };
@@ -90,6 +91,15 @@ pub struct JobSpec {
         skip_serializing_if = "is_default_formats"
     )]
     pub formats: Vec<ResultFormat>,
+    /// The provider account's limits for this job's batches, each completing the
+    /// deployment's `QUOTA_LIMITS`: parts that would pass one wait and are created as
+    /// earlier batches end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaLimits>,
+    /// Hours from the upload after which parts still waiting for quota are given up:
+    /// their rows get `expired` errors (1 to 720, default 72).
+    #[serde(default = "default_deadline_hours")]
+    pub deadline_hours: u32,
 }
 
 /// A file format of the successes.
@@ -212,6 +222,10 @@ fn default_rows_per_request() -> usize {
     1
 }
 
+fn default_deadline_hours() -> u32 {
+    72
+}
+
 /// The bounds [`JobSpec::check`] enforces, as the README's spec table documents them.
 pub mod bounds {
     /// `max_line_bytes`: at most 64 MiB (a line is held in memory while it is read).
@@ -224,6 +238,8 @@ pub mod bounds {
     pub const MAX_TEMPERATURE: f64 = 2.0;
     /// `rows_per_request`: 1 to 100.
     pub const MAX_ROWS_PER_REQUEST: usize = 100;
+    /// `deadline_hours`: 1 hour to 30 days.
+    pub const MAX_DEADLINE_HOURS: u32 = 720;
     /// `prices`: 0 to 10,000 USD per million tokens.
     pub const MAX_PRICE_PER_MILLION: f64 = 10_000.0;
 }
@@ -296,6 +312,13 @@ impl JobSpec {
                 "max_line_bytes",
                 self.max_line_bytes.to_string(),
                 format!("1 to {} (64 MiB)", bounds::MAX_LINE_BYTES),
+            );
+        }
+        if !(1..=bounds::MAX_DEADLINE_HOURS).contains(&self.deadline_hours) {
+            return out_of_bounds(
+                "deadline_hours",
+                self.deadline_hours.to_string(),
+                format!("1 to {}", bounds::MAX_DEADLINE_HOURS),
             );
         }
         if !(1..=bounds::MAX_ATTEMPTS).contains(&self.max_attempts) {

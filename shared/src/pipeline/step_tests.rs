@@ -1245,3 +1245,190 @@ async fn jsonl_lines_carry_their_kept_fields_null_where_missing() {
     assert!(refused["error_message"].as_str().unwrap().contains("skew"));
     assert_eq!(refused["sku"], Value::Null);
 }
+
+impl Steps {
+    /// Polls, ends the running batches and collects, `ticks` times, the clock moving
+    /// ten minutes a tick; answers the most parts that had a running batch at once.
+    async fn run_ticks(&self, ticks: usize) -> usize {
+        let mut most_running = 0;
+        for _ in 0..ticks {
+            self.clock.advance(Duration::from_secs(600));
+            poll(&self.ctx).await.unwrap();
+            most_running = most_running.max(self.running_parts().await);
+            self.provider.finish_all();
+            poll(&self.ctx).await.unwrap();
+            for outcome in self.collect_queued(false).await {
+                outcome.unwrap();
+            }
+        }
+        most_running
+    }
+
+    /// Parts of every open job whose batch runs now.
+    async fn running_parts(&self) -> usize {
+        let mut running = 0;
+        for key in self.ctx.store.list(keys::OPEN).await.unwrap() {
+            let record = self.record(&key[keys::OPEN.len()..]).await;
+            running += record.parts.iter().filter(|p| p.is_running()).count();
+        }
+        running
+    }
+}
+
+#[tokio::test]
+async fn parts_past_an_open_batch_limit_wait_and_start_as_earlier_batches_end() {
+    let s = Steps::new(Settings::default());
+    let spec = json!({"max_requests_per_part": 2, "quota": {"open_batches": 2}});
+    let (job, ids) = s.start("queue-limit", 10, spec, false).await;
+    let record = s.record(&job).await;
+    assert_eq!(record.status, JobStatus::Open);
+    assert_eq!(s.provider.created(), 2, "two parts fit, three wait");
+    let waiting: Vec<u32> = record
+        .parts
+        .iter()
+        .filter(|p| p.waiting_since.is_some())
+        .map(|p| p.index)
+        .collect();
+    assert_eq!(waiting, [2, 3, 4]);
+    // A waiting part has everything it needs in the bucket but its batch.
+    for index in waiting {
+        let (_, input) = s
+            .ctx
+            .store
+            .get(&keys::part_requests(&job, index))
+            .await
+            .unwrap();
+        assert_eq!(
+            input
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count(),
+            2
+        );
+    }
+    let most_running = s.run_ticks(4).await;
+    assert!(most_running <= 2, "{most_running} batches ran at once");
+    assert_eq!(s.provider.peak_open_batches(), 2);
+    assert_eq!(s.record(&job).await.status, JobStatus::Completed);
+    let results = s.results(&job, &ids).await;
+    assert_eq!(results.successes.len(), 10);
+    assert_eq!(s.provider.created(), 5, "no batch created twice");
+    let waits = &results.summary["quota_waits"];
+    assert_eq!(waits["parts"], 3, "{}", results.summary);
+    assert_eq!(waits["given_up"], 0);
+    assert!(waits["longest_seconds"].as_u64().unwrap() >= 600, "{waits}");
+}
+
+#[tokio::test]
+async fn two_jobs_share_the_accounts_quota() {
+    let s = Steps::new(Settings {
+        quotas: crate::quota::QuotaTable::parse(r#"{"openai": {"open_batches": 1}}"#).unwrap(),
+        ..Settings::default()
+    });
+    let (first, first_ids) = s.start("first", 2, json!({}), false).await;
+    let (second, second_ids) = s.start("second", 2, json!({}), false).await;
+    assert_eq!(
+        s.provider.created(),
+        1,
+        "the second job waits for the first"
+    );
+    assert!(s.record(&second).await.parts[0].waiting_since.is_some());
+    s.run_ticks(3).await;
+    assert_eq!(s.provider.peak_open_batches(), 1);
+    for (job, ids) in [(first, first_ids), (second, second_ids)] {
+        assert_eq!(s.results(&job, &ids).await.successes.len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_create_refused_for_quota_makes_the_parts_wait_instead_of_failing() {
+    let s = Steps::new(Settings::default());
+    // No limit is known: the provider's refusal is the only signal.
+    s.provider.limit_open_batches(Some(1));
+    let (job, ids) = s
+        .start("refused", 6, json!({"max_requests_per_part": 2}), false)
+        .await;
+    let record = s.record(&job).await;
+    assert_eq!(s.provider.created(), 1);
+    assert!(
+        record.parts[1]
+            .batch_error
+            .as_deref()
+            .unwrap()
+            .contains("quota")
+    );
+    assert_eq!(
+        record
+            .parts
+            .iter()
+            .filter(|p| p.waiting_since.is_some())
+            .count(),
+        2,
+        "the part after a refusal waits without asking"
+    );
+    s.run_ticks(4).await;
+    let results = s.results(&job, &ids).await;
+    assert_eq!(results.successes.len(), 6, "{}", results.summary);
+    assert_eq!(s.provider.created(), 3);
+}
+
+#[tokio::test]
+async fn a_batch_failed_for_quota_is_created_again_and_its_rows_do_not_fail() {
+    let s = Steps::new(Settings::default());
+    s.provider.script(Fate::QuotaExceeded);
+    let (job, ids) = s.start("token-limit", 3, json!({}), false).await;
+    s.provider.finish_all();
+    poll(&s.ctx).await.unwrap();
+    let part = s.record(&job).await.parts[0].clone();
+    assert!(part.batch_id.is_some(), "created again in the same poll");
+    assert_eq!(part.quota_waits, 1);
+    assert!(
+        s.queue.drain().is_empty(),
+        "nothing to collect from the failed batch"
+    );
+    s.run_ticks(2).await;
+    let results = s.results(&job, &ids).await;
+    assert_eq!(results.successes.len(), 3, "{}", results.summary);
+    assert_eq!(s.provider.created(), 2);
+    assert_eq!(results.summary["quota_waits"]["waits"], 1);
+}
+
+#[tokio::test]
+async fn parts_still_waiting_at_the_deadline_expire_and_every_row_is_accounted_for() {
+    let s = Steps::new(Settings::default());
+    let spec = json!({"max_requests_per_part": 2, "deadline_hours": 1,
+                      "quota": {"open_batches": 1}});
+    let (job, ids) = s.start("deadline", 4, spec, false).await;
+    // The first batch runs past the deadline; the second part never gets its turn.
+    s.clock.advance(Duration::from_secs(2 * 3600));
+    let report = poll(&s.ctx).await.unwrap();
+    assert_eq!(report.parts_expired, 1);
+    for outcome in s.collect_queued(false).await {
+        outcome.unwrap();
+    }
+    s.run_ticks(1).await;
+    assert_eq!(s.provider.created(), 1);
+    let results = s.results(&job, &ids).await;
+    let types = results.error_types();
+    assert_eq!(types.len(), 2);
+    assert!(types.values().all(|t| t == "expired"), "{types:?}");
+    let message = results.by_id("doc-3")["error_message"].as_str().unwrap();
+    assert!(message.contains("deadline_hours"), "{message}");
+    assert_eq!(results.summary["quota_waits"]["given_up"], 1);
+}
+
+#[tokio::test]
+async fn an_enqueued_token_limit_sizes_the_parts_and_holds_batches_back() {
+    let s = Steps::new(Settings::default());
+    let spec = json!({"quota": {"enqueued_tokens": 600}});
+    let (job, ids) = s.start("tokens", 12, spec, false).await;
+    let record = s.record(&job).await;
+    assert!(record.parts.len() > 2, "{} parts", record.parts.len());
+    assert!(record.parts.iter().all(|p| p.estimated_tokens <= 600));
+    s.run_ticks(record.parts.len() + 1).await;
+    let results = s.results(&job, &ids).await;
+    assert_eq!(results.successes.len(), 12);
+    // At most one part's tokens fit under the limit at a time.
+    assert_eq!(s.provider.peak_open_batches(), 1);
+    assert_eq!(s.provider.created(), record.parts.len());
+}

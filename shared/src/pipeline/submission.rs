@@ -18,15 +18,17 @@ use super::input::{INVALID_INPUT, InputError, InputLine};
 use super::job::{
     self, InputRead, JobRecord, JobStatus, PartRecord, SourceObject, Versioned, keys,
 };
-use super::parts::{create_batch, open_reader};
+use super::parts::{Start, create_part, open_reader};
 use super::rerun;
 use super::row::{InputRow, KeptValues, RowRejection, write_record};
 use super::skip::{Replay, SkipCheck, Skipped};
 use super::spec::{self, JobSpec, ResultFormat, SpecHeader};
 use super::summary;
 use super::upload::{UploadRows, next_line};
+use super::waiting::{add_job, in_flight_of_open_jobs, job_limits};
 use crate::build::{BatchBuilder, BatchPart, parse_manifest};
 use crate::provider::{BatchProvider, PartLimits, descriptor};
+use crate::quota::{InFlight, Load, QuotaLimits, estimated_tokens, max_bytes_for_tokens};
 use crate::results::{Failure, ResultParser};
 use crate::storage::{ObjectMeta, ObjectWriter, PutMode, StoreError};
 use crate::table::TableLayout;
@@ -235,6 +237,15 @@ async fn submit_claimed(
             ..limits
         });
     }
+    // Every part must fit the enqueued-token quota on its own, or it would wait forever.
+    let limits = job_limits(ctx, &spec);
+    if let Some(tokens) = limits.enqueued_tokens {
+        let part_limits = builder.limits();
+        builder = builder.with_limits(PartLimits {
+            max_bytes: part_limits.max_bytes.min(max_bytes_for_tokens(tokens)),
+            ..part_limits
+        });
+    }
     let skip = match (
         spec.skip_succeeded,
         &ctx.ledger,
@@ -289,6 +300,9 @@ async fn submit_claimed(
         ids: HashSet::new(),
         waiting: HashMap::new(),
         kept: HashMap::new(),
+        limits,
+        in_flight: None,
+        quota_refused: false,
     };
     while let Some(row) = rows.next_row().await? {
         run.requests += 1;
@@ -556,6 +570,12 @@ struct SubmitRun<'a> {
     /// Kept values of the rows the builder holds, until their part's `.kept` file is
     /// written: memory stays bounded by one part.
     kept: HashMap<String, KeptValues>,
+    /// The quota limits of the job's batches.
+    limits: QuotaLimits,
+    /// What runs at the providers, counted on the first part when a limit is known.
+    in_flight: Option<InFlight>,
+    /// The provider refused a part for quota: the parts after it wait.
+    quota_refused: bool,
 }
 
 impl SubmitRun<'_> {
@@ -715,7 +735,7 @@ impl SubmitRun<'_> {
             .record
             .parts
             .iter()
-            .any(|p| p.index == index && p.batch_id.is_some());
+            .any(|p| p.index == index && p.is_submitted());
         if !done {
             self.create_part(versioned, &job_id, &part, &skipped)
                 .await?;
@@ -729,8 +749,38 @@ impl SubmitRun<'_> {
         Ok(())
     }
 
-    /// Creates the part's batch and records it in the job. With `skip_succeeded`, the
-    /// rows `skipped` while it filled are stored first, for a resumed submit to replay.
+    /// Whether the part's batch fits the job's quota limits next to the batches that
+    /// run now (every open job's, counted on first use); if it does, it is counted.
+    async fn admits(
+        &mut self,
+        record: &JobRecord,
+        part: &BatchPart,
+    ) -> Result<bool, PipelineError> {
+        if self.quota_refused {
+            return Ok(false);
+        }
+        if self.limits.is_empty() {
+            return Ok(true);
+        }
+        let in_flight = match &mut self.in_flight {
+            Some(in_flight) => in_flight,
+            None => {
+                let mut in_flight = in_flight_of_open_jobs(self.ctx, &record.job_id).await?;
+                // A resumed submit's own batches hold quota too.
+                add_job(&mut in_flight, record);
+                self.in_flight.insert(in_flight)
+            }
+        };
+        let load = Load {
+            tokens: estimated_tokens(part.body.len()),
+            requests: part.request_rows.len() as u64,
+        };
+        Ok(in_flight.admit(&self.spec.model, &self.limits, load))
+    }
+
+    /// Creates the part's batch, or lets it wait for quota, and records it in the job.
+    /// With `skip_succeeded`, the rows `skipped` while it filled are stored first, for a
+    /// resumed submit to replay.
     async fn create_part(
         &mut self,
         versioned: &mut Versioned,
@@ -752,21 +802,36 @@ impl SubmitRun<'_> {
                 .put(&key, Bytes::from(lines), PutMode::Overwrite)
                 .await?;
         }
-        let status = create_batch(
+        let start = match self.admits(&versioned.record, part).await? {
+            true => Start::Create {
+                find_first: self.resuming,
+            },
+            false => Start::Wait,
+        };
+        let created = create_part(
             self.ctx,
             self.provider.as_ref(),
             &self.spec.model.model,
             job_id,
             part,
             keeps.then_some(&self.kept),
-            self.resuming,
+            start,
         )
         .await?;
-        tracing::info!(job = %job_id, part = index, batch = %status.batch_id, requests = part.custom_ids.len(), "submitted part");
+        match &created.batch_id {
+            Some(batch) => {
+                tracing::info!(job = %job_id, part = index, %batch, requests = part.custom_ids.len(), "submitted part");
+            }
+            None => {
+                // Refused by the provider: the parts after it wait without asking.
+                self.quota_refused |= start != Start::Wait;
+                tracing::info!(job = %job_id, part = index, requests = part.custom_ids.len(), "the part waits for quota");
+            }
+        }
         versioned.record.parts.retain(|p| p.index != index);
         versioned.record.parts.push(PartRecord {
             split_reason: part.split.map(|s| s.to_string()),
-            ..PartRecord::submitted(part, status)
+            ..created
         });
         versioned.record.submit_lease_until =
             Some(self.ctx.clock.after(self.ctx.settings.submit_lease));
@@ -778,7 +843,7 @@ impl SubmitRun<'_> {
 /// their rows (from their manifests) and the rows skipped while they filled.
 async fn replay(ctx: &Context, record: &JobRecord) -> Result<Replay, PipelineError> {
     let mut replay = Replay::default();
-    for part in record.parts.iter().filter(|p| p.batch_id.is_some()) {
+    for part in record.parts.iter().filter(|p| p.is_submitted()) {
         let job = &record.job_id;
         let (_, manifest) = ctx.store.get(&keys::part_manifest(job, part.index)).await?;
         replay.sent.extend(

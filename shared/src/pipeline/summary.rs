@@ -47,6 +47,9 @@ struct Summary<'a> {
     /// succeeded + failed + skipped == requests: every request is accounted for
     /// exactly once.
     invariant_holds: bool,
+    /// How the job's parts waited for the providers' quotas; absent when none did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota_waits: Option<QuotaWaits>,
     parts: Vec<PartSummary<'a>>,
     files: Files,
     timings: Timings<'a>,
@@ -70,6 +73,44 @@ struct PartSummary<'a> {
     /// The provider's reason for failing the batch, or why poll gave it up.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    /// Seconds the part waited for quota before its batch was created (or given up).
+    #[serde(skip_serializing_if = "is_zero")]
+    waited_seconds: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Waits for quota over a job's parts.
+#[derive(Debug, Serialize)]
+struct QuotaWaits {
+    /// Parts that waited at least once.
+    parts: usize,
+    /// Times parts were held back or refused by the provider for quota.
+    waits: u64,
+    /// The longest wait of one part, in seconds (all its waits).
+    longest_seconds: u64,
+    /// All parts' waits added up, in seconds.
+    total_seconds: u64,
+    /// Parts still waiting at the job's deadline, whose rows are `expired` errors.
+    given_up: usize,
+}
+
+impl QuotaWaits {
+    fn of(parts: &[super::job::PartRecord]) -> Option<Self> {
+        let waited: Vec<_> = parts.iter().filter(|p| p.quota_waits > 0).collect();
+        (!waited.is_empty()).then(|| Self {
+            parts: waited.len(),
+            waits: waited.iter().map(|p| u64::from(p.quota_waits)).sum(),
+            longest_seconds: waited.iter().map(|p| p.waited_seconds).max().unwrap_or(0),
+            total_seconds: waited.iter().map(|p| p.waited_seconds).sum(),
+            given_up: waited
+                .iter()
+                .filter(|p| p.deadline_passed.is_some())
+                .count(),
+        })
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -207,6 +248,7 @@ pub(super) async fn close_job(
             .map(|prices| prices.cost_usd(&usage)),
         usage,
         invariant_holds: succeeded + failed + record.skipped == record.requests,
+        quota_waits: QuotaWaits::of(&record.parts),
         parts: record
             .parts
             .iter()
@@ -221,7 +263,8 @@ pub(super) async fn close_job(
                 succeeded: p.collected.as_ref().map_or(0, |c| c.succeeded),
                 failed: p.collected.as_ref().map_or(0, |c| c.failed),
                 split_reason: p.split_reason.as_deref(),
-                error: p.batch_error.as_deref(),
+                error: p.deadline_passed.as_deref().or(p.batch_error.as_deref()),
+                waited_seconds: p.waited_seconds,
             })
             .collect(),
         files,

@@ -215,7 +215,8 @@ impl HttpClient {
     ///
     /// Retries 429, 500, 502, 503, 504, 529 and connection failures (and timeouts when
     /// `resend` allows) with backoff; any other status is an [`Error::Api`] carrying the
-    /// provider's own message; running out of attempts is an [`Error::Transport`].
+    /// provider's own message; running out of attempts is an [`Error::QuotaExceeded`]
+    /// when the last answer was 429, else an [`Error::Transport`].
     pub async fn send_with_retry<F>(&self, resend: Resend, build: F) -> Result<Response>
     where
         F: Fn(&reqwest::Client) -> RequestBuilder,
@@ -243,6 +244,7 @@ impl HttpClient {
                     request.header(*name, *value)
                 })
                 .header(auth.0.clone(), auth.1.clone());
+            let mut rate_limited = false;
             let (reason, retry_after) = match request.send().await {
                 Ok(response) if response.status().is_success() => return Ok(response),
                 Ok(response) => {
@@ -256,6 +258,7 @@ impl HttpClient {
                             message,
                         });
                     }
+                    rate_limited = status == StatusCode::TOO_MANY_REQUESTS;
                     (format!("HTTP {}: {message}", status.as_u16()), retry_after)
                 }
                 Err(error) => {
@@ -270,6 +273,13 @@ impl HttpClient {
                 }
             };
             if attempt >= self.retry.max_attempts {
+                if rate_limited {
+                    return Err(Error::QuotaExceeded {
+                        provider: self.provider,
+                        attempts: attempt,
+                        message: self.scrub(&reason),
+                    });
+                }
                 return Err(self.transport(attempt, format!("giving up, last answer: {reason}")));
             }
             let delay = match retry_after {
@@ -700,6 +710,23 @@ mod tests {
                 );
             }
             other => panic!("expected Transport, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_429_to_the_last_attempt_is_a_quota_refusal() {
+        let queue_full = openai_error("the batch queue is full");
+        let (base, hits) = scripted_server(vec![(429, vec![], queue_full)]).await;
+        let err = get(&client(&base, 3), &base).await.unwrap_err();
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
+        match &err {
+            Error::QuotaExceeded {
+                attempts, message, ..
+            } => {
+                assert_eq!(*attempts, 3);
+                assert!(message.contains("queue is full"), "{message}");
+            }
+            other => panic!("expected QuotaExceeded, got {other:?}"),
         }
     }
 

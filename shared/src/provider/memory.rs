@@ -37,6 +37,9 @@ pub enum Fate {
     },
     /// The batch failed validation: no request ran, there are no results.
     FailValidation,
+    /// The batch was accepted, then failed for the account's enqueued-token quota
+    /// (OpenAI's `token_limit_exceeded`): no request ran, there are no results.
+    QuotaExceeded,
     /// The batch completes, but its results can never be downloaded.
     LoseResults,
     /// The batch completes and says so for every request, but its results file holds
@@ -76,6 +79,10 @@ struct State {
     failing_creates: u32,
     /// Creates that succeed before the failing ones begin.
     creates_before_failing: u32,
+    /// Creates are refused for quota while this many batches are running.
+    open_batch_limit: Option<usize>,
+    /// The most batches that were running at once.
+    peak_open: usize,
 }
 
 #[derive(Debug)]
@@ -126,6 +133,17 @@ impl MemoryProvider {
         let mut state = self.lock();
         state.creates_before_failing = ok;
         state.failing_creates = n;
+    }
+
+    /// Refuses creates (as a 429 to the last attempt does) while `limit` batches are
+    /// running, as Anthropic's processing queue and Vertex AI's concurrent-jobs quota do.
+    pub fn limit_open_batches(&self, limit: Option<usize>) {
+        self.lock().open_batch_limit = limit;
+    }
+
+    /// The most batches that were running at the same time.
+    pub fn peak_open_batches(&self) -> usize {
+        self.lock().peak_open
     }
 
     /// How many batches were created.
@@ -208,7 +226,7 @@ impl MemoryBatch {
                 ids.take(*ran).map(|id| (id, false)).collect()
             }
             Fate::DropLines { sent } => ids.take(*sent).map(|id| (id, false)).collect(),
-            Fate::FailValidation | Fate::LoseResults => Vec::new(),
+            Fate::FailValidation | Fate::QuotaExceeded | Fate::LoseResults => Vec::new(),
         }
     }
 
@@ -216,7 +234,7 @@ impl MemoryBatch {
         let (state, raw) = match self.fate {
             Fate::Expire { .. } => (BatchState::Expired, "expired"),
             Fate::Cancel { .. } => (BatchState::Cancelled, "cancelled"),
-            Fate::FailValidation => (BatchState::Failed, "failed"),
+            Fate::FailValidation | Fate::QuotaExceeded => (BatchState::Failed, "failed"),
             _ => (BatchState::Completed, "completed"),
         };
         let total = self.custom_ids.len() as u64;
@@ -237,8 +255,16 @@ impl MemoryBatch {
             failed: limited,
             pending: 0,
         };
-        if self.fate == Fate::FailValidation {
-            self.status.error = Some("token_limit_exceeded: Enqueued token limit reached".into());
+        match self.fate {
+            Fate::FailValidation => {
+                self.status.error = Some("invalid_request: the input file is not valid".into());
+            }
+            Fate::QuotaExceeded => {
+                self.status.error =
+                    Some("token_limit_exceeded: Enqueued token limit reached".into());
+                self.status.quota_exceeded = true;
+            }
+            _ => {}
         }
     }
 }
@@ -257,6 +283,19 @@ impl BatchProvider for MemoryProvider {
             state.failing_creates -= 1;
             return Err(Self::refused(500, "The server had an error"));
         }
+        let open = state
+            .batches
+            .iter()
+            .filter(|b| b.status.state == BatchState::Processing)
+            .count();
+        if state.open_batch_limit.is_some_and(|limit| open >= limit) {
+            return Err(Error::QuotaExceeded {
+                provider: ProviderKind::OpenAi,
+                attempts: 1,
+                message: "HTTP 429: the batch queue is full".into(),
+            });
+        }
+        state.peak_open = state.peak_open.max(open + 1);
         let requests = input
             .split(|b| *b == b'\n')
             .filter(|line| !line.is_empty())
@@ -293,6 +332,7 @@ impl BatchProvider for MemoryProvider {
             created_at: None,
             ended_at: None,
             error: None,
+            quota_exceeded: false,
             tags: tags.clone(),
         };
         let fate = state.scripted.pop_front().unwrap_or(Fate::Complete);
@@ -333,7 +373,7 @@ impl BatchProvider for MemoryProvider {
 
     async fn results(&self, batch_id: &str) -> Result<LineStream> {
         let lines = self.find(batch_id, |batch| match batch.fate {
-            Fate::LoseResults | Fate::FailValidation => None,
+            Fate::LoseResults | Fate::FailValidation | Fate::QuotaExceeded => None,
             _ => Some(
                 batch
                     .results()

@@ -235,6 +235,7 @@ fn to_status(batch: MessageBatch) -> Result<BatchStatus> {
         created_at: batch.created_at,
         ended_at: batch.ended_at,
         error: None,
+        quota_exceeded: false,
         tags: BatchTags::new(),
     })
 }

@@ -69,6 +69,11 @@ pub struct RpcStatus {
 }
 
 impl RpcStatus {
+    /// `RESOURCE_EXHAUSTED` (code 8): a quota, not the requests, stopped the job.
+    pub fn is_quota(&self) -> bool {
+        self.code == Some(8)
+    }
+
     pub fn describe(&self) -> String {
         match (&self.message, self.code) {
             (Some(message), Some(code)) => format!("{message} (code {code})"),

@@ -279,6 +279,12 @@ fn to_status(batch: Batch) -> Result<BatchStatus> {
     .into_iter()
     .flatten()
     .max();
+    let quota_exceeded = batch.errors.as_ref().is_some_and(|errors| {
+        errors
+            .data
+            .iter()
+            .any(|e| e.code.as_deref() == Some("token_limit_exceeded"))
+    });
     let error = batch.errors.and_then(|errors| {
         let described: Vec<String> = errors.data.iter().map(describe_validation_error).collect();
         (!described.is_empty()).then(|| described.join("; "))
@@ -291,6 +297,7 @@ fn to_status(batch: Batch) -> Result<BatchStatus> {
         created_at: batch.created_at.and_then(unix_to_rfc3339),
         ended_at: ended.and_then(unix_to_rfc3339),
         error,
+        quota_exceeded,
         tags: batch.metadata.unwrap_or_default(),
     })
 }

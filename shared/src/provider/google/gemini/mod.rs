@@ -338,6 +338,7 @@ fn to_status(operation: Operation) -> Result<BatchStatus> {
         counts,
         created_at: metadata.create_time,
         ended_at: metadata.end_time,
+        quota_exceeded: operation.error.as_ref().is_some_and(|e| e.is_quota()),
         error: operation.error.map(|e| e.describe()),
         tags: metadata
             .display_name

@@ -458,6 +458,7 @@ fn to_status(job: Job) -> Result<BatchStatus> {
         counts,
         created_at: job.create_time,
         ended_at: job.end_time,
+        quota_exceeded: job.error.as_ref().is_some_and(|e| e.is_quota()),
         error: job.error.map(|e| e.describe()),
         tags: job.labels,
     })
