@@ -608,6 +608,7 @@ fn plan_errors(content: &[u8], limits: &InputLimits) -> Vec<(&'static str, Optio
         BatchFate::Complete,
         &frozen_shared(),
         "batch_test",
+        |_, _| Ok(()),
     )
     .err()
     .unwrap_or_default()
@@ -671,6 +672,7 @@ fn input_files_are_validated_line_by_line() {
         BatchFate::Complete,
         &frozen_shared(),
         "batch_test",
+        |_, _| Ok(()),
     )
     .unwrap();
     assert_eq!(plan.requests.len(), 3);
