@@ -264,6 +264,7 @@ async fn create_rejects_invalid_requests_as_a_whole() {
             BatchFate::Complete,
             &frozen_shared(),
             "msgbatch_test",
+            |_| Ok(()),
         )
         .unwrap_err()
         .status,
