@@ -223,6 +223,45 @@ mod tests {
         assert_eq!(report.openai, QuotaFigures::default());
     }
 
+    #[tokio::test]
+    async fn the_control_endpoint_sets_and_reports_the_quotas() {
+        use axum::http::StatusCode;
+
+        use crate::common::testing::{call, call_json, frozen_shared};
+
+        let shared = frozen_shared();
+        let router = crate::app(shared.clone());
+        let json = [("content-type", "application/json")];
+        let set = r#"{"openai_enqueued_tokens": 90000, "vertex_concurrent_jobs": 4}"#;
+        let (status, _) = call(&router, "POST", "/_emulator/quotas", &json, set).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(shared.quotas.quotas().vertex_concurrent_jobs, Some(4));
+        let (status, report) = call_json(&router, "GET", "/_emulator/quotas", &[], "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            report,
+            serde_json::json!({
+                "openai": {"limit": 90000, "peak": 0, "refused": 0, "admitted": 0},
+                "anthropic": {"limit": null, "peak": 0, "refused": 0, "admitted": 0},
+                "vertex": {"limit": 4, "peak": 0, "refused": 0, "admitted": 0},
+                "gemini": {"limit": null, "peak": 0, "refused": 0, "admitted": 0},
+            })
+        );
+        // Setting replaces: what is left out has no limit any more.
+        let (status, _) = call(&router, "POST", "/_emulator/quotas", &json, "{}").await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(shared.quotas.quotas(), Quotas::default());
+        let (status, _) = call(
+            &router,
+            "POST",
+            "/_emulator/quotas",
+            &json,
+            r#"{"typo": 1}"#,
+        )
+        .await;
+        assert!(status.is_client_error());
+    }
+
     #[test]
     fn unknown_fields_are_refused() {
         assert!(serde_json::from_str::<Quotas>(r#"{"openai_tokens": 5}"#).is_err());
