@@ -17,6 +17,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheConfig, CacheState};
+use crate::quota::QuotaState;
 
 /// Emulator settings, fixed at start.
 #[derive(Debug, Clone)]
@@ -202,6 +203,8 @@ pub struct Shared {
     pub started: Instant,
     /// The prompt caches of every provider (organisation-wide, not per batch).
     pub cache: Mutex<CacheState>,
+    /// Batch quotas (`/_emulator/quotas`) and what they saw.
+    pub quotas: QuotaState,
 }
 
 impl Shared {
@@ -218,6 +221,7 @@ impl Shared {
             forced: Mutex::new(HashMap::new()),
             finish_all: Mutex::new(false),
             started: Instant::now(),
+            quotas: QuotaState::default(),
         }
     }
 

@@ -3,7 +3,8 @@
 //! OAuth token endpoint) and Gemini batch mode protocols, as strictly as the real APIs.
 //!
 //! Control endpoints under `/_emulator/` (not part of any provider API) let tests
-//! switch faults on and move batches to their end deterministically.
+//! switch faults on, move batches to their end deterministically and set the
+//! providers' batch quotas.
 
 pub mod answer;
 pub mod anthropic;
@@ -16,6 +17,7 @@ pub mod harness;
 pub mod model;
 pub mod oauth;
 pub mod openai;
+pub mod quota;
 pub mod vertex;
 pub mod workload;
 
@@ -33,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub use common::{BatchFate, Config, FaultPlan, HttpFault, Shared};
+pub use quota::{QuotaFigures, QuotaReport, Quotas};
 
 /// A running emulator. Dropping it stops the server.
 pub struct Emulator {
@@ -76,6 +79,17 @@ impl Emulator {
         *self.shared.faults.lock().unwrap() = plan;
     }
 
+    /// Replaces the batch quotas and starts their figures afresh (the same as
+    /// `POST /_emulator/quotas`).
+    pub fn set_quotas(&self, quotas: Quotas) {
+        self.shared.quotas.set(quotas);
+    }
+
+    /// What the quotas saw (the same as `GET /_emulator/quotas`).
+    pub fn quota_report(&self) -> QuotaReport {
+        self.shared.quotas.report()
+    }
+
     /// Moves every batch, existing or future, past all its lifecycle stages.
     pub fn finish_all(&self, on: bool) {
         *self.shared.finish_all.lock().unwrap() = on;
@@ -95,6 +109,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
     let control = Router::new()
         .route("/_emulator/faults", post(set_faults))
         .route("/_emulator/advance", post(advance))
+        .route("/_emulator/quotas", post(set_quotas).get(quota_report))
         .with_state(shared.clone());
     let google = Router::new()
         .merge(vertex::router(shared.clone()))
@@ -112,6 +127,17 @@ pub fn app(shared: Arc<Shared>) -> Router {
 async fn set_faults(State(shared): State<Arc<Shared>>, body: axum::Json<FaultPlan>) -> StatusCode {
     *shared.faults.lock().unwrap() = body.0;
     StatusCode::NO_CONTENT
+}
+
+/// `POST /_emulator/quotas` with a [`Quotas`] object replaces the quotas.
+async fn set_quotas(State(shared): State<Arc<Shared>>, body: axum::Json<Quotas>) -> StatusCode {
+    shared.quotas.set(body.0);
+    StatusCode::NO_CONTENT
+}
+
+/// `GET /_emulator/quotas` answers the [`QuotaReport`].
+async fn quota_report(State(shared): State<Arc<Shared>>) -> axum::Json<QuotaReport> {
+    axum::Json(shared.quotas.report())
 }
 
 /// `POST /_emulator/advance` with `{"batch_id": "…"}` ends one batch, with `{}` all.

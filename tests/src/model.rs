@@ -517,14 +517,9 @@ fn prefixes(api: Api, model: &str, segments: &[Segment], prompt: &[u32]) -> Vec<
     }
 }
 
-/// Runs one request body (OpenAI `body`, Anthropic `params`, Google `request`) sent to
-/// `model` through `api`: its answer or failure and its usage, with the prompt cache
-/// `cache` read and written. Fault markers (`[[fault:…]]`) in the messages apply.
-///
-/// An Anthropic body whose `cache_control` blocks the API would reject at create is
-/// answered as if it carried none (the emulator rejects it at create).
-pub fn run_request(api: Api, model: &str, body: &Value, cache: &mut CacheState) -> Reply {
-    let view = match api {
+/// What the model sees of a request body written for `api`.
+fn view(api: Api, body: &Value) -> View {
+    match api {
         Api::OpenAi => openai_view(body),
         Api::Anthropic => anthropic_view(body).unwrap_or_else(|_| {
             let mut plain = body.clone();
@@ -532,7 +527,25 @@ pub fn run_request(api: Api, model: &str, body: &Value, cache: &mut CacheState) 
             anthropic_view(&plain).expect("a body without cache_control is valid")
         }),
         Api::Vertex | Api::Gemini => google_view(body),
-    };
+    }
+}
+
+/// The prompt tokens a request body would report if it ran and succeeded (OpenAI
+/// `prompt_tokens`, Anthropic input plus cache tokens, Google `promptTokenCount`),
+/// without running it: what the enqueued-token quotas count.
+pub fn prompt_tokens(api: Api, body: &Value) -> u64 {
+    let segments = view(api, body).segments;
+    segments.iter().map(|s| s.tokens.len() as u64).sum::<u64>() + REPLY_OVERHEAD
+}
+
+/// Runs one request body (OpenAI `body`, Anthropic `params`, Google `request`) sent to
+/// `model` through `api`: its answer or failure and its usage, with the prompt cache
+/// `cache` read and written. Fault markers (`[[fault:…]]`) in the messages apply.
+///
+/// An Anthropic body whose `cache_control` blocks the API would reject at create is
+/// answered as if it carried none (the emulator rejects it at create).
+pub fn run_request(api: Api, model: &str, body: &Value, cache: &mut CacheState) -> Reply {
+    let view = view(api, body);
     let failed = |failure| Reply {
         outcome: Err(failure),
         usage: Usage::default(),

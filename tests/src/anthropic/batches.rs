@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::common::{BatchFate, Shared, lock, new_id, page_limit, ran_count, rfc3339};
+use crate::quota::{Demand, Quota};
 
 use super::results::{PlannedResult, ResultKind, results_url};
 use super::validation::plan_batch;
@@ -158,16 +159,25 @@ pub(super) async fn create_batch(
         .await
         .map_err(|_| too_large())?;
     let (fate, partial) = state.shared.fate_for_new_batch();
+    let _gate = state
+        .shared
+        .quotas
+        .gate(Quota::AnthropicQueueRequests)
+        .await;
     // Checking up to 256 MB of requests is CPU work: keep it off the async workers.
     let id = new_id("msgbatch_");
-    let (shared, batch_id) = (state.shared.clone(), id.clone());
-    let planned = tokio::task::spawn_blocking(move || plan_batch(&body, fate, &shared, &batch_id))
-        .await
-        .map_err(|e| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "api_error",
-            message: format!("validation task failed: {e}"),
-        })??;
+    let (anthropic, batch_id) = (state.clone(), id.clone());
+    let planned = tokio::task::spawn_blocking(move || {
+        plan_batch(&body, fate, &anthropic.shared, &batch_id, |count| {
+            admit(&anthropic, count)
+        })
+    })
+    .await
+    .map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "api_error",
+        message: format!("validation task failed: {e}"),
+    })??;
     let mut batch = MessageBatch {
         id,
         created: Instant::now(),
@@ -182,6 +192,40 @@ pub(super) async fn create_batch(
     let answer = batch.to_json(&state.shared.base_url);
     lock(&state.batches).push(batch);
     Ok(axum::Json(answer).into_response())
+}
+
+/// The processing-queue quota for a batch of `count` requests: the requests of the
+/// batches still `in_progress` plus these must stay within the limit, else 429.
+fn admit(state: &Anthropic, count: usize) -> ApiResult<()> {
+    let measure = || {
+        let mut batches = lock(&state.batches);
+        let mut in_use = 0;
+        for batch in batches.iter_mut() {
+            batch.refresh(&state.shared);
+            if batch.processing_status() == "in_progress" {
+                in_use += batch.planned.len() as u64;
+            }
+        }
+        Demand {
+            in_use,
+            amount: count as u64,
+        }
+    };
+    match state
+        .shared
+        .quotas
+        .admit(Quota::AnthropicQueueRequests, measure)
+    {
+        Ok(_) => Ok(()),
+        Err(refusal) => Err(ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "rate_limit_error",
+            message: format!(
+                "Number of batch requests in the processing queue would exceed the rate limit of {} for your organization ({} queued, {} in this batch). Please try again once some batches have ended.",
+                refusal.limit, refusal.in_use, refusal.amount
+            ),
+        }),
+    }
 }
 
 /// Finds a batch, brings it up to date and answers with `f` of it.

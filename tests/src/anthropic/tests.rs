@@ -7,10 +7,12 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
+use tower::ServiceExt;
 
 use crate::answer::answer_for;
 use crate::common::testing::{BASE_URL, STEP, call, call_json, frozen_shared, jsonl, steps_ago};
 use crate::common::{BatchFate, Config, RequestFault, Shared, lock};
+use crate::quota::Quotas;
 
 use super::batches::MAX_BODY_BYTES;
 use super::results::ResultKind;
@@ -264,6 +266,7 @@ async fn create_rejects_invalid_requests_as_a_whole() {
             BatchFate::Complete,
             &frozen_shared(),
             "msgbatch_test",
+            |_| Ok(()),
         )
         .unwrap_err()
         .status,
@@ -602,4 +605,66 @@ fn a_repeated_row_key_stays_repeated_in_the_results_line() {
     assert_eq!(line.matches("\"2\":").count(), 2, "{line}");
     let parsed: Value = serde_json::from_str(&line).expect("still one JSON line");
     assert_eq!(parsed["result"]["message"]["stop_reason"], "tool_use");
+}
+
+#[tokio::test]
+async fn a_create_past_the_processing_queue_quota_answers_429() {
+    let harness = Harness::new();
+    harness.state.shared.quotas.set(Quotas {
+        anthropic_queue_requests: Some(3),
+        ..Quotas::default()
+    });
+    let first = harness.create(requests(2)).await;
+    let request = axum::http::Request::post("/v1/messages/batches")
+        .header("x-api-key", "test-key")
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
+        .body(Body::from(json!({"requests": requests(2)}).to_string()))
+        .unwrap();
+    // With the request-id layer `router` adds around `routes`.
+    let router = harness
+        .router
+        .clone()
+        .layer(axum::middleware::from_fn_with_state(
+            axum::http::HeaderName::from_static("request-id"),
+            crate::common::add_request_id,
+        ));
+    let response = router.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().contains_key("request-id"));
+    assert!(
+        response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert!(body["error"]["message"].as_str().unwrap().contains("3"));
+    assert_eq!(lock(&harness.state.batches).len(), 1, "nothing created");
+
+    // Once the first batch has ended, a batch filling the queue exactly fits.
+    harness.force_end(&first);
+    let second = harness.create(requests(3)).await;
+    // A batch being canceled is out of the processing queue.
+    let (status, _) = harness
+        .send(
+            "POST",
+            &format!("/v1/messages/batches/{second}/cancel"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    harness.create(requests(1)).await;
+    let report = harness.state.shared.quotas.report().anthropic;
+    assert_eq!(
+        (report.limit, report.peak, report.refused, report.admitted),
+        (Some(3), 3, 1, 3)
+    );
 }

@@ -12,12 +12,15 @@ use super::{ApiError, ApiResult};
 
 pub(super) const MAX_REQUESTS: usize = 100_000;
 
-/// Checks every request of a create call and plans its result.
+/// Checks every request of a create call and plans its result. Valid requests are
+/// first put to `admit` (the processing-queue quota) by their count: its error refuses
+/// the create before any request runs.
 pub(super) fn plan_batch(
     body: &[u8],
     fate: BatchFate,
     shared: &Shared,
     batch_id: &str,
+    admit: impl FnOnce(usize) -> ApiResult<()>,
 ) -> ApiResult<Vec<PlannedResult>> {
     let body: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("The request body is not valid JSON: {e}")))?;
@@ -42,6 +45,7 @@ pub(super) fn plan_batch(
         }
         checked.push((custom_id, params));
     }
+    admit(checked.len())?;
     Ok(
         shared.run_in_results_order(batch_id, checked.len(), |index, cache| {
             let (custom_id, params) = checked[index];

@@ -12,10 +12,11 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::common::{BatchFate, lock};
-use crate::google::{GoogleError, field, json_body, page, steps, timestamp};
+use crate::google::{Code, GoogleError, field, json_body, page, steps, timestamp};
+use crate::quota::{Demand, Quota};
 
 use super::Gemini;
-use super::validation::parse_input;
+use super::validation::{input_tokens, parse_input};
 
 /// Inline requests: the whole create call is limited to 20 MB.
 pub(super) const INLINE_LIMIT_BYTES: usize = 20 * 1024 * 1024;
@@ -74,6 +75,9 @@ pub(super) struct Batch {
     update_time: String,
     end_time: Option<String>,
     pub(super) end: Option<Ended>,
+    /// Its prompt tokens, counted at create against the enqueued-token quota (0 when no
+    /// limit was set then).
+    pub(super) enqueued_tokens: u64,
 }
 
 /// How a batch ended.
@@ -135,7 +139,9 @@ pub(super) async fn model_method(
             GoogleError::invalid("* GenerateContentBatch.input_config: input_config is required")
         })?;
     let (input, request_count) = parse_input(&gemini, input_config)?;
-
+    // The batches stay locked from counting the enqueued tokens to storing this batch.
+    let mut batches = lock(&gemini.batches);
+    let enqueued_tokens = admit(&gemini, &mut batches, model_id, &input)?;
     let (fate, partial) = gemini.shared.fate_for_new_batch();
     let create_time = OffsetDateTime::now_utc();
     let batch = Batch {
@@ -155,10 +161,48 @@ pub(super) async fn model_method(
         update_time: timestamp(create_time),
         end_time: None,
         end: None,
+        enqueued_tokens,
     };
     let answer = batch.operation();
-    lock(&gemini.batches).insert(batch.id.clone(), batch);
+    batches.insert(batch.id.clone(), batch);
     Ok(Json(answer))
+}
+
+/// The enqueued-token quota of `model_id` for a batch over `input`: the prompt tokens
+/// of the batches of that model that have not ended plus its own must stay within the
+/// limit, else 429. Answers its tokens.
+fn admit(
+    gemini: &Gemini,
+    batches: &mut HashMap<String, Batch>,
+    model_id: &str,
+    input: &Input,
+) -> Result<u64, GoogleError> {
+    let measure = || {
+        let mut in_use = 0;
+        for batch in batches.values_mut().filter(|b| b.model_id == model_id) {
+            batch.refresh(gemini);
+            if !batch.is_over() {
+                in_use += batch.enqueued_tokens;
+            }
+        }
+        Demand {
+            in_use,
+            amount: input_tokens(gemini, input),
+        }
+    };
+    gemini
+        .shared
+        .quotas
+        .admit(Quota::GeminiEnqueuedTokens, measure)
+        .map_err(|refusal| {
+            GoogleError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "Enqueued token limit exceeded for models/{model_id}: the batch holds {} tokens, {} are enqueued, the limit is {}. Please try again once some running batches have ended.",
+                    refusal.amount, refusal.in_use, refusal.limit
+                ),
+            )
+        })
 }
 
 impl Batch {

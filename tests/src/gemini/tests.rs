@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::{BatchFate, lock};
-use crate::{Config, Emulator, FaultPlan};
+use crate::model::{Api, prompt_tokens};
+use crate::{Config, Emulator, FaultPlan, Quotas};
 
 use super::batches::{
     BATCH_TYPE, CANCELLED, EXPIRED, FAILED, INLINE_LIMIT_BYTES, OUTPUT_TYPE, PENDING, RUNNING,
@@ -492,4 +493,63 @@ async fn expired_batches_keep_partial_results_and_downloads_can_drop() {
         .await
         .unwrap();
     assert!(cut.bytes().await.is_err(), "the body must end early");
+}
+
+#[tokio::test]
+async fn a_batch_past_the_enqueued_token_quota_answers_429() {
+    let harness = Harness::start(Duration::from_secs(60)).await;
+    let requests: Vec<Value> = ["Ada Lovelace, 36", "Alan Turing, 41"]
+        .iter()
+        .map(|text| json!({"contents": [{"role": "user", "parts": [{"text": text}]}]}))
+        .collect();
+    let tokens: u64 = requests
+        .iter()
+        .map(|request| prompt_tokens(Api::Gemini, request))
+        .sum();
+    let limit = tokens * 3 / 2;
+    harness.emulator.set_quotas(Quotas {
+        gemini_enqueued_tokens: Some(limit),
+        ..Quotas::default()
+    });
+    let inline = json!({"requests": {"requests": requests
+        .iter()
+        .map(|request| json!({"request": request}))
+        .collect::<Vec<_>>()}});
+    let first = harness.create(inline.clone()).await;
+    let body = json!({"batch": {"displayName": "extraction", "inputConfig": inline}});
+    let path = "/v1beta/models/gemini-2.5-flash:batchGenerateContent";
+    let (status, refused) = harness
+        .call(reqwest::Method::POST, path, Some(body.clone()))
+        .await;
+    assert_eq!(status, 429);
+    assert_eq!(refused["error"]["code"], 429);
+    assert_eq!(refused["error"]["status"], "RESOURCE_EXHAUSTED");
+    let (_, list) = harness
+        .call(reqwest::Method::GET, "/v1beta/batches", None)
+        .await;
+    assert_eq!(list["operations"].as_array().unwrap().len(), 1);
+
+    // Once the first batch has ended, another fits; the count is its prompt tokens.
+    let name = first["name"].as_str().unwrap();
+    harness.force_end(name);
+    let ended = harness.get(name).await;
+    assert_eq!(ended["metadata"]["state"], SUCCEEDED);
+    let reported: u64 = ended["response"]["inlinedResponses"]["inlinedResponses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["response"]["usageMetadata"]["promptTokenCount"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(reported, tokens);
+    let (status, _) = harness.call(reqwest::Method::POST, path, Some(body)).await;
+    assert_eq!(status, 200);
+    let report = harness.emulator.quota_report().gemini;
+    assert_eq!(
+        (report.limit, report.peak, report.refused, report.admitted),
+        (Some(limit), tokens, 1, 2)
+    );
 }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use serde_json::{Map, Value};
 
 use crate::google::{GoogleError, field};
+use crate::model::{Api, prompt_tokens};
 
 use super::Gemini;
 use super::batches::{Batch, Input, Tag};
@@ -62,6 +63,25 @@ pub(super) fn parse_input(gemini: &Gemini, config: &Value) -> Result<(Input, usi
         _ => Err(GoogleError::invalid(
             "* GenerateContentBatch.input_config: exactly one of file_name and requests must be set",
         )),
+    }
+}
+
+/// The prompt tokens of the requests of a create call's input (file lines that do not
+/// parse hold none: they fail the batch when it runs).
+pub(super) fn input_tokens(gemini: &Gemini, input: &Input) -> u64 {
+    let tokens = |request: &Value| prompt_tokens(Api::Gemini, request);
+    match input {
+        Input::Inline(inline) => inline.iter().map(|(_, request)| tokens(request)).sum(),
+        Input::File(file_id) => {
+            let Ok(file) = gemini.file(file_id) else {
+                return 0;
+            };
+            file.data
+                .split(|b| *b == b'\n')
+                .filter_map(|raw| serde_json::from_slice::<Value>(raw).ok())
+                .filter_map(|line| line.get("request").map(tokens))
+                .sum()
+        }
     }
 }
 

@@ -12,12 +12,13 @@ use serde_json::{Map, Value, json};
 
 use crate::common::{BatchFate, Shared, lock, new_id, page_limit, ran_count, unix_now};
 
-use crate::model::Usage;
+use crate::model::{Api, Usage, prompt_tokens};
+use crate::quota::{Demand, Quota};
 
 use super::files::StoredFile;
 
 use super::results::{Plan, answered_line, not_run_line, store_result_file};
-use super::validation::{InputLimits, LineError, plan_batch};
+use super::validation::{InputLimits, InputLine, LineError, plan_batch};
 use super::{ApiError, ApiResult, CHAT_COMPLETIONS, OpenAi, Store};
 
 pub(super) const INPUT_LIMITS: InputLimits = InputLimits {
@@ -111,6 +112,9 @@ pub(super) struct BatchRecord {
     times: Timestamps,
     pub(super) cancel: Option<Cancel>,
     outcome: Option<Outcome>,
+    /// Its input tokens, counted at create against the enqueued-token quota (0 when
+    /// no limit was set then, or when it did not fit).
+    pub(super) enqueued_tokens: u64,
 }
 
 /// Lifecycle steps: validating until step 1, in progress until 2, finalizing until 3.
@@ -397,11 +401,24 @@ pub(super) async fn create_batch(
         ));
     }
     let (fate, partial) = state.shared.fate_for_new_batch();
+    let _gate = state.shared.quotas.gate(Quota::OpenAiEnqueuedTokens).await;
     // Parsing a file of up to 200 MB is CPU work: keep it off the async workers.
     let id = new_id("batch_");
-    let (shared, batch_id) = (state.shared.clone(), id.clone());
-    let plan = tokio::task::spawn_blocking(move || {
-        plan_batch(&content, &INPUT_LIMITS, fate, &shared, &batch_id)
+    let (openai, batch_id) = (state.clone(), id.clone());
+    let (plan, enqueued_tokens) = tokio::task::spawn_blocking(move || {
+        let mut enqueued_tokens = 0;
+        let plan = plan_batch(
+            &content,
+            &INPUT_LIMITS,
+            fate,
+            &openai.shared,
+            &batch_id,
+            |model, lines| {
+                enqueued_tokens = admit(&openai, model, lines)?;
+                Ok(())
+            },
+        );
+        (plan, enqueued_tokens)
     })
     .await
     .map_err(|e| ApiError {
@@ -423,12 +440,50 @@ pub(super) async fn create_batch(
         times: Timestamps::default(),
         cancel: None,
         outcome: None,
+        enqueued_tokens,
     };
     let mut store = lock(&state.store);
     batch.refresh(&state.shared, &mut store.files);
     let answer = batch.to_json();
     store.batches.push(batch);
     Ok(axum::Json(answer).into_response())
+}
+
+/// The enqueued-token quota for a valid input file of `model`: its tokens, or the
+/// error that fails the batch. A batch's tokens are what its requests would report as
+/// `usage.prompt_tokens`; the enqueued ones are those of the batches of the same model
+/// that have not ended (a batch that did not fit holds none).
+fn admit(state: &OpenAi, model: &str, lines: &[InputLine]) -> Result<u64, LineError> {
+    let measure = || {
+        let amount = lines
+            .iter()
+            .map(|line| prompt_tokens(Api::OpenAi, &Value::Object(line.body.clone())))
+            .sum();
+        let mut store = lock(&state.store);
+        let Store { files, batches } = &mut *store;
+        let mut in_use = 0;
+        for batch in batches.iter_mut() {
+            batch.refresh(&state.shared, files);
+            let same_model = batch.plan.as_ref().is_ok_and(|plan| plan.model == model);
+            if same_model && !batch.status.is_terminal() {
+                in_use += batch.enqueued_tokens;
+            }
+        }
+        Demand { in_use, amount }
+    };
+    state
+        .shared
+        .quotas
+        .admit(Quota::OpenAiEnqueuedTokens, measure)
+        .map_err(|refusal| {
+            LineError::whole_file(
+                "token_limit_exceeded",
+                format!(
+                    "Enqueued token limit reached for {model} in organization org-emulator. Limit: {} enqueued tokens. Please try again once some in_progress batches have been completed.",
+                    refusal.limit
+                ),
+            )
+        })
 }
 
 /// `POST /_emulator/openai/batches` (control endpoint, no key) with a results JSONL
@@ -478,6 +533,7 @@ pub(super) async fn preload_finished_batch(
             failed: 0,
             usage: Usage::default(),
         }),
+        enqueued_tokens: 0,
     };
     let answer = batch.to_json();
     store.batches.push(batch);

@@ -11,6 +11,8 @@ use serde_json::{Map, Value, json};
 use crate::answer::answer_for;
 use crate::common::testing::{call, call_json, frozen_shared, jsonl, steps_ago};
 use crate::common::{BatchFate, RequestFault, lock};
+use crate::model::{Api, prompt_tokens};
+use crate::quota::Quotas;
 
 use super::batches::{DAY_SECONDS, INPUT_LIMITS, STEP_DONE, STEP_FINALIZING, STEP_IN_PROGRESS};
 use super::validation::{
@@ -608,6 +610,7 @@ fn plan_errors(content: &[u8], limits: &InputLimits) -> Vec<(&'static str, Optio
         BatchFate::Complete,
         &frozen_shared(),
         "batch_test",
+        |_, _| Ok(()),
     )
     .err()
     .unwrap_or_default()
@@ -671,6 +674,7 @@ fn input_files_are_validated_line_by_line() {
         BatchFate::Complete,
         &frozen_shared(),
         "batch_test",
+        |_, _| Ok(()),
     )
     .unwrap();
     assert_eq!(plan.requests.len(), 3);
@@ -891,4 +895,67 @@ async fn every_answer_carries_an_x_request_id() {
     let unauthorized = send("/v1/batches", false).await.unwrap();
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
     request_id(&unauthorized);
+}
+
+#[tokio::test]
+async fn a_batch_past_the_enqueued_token_quota_is_accepted_then_fails() {
+    let harness = Harness::new();
+    let lines = [line("a", "Ada Lovelace, 36"), line("b", "Alan Turing, 41")];
+    let tokens: u64 = lines
+        .iter()
+        .map(|l| prompt_tokens(Api::OpenAi, &l["body"]))
+        .sum();
+    let limit = tokens * 3 / 2;
+    harness.state.shared.quotas.set(Quotas {
+        openai_enqueued_tokens: Some(limit),
+        ..Quotas::default()
+    });
+    let first = harness.batch_of(&lines).await;
+    // Accepted (`validating`), then failed after its validating step.
+    let second = harness.batch_of(&lines).await;
+    harness.age(&second, STEP_IN_PROGRESS);
+    let refused = harness.batch(&second).await;
+    assert_eq!(refused["status"], "failed");
+    assert!(refused["output_file_id"].is_null() && refused["error_file_id"].is_null());
+    assert_eq!(
+        refused["errors"],
+        json!({"object": "list", "data": [{
+            "code": "token_limit_exceeded",
+            "message": format!("Enqueued token limit reached for gpt-4o-mini in organization org-emulator. Limit: {limit} enqueued tokens. Please try again once some in_progress batches have been completed."),
+            "param": null,
+            "line": null,
+        }]})
+    );
+    // A batch of another model has room of its own.
+    let other = harness
+        .batch_of(&[line_for("c", "gpt-4o", "Grace Hopper, 85")])
+        .await;
+    harness.age(&other, STEP_IN_PROGRESS);
+    assert_eq!(harness.batch(&other).await["status"], "in_progress");
+
+    // The count is what the requests report as prompt tokens.
+    let (done, _, _) = harness.finished(&first).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["usage"]["input_tokens"], tokens);
+    let third = harness.batch_of(&lines).await;
+    harness.age(&third, STEP_IN_PROGRESS);
+    assert_eq!(harness.batch(&third).await["status"], "in_progress");
+    let report = harness.state.shared.quotas.report().openai;
+    assert_eq!(
+        (report.limit, report.peak, report.refused, report.admitted),
+        (Some(limit), tokens, 1, 3)
+    );
+
+    // A batch larger than the limit on its own fails too.
+    harness.state.shared.quotas.set(Quotas {
+        openai_enqueued_tokens: Some(tokens - 1),
+        ..Quotas::default()
+    });
+    let (_, _, _) = harness.finished(&third).await;
+    let alone = harness.batch_of(&lines).await;
+    harness.force_end(&alone);
+    let failed = harness.batch(&alone).await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["errors"]["data"][0]["code"], "token_limit_exceeded");
+    assert_eq!(harness.state.shared.quotas.report().openai.refused, 1);
 }

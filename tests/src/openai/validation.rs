@@ -41,7 +41,7 @@ impl LineError {
         }
     }
 
-    fn whole_file(code: &'static str, message: String) -> Self {
+    pub(super) fn whole_file(code: &'static str, message: String) -> Self {
         Self {
             code,
             message,
@@ -56,13 +56,16 @@ pub(super) struct InputLimits {
     pub(super) max_bytes: usize,
 }
 
-/// Checks the whole input file and plans every request's answer.
+/// Checks the whole input file and plans every request's answer. A valid file is
+/// first put to `admit` (the enqueued-token quota), with its model and lines: its
+/// error fails the batch before any request runs.
 pub(super) fn plan_batch(
     content: &[u8],
     limits: &InputLimits,
     fate: BatchFate,
     shared: &Shared,
     batch_id: &str,
+    admit: impl FnOnce(&str, &[InputLine]) -> Result<(), LineError>,
 ) -> Result<Plan, Vec<LineError>> {
     if content.len() > limits.max_bytes {
         return Err(vec![LineError::whole_file(
@@ -122,6 +125,7 @@ pub(super) fn plan_batch(
             ),
         )]);
     }
+    admit(&model, &valid).map_err(|error| vec![error])?;
     let requests = shared.run_in_results_order(batch_id, valid.len(), |index, cache| {
         plan_request(&valid[index], fate, cache)
     });

@@ -1,6 +1,6 @@
 //! Vertex AI batch prediction job lifecycle: the job, its states, and create, get, cancel, delete and list.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::common::{BatchFate, lock};
-use crate::google::{GoogleError, json_body, page, steps, timestamp};
+use crate::google::{Code, GoogleError, json_body, page, steps, timestamp};
+use crate::quota::{Demand, Quota};
 
 use super::validation::JobSpec;
 use super::{RUNNING_STEP, Vertex};
@@ -181,15 +182,16 @@ pub(super) async fn create_job(
     body: Bytes,
 ) -> Result<Json<Value>, GoogleError> {
     let spec = JobSpec::parse(&json_body(&body)?)?;
+    let parent = parent(&project, &location);
+    // The jobs stay locked from counting the running ones to storing this one.
+    let mut jobs = lock(&vertex.jobs);
+    admit(&vertex, &mut jobs, &parent)?;
     let (fate, partial) = vertex.shared.fate_for_new_batch();
     let number = vertex.next_number.fetch_add(1, Ordering::Relaxed);
     let create_time = OffsetDateTime::now_utc();
     let job = Job {
         number,
-        name: format!(
-            "{}/batchPredictionJobs/{number}",
-            parent(&project, &location)
-        ),
+        name: format!("{parent}/batchPredictionJobs/{number}"),
         spec,
         created: Instant::now(),
         create_time,
@@ -203,8 +205,39 @@ pub(super) async fn create_job(
         end: None,
     };
     let answer = job.to_json();
-    lock(&vertex.jobs).insert(number, job);
+    jobs.insert(number, job);
     Ok(Json(answer))
+}
+
+/// The concurrent-jobs quota of `parent` (a project's location) for one more job:
+/// jobs not in a terminal state count, one past the limit answers 429.
+fn admit(vertex: &Vertex, jobs: &mut BTreeMap<u64, Job>, parent: &str) -> Result<(), GoogleError> {
+    let prefix = format!("{parent}/");
+    let measure = || {
+        let mut in_use = 0;
+        for job in jobs
+            .values_mut()
+            .filter(|job| job.name.starts_with(&prefix))
+        {
+            job.refresh(vertex);
+            in_use += u64::from(!job.is_over());
+        }
+        Demand { in_use, amount: 1 }
+    };
+    match vertex
+        .shared
+        .quotas
+        .admit(Quota::VertexConcurrentJobs, measure)
+    {
+        Ok(_) => Ok(()),
+        Err(refusal) => Err(GoogleError::new(
+            Code::ResourceExhausted,
+            format!(
+                "Quota exceeded for aiplatform.googleapis.com/batch_prediction_jobs: the limit of {} concurrent batch prediction jobs in {parent} is reached ({} running). Please wait for a job to end or request a quota increase.",
+                refusal.limit, refusal.in_use
+            ),
+        )),
+    }
 }
 
 /// The job `{job}` under `projects/{p}/locations/{l}`, moved along its lifecycle.

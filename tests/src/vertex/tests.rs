@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::common::{BatchFate, lock};
 use crate::gcs::parse_gs_uri;
-use crate::{Config, Emulator, FaultPlan};
+use crate::{Config, Emulator, FaultPlan, Quotas};
 
 use super::batches::{CANCELLED, CANCELLING, EXPIRED, FAILED, PENDING, QUEUED, RUNNING, SUCCEEDED};
 
@@ -409,4 +409,46 @@ async fn lists_page_and_filter() {
         .call(reqwest::Method::GET, &other_project, None)
         .await;
     assert_eq!(empty, json!({}));
+}
+
+#[tokio::test]
+async fn a_job_past_the_concurrent_jobs_quota_answers_429() {
+    let harness = Harness::start(Duration::from_secs(60)).await;
+    harness.emulator.set_quotas(Quotas {
+        vertex_concurrent_jobs: Some(1),
+        ..Quotas::default()
+    });
+    harness
+        .upload("in.jsonl", input(&[input_line("r1", "2 + 2")]))
+        .await;
+    let (status, first) = harness.create(job_body("in.jsonl")).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, refused) = harness.create(job_body("in.jsonl")).await;
+    assert_eq!(status, 429);
+    assert_eq!(refused["error"]["code"], 429);
+    assert_eq!(refused["error"]["status"], "RESOURCE_EXHAUSTED");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Quota exceeded for aiplatform.googleapis.com/batch_prediction_jobs")
+            && message.contains("concurrent"),
+        "{message}"
+    );
+    let (_, list) = harness
+        .call(reqwest::Method::GET, &harness.jobs_url(), None)
+        .await;
+    assert_eq!(list["batchPredictionJobs"].as_array().unwrap().len(), 1);
+
+    // Once the first job has ended (no one needs to have looked), another fits.
+    harness.force_end(first["name"].as_str().unwrap());
+    let (status, second) = harness.create(job_body("in.jsonl")).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(
+        harness.get(first["name"].as_str().unwrap()).await["state"],
+        SUCCEEDED
+    );
+    let report = harness.emulator.quota_report().vertex;
+    assert_eq!(
+        (report.limit, report.peak, report.refused, report.admitted),
+        (Some(1), 1, 1, 2)
+    );
 }
