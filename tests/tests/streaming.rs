@@ -193,6 +193,7 @@ impl GeneratedProvider {
                 failed: 0,
                 pending: 0,
             },
+            quota_exceeded: false,
             created_at: None,
             ended_at: None,
             error: None,
