@@ -281,6 +281,18 @@ impl BatchBuilder {
         Ok(closed)
     }
 
+    /// Numbers the parts from `index` on: a submit that goes on from a checkpoint
+    /// continues the numbering of the parts before it.
+    pub fn starting_at(mut self, index: u32) -> Self {
+        self.part_index = index;
+        self
+    }
+
+    /// The index the next part will get.
+    pub fn next_part(&self) -> u32 {
+        self.part_index
+    }
+
     /// Closes the last parts (packed rows still waiting may close one more); empty
     /// when no request was added since the last split.
     pub fn finish(&mut self) -> Vec<BatchPart> {

@@ -297,6 +297,7 @@ pub fn collect_part(target: &CollectTarget<'_>) -> Result<Report, String> {
             settings: Settings::default(),
             clock: Arc::new(batchline::clock::SystemClock),
             ledger: None,
+            submit_queue: None,
         };
         let message = ReadyMessage {
             job_id: target.job_id.to_string(),

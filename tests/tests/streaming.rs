@@ -119,8 +119,13 @@ impl ObjectStore for CountingSink {
     async fn get(&self, key: &str) -> StoreResult<(ObjectMeta, Bytes)> {
         self.inner.get(key).await
     }
-    async fn get_stream(&self, key: &str, version: Option<&str>) -> StoreResult<ByteStream> {
-        self.inner.get_stream(key, version).await
+    async fn get_stream(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        from: u64,
+    ) -> StoreResult<ByteStream> {
+        self.inner.get_stream(key, version, from).await
     }
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
         self.inner.put(key, body, mode).await
@@ -265,6 +270,7 @@ fn context(store: Arc<CountingSink>, provider: Arc<GeneratedProvider>) -> Contex
         settings: Settings::default(),
         clock: Arc::new(batchline::clock::SystemClock),
         ledger: None,
+        submit_queue: None,
     }
 }
 

@@ -121,6 +121,9 @@ pub struct Settings {
     /// The provider accounts' limits by model or provider (`QUOTA_LIMITS`); a job's
     /// spec may complete them.
     pub quotas: crate::quota::QuotaTable,
+    /// How long one submit invocation reads an upload before it hands the rest to the
+    /// next one: below the function's timeout, with room to close the open part.
+    pub submit_budget: Duration,
 }
 
 impl Default for Settings {
@@ -130,10 +133,14 @@ impl Default for Settings {
             requeue_after: Duration::from_secs(30 * 60),
             submit_lease: Duration::from_secs(16 * 60),
             collect_lease: Duration::from_secs(16 * 60),
-            max_object_bytes: 5 * 1024 * 1024 * 1024,
+            // S3's own largest object: an upload of any size is read, over as many
+            // invocations as it takes.
+            max_object_bytes: 5 << 40,
             // An hour at the template's five-minute schedule: long enough to rotate a key.
             max_refused_polls: 12,
             quotas: crate::quota::QuotaTable::default(),
+            // The template's submit timeout is 15 minutes.
+            submit_budget: Duration::from_secs(12 * 60),
         }
     }
 }
@@ -156,4 +163,8 @@ pub struct Context {
     /// Rows with a success per pipeline, for `skip_succeeded` (None: not configured;
     /// a job that asks for it then fails with a reason that says so).
     pub ledger: Option<Arc<dyn SuccessLedger>>,
+    /// Where submit hands the rest of an upload to its next invocation (a message
+    /// `{"job_id"}` the submit function receives). None: poll resumes it on its
+    /// next tick instead.
+    pub submit_queue: Option<Arc<dyn Queue>>,
 }

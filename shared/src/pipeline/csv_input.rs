@@ -48,6 +48,11 @@ impl CsvRecords {
         &self.lines
     }
 
+    /// The line reader below, to move it to a checkpoint.
+    pub fn lines_mut(&mut self) -> &mut LineReader {
+        &mut self.lines
+    }
+
     /// Why the file could not be read to its end, if it could not.
     pub fn stopped_early(&self) -> Option<&str> {
         self.stopped.as_deref()

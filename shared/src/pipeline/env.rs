@@ -76,6 +76,12 @@ pub async fn context_from_env() -> Result<Context> {
     {
         settings.poll_concurrency = n;
     }
+    if let Some(seconds) = std::env::var("SUBMIT_BUDGET_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.submit_budget = std::time::Duration::from_secs(seconds);
+    }
     if let Ok(text) = std::env::var("QUOTA_LIMITS")
         && !text.trim().is_empty()
     {
@@ -88,6 +94,10 @@ pub async fn context_from_env() -> Result<Context> {
         queue,
         providers: Arc::new(EnvProviders::new(SecretReader::new(&sdk))),
         settings,
+        submit_queue: std::env::var("SUBMIT_QUEUE_URL")
+            .ok()
+            .filter(|url| !url.is_empty())
+            .map(|url| Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), url)) as _),
         clock: Arc::new(crate::clock::SystemClock),
         ledger: std::env::var("LEDGER_TABLE")
             .ok()

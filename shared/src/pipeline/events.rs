@@ -6,6 +6,8 @@ use percent_encoding::percent_decode_str;
 
 use super::collect::{ReadyMessage, collect};
 use super::context::{Context, PipelineError};
+use super::job;
+use super::submission::resume_submit;
 use super::submit::{SubmitOutcome, UploadedObject, submit};
 
 /// S3 event keys are URL-encoded with `+` for spaces.
@@ -15,12 +17,18 @@ pub fn decode_s3_key(raw: &str) -> String {
 }
 
 /// Whatever the submit function is invoked with: S3 notifications are submitted;
-/// S3's `s3:TestEvent` (sent when a notification is configured) and any other payload
-/// are ignored with a log line, since retrying them could never help.
+/// messages of the submit queue (`{"job_id"}`, an upload handed over by an earlier
+/// invocation) resume their job; S3's `s3:TestEvent` (sent when a notification is
+/// configured) and any other payload are ignored with a log line, since retrying them
+/// could never help.
 pub async fn handle_submit_payload(
     ctx: &Context,
     payload: serde_json::Value,
 ) -> Result<Vec<SubmitOutcome>, PipelineError> {
+    let from_sqs = payload["Records"][0]["eventSource"] == "aws:sqs";
+    if from_sqs && let Ok(event) = serde_json::from_value::<SqsEvent>(payload.clone()) {
+        return resume_handed_over(ctx, event).await;
+    }
     let reason = match payload.get("Event").and_then(|e| e.as_str()) {
         Some(test @ "s3:TestEvent") => format!("{test} is S3's test notification"),
         _ => match serde_json::from_value::<S3Event>(payload) {
@@ -33,6 +41,32 @@ pub async fn handle_submit_payload(
         key: String::new(),
         reason,
     }])
+}
+
+/// Resumes the job each submit-queue message names. An error fails the invocation, so
+/// that the message comes again (poll also resumes the job once its lease has passed).
+async fn resume_handed_over(
+    ctx: &Context,
+    event: SqsEvent,
+) -> Result<Vec<SubmitOutcome>, PipelineError> {
+    #[derive(serde::Deserialize)]
+    struct HandedOver {
+        job_id: String,
+    }
+    let mut outcomes = Vec::new();
+    for message in event.records {
+        let body = message.body.unwrap_or_default();
+        let Ok(HandedOver { job_id }) = serde_json::from_str(&body) else {
+            tracing::warn!(%body, "submit queue message ignored: not {{\"job_id\": …}}");
+            continue;
+        };
+        let snapshot = job::load(ctx.store.as_ref(), &job_id).await?;
+        if let Some(outcome) = resume_submit(ctx, snapshot).await? {
+            tracing::info!(?outcome, "submit");
+            outcomes.push(outcome);
+        }
+    }
+    Ok(outcomes)
 }
 
 /// Submits every object the event names. Objects of another bucket, events other than

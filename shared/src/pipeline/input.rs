@@ -97,6 +97,19 @@ enum Source {
 type Counted =
     StreamReader<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>, bytes::Bytes>;
 
+/// `stream` as buffered bytes, counting in `arrived` what comes from the store.
+fn counted(
+    stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, crate::storage::StoreError>>,
+    arrived: Arc<AtomicU64>,
+) -> BufReader<Counted> {
+    let counted = stream
+        .map_err(std::io::Error::other)
+        .inspect_ok(move |chunk| {
+            arrived.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        });
+    BufReader::with_capacity(READ_BUFFER, StreamReader::new(Box::pin(counted) as _))
+}
+
 impl Source {
     fn lines(&mut self) -> &mut (dyn AsyncBufRead + Send + Unpin) {
         match self {
@@ -161,15 +174,7 @@ impl LineReader {
         }
         let head = futures::stream::iter([Ok(bytes::Bytes::from(head))]);
         let arrived = Arc::new(AtomicU64::new(0));
-        let counter = arrived.clone();
-        let counted = head
-            .chain(stream)
-            .map_err(std::io::Error::other)
-            .inspect_ok(move |chunk| {
-                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            });
-        let raw: Counted = StreamReader::new(Box::pin(counted) as _);
-        let mut raw = BufReader::with_capacity(READ_BUFFER, raw);
+        let mut raw = counted(head.chain(stream).boxed(), arrived.clone());
         let is_gzip = raw
             .fill_buf()
             .await
@@ -202,6 +207,40 @@ impl LineReader {
             arrived,
             reached_end: false,
         })
+    }
+
+    /// Bytes of the (decompressed) file consumed so far: where the next line starts.
+    pub fn consumed(&self) -> u64 {
+        self.total
+    }
+
+    /// True for a `.gz` upload, which can only be read from its start.
+    pub fn is_compressed(&self) -> bool {
+        matches!(self.source, Source::Gzip(_))
+    }
+
+    /// Goes on reading an uncompressed file from `stream`, the object's bytes from
+    /// `offset` on, where line `line` ended (a checkpoint of an earlier reader). The
+    /// bytes before `offset` count as read.
+    pub fn resume_from(&mut self, stream: ByteStream, offset: u64, line: u64) {
+        let arrived = Arc::new(AtomicU64::new(offset));
+        self.source = Source::Plain(counted(stream.boxed(), arrived.clone()));
+        self.arrived = arrived;
+        self.number = line;
+        self.total = offset;
+        self.ended = false;
+        self.reached_end = false;
+    }
+
+    /// Reads and drops lines until line `line` is read: how a compressed file (which
+    /// cannot be entered in the middle) gets back to a checkpoint.
+    pub async fn skip_through_line(&mut self, line: u64) -> Result<(), InputError> {
+        while self.number < line {
+            if self.next_line().await?.is_none() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Caps the bytes read (after decompression): a small compressed upload cannot

@@ -70,6 +70,14 @@ pub mod keys {
     pub fn input_errors(job: &str) -> String {
         format!("results/{job}/errors/input.jsonl")
     }
+    /// The lines rejected by submit's invocation `n` (0: the first, which writes
+    /// [`input_errors`]) of an upload read over several.
+    pub fn input_errors_of(job: &str, n: u32) -> String {
+        match n {
+            0 => input_errors(job),
+            n => format!("results/{job}/errors/input-{n:04}.jsonl"),
+        }
+    }
     /// The job's summary, written when the job closes.
     pub fn summary(job: &str) -> String {
         format!("results/{job}/summary.json")
@@ -82,6 +90,14 @@ pub mod keys {
     /// (`skip_succeeded`), each with that job.
     pub fn skipped(job: &str) -> String {
         format!("results/{job}/skipped.jsonl")
+    }
+    /// The rows skipped by submit's invocation `n` (0: the first, which writes
+    /// [`skipped`]) of an upload read over several.
+    pub fn skipped_of(job: &str, n: u32) -> String {
+        match n {
+            0 => skipped(job),
+            n => format!("results/{job}/skipped-{n:04}.jsonl"),
+        }
     }
     /// The named pipeline an upload belongs to: `<name>` for `inbox/<name>/…`.
     pub fn pipeline_of(key: &str) -> Option<&str> {
@@ -416,6 +432,39 @@ pub struct JobRecord {
     /// are read from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<RerunOf>,
+    /// Where submit stopped reading the upload when it handed the rest to its next
+    /// invocation; that one goes on from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<SubmitCheckpoint>,
+    /// Times submit handed the rest of the upload to a next invocation; invocation
+    /// `n` (0: the first) writes its own input error and skipped files
+    /// ([`keys::input_errors_of`], [`keys::skipped_of`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handovers: u32,
+    /// The submit invocations that rejected lines (each wrote its input error file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_by: Vec<u32>,
+    /// The submit invocations that skipped rows (each wrote its skipped file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_by: Vec<u32>,
+}
+
+/// How far submit read an upload it handed over: every row before `offset` is in a
+/// part, in the input errors or skipped, and nothing after it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitCheckpoint {
+    /// Bytes of the (uncompressed) upload before the next unread line.
+    pub offset: u64,
+    /// The number of the last line read.
+    pub line: u64,
+    /// The index of the next part.
+    pub next_part: u32,
+    /// Request lines read before `offset`.
+    pub requests: u64,
+    /// Of those, rejected (in the input errors).
+    pub rejected: u64,
+    /// Of those, skipped (`skip_succeeded`).
+    pub skipped: u64,
 }
 
 /// The finished job a re-run job takes its failed rows from.
@@ -434,6 +483,26 @@ impl JobRecord {
         self.rerun_of
             .as_ref()
             .map_or(&self.source, |rerun| &rerun.source)
+    }
+
+    /// The input error files submit wrote, one per invocation that rejected a line.
+    pub fn input_error_files(&self) -> Vec<String> {
+        self.files_of(&self.rejected_by, self.input_errors, keys::input_errors_of)
+    }
+
+    /// The skipped-rows files submit wrote, one per invocation that skipped a row.
+    pub fn skipped_files(&self) -> Vec<String> {
+        self.files_of(&self.skipped_by, self.skipped, keys::skipped_of)
+    }
+
+    /// The files of the invocations `by`; a record from before uploads were read over
+    /// several invocations has one file when it has `rows`.
+    fn files_of(&self, by: &[u32], rows: u64, key: fn(&str, u32) -> String) -> Vec<String> {
+        match (by, rows) {
+            ([], 0) => Vec::new(),
+            ([], _) => vec![key(&self.job_id, 0)],
+            (by, _) => by.iter().map(|&n| key(&self.job_id, n)).collect(),
+        }
     }
 
     /// The named pipeline of the job's rows (the ledger's key), if they were uploaded

@@ -25,7 +25,7 @@ pub(super) async fn open_reader(
     key: &str,
     version: Option<&str>,
 ) -> Result<Result<LineReader, InputError>, PipelineError> {
-    let stream = ctx.store.get_stream(key, version).await?;
+    let stream = ctx.store.get_stream(key, version, 0).await?;
     // The header line may be as long as any line; the spec's limit applies after it.
     Ok(LineReader::open(key, stream, spec::bounds::MAX_LINE_BYTES)
         .await

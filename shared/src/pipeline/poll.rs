@@ -10,13 +10,12 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::context::{Context, PipelineError};
-use super::job::{self, JobRecord, JobStatus, PartRecord, SourceObject, Versioned, keys};
+use super::job::{self, JobRecord, JobStatus, PartRecord, Versioned, keys};
 use super::ready::ReadyMessage;
-use super::submission::submit_object;
+use super::submission::resume_submit;
 use super::summary;
 use super::waiting::start_waiting_parts;
 use crate::status::BatchStatus;
-use crate::storage::StoreError;
 
 /// What one poll saw.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -224,9 +223,8 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> 
 }
 
 /// A submit whose lease has passed died (its Lambda retries may all have come while
-/// it still held the lease): run it again from its source, which skips the parts it
-/// created. If the object changed under an unversioned key the job can never finish,
-/// so it fails with that reason.
+/// it still held the lease) or handed the rest of its upload over: the submit function
+/// resumes it from the submit queue's message, or without a queue this poll does.
 async fn resume_dead_submit(ctx: &Context, snapshot: Versioned) -> Result<(), PipelineError> {
     let record = &snapshot.record;
     if record
@@ -236,34 +234,13 @@ async fn resume_dead_submit(ctx: &Context, snapshot: Versioned) -> Result<(), Pi
     {
         return Ok(());
     }
-    tracing::warn!(job = %record.job_id, key = %record.source.key, "resuming a submit that died");
-    let source = &record.source;
-    let unchanged = match ctx
-        .store
-        .head(&source.key, source.version_id.as_deref())
-        .await
-    {
-        Ok(meta) => {
-            let now = SourceObject {
-                etag: meta.etag.clone(),
-                version_id: meta.version_id.clone(),
-                ..source.clone()
-            };
-            (now.job_id() == record.job_id).then_some(meta)
-        }
-        Err(StoreError::NotFound { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
-    match unchanged {
-        Some(meta) => {
-            submit_object(ctx, &source.key, &meta).await?;
+    match &ctx.submit_queue {
+        Some(queue) => {
+            let message = serde_json::json!({ "job_id": record.job_id }).to_string();
+            queue.send(message).await?;
         }
         None => {
-            let reason = format!(
-                "{}: the object changed or disappeared before its submission finished; upload it again",
-                source.key
-            );
-            summary::fail_job(ctx, snapshot, reason).await?;
+            resume_submit(ctx, snapshot).await?;
         }
     }
     Ok(())

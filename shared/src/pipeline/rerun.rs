@@ -85,10 +85,7 @@ pub(super) async fn load(
             earlier.failure.as_deref().unwrap_or("no reason recorded")
         )));
     };
-    let mut error_files = Vec::new();
-    if earlier.input_errors > 0 {
-        error_files.push(keys::input_errors(job_id));
-    }
+    let mut error_files = earlier.input_error_files();
     for part in &earlier.parts {
         if part.collected.as_ref().is_some_and(|c| c.failed > 0) {
             error_files.push(keys::errors(job_id, part.index));
@@ -96,7 +93,7 @@ pub(super) async fn load(
     }
     let mut failed = HashSet::new();
     for key in &error_files {
-        read_failed_ids(ctx, key, &mut failed).await?;
+        read_ids(ctx, key, &mut failed).await?;
     }
     if failed.is_empty() {
         return Ok(Err(format!("job {job_id} has no failed rows")));
@@ -147,7 +144,8 @@ pub(super) async fn open_rows(
 }
 
 /// Adds the `custom_id` of every record in the error file `key` to `ids`, streaming it.
-async fn read_failed_ids(
+/// Adds the `custom_id` of every line of the result file `key` (errors, skipped rows).
+pub(super) async fn read_ids(
     ctx: &Context,
     key: &str,
     ids: &mut HashSet<String>,
@@ -156,7 +154,7 @@ async fn read_failed_ids(
     struct Id {
         custom_id: String,
     }
-    let stream = ctx.store.get_stream(key, None).await?;
+    let stream = ctx.store.get_stream(key, None, 0).await?;
     let mut reader = LineReader::open(key, stream, bounds::MAX_LINE_BYTES)
         .await
         .map_err(|e| corrupt(key, e.to_string()))?;

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -16,7 +17,8 @@ use super::context::{Context, PipelineError};
 use super::csv_input::is_csv_key;
 use super::input::{INVALID_INPUT, InputError, InputLine};
 use super::job::{
-    self, InputRead, JobRecord, JobStatus, PartRecord, SourceObject, Versioned, keys,
+    self, InputRead, JobRecord, JobStatus, PartRecord, SourceObject, SubmitCheckpoint, Versioned,
+    keys,
 };
 use super::parts::{Start, create_part, open_reader};
 use super::rerun;
@@ -66,6 +68,17 @@ pub enum SubmitOutcome {
         /// The problem (also the job record's `failure`).
         reason: String,
     },
+    /// The invocation's time ran out: every row read so far is in a part, and the
+    /// rest of the upload is handed to the next invocation (see
+    /// [`JobRecord::checkpoint`]).
+    HandedOver {
+        /// The job's id.
+        job_id: String,
+        /// Parts created so far.
+        parts: usize,
+        /// Lines of the upload read so far.
+        lines_read: u64,
+    },
     /// Not a job: outside `inbox/`, or gone.
     Ignored {
         /// The object's key.
@@ -98,6 +111,49 @@ pub async fn submit_object(
         release_lease(ctx, &job_id, e).await;
     }
     outcome
+}
+
+/// Resumes the submit of `snapshot`'s job, whose lease has passed (it died, or handed
+/// the rest of its upload over): runs it again from its source, which skips the parts
+/// it created and goes on from its checkpoint. If the object changed under an
+/// unversioned key the job can never finish, so it fails with that reason. `None`
+/// for a job past submission.
+pub async fn resume_submit(
+    ctx: &Context,
+    snapshot: Versioned,
+) -> Result<Option<SubmitOutcome>, PipelineError> {
+    let record = &snapshot.record;
+    if record.status != JobStatus::Submitting {
+        return Ok(None);
+    }
+    tracing::info!(job = %record.job_id, key = %record.source.key, checkpoint = ?record.checkpoint, "resuming a submit");
+    let source = &record.source;
+    let unchanged = match ctx
+        .store
+        .head(&source.key, source.version_id.as_deref())
+        .await
+    {
+        Ok(meta) => {
+            let now = SourceObject {
+                etag: meta.etag.clone(),
+                version_id: meta.version_id.clone(),
+                ..source.clone()
+            };
+            (now.job_id() == record.job_id).then_some(meta)
+        }
+        Err(StoreError::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    match unchanged {
+        Some(meta) => Ok(Some(submit_object(ctx, &source.key.clone(), &meta).await?)),
+        None => {
+            let reason = format!(
+                "{}: the object changed or disappeared before its submission finished; upload it again",
+                source.key
+            );
+            Ok(Some(fail(ctx, snapshot, reason).await?))
+        }
+    }
 }
 
 /// Gives a failed submit's lease back, so that Lambda's own retry of the event (a
@@ -282,6 +338,20 @@ async fn submit_claimed(
         Ok(rows) => rows,
         Err(reason) => return fail(ctx, versioned, reason).await,
     };
+    // An earlier invocation handed the rest of the upload over: go on from there.
+    let checkpoint = versioned.record.checkpoint;
+    if let Some(at) = checkpoint {
+        let version = rows_meta.version_id.clone();
+        let reopen = async move {
+            Ok(ctx
+                .store
+                .get_stream(key, version.as_deref(), at.offset)
+                .await?)
+        };
+        rows.resume(at.offset, at.line, reopen).await?;
+        builder = builder.starting_at(at.next_part);
+    }
+    let invocation = versioned.record.handovers;
 
     let mut run = SubmitRun {
         ctx,
@@ -289,11 +359,18 @@ async fn submit_claimed(
         spec: &spec,
         provider,
         resuming,
-        rejected: ObjectWriter::new(ctx.store.as_ref(), keys::input_errors(&job_id)),
+        rejected: ObjectWriter::new(
+            ctx.store.as_ref(),
+            keys::input_errors_of(&job_id, invocation),
+        ),
         rejected_lines: 0,
+        rejected_here: 0,
         skip,
-        skipped: ObjectWriter::new(ctx.store.as_ref(), keys::skipped(&job_id)),
+        skipped: ObjectWriter::new(ctx.store.as_ref(), keys::skipped_of(&job_id, invocation)),
         skipped_rows: 0,
+        skipped_here: 0,
+        started: Instant::now(),
+        rows_here: 0,
         skipped_since_part: Vec::new(),
         only,
         requests: 0,
@@ -304,6 +381,12 @@ async fn submit_claimed(
         in_flight: None,
         quota_refused: false,
     };
+    if let Some(at) = checkpoint {
+        run.requests = at.requests;
+        run.rejected_lines = at.rejected;
+        run.skipped_rows = at.skipped;
+        run.ids = ids_before(ctx, &versioned.record, at.next_part).await?;
+    }
     while let Some(row) = rows.next_row().await? {
         run.requests += 1;
         match row {
@@ -326,6 +409,10 @@ async fn submit_claimed(
             }
         }
         run.write_late_rejections(&mut builder).await?;
+        run.rows_here += 1;
+        if run.out_of_time() {
+            return hand_over(run, &mut builder, &mut versioned, &rows).await;
+        }
     }
     run.release_held(&mut builder, &mut versioned).await?;
     for part in builder.finish() {
@@ -334,13 +421,9 @@ async fn submit_claimed(
     run.write_late_rejections(&mut builder).await?;
 
     let (requests, rejected_lines) = (run.requests, run.rejected_lines);
-    if rejected_lines > 0 {
-        run.rejected.finish().await?;
-    }
     versioned.record.skipped = run.skipped_rows;
-    if run.skipped_rows > 0 {
-        run.skipped.finish().await?;
-    }
+    run.close_files(&mut versioned.record).await?;
+    versioned.record.checkpoint = None;
     let extent = rows.lines().extent();
     let input = InputRead {
         object_bytes: rows_meta.size,
@@ -422,6 +505,10 @@ async fn claim(
         last_error: None,
         skipped: 0,
         rerun_of: None,
+        checkpoint: None,
+        handovers: 0,
+        rejected_by: Vec::new(),
+        skipped_by: Vec::new(),
     };
     if let Some(created) = job::create(ctx.store.as_ref(), record).await? {
         return Ok(Some((created, false)));
@@ -550,12 +637,25 @@ struct SubmitRun<'a> {
     provider: Arc<dyn BatchProvider>,
     /// A previous run died: batches it created may exist without being recorded.
     resuming: bool,
+    /// This invocation's input errors.
     rejected: ObjectWriter<'a>,
+    /// Lines rejected, over every invocation of the job's submit.
     rejected_lines: u64,
+    /// Lines rejected by this invocation (in `rejected`).
+    rejected_here: u64,
     /// Rows waiting for their ledger lookup (`skip_succeeded`).
     skip: Option<SkipCheck<InputRow>>,
+    /// This invocation's skipped rows.
     skipped: ObjectWriter<'a>,
+    /// Rows skipped, over every invocation of the job's submit.
     skipped_rows: u64,
+    /// Rows skipped by this invocation (in `skipped`).
+    skipped_here: u64,
+    /// When this invocation began, for its time budget.
+    started: Instant,
+    /// Rows this invocation read: it hands over only after some, so it always
+    /// gets somewhere.
+    rows_here: u64,
     /// Rows skipped since the last part was written: they go with the next part.
     skipped_since_part: Vec<Skipped>,
     /// For a re-run: the ids of the rows the job has (the earlier job's failed ones).
@@ -579,6 +679,26 @@ struct SubmitRun<'a> {
 }
 
 impl SubmitRun<'_> {
+    /// True once the invocation used its time budget (and read at least one row).
+    fn out_of_time(&self) -> bool {
+        self.rows_here > 0 && self.started.elapsed() >= self.ctx.settings.submit_budget
+    }
+
+    /// Completes this invocation's input error and skipped files, and lists them in
+    /// the record; an invocation without such rows writes none.
+    async fn close_files(self, record: &mut JobRecord) -> Result<(), PipelineError> {
+        let invocation = record.handovers;
+        if self.rejected_here > 0 {
+            self.rejected.finish().await?;
+            record.rejected_by.push(invocation);
+        }
+        if self.skipped_here > 0 {
+            self.skipped.finish().await?;
+            record.skipped_by.push(invocation);
+        }
+        Ok(())
+    }
+
     /// Reports a rejected row under its id, or under its line's id when an earlier
     /// row took that id; a re-run job drops the rows it does not have.
     async fn reject(&mut self, mut rejection: RowRejection) -> Result<(), PipelineError> {
@@ -633,6 +753,7 @@ impl SubmitRun<'_> {
         let (send, skipped) = skip.release().await?;
         for row in skipped {
             self.skipped_rows += 1;
+            self.skipped_here += 1;
             let mut bytes = serde_json::to_vec(&row)?;
             bytes.push(b'\n');
             self.skipped.write(&bytes).await?;
@@ -673,6 +794,7 @@ impl SubmitRun<'_> {
     /// Writes the rejection under its `custom_id`, which the row has claimed.
     async fn write_rejection(&mut self, rejection: RowRejection) -> Result<(), PipelineError> {
         self.rejected_lines += 1;
+        self.rejected_here += 1;
         let RowRejection {
             custom_id,
             line,
@@ -837,6 +959,81 @@ impl SubmitRun<'_> {
             Some(self.ctx.clock.after(self.ctx.settings.submit_lease));
         job::save(self.ctx.store.as_ref(), versioned).await
     }
+}
+
+/// The invocation's time is up: closes the open part, so that every row read so far
+/// is in a part, in the input errors or skipped, records where reading stopped and
+/// hands the rest of the upload to the next invocation (through the submit queue, or
+/// poll's next tick).
+async fn hand_over(
+    mut run: SubmitRun<'_>,
+    builder: &mut BatchBuilder,
+    versioned: &mut Versioned,
+    rows: &UploadRows<'_>,
+) -> Result<SubmitOutcome, PipelineError> {
+    let ctx = run.ctx;
+    run.release_held(builder, versioned).await?;
+    for part in builder.finish() {
+        run.submit_part(versioned, part).await?;
+    }
+    run.write_late_rejections(builder).await?;
+    let checkpoint = SubmitCheckpoint {
+        offset: rows.lines().consumed(),
+        line: rows.lines().lines_read(),
+        next_part: builder.next_part(),
+        requests: run.requests,
+        rejected: run.rejected_lines,
+        skipped: run.skipped_rows,
+    };
+    run.close_files(&mut versioned.record).await?;
+    let record = &mut versioned.record;
+    record.checkpoint = Some(checkpoint);
+    record.handovers += 1;
+    // Released, so that the next invocation can take the job at once.
+    record.submit_lease_until = None;
+    let (job_id, parts) = (record.job_id.clone(), record.parts.len());
+    job::save(ctx.store.as_ref(), versioned).await?;
+    tracing::info!(job = %job_id, line = checkpoint.line, parts, "time budget used: the rest of the upload goes to the next invocation");
+    if let Some(queue) = &ctx.submit_queue {
+        queue
+            .send(serde_json::json!({ "job_id": job_id }).to_string())
+            .await?;
+    }
+    Ok(SubmitOutcome::HandedOver {
+        job_id,
+        parts,
+        lines_read: checkpoint.line,
+    })
+}
+
+/// The ids the rows before a checkpoint took (every one of them, so that a repeated id
+/// after it is still caught): the manifests of the parts before `next_part`, and the
+/// earlier invocations' input errors and skipped rows.
+async fn ids_before(
+    ctx: &Context,
+    record: &JobRecord,
+    next_part: u32,
+) -> Result<HashSet<String>, PipelineError> {
+    let mut ids = HashSet::new();
+    for part in record.parts.iter().filter(|p| p.index < next_part) {
+        let (_, manifest) = ctx
+            .store
+            .get(&keys::part_manifest(&record.job_id, part.index))
+            .await?;
+        ids.extend(
+            parse_manifest(&String::from_utf8_lossy(&manifest))
+                .into_iter()
+                .flatten(),
+        );
+    }
+    for key in record
+        .input_error_files()
+        .iter()
+        .chain(&record.skipped_files())
+    {
+        rerun::read_ids(ctx, key, &mut ids).await?;
+    }
+    Ok(ids)
 }
 
 /// The skip decisions of the run that died, for the parts it created a batch for:

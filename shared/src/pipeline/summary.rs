@@ -117,8 +117,8 @@ impl QuotaWaits {
 struct Files {
     successes: Vec<String>,
     errors: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    skipped: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -180,12 +180,9 @@ pub(super) async fn close_job(
     }
     let mut files = Files {
         successes: Vec::new(),
-        errors: Vec::new(),
-        skipped: (record.skipped > 0).then(|| keys::skipped(&record.job_id)),
+        errors: record.input_error_files(),
+        skipped: record.skipped_files(),
     };
-    if record.input_errors > 0 {
-        files.errors.push(keys::input_errors(&record.job_id));
-    }
     for part in &record.parts {
         let Some(outcome) = &part.collected else {
             continue;

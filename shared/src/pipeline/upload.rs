@@ -130,6 +130,39 @@ impl<'a> UploadRows<'a> {
         }
     }
 
+    /// Goes on from a checkpoint: line `line` ended `offset` bytes into the file. An
+    /// uncompressed file is read on from `reopen` (the object from `offset`); a
+    /// compressed one is decompressed again up to there (it cannot be entered in the
+    /// middle) and `reopen` is not used.
+    pub async fn resume<F>(
+        &mut self,
+        offset: u64,
+        line: u64,
+        reopen: F,
+    ) -> Result<(), PipelineError>
+    where
+        F: std::future::Future<Output = Result<crate::storage::ByteStream, PipelineError>>,
+    {
+        let key = self.key;
+        let lines = match &mut self.source {
+            Source::Jsonl { lines, pending, .. } => {
+                *pending = None;
+                lines
+            }
+            Source::Csv { records, .. } => records.lines_mut(),
+        };
+        match lines.is_compressed() {
+            true => lines
+                .skip_through_line(line)
+                .await
+                .map_err(|e| read_error(key, e)),
+            false => {
+                lines.resume_from(reopen.await?, offset, line);
+                Ok(())
+            }
+        }
+    }
+
     /// The line reader below (for the extent read and the last line number).
     pub fn lines(&self) -> &LineReader {
         match &self.source {

@@ -70,8 +70,14 @@ impl ObjectStore for MemoryStore {
         Ok((meta, body))
     }
 
-    async fn get_stream(&self, key: &str, _version: Option<&str>) -> StoreResult<ByteStream> {
+    async fn get_stream(
+        &self,
+        key: &str,
+        _version: Option<&str>,
+        from: u64,
+    ) -> StoreResult<ByteStream> {
         let (body, _) = self.lookup(key)?;
+        let body = body.slice(usize::try_from(from).unwrap_or(usize::MAX).min(body.len())..);
         // Small chunks so that readers meet chunk boundaries inside lines.
         let chunks: Vec<StoreResult<Bytes>> =
             body.chunks(4096).map(|c| Ok(body.slice_ref(c))).collect();

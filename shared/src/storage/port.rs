@@ -71,8 +71,13 @@ pub trait ObjectStore: Send + Sync + Debug {
     async fn head(&self, key: &str, version: Option<&str>) -> StoreResult<ObjectMeta>;
     /// Whole body of a small object (records, manifests, specs).
     async fn get(&self, key: &str) -> StoreResult<(ObjectMeta, Bytes)>;
-    /// Streamed body, pinned to `version` where given.
-    async fn get_stream(&self, key: &str, version: Option<&str>) -> StoreResult<ByteStream>;
+    /// Streamed body from byte `from` on (0: all of it), pinned to `version` where given.
+    async fn get_stream(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        from: u64,
+    ) -> StoreResult<ByteStream>;
     /// Returns the new entity tag.
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String>;
     /// Removes the object; removing a missing one is not an error.

@@ -129,13 +129,19 @@ impl ObjectStore for S3Store {
         Ok((meta, body.into_bytes()))
     }
 
-    async fn get_stream(&self, key: &str, version: Option<&str>) -> StoreResult<ByteStream> {
+    async fn get_stream(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        from: u64,
+    ) -> StoreResult<ByteStream> {
         let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .set_version_id(version.map(str::to_string))
+            .set_range((from > 0).then(|| format!("bytes={from}-")))
             .send()
             .await
             .map_err(|e| classify("get", key, e))?;

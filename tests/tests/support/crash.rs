@@ -211,9 +211,19 @@ impl ObjectStore for CrashStore {
     async fn get(&self, key: &str) -> StoreResult<(ObjectMeta, Bytes)> {
         self.guard(Op::Get, "get", key, self.inner.get(key)).await
     }
-    async fn get_stream(&self, key: &str, version: Option<&str>) -> StoreResult<ByteStream> {
-        self.guard(Op::Get, "get", key, self.inner.get_stream(key, version))
-            .await
+    async fn get_stream(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        from: u64,
+    ) -> StoreResult<ByteStream> {
+        self.guard(
+            Op::Get,
+            "get",
+            key,
+            self.inner.get_stream(key, version, from),
+        )
+        .await
     }
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
         self.guard(Op::Put, "put", key, self.inner.put(key, body, mode))

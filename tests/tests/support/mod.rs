@@ -114,6 +114,7 @@ impl Harness {
             providers: Arc::new(EmulatorProviders::new(emulator.base_url())),
             settings: Settings::default(),
             clock: Arc::new(batchline::clock::SystemClock),
+            submit_queue: None,
             ledger: Some(Arc::new(DynamoLedger::new(
                 create_ledger_table(&sdk).await,
                 LEDGER_TABLE,
@@ -291,7 +292,7 @@ impl Harness {
         {
             if key.ends_with(".jsonl") {
                 let lines = self.get_json_lines(&key).await;
-                if key == keys::skipped(job) {
+                if key.starts_with(&format!("results/{job}/skipped")) {
                     results.skipped.extend(lines);
                 } else if key.contains("/successes/") {
                     results.successes.extend(lines);
