@@ -143,8 +143,9 @@ pub struct BatchBuilder {
     packer: Option<Packer>,
     limits: PartLimits,
     framing: Framing,
-    /// Every id accepted so far in the job, across parts.
-    seen_ids: HashSet<String>,
+    /// Every id accepted so far in the job, across parts; `None` when the caller
+    /// checks ids itself ([`BatchBuilder::trusting_ids`]).
+    seen_ids: Option<HashSet<String>>,
     /// The open part: framing prefix and the requests so far (no suffix yet).
     body: Vec<u8>,
     custom_ids: Vec<String>,
@@ -200,7 +201,7 @@ impl BatchBuilder {
             packer: None,
             limits,
             framing,
-            seen_ids: HashSet::new(),
+            seen_ids: Some(HashSet::new()),
             body: framing.prefix.to_vec(),
             custom_ids: Vec::new(),
             request_rows: Vec::new(),
@@ -236,7 +237,7 @@ impl BatchBuilder {
         self.check_new_id(request)?;
         let Some(packer) = &mut self.packer else {
             let closed = self.add_request(None, request, &[])?;
-            self.seen_ids.insert(request.custom_id.clone());
+            self.remember(&request.custom_id);
             return Ok(closed);
         };
         check_packable(request).map_err(|reason| Error::InvalidRequest {
@@ -254,7 +255,7 @@ impl BatchBuilder {
         let packer = self.packer.as_mut().expect("packing builder");
         packer.pending_bytes += text_bytes;
         packer.pending.push(request.clone());
-        self.seen_ids.insert(request.custom_id.clone());
+        self.remember(&request.custom_id);
         Ok(closed)
     }
 
@@ -276,8 +277,9 @@ impl BatchBuilder {
         let packer = self.packer.as_mut().expect("packing builder");
         packer.pending = rows.to_vec();
         closed.extend(self.flush_pending());
-        self.seen_ids
-            .extend(rows.iter().map(|row| row.custom_id.clone()));
+        for row in rows {
+            self.remember(&row.custom_id);
+        }
         Ok(closed)
     }
 
@@ -301,9 +303,27 @@ impl BatchBuilder {
         parts
     }
 
+    /// Leaves the check of repeated ids to the caller, which has checked every id
+    /// before it pushes the row (submit does, over all of an upload's rows): the
+    /// builder then holds no id beyond its open part.
+    pub fn trusting_ids(mut self) -> Self {
+        self.seen_ids = None;
+        self
+    }
+
+    fn remember(&mut self, id: &str) {
+        if let Some(seen) = &mut self.seen_ids {
+            seen.insert(id.to_string());
+        }
+    }
+
     /// Refuses a row whose id an earlier row of the job has.
     fn check_new_id(&self, row: &Request) -> Result<()> {
-        if !self.seen_ids.contains(&row.custom_id) {
+        if !self
+            .seen_ids
+            .as_ref()
+            .is_some_and(|seen| seen.contains(&row.custom_id))
+        {
             return Ok(());
         }
         Err(Error::InvalidRequest {

@@ -121,6 +121,10 @@ pub struct Settings {
     /// The provider accounts' limits by model or provider (`QUOTA_LIMITS`); a job's
     /// spec may complete them.
     pub quotas: crate::quota::QuotaTable,
+    /// The largest part submit builds, below the provider's own limit (Vertex AI takes
+    /// 1 GB, the Gemini API 2 GB): a part is held in memory while it is built and sent,
+    /// so this bounds submit's memory.
+    pub max_part_bytes: usize,
     /// How long one submit invocation reads an upload before it hands the rest to the
     /// next one: below the function's timeout, with room to close the open part.
     pub submit_budget: Duration,
@@ -139,6 +143,7 @@ impl Default for Settings {
             // An hour at the template's five-minute schedule: long enough to rotate a key.
             max_refused_polls: 12,
             quotas: crate::quota::QuotaTable::default(),
+            max_part_bytes: 100_000_000,
             // The template's submit timeout is 15 minutes.
             submit_budget: Duration::from_secs(12 * 60),
         }

@@ -76,6 +76,12 @@ pub async fn context_from_env() -> Result<Context> {
     {
         settings.poll_concurrency = n;
     }
+    if let Some(bytes) = std::env::var("MAX_PART_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.max_part_bytes = bytes;
+    }
     if let Some(seconds) = std::env::var("SUBMIT_BUDGET_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())

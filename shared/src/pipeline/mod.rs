@@ -10,6 +10,7 @@ mod csv_input;
 pub mod env;
 #[cfg(feature = "aws")]
 pub mod events;
+mod id_set;
 pub mod input;
 pub mod job;
 mod parts;

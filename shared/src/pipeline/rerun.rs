@@ -148,7 +148,7 @@ pub(super) async fn open_rows(
 pub(super) async fn read_ids(
     ctx: &Context,
     key: &str,
-    ids: &mut HashSet<String>,
+    ids: &mut impl Extend<String>,
 ) -> Result<(), PipelineError> {
     #[derive(Deserialize)]
     struct Id {
@@ -163,7 +163,7 @@ pub(super) async fn read_ids(
             return Err(corrupt(key, "a line is unreadable or too long".into()));
         };
         let id: Id = serde_json::from_slice(&bytes).map_err(|e| corrupt(key, e.to_string()))?;
-        ids.insert(id.custom_id);
+        ids.extend([id.custom_id]);
     }
     Ok(())
 }

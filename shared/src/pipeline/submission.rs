@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use super::context::{Context, PipelineError};
 use super::csv_input::is_csv_key;
+use super::id_set::IdSet;
 use super::input::{INVALID_INPUT, InputError, InputLine};
 use super::job::{
     self, InputRead, JobRecord, JobStatus, PartRecord, SourceObject, SubmitCheckpoint, Versioned,
@@ -277,7 +278,8 @@ async fn submit_claimed(
     };
     let mut builder =
         match BatchBuilder::packed(&spec.model, &format, &spec.params(), spec.rows_per_request) {
-            Ok(builder) => builder,
+            // Every id is checked here, against the whole upload, before its row is pushed.
+            Ok(builder) => builder.trusting_ids(),
             Err(e) => return fail(ctx, versioned, format!("{key}: {e}")).await,
         };
     // Collect validates answers with this schema: refuse now one it could not compile,
@@ -293,15 +295,19 @@ async fn submit_claimed(
             ..limits
         });
     }
-    // Every part must fit the enqueued-token quota on its own, or it would wait forever.
+    // A part is held in memory while it is built and sent: at most `max_part_bytes`.
+    // It must also fit the enqueued-token quota on its own, or it would wait forever.
     let limits = job_limits(ctx, &spec);
-    if let Some(tokens) = limits.enqueued_tokens {
-        let part_limits = builder.limits();
-        builder = builder.with_limits(PartLimits {
-            max_bytes: part_limits.max_bytes.min(max_bytes_for_tokens(tokens)),
-            ..part_limits
-        });
-    }
+    let part_limits = builder.limits();
+    let max_bytes = limits
+        .enqueued_tokens
+        .map_or(usize::MAX, max_bytes_for_tokens)
+        .min(ctx.settings.max_part_bytes)
+        .min(part_limits.max_bytes);
+    builder = builder.with_limits(PartLimits {
+        max_bytes,
+        ..part_limits
+    });
     let skip = match (
         spec.skip_succeeded,
         &ctx.ledger,
@@ -374,7 +380,7 @@ async fn submit_claimed(
         skipped_since_part: Vec::new(),
         only,
         requests: 0,
-        ids: HashSet::new(),
+        ids: IdSet::default(),
         waiting: HashMap::new(),
         kept: HashMap::new(),
         limits,
@@ -391,7 +397,7 @@ async fn submit_claimed(
         run.requests += 1;
         match row {
             Err(rejection) => run.reject(rejection).await?,
-            Ok(row) if !run.ids.insert(row.request.custom_id.clone()) => {
+            Ok(row) if !run.ids.insert(&row.request.custom_id) => {
                 let reason = format!(
                     "duplicate custom_id {:?}: an earlier line has it; ids must be unique within a job",
                     row.request.custom_id
@@ -663,7 +669,7 @@ struct SubmitRun<'a> {
     requests: u64,
     /// Every id a line has taken so far, accepted or rejected: a later line with the
     /// same id is reported under its line number, so that each id appears once.
-    ids: HashSet<String>,
+    ids: IdSet,
     /// Line numbers of the rows the builder holds for a packed request that is not
     /// written yet, so that a row it refuses later is reported with its line.
     waiting: HashMap<String, u64>,
@@ -702,7 +708,7 @@ impl SubmitRun<'_> {
     /// Reports a rejected row under its id, or under its line's id when an earlier
     /// row took that id; a re-run job drops the rows it does not have.
     async fn reject(&mut self, mut rejection: RowRejection) -> Result<(), PipelineError> {
-        if !self.ids.insert(rejection.custom_id.clone()) {
+        if !self.ids.insert(&rejection.custom_id) {
             rejection.custom_id = spec::line_id(rejection.line);
         }
         if self.leaves_out(&rejection.custom_id) {
@@ -1013,8 +1019,8 @@ async fn ids_before(
     ctx: &Context,
     record: &JobRecord,
     next_part: u32,
-) -> Result<HashSet<String>, PipelineError> {
-    let mut ids = HashSet::new();
+) -> Result<IdSet, PipelineError> {
+    let mut ids = IdSet::default();
     for part in record.parts.iter().filter(|p| p.index < next_part) {
         let (_, manifest) = ctx
             .store
