@@ -176,9 +176,10 @@ async fn a_submit_that_died_after_the_provider_accepted_is_resumed_after_its_lea
             let key = format!("inbox/{kind}/lease-{resume_by_poll}.jsonl");
             let version = h.upload(&key, body).await;
             let before = h.provider_batches(kind).await;
-            let crasher = Crasher::new(CrashPoint::AtCall(Op::Put, 4));
+            let crasher = Crasher::new(CrashPoint::AtCall(Op::Put, 5));
             let cctx = crasher.context(&h.ctx);
-            // Puts: record, open marker, manifest, then the record with the batch id.
+            // Puts: record, open marker, manifest, batch input, then the record with the
+            // batch id.
             let crashed =
                 batchline::pipeline::events::handle_s3_event(&cctx, h.s3_event(&key, &version))
                     .await;
@@ -339,8 +340,9 @@ async fn a_429_storm_with_retry_after_is_waited_out_during_submit_and_poll() {
     }
 }
 
-/// More 429s and 500s than the client retries: the step fails (Lambda retries it),
-/// the record stays consistent, and the rerun converges without a second batch.
+/// More 500s than the client retries: the step fails (Lambda retries it), the record
+/// stays consistent, and the rerun converges without a second batch. More 429s than
+/// the retries are a quota refusal: the part waits and poll creates it later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_beyond_the_client_retries_fail_the_step_and_the_rerun_converges() {
     let h = Harness::start_with(HarnessOptions {
@@ -358,14 +360,9 @@ async fn errors_beyond_the_client_retries_fail_the_step_and_the_rerun_converges(
             let key = format!("inbox/{kind}/refused-{status}.jsonl");
             let version = h.upload(&key, body).await;
             let before = h.provider_batches(kind).await;
-            let err =
+            let submitted =
                 batchline::pipeline::events::handle_s3_event(&h.ctx, h.s3_event(&key, &version))
-                    .await
-                    .expect_err("the submit must fail so that Lambda retries it");
-            assert!(
-                err.to_string().contains(&status.to_string()),
-                "{kind}: {err}"
-            );
+                    .await;
             let job = batchline::pipeline::job::SourceObject {
                 bucket: support::BUCKET.into(),
                 key: key.clone(),
@@ -373,6 +370,34 @@ async fn errors_beyond_the_client_retries_fail_the_step_and_the_rerun_converges(
                 version_id: Some(version.clone()),
             }
             .job_id();
+            if status == 429 {
+                submitted.expect("a quota refusal is not a failure of the step");
+                let record = h.record(&job).await;
+                assert_eq!(record.status, JobStatus::Open, "{kind}");
+                let part = &record.parts[0];
+                assert!(
+                    part.batch_id.is_none() && part.waiting_since.is_some(),
+                    "{kind}"
+                );
+                let why = part.batch_error.clone().unwrap_or_default();
+                assert!(why.contains("429"), "{kind}: {why}");
+                h.emulator.set_faults(FaultPlan::default());
+                run_and_check(
+                    &h,
+                    kind,
+                    "429 beyond the retries on create",
+                    &job,
+                    &expected,
+                    before,
+                )
+                .await;
+                continue;
+            }
+            let err = submitted.expect_err("the submit must fail so that Lambda retries it");
+            assert!(
+                err.to_string().contains(&status.to_string()),
+                "{kind}: {err}"
+            );
             let record = h.record(&job).await;
             assert_eq!(record.status, JobStatus::Submitting, "{kind}");
             assert!(record.parts.iter().all(|p| p.batch_id.is_some()), "{kind}");

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::StreamExt;
 
 use super::context::{Context, PipelineError};
 use super::csv_input::is_csv_key;
@@ -347,8 +348,12 @@ async fn submit_claimed(
     // An earlier invocation handed the rest of the upload over: go on from there.
     let checkpoint = versioned.record.checkpoint;
     if let Some(at) = checkpoint {
-        let version = rows_meta.version_id.clone();
+        let (version, size) = (rows_meta.version_id.clone(), rows_meta.size);
         let reopen = async move {
+            // S3 refuses a range that starts at the end (416): nothing is left to read.
+            if at.offset >= size {
+                return Ok(futures::stream::empty().boxed());
+            }
             Ok(ctx
                 .store
                 .get_stream(key, version.as_deref(), at.offset)

@@ -77,7 +77,16 @@ impl ObjectStore for MemoryStore {
         from: u64,
     ) -> StoreResult<ByteStream> {
         let (body, _) = self.lookup(key)?;
-        let body = body.slice(usize::try_from(from).unwrap_or(usize::MAX).min(body.len())..);
+        // As S3 does, a range that starts at or past the end is refused (HTTP 416).
+        let start = usize::try_from(from).unwrap_or(usize::MAX);
+        if from > 0 && start >= body.len() {
+            return Err(StoreError::Backend {
+                operation: "get",
+                key: key.to_string(),
+                message: format!("InvalidRange: bytes={from}- of {} bytes", body.len()),
+            });
+        }
+        let body = body.slice(start..);
         // Small chunks so that readers meet chunk boundaries inside lines.
         let chunks: Vec<StoreResult<Bytes>> =
             body.chunks(4096).map(|c| Ok(body.slice_ref(c))).collect();

@@ -731,7 +731,7 @@ async fn fates_expire_fail_or_fail_every_request() {
     let id = harness.batch_of(&lines).await;
     let (batch, _, _) = harness.finished(&id).await;
     assert_eq!(batch["status"], "failed");
-    assert_eq!(batch["errors"]["data"][0]["code"], "token_limit_exceeded");
+    assert_eq!(batch["errors"]["data"][0]["code"], "invalid_request");
 
     harness.set_fate(BatchFate::AllFail, 0.5);
     let id = harness.batch_of(&lines).await;

@@ -117,12 +117,11 @@ pub(super) fn plan_batch(
         .first()
         .map(|line| line.model.clone())
         .unwrap_or_default();
+    // A failure of the input itself; the enqueued-token quota has its own fate (`admit`).
     if fate == BatchFate::FailValidation {
         return Err(vec![LineError::whole_file(
-            "token_limit_exceeded",
-            format!(
-                "Enqueued token limit reached for {model} in organization org-emulator. Please try again once some in_progress batches have been completed."
-            ),
+            "invalid_request",
+            format!("The batch input file for {model} failed validation (emulated)."),
         )]);
     }
     admit(&model, &valid).map_err(|error| vec![error])?;
