@@ -10,12 +10,12 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use batchline::model::ProviderKind;
 use batchline::pipeline::ProviderSource;
-use batchline::pipeline::job::{JobRecord, JobStatus};
+use batchline::pipeline::job::JobStatus;
 use batchline::provider::{BatchProvider, connect};
 use batchline_emulator::{QuotaFigures, Quotas};
 use serde_json::{Value, json};
@@ -114,25 +114,6 @@ fn figures(h: &Harness, kind: ProviderKind) -> QuotaFigures {
     }
 }
 
-/// Polls and collects until the job is closed, batches moving through their
-/// lifecycles in real time (nothing is ended early: that would free the quota).
-async fn run_in_real_time(h: &Harness, job: &str) -> JobRecord {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let record = h.record(job).await;
-        if matches!(record.status, JobStatus::Completed | JobStatus::Failed) {
-            return record;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {job} did not finish: {record:?}"
-        );
-        batchline::pipeline::poll(&h.ctx).await.expect("poll");
-        h.collect_queued().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Runs a job of `case` with the limit known to the pipeline (`known`) or not, and
 /// checks that every row succeeded; answers the emulator's figures.
 async fn run_case(case: &Case, known: bool) -> QuotaFigures {
@@ -146,7 +127,7 @@ async fn run_case(case: &Case, known: bool) -> QuotaFigures {
     let (body, ids) = job_file_with(case.kind, spec, case.rows, &[]);
     let name = if known { "known" } else { "unknown" };
     let job = h.submit(&format!("inbox/quota-{name}.jsonl"), body).await;
-    let record = run_in_real_time(&h, &job).await;
+    let record = h.run_in_real_time(&job).await;
     assert_eq!(record.status, JobStatus::Completed, "{:?}", record.failure);
     let results = h.assert_invariant(&job, &ids).await;
     assert_eq!(

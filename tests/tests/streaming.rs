@@ -104,7 +104,8 @@ const MIB: usize = 1024 * 1024;
 // ---------------------------------------------------------------------------------
 // A store that forgets multipart bodies, and a provider that makes results up.
 
-/// A memory store whose multipart uploads count their bytes and keep none of them.
+/// A memory store whose multipart uploads and parts' batch inputs (which S3 holds, not
+/// the function) count their bytes and keep none of them.
 #[derive(Debug, Default)]
 struct CountingSink {
     inner: MemoryStore,
@@ -128,6 +129,10 @@ impl ObjectStore for CountingSink {
         self.inner.get_stream(key, version, from).await
     }
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
+        if key.ends_with(".requests") {
+            self.uploaded.fetch_add(body.len() as u64, Ordering::Relaxed);
+            return self.inner.put(key, Bytes::new(), mode).await;
+        }
         self.inner.put(key, body, mode).await
     }
     async fn delete(&self, key: &str) -> StoreResult<()> {

@@ -233,7 +233,19 @@ impl Harness {
     /// Polls and collects until the job is closed, ending batches early through the
     /// emulator's control endpoint after the first poll.
     pub async fn run_to_end(&self, job: &str) -> JobRecord {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.poll_until_closed(job, true, Duration::from_secs(60))
+            .await
+    }
+
+    /// Polls and collects until the job is closed, batches moving through their
+    /// lifecycles in real time (ending them early would free a provider's quota).
+    pub async fn run_in_real_time(&self, job: &str) -> JobRecord {
+        self.poll_until_closed(job, false, Duration::from_secs(120))
+            .await
+    }
+
+    async fn poll_until_closed(&self, job: &str, end_early: bool, limit: Duration) -> JobRecord {
+        let deadline = Instant::now() + limit;
         loop {
             let record = self.record(job).await;
             if matches!(record.status, JobStatus::Completed | JobStatus::Failed) {
@@ -244,7 +256,7 @@ impl Harness {
                 "job {job} did not finish: {record:?}"
             );
             batchline::pipeline::poll(&self.ctx).await.expect("poll");
-            self.emulator.finish_all(true);
+            self.emulator.finish_all(end_early);
             self.collect_queued().await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
