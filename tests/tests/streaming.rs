@@ -261,6 +261,7 @@ fn context(store: Arc<CountingSink>, provider: Arc<GeneratedProvider>) -> Contex
         store,
         bucket: "streaming".into(),
         queue: Arc::new(MemoryQueue::new()),
+        poll_jobs: None,
         providers: Arc::new(Only(provider)),
         settings: Settings::default(),
         clock: Arc::new(batchline::clock::SystemClock),

@@ -7,6 +7,8 @@
 //! | `BUCKET_NAME` | all | the pipeline's bucket (required) |
 //! | `READY_QUEUE_URL` | poll | the ready queue (required by poll) |
 //! | `POLL_CONCURRENCY` | poll | jobs polled at once (default 8) |
+//! | `POLL_JOBS_QUEUE_URL` | poll | the fan-out queue: a tick with more open jobs than `POLL_INLINE_JOBS` sends one message per job there, for poll's workers (unset: the tick polls every job) |
+//! | `POLL_INLINE_JOBS` | poll | open jobs a tick still polls itself (default 20) |
 //! | `COLLECT_MAX_RECEIVES` | collect | the queue's maxReceiveCount (default 5): the last delivery records missing results as errors |
 //! | `<NAME>_SECRET_ARN` | all | read `<NAME>` (e.g. `OPENAI_API_KEY`) from this Secrets Manager secret |
 //! | `<NAME>_PARAMETER` | all | read `<NAME>` from this SSM SecureString parameter |
@@ -76,6 +78,12 @@ pub async fn context_from_env() -> Result<Context> {
     {
         settings.poll_concurrency = n;
     }
+    if let Some(n) = std::env::var("POLL_INLINE_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.poll_inline_jobs = n;
+    }
     if let Ok(text) = std::env::var("QUOTA_LIMITS")
         && !text.trim().is_empty()
     {
@@ -86,6 +94,10 @@ pub async fn context_from_env() -> Result<Context> {
         store: Arc::new(store),
         bucket,
         queue,
+        poll_jobs: std::env::var("POLL_JOBS_QUEUE_URL")
+            .ok()
+            .filter(|url| !url.is_empty())
+            .map(|url| Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), url)) as _),
         providers: Arc::new(EnvProviders::new(SecretReader::new(&sdk))),
         settings,
         clock: Arc::new(crate::clock::SystemClock),
