@@ -1717,7 +1717,7 @@ async fn a_worker_starts_its_jobs_waiting_parts_and_skips_a_closed_job() {
 
     // A message for a job closed meanwhile changes nothing.
     let before = job::load(s.ctx.store.as_ref(), &first).await.unwrap();
-    let polled = poll_listed(&s.ctx, &[first.clone()]).await;
+    let polled = poll_listed(&s.ctx, std::slice::from_ref(&first)).await;
     assert!(polled.unpolled.is_empty());
     assert_eq!(polled.report.parts_checked + polled.report.parts_queued, 0);
     let after = job::load(s.ctx.store.as_ref(), &first).await.unwrap();
