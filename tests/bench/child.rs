@@ -293,6 +293,7 @@ pub fn collect_part(target: &CollectTarget<'_>) -> Result<Report, String> {
             )),
             bucket: target.bucket.to_string(),
             queue: Arc::new(MemoryQueue::default()),
+            poll_jobs: None,
             providers: Arc::new(EmulatorProviders::new(target.emulator_url)),
             settings: Settings::default(),
             clock: Arc::new(batchline::clock::SystemClock),

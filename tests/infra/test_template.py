@@ -50,8 +50,14 @@ COMMON_ENV = {
 }
 EXTRA_ENV = {
     "SubmitFunction": {"LEDGER_TABLE"},
-    "PollFunction": {"READY_QUEUE_URL", "POLL_CONCURRENCY"},
+    "PollFunction": {"READY_QUEUE_URL", "POLL_CONCURRENCY", "POLL_JOBS_QUEUE_URL"},
     "CollectFunction": {"READY_QUEUE_URL", "COLLECT_MAX_RECEIVES", "LEDGER_TABLE"},
+}
+# What each function's SQS event source must look like: collect takes one part a
+# delivery and knows the queue's receive count; poll's workers take ten open jobs.
+EVENT_SOURCES = {
+    "CollectFunction": {"batch_size": 1, "max_receives_env": "COLLECT_MAX_RECEIVES"},
+    "PollFunction": {"batch_size": 10, "max_receives_env": None},
 }
 
 
@@ -317,11 +323,15 @@ def check_queues(cfn):
         if queue is None:
             problems.append(f"{name}: event source is not a queue of this stack")
             continue
+        expected = EVENT_SOURCES.get(function_name)
+        if expected is None:
+            problems.append(f"{name}: {function_name} has no SQS event source to expect")
+            continue
         timeout = cfn["Resources"][function_name]["Properties"].get("Timeout", 3)
         if queue.get("VisibilityTimeout", 30) < 6 * timeout:
             problems.append(f"{queue_name}: visibility timeout < 6 x {function_name} timeout {timeout}")
-        if properties.get("BatchSize") != 1:
-            problems.append(f"{name}: batch size {properties.get('BatchSize')}, want 1")
+        if properties.get("BatchSize") != expected["batch_size"]:
+            problems.append(f"{name}: batch size {properties.get('BatchSize')}, want {expected['batch_size']}")
         if "ReportBatchItemFailures" not in properties.get("FunctionResponseTypes", []):
             problems.append(f"{name}: no ReportBatchItemFailures")
         redrive = queue.get("RedrivePolicy", {})
@@ -329,15 +339,19 @@ def check_queues(cfn):
         if dead_letter not in queues:
             problems.append(f"{queue_name}: no dead-letter queue")
             continue
-        if redrive.get("maxReceiveCount") != 5:
-            problems.append(f"{queue_name}: maxReceiveCount {redrive.get('maxReceiveCount')}, want 5")
+        receives = redrive.get("maxReceiveCount")
+        if not isinstance(receives, int) or not 2 <= receives <= 5:
+            problems.append(f"{queue_name}: maxReceiveCount {receives}, want 2 to 5")
+            continue
+        # A message must be able to reach the dead-letter queue before it expires.
+        if queue.get("MessageRetentionPeriod", 345600) < receives * queue.get("VisibilityTimeout", 30):
+            problems.append(f"{queue_name}: messages expire before {receives} deliveries")
         consumer_env = (
             cfn["Resources"][function_name]["Properties"].get("Environment", {}).get("Variables", {})
         )
-        if consumer_env.get("COLLECT_MAX_RECEIVES") != str(redrive.get("maxReceiveCount")):
-            problems.append(
-                f"{function_name}: COLLECT_MAX_RECEIVES differs from {queue_name}'s maxReceiveCount"
-            )
+        receives_env = expected["max_receives_env"]
+        if receives_env and consumer_env.get(receives_env) != str(receives):
+            problems.append(f"{function_name}: {receives_env} differs from {queue_name}'s maxReceiveCount")
         dead_letter_retention = queues[dead_letter]["Properties"].get("MessageRetentionPeriod", 345600)
         if dead_letter_retention <= queue.get("MessageRetentionPeriod", 345600):
             problems.append(f"{dead_letter}: retention must outlast {queue_name}'s")
@@ -483,7 +497,14 @@ def test_queue_access_matches_roles(template):
             for resource in as_list(statement["Resource"])
         }
 
-    assert sqs_grants("PollRole") == {("sqs:sendmessage", "ReadyQueue")}
+    assert sqs_grants("PollRole") == {
+        ("sqs:sendmessage", "ReadyQueue"),
+        # The tick fans out to its own workers, which consume the queue.
+        ("sqs:sendmessage", "PollJobsQueue"),
+        ("sqs:receivemessage", "PollJobsQueue"),
+        ("sqs:deletemessage", "PollJobsQueue"),
+        ("sqs:getqueueattributes", "PollJobsQueue"),
+    }
     assert sqs_grants("CollectRole") == {
         ("sqs:receivemessage", "ReadyQueue"),
         ("sqs:deletemessage", "ReadyQueue"),
@@ -539,6 +560,7 @@ def test_outputs_name_the_resources(template):
     assert outputs["DataBucketName"] == {"Ref": "DataBucket"}
     assert outputs["ReadyQueueUrl"] == {"Ref": "ReadyQueue"}
     assert outputs["ReadyDeadLetterQueueUrl"] == {"Ref": "ReadyDeadLetterQueue"}
+    assert outputs["PollJobsDeadLetterQueueUrl"] == {"Ref": "PollJobsDeadLetterQueue"}
     for function in FUNCTIONS:
         assert outputs[function + "Name"] == {"Ref": function}
 
@@ -714,6 +736,25 @@ MUTATIONS = {
     "receive count out of step": (
         set_in(["Resources", "ReadyQueue", "Properties", "RedrivePolicy", "maxReceiveCount"], 3),
         "COLLECT_MAX_RECEIVES differs",
+    ),
+    "fan-out dead-letter queue without alarm": (
+        delete_in(["Resources", "PollJobsDeadLetterAlarm"]),
+        "PollJobsDeadLetterQueue: no alarm",
+    ),
+    "fan-out messages expire before the dead-letter queue": (
+        set_in(["Resources", "PollJobsQueue", "Properties", "MessageRetentionPeriod"], 1800),
+        "expire before",
+    ),
+    "longer poll timeout": (
+        set_in(["Resources", "PollFunction", "Properties", "Timeout"], 121),
+        "PollJobsQueue: visibility timeout",
+    ),
+    "poll workers one job a delivery": (
+        set_in(
+            ["Resources", "PollFunction", "Properties", "Events", "OpenJob", "Properties", "BatchSize"],
+            1,
+        ),
+        "want 10",
     ),
     "bigger batches": (
         set_in(

@@ -130,7 +130,8 @@ impl ObjectStore for CountingSink {
     }
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
         if key.ends_with(".requests") {
-            self.uploaded.fetch_add(body.len() as u64, Ordering::Relaxed);
+            self.uploaded
+                .fetch_add(body.len() as u64, Ordering::Relaxed);
             return self.inner.put(key, Bytes::new(), mode).await;
         }
         self.inner.put(key, body, mode).await
@@ -271,6 +272,7 @@ fn context(store: Arc<CountingSink>, provider: Arc<GeneratedProvider>) -> Contex
         store,
         bucket: "streaming".into(),
         queue: Arc::new(MemoryQueue::new()),
+        poll_jobs: None,
         providers: Arc::new(Only(provider)),
         settings: Settings::default(),
         clock: Arc::new(batchline::clock::SystemClock),

@@ -22,7 +22,7 @@ pub enum PipelineError {
     /// The object store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The ready queue failed.
+    /// A queue (ready or fan-out) failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
     /// The successes could not be written as Parquet.
@@ -75,8 +75,8 @@ pub enum PipelineError {
         /// Results the provider reports.
         expected: u64,
     },
-    /// A ready message that is not the pipeline's.
-    #[error("invalid ready message {body:?}: {reason}")]
+    /// A queue message (ready or fan-out) that is not the pipeline's.
+    #[error("invalid queue message {body:?}: {reason}")]
     InvalidMessage {
         /// The message body.
         body: String,
@@ -104,6 +104,9 @@ pub trait ProviderSource: Send + Sync + Debug {
 pub struct Settings {
     /// Jobs polled at once.
     pub poll_concurrency: usize,
+    /// Open jobs a poll tick still polls itself; with more, and a fan-out queue
+    /// ([`Context::poll_jobs`]), the tick sends one message per job to poll's workers.
+    pub poll_inline_jobs: usize,
     /// A part queued for collect but not collected after this is queued again
     /// (covers a poll that died between its record write and its queue send).
     pub requeue_after: Duration,
@@ -134,6 +137,8 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             poll_concurrency: 8,
+            // What one tick polls well within its timeout; beyond it workers scale out.
+            poll_inline_jobs: 20,
             requeue_after: Duration::from_secs(30 * 60),
             submit_lease: Duration::from_secs(16 * 60),
             collect_lease: Duration::from_secs(16 * 60),
@@ -159,6 +164,9 @@ pub struct Context {
     pub bucket: String,
     /// The ready queue from poll to collect.
     pub queue: Arc<dyn Queue>,
+    /// The fan-out queue from the poll tick to poll's workers, one message per open
+    /// job (None: the tick polls every job itself).
+    pub poll_jobs: Option<Arc<dyn Queue>>,
     /// The provider clients.
     pub providers: Arc<dyn ProviderSource>,
     /// Tunables.

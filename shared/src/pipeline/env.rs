@@ -7,6 +7,12 @@
 //! | `BUCKET_NAME` | all | the pipeline's bucket (required) |
 //! | `READY_QUEUE_URL` | poll | the ready queue (required by poll) |
 //! | `POLL_CONCURRENCY` | poll | jobs polled at once (default 8) |
+//! | `POLL_JOBS_QUEUE_URL` | poll | the fan-out queue: a tick with more open jobs than `POLL_INLINE_JOBS` sends one message per job there, for poll's workers (unset: the tick polls every job) |
+//! | `POLL_INLINE_JOBS` | poll | open jobs a tick still polls itself (default 20) |
+//! | `QUOTA_LIMITS` | submit, poll, collect | the provider accounts' limits by model or provider, JSON (see `crate::quota::QuotaTable`) |
+//! | `SUBMIT_QUEUE_URL` | submit, poll | where submit hands the rest of a long upload to its next invocation (unset: poll resumes it) |
+//! | `SUBMIT_BUDGET_SECONDS` | submit | how long one invocation reads before it hands over (default 720) |
+//! | `MAX_PART_BYTES` | submit, collect | the largest part built (default 100,000,000) |
 //! | `COLLECT_MAX_RECEIVES` | collect | the queue's maxReceiveCount (default 5): the last delivery records missing results as errors |
 //! | `<NAME>_SECRET_ARN` | all | read `<NAME>` (e.g. `OPENAI_API_KEY`) from this Secrets Manager secret |
 //! | `<NAME>_PARAMETER` | all | read `<NAME>` from this SSM SecureString parameter |
@@ -88,6 +94,12 @@ pub async fn context_from_env() -> Result<Context> {
     {
         settings.submit_budget = std::time::Duration::from_secs(seconds);
     }
+    if let Some(n) = std::env::var("POLL_INLINE_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.poll_inline_jobs = n;
+    }
     if let Ok(text) = std::env::var("QUOTA_LIMITS")
         && !text.trim().is_empty()
     {
@@ -98,6 +110,10 @@ pub async fn context_from_env() -> Result<Context> {
         store: Arc::new(store),
         bucket,
         queue,
+        poll_jobs: std::env::var("POLL_JOBS_QUEUE_URL")
+            .ok()
+            .filter(|url| !url.is_empty())
+            .map(|url| Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), url)) as _),
         providers: Arc::new(EnvProviders::new(SecretReader::new(&sdk))),
         settings,
         submit_queue: std::env::var("SUBMIT_QUEUE_URL")

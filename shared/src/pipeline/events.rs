@@ -3,10 +3,13 @@
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use percent_encoding::percent_decode_str;
+use serde::Serialize;
 
 use super::collect::{ReadyMessage, collect};
 use super::context::{Context, PipelineError};
 use super::job;
+use super::poll::{PollReport, poll, poll_listed};
+use super::poll_jobs::PollJobMessage;
 use super::submission::resume_submit;
 use super::submit::{SubmitOutcome, UploadedObject, submit};
 
@@ -137,13 +140,72 @@ pub async fn handle_sqs_event(
             Ok(outcome) => tracing::info!(message = %id, ?outcome, "collect"),
             Err(e) => {
                 tracing::error!(message = %id, error = %e, receives, "collect failed; the message will be delivered again");
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = id;
-                response.batch_item_failures.push(failure);
+                response.batch_item_failures.push(item_failure(id));
             }
         }
     }
     response
+}
+
+/// What the poll function answers: a tick's report, or a worker's failed messages.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum PollResponse {
+    /// The schedule's tick (or any other payload but an SQS event).
+    Tick(PollReport),
+    /// The fan-out messages to deliver again.
+    Worker(SqsBatchResponse),
+}
+
+/// Whatever the poll function is invoked with: an SQS event carries fan-out messages
+/// for a worker ([`handle_poll_jobs_event`]); anything else (the EventBridge schedule,
+/// a test invoke) is a tick.
+pub async fn handle_poll_payload(
+    ctx: &Context,
+    payload: serde_json::Value,
+) -> Result<PollResponse, PipelineError> {
+    if payload.get("Records").is_some_and(|r| r.is_array()) {
+        let event = serde_json::from_value::<SqsEvent>(payload)?;
+        return Ok(PollResponse::Worker(
+            handle_poll_jobs_event(ctx, event).await,
+        ));
+    }
+    let report = poll(ctx).await?;
+    tracing::info!(?report, "poll");
+    Ok(PollResponse::Tick(report))
+}
+
+/// Polls the job of every fan-out message; a message whose job could not be polled
+/// (or that is not a fan-out message) is reported back so that only it is delivered
+/// again.
+pub async fn handle_poll_jobs_event(ctx: &Context, event: SqsEvent) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    let mut messages = Vec::with_capacity(event.records.len());
+    for message in event.records {
+        let id = message.message_id.unwrap_or_default();
+        match PollJobMessage::parse(message.body.as_deref().unwrap_or_default()) {
+            Ok(parsed) => messages.push((id, parsed.job_id)),
+            Err(e) => {
+                tracing::error!(message = %id, error = %e, "not a fan-out message");
+                response.batch_item_failures.push(item_failure(id));
+            }
+        }
+    }
+    let jobs: Vec<String> = messages.iter().map(|(_, job)| job.clone()).collect();
+    let polled = poll_listed(ctx, &jobs).await;
+    tracing::info!(report = ?polled.report, "poll worker");
+    for (id, job) in messages {
+        if polled.unpolled.contains(&job) {
+            response.batch_item_failures.push(item_failure(id));
+        }
+    }
+    response
+}
+
+fn item_failure(message_id: String) -> BatchItemFailure {
+    let mut failure = BatchItemFailure::default();
+    failure.item_identifier = message_id;
+    failure
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod input;
 pub mod job;
 mod parts;
 pub mod poll;
+pub mod poll_jobs;
 pub mod ready;
 mod rerun;
 pub mod row;
@@ -33,6 +34,7 @@ mod waiting;
 
 pub use collect::{CollectOutcome, collect};
 pub use context::{Context, PipelineError, ProviderSource, Settings};
-pub use poll::{PollReport, poll};
+pub use poll::{ListedPoll, PollReport, poll, poll_listed};
+pub use poll_jobs::PollJobMessage;
 pub use ready::ReadyMessage;
 pub use submit::{SubmitOutcome, UploadedObject, submit};

@@ -1,5 +1,7 @@
 //! `poll`: on a timer, asks the providers about every open job's parts and queues the
-//! parts that ended for collect.
+//! parts that ended for collect. With more open jobs than `Settings::poll_inline_jobs`
+//! and a fan-out queue, the tick only sends one message per open job
+//! (`pipeline/poll_jobs.rs`) and poll's workers poll them, each job as the tick would.
 //!
 //! Two polls at once are safe: a part is marked queued with a conditional write
 //! before its message is sent, so only the poll whose write won sends it. A poll that
@@ -11,17 +13,21 @@ use serde::Serialize;
 
 use super::context::{Context, PipelineError};
 use super::job::{self, JobRecord, JobStatus, PartRecord, Versioned, keys};
+use super::poll_jobs::fan_out;
 use super::ready::ReadyMessage;
 use super::submission::resume_submit;
 use super::summary;
-use super::waiting::start_waiting_parts;
+use super::waiting::{has_waiting_parts, open_job_records, start_waiting_parts};
 use crate::status::BatchStatus;
 
 /// What one poll saw.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct PollReport {
-    /// Jobs in the open-jobs index.
+    /// Jobs in the open-jobs index (for a worker: jobs its messages named).
     pub open_jobs: usize,
+    /// Jobs handed to poll's workers, one fan-out message each (the tick then polls
+    /// none itself).
+    pub jobs_fanned_out: usize,
     /// Parts whose batch status was asked (not collected, not given up, not queued
     /// within `Settings::requeue_after`).
     pub parts_checked: usize,
@@ -38,11 +44,14 @@ pub struct PollReport {
     pub failed_jobs: Vec<String>,
 }
 
-/// Polls every open job, `Settings::poll_concurrency` at a time: queues the parts that
-/// ended, resumes submits whose lease passed and finishes interrupted closes; then
-/// starts the parts waiting for quota that fit now (`pipeline/waiting.rs`). A job
-/// that fails is listed in [`PollReport::failed_jobs`]; only a failure to list the
-/// open jobs is an error.
+/// The poll tick. Up to `Settings::poll_inline_jobs` open jobs (or without a fan-out
+/// queue) it polls every open job, `Settings::poll_concurrency` at a time: queues the
+/// parts that ended, resumes submits whose lease passed and finishes interrupted
+/// closes; then starts the parts waiting for quota that fit now
+/// (`pipeline/waiting.rs`). With more, it sends one fan-out message per open job and
+/// polls none ([`poll_listed`] does, in the workers). A job that fails is listed in
+/// [`PollReport::failed_jobs`]; only a failure to list the open jobs (or to send the
+/// fan-out messages) is an error.
 pub async fn poll(ctx: &Context) -> Result<PollReport, PipelineError> {
     let jobs: Vec<String> = ctx
         .store
@@ -51,15 +60,87 @@ pub async fn poll(ctx: &Context) -> Result<PollReport, PipelineError> {
         .into_iter()
         .filter_map(|k| k.strip_prefix(keys::OPEN).map(str::to_string))
         .collect();
-    let mut report = PollReport {
-        open_jobs: jobs.len(),
-        ..PollReport::default()
+    if let Some(queue) = &ctx.poll_jobs
+        && jobs.len() > ctx.settings.poll_inline_jobs
+    {
+        fan_out(queue.as_ref(), &jobs).await?;
+        return Ok(PollReport {
+            open_jobs: jobs.len(),
+            jobs_fanned_out: jobs.len(),
+            ..PollReport::default()
+        });
+    }
+    let mut round = poll_each(ctx, jobs).await;
+    round.start_waiting(ctx, Vec::new()).await;
+    Ok(round.report)
+}
+
+/// What a poll worker did with the jobs of its fan-out messages.
+#[derive(Debug, Default)]
+pub struct ListedPoll {
+    /// What the worker saw, as a tick reports it.
+    pub report: PollReport,
+    /// Jobs that could not be polled at all: their messages are delivered again.
+    /// (A failed status call is not among them: the record notes it and the next
+    /// tick asks again.)
+    pub unpolled: Vec<String>,
+}
+
+/// Poll's worker: polls each of `jobs` as the tick does inline. When one of them has
+/// parts waiting for quota, it reads every other open job's record too (what runs at
+/// the providers, and which job waits longest) and starts the waiting parts that fit,
+/// oldest job first; jobs without waiting parts never pay that read. A job closed
+/// meanwhile is skipped; the same job polled by two workers at once is safe.
+pub async fn poll_listed(ctx: &Context, jobs: &[String]) -> ListedPoll {
+    let mut jobs = jobs.to_vec();
+    // Two ticks' messages for one job may share a delivery.
+    jobs.sort();
+    jobs.dedup();
+    let mut round = poll_each(ctx, jobs).await;
+    if round.records.iter().any(has_waiting_parts) {
+        let polled: Vec<&str> = round.records.iter().map(|r| r.job_id.as_str()).collect();
+        match open_job_records(ctx, &polled).await {
+            Ok(others) => round.start_waiting(ctx, others).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the open jobs failed; the next tick starts the waiting parts");
+                let waiting = round.records.iter().filter(|r| has_waiting_parts(r));
+                round
+                    .report
+                    .failed_jobs
+                    .extend(waiting.map(|r| r.job_id.clone()));
+            }
+        }
+    }
+    ListedPoll {
+        report: round.report,
+        unpolled: round.unpolled,
+    }
+}
+
+/// One round of polls over some jobs, before their waiting parts are started.
+#[derive(Debug, Default)]
+struct Round {
+    report: PollReport,
+    /// The polled jobs' records after their poll (closed ones left out).
+    records: Vec<JobRecord>,
+    /// Jobs whose poll failed as a whole.
+    unpolled: Vec<String>,
+}
+
+/// Polls `jobs`, `Settings::poll_concurrency` at a time.
+async fn poll_each(ctx: &Context, jobs: Vec<String>) -> Round {
+    let mut round = Round {
+        report: PollReport {
+            open_jobs: jobs.len(),
+            ..PollReport::default()
+        },
+        ..Round::default()
     };
     let mut results = futures::stream::iter(jobs)
         .map(|job| async move { (poll_job(ctx, &job).await, job) })
         .buffer_unordered(ctx.settings.poll_concurrency.max(1));
-    let mut records = Vec::new();
     while let Some((result, job)) = results.next().await {
+        let report = &mut round.report;
         match result {
             Ok(polled) => {
                 report.parts_checked += polled.checked;
@@ -67,20 +148,30 @@ pub async fn poll(ctx: &Context) -> Result<PollReport, PipelineError> {
                 if polled.status_failures > 0 {
                     report.failed_jobs.push(job);
                 }
-                records.extend(polled.record);
+                round.records.extend(polled.record);
             }
             Err(e) => {
                 tracing::warn!(%job, error = %e, "polling the job failed; next tick retries");
-                report.failed_jobs.push(job);
+                report.failed_jobs.push(job.clone());
+                round.unpolled.push(job);
             }
         }
     }
-    drop(results);
-    let started = start_waiting_parts(ctx, &records, &mut report.failed_jobs).await;
-    report.parts_started = started.started;
-    report.parts_waiting = started.waiting;
-    report.parts_expired = started.expired;
-    Ok(report)
+    round
+}
+
+impl Round {
+    /// Starts the waiting parts that fit, counting what runs for the polled jobs and
+    /// for `others` (the records of the open jobs this round did not poll).
+    async fn start_waiting(&mut self, ctx: &Context, others: Vec<JobRecord>) {
+        let mut records = std::mem::take(&mut self.records);
+        records.extend(others);
+        let report = &mut self.report;
+        let started = start_waiting_parts(ctx, &records, &mut report.failed_jobs).await;
+        report.parts_started = started.started;
+        report.parts_waiting = started.waiting;
+        report.parts_expired = started.expired;
+    }
 }
 
 /// What one job's poll did.

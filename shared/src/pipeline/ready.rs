@@ -1,5 +1,6 @@
 //! The ready-queue message between poll and collect.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::context::PipelineError;
@@ -16,9 +17,14 @@ pub struct ReadyMessage {
 impl ReadyMessage {
     /// Reads a message body; an unreadable one is an error that quotes it.
     pub fn parse(body: &str) -> Result<Self, PipelineError> {
-        serde_json::from_str(body).map_err(|e| PipelineError::InvalidMessage {
-            body: body.chars().take(200).collect(),
-            reason: e.to_string(),
-        })
+        parse_message(body)
     }
+}
+
+/// Reads a queue message of the pipeline; an unreadable one is an error that quotes it.
+pub(super) fn parse_message<T: DeserializeOwned>(body: &str) -> Result<T, PipelineError> {
+    serde_json::from_str(body).map_err(|e| PipelineError::InvalidMessage {
+        body: body.chars().take(200).collect(),
+        reason: e.to_string(),
+    })
 }

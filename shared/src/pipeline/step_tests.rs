@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use super::collect::{CollectOutcome, collect};
 use super::context::{Context, PipelineError, ProviderSource, Settings};
 use super::job::{self, JobRecord, JobStatus, keys};
-use super::poll::poll;
+use super::poll::{ListedPoll, poll, poll_listed};
+use super::poll_jobs::PollJobMessage;
 use super::ready::ReadyMessage;
 use super::submit::{SubmitOutcome, UploadedObject, submit};
 use crate::clock::{Clock, ManualClock};
@@ -42,6 +43,8 @@ struct Steps {
     queue: Arc<MemoryQueue>,
     /// Uploads handed over by a submit whose time ran out.
     submit_queue: Arc<MemoryQueue>,
+    /// The fan-out queue, counting its calls; the context uses it after [`Steps::fanned_out`].
+    poll_jobs: Arc<CountingQueue>,
     provider: Arc<MemoryProvider>,
     clock: Arc<ManualClock>,
 }
@@ -94,14 +97,22 @@ impl Steps {
             ledger: Some(Arc::new(MemoryLedger::new())),
             // Poll resumes handed-over submits itself unless a test sets the queue.
             submit_queue: None,
+            poll_jobs: None,
         };
         Self {
             ctx,
             queue,
             submit_queue,
+            poll_jobs: Arc::new(CountingQueue::default()),
             provider,
             clock,
         }
+    }
+
+    /// Polls through the fan-out queue once more than `poll_inline_jobs` jobs are open.
+    fn fanned_out(mut self) -> Self {
+        self.ctx.poll_jobs = Some(self.poll_jobs.clone());
+        self
     }
 
     /// Uploads a job of `n` requests `doc-0…` (and a line that is not JSON when
@@ -1572,4 +1583,315 @@ async fn an_upload_of_more_than_five_gib_is_accepted() {
         record.checkpoint.unwrap().offset,
         s.ctx.store.head(key, None).await.unwrap().size
     );
+}
+
+// ---------------------------------------------------------------- poll's fan-out
+
+/// A memory queue that counts the calls made to it.
+#[derive(Debug, Default)]
+struct CountingQueue {
+    inner: MemoryQueue,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingQueue {
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl crate::queue::Queue for CountingQueue {
+    async fn send(&self, body: String) -> Result<(), crate::queue::QueueError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.send(body).await
+    }
+
+    async fn send_batch(&self, bodies: Vec<String>) -> Result<(), crate::queue::QueueError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.send_batch(bodies).await
+    }
+}
+
+/// A store that names every call made to it, over another.
+#[derive(Debug)]
+struct CountingStore {
+    inner: Arc<dyn crate::storage::ObjectStore>,
+    calls: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl CountingStore {
+    fn note(&self, call: &'static str) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+#[async_trait]
+impl crate::storage::ObjectStore for CountingStore {
+    async fn head(
+        &self,
+        key: &str,
+        version: Option<&str>,
+    ) -> crate::storage::StoreResult<crate::storage::ObjectMeta> {
+        self.note("head");
+        self.inner.head(key, version).await
+    }
+    async fn get(
+        &self,
+        key: &str,
+    ) -> crate::storage::StoreResult<(crate::storage::ObjectMeta, Bytes)> {
+        self.note("get");
+        self.inner.get(key).await
+    }
+    async fn get_stream(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        from: u64,
+    ) -> crate::storage::StoreResult<crate::storage::ByteStream> {
+        self.note("get_stream");
+        self.inner.get_stream(key, version, from).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        mode: PutMode,
+    ) -> crate::storage::StoreResult<String> {
+        self.note("put");
+        self.inner.put(key, body, mode).await
+    }
+    async fn delete(&self, key: &str) -> crate::storage::StoreResult<()> {
+        self.note("delete");
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> crate::storage::StoreResult<Vec<String>> {
+        self.note("list");
+        self.inner.list(prefix).await
+    }
+    async fn start_upload(&self, key: &str) -> crate::storage::StoreResult<String> {
+        self.note("start_upload");
+        self.inner.start_upload(key).await
+    }
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> crate::storage::StoreResult<String> {
+        self.note("upload_part");
+        self.inner.upload_part(key, upload_id, number, body).await
+    }
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<(i32, String)>,
+    ) -> crate::storage::StoreResult<()> {
+        self.note("complete_upload");
+        self.inner.complete_upload(key, upload_id, parts).await
+    }
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> crate::storage::StoreResult<()> {
+        self.note("abort_upload");
+        self.inner.abort_upload(key, upload_id).await
+    }
+}
+
+/// Providers a poll tick must never ask for: it only fans out.
+#[derive(Debug)]
+struct NoProviders;
+
+#[async_trait]
+impl ProviderSource for NoProviders {
+    async fn provider(&self, kind: ProviderKind) -> crate::Result<Arc<dyn BatchProvider>> {
+        panic!("the fanned-out tick asked for the {kind:?} provider");
+    }
+}
+
+impl Steps {
+    /// Starts `n` jobs of `rows` requests each; answers their ids and rows.
+    async fn start_many(&self, n: usize, rows: usize) -> Vec<(String, Vec<String>)> {
+        let mut jobs = Vec::new();
+        for i in 0..n {
+            jobs.push(
+                self.start(&format!("many-{i}"), rows, json!({}), false)
+                    .await,
+            );
+        }
+        jobs
+    }
+
+    /// The jobs named by the fan-out messages sent since the last call.
+    fn fanned_out_jobs(&self) -> Vec<String> {
+        self.poll_jobs
+            .inner
+            .drain()
+            .iter()
+            .map(|body| PollJobMessage::parse(body).unwrap().job_id)
+            .collect()
+    }
+
+    /// Runs poll's workers on the pending fan-out messages, ten a delivery as the
+    /// template's event source hands them over.
+    async fn run_workers(&self) -> Vec<ListedPoll> {
+        let mut outcomes = Vec::new();
+        for delivery in self.fanned_out_jobs().chunks(10) {
+            outcomes.push(poll_listed(&self.ctx, delivery).await);
+        }
+        outcomes
+    }
+
+    /// Ticks (fanning out), ends the batches, ticks again, runs the workers each time
+    /// and collects, until every open job is closed; answers the workers' outcomes.
+    async fn run_fanned_out_to_end(&self) -> Vec<ListedPoll> {
+        let mut outcomes = Vec::new();
+        for _ in 0..10 {
+            if self.ctx.store.list(keys::OPEN).await.unwrap().is_empty() {
+                return outcomes;
+            }
+            self.clock.advance(Duration::from_secs(600));
+            for _ in 0..2 {
+                let report = poll(&self.ctx).await.unwrap();
+                assert_eq!(report.parts_checked, 0, "the tick fanned out: {report:?}");
+                outcomes.extend(self.run_workers().await);
+                self.provider.finish_all();
+            }
+            for outcome in self.collect_queued(false).await {
+                outcome.unwrap();
+            }
+        }
+        panic!(
+            "jobs still open: {:?}",
+            self.ctx.store.list(keys::OPEN).await
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_tick_over_the_inline_limit_sends_one_message_per_open_job_and_nothing_else() {
+    let s = Steps::new(Settings::default()).fanned_out();
+    let inline = s.ctx.settings.poll_inline_jobs;
+    let mut jobs = s.start_many(inline, 1).await;
+    // Up to the limit the tick still polls every job itself.
+    let report = poll(&s.ctx).await.unwrap();
+    assert_eq!((report.jobs_fanned_out, report.parts_checked), (0, inline));
+    assert_eq!(s.poll_jobs.calls(), 0);
+
+    jobs.extend(s.start_many(50 - inline, 1).await);
+    let store = Arc::new(CountingStore {
+        inner: s.ctx.store.clone(),
+        calls: std::sync::Mutex::default(),
+    });
+    let tick = Context {
+        store: store.clone(),
+        providers: Arc::new(NoProviders),
+        ..s.ctx.clone()
+    };
+    let report = poll(&tick).await.unwrap();
+    assert_eq!((report.open_jobs, report.jobs_fanned_out), (50, 50));
+    assert_eq!(
+        *store.calls.lock().unwrap(),
+        ["list"],
+        "one list, no record read"
+    );
+    assert_eq!(s.poll_jobs.calls(), 1, "one batch send for every job");
+    let mut sent = s.fanned_out_jobs();
+    sent.sort();
+    let mut open: Vec<String> = jobs.iter().map(|(job, _)| job.clone()).collect();
+    open.sort();
+    assert_eq!(sent, open, "exactly one message per open job");
+    assert!(s.queue.drain().is_empty(), "nothing queued for collect");
+}
+
+#[tokio::test]
+async fn poll_workers_move_every_fanned_out_job_to_its_end() {
+    let s = Steps::new(Settings {
+        poll_inline_jobs: 0,
+        ..Settings::default()
+    })
+    .fanned_out();
+    let jobs = s.start_many(25, 3).await;
+    let outcomes = s.run_fanned_out_to_end().await;
+    assert!(outcomes.iter().all(|o| o.unpolled.is_empty()));
+    let queued: usize = outcomes.iter().map(|o| o.report.parts_queued).sum();
+    assert_eq!(queued, 25, "each job's one part queued once");
+    for (job, ids) in &jobs {
+        assert_eq!(s.record(job).await.status, JobStatus::Completed);
+        assert_eq!(s.results(job, ids).await.successes.len(), 3);
+    }
+    assert_eq!(s.provider.created(), 25, "no batch created twice");
+}
+
+#[tokio::test]
+async fn a_worker_starts_its_jobs_waiting_parts_and_skips_a_closed_job() {
+    let s = Steps::new(Settings {
+        poll_inline_jobs: 0,
+        quotas: crate::quota::QuotaTable::parse(r#"{"openai": {"open_batches": 1}}"#).unwrap(),
+        ..Settings::default()
+    })
+    .fanned_out();
+    let (first, first_ids) = s.start("first", 2, json!({}), false).await;
+    let (second, second_ids) = s.start("second", 2, json!({}), false).await;
+    assert!(s.record(&second).await.parts[0].waiting_since.is_some());
+    s.provider.finish_all();
+    poll(&s.ctx).await.unwrap();
+    assert_eq!(s.fanned_out_jobs().len(), 2);
+
+    // The first job waits for nothing: its worker neither reads other jobs nor starts.
+    let polled = poll_listed(&s.ctx, std::slice::from_ref(&first)).await;
+    assert_eq!(
+        (polled.report.parts_queued, polled.report.parts_started),
+        (1, 0)
+    );
+    assert_eq!(s.provider.created(), 1);
+    // The second job's worker counts what runs for every open job, and its part fits now.
+    let polled = poll_listed(&s.ctx, std::slice::from_ref(&second)).await;
+    assert_eq!(polled.report.parts_started, 1, "{:?}", polled.report);
+    assert_eq!(s.provider.created(), 2);
+    assert!(s.record(&second).await.parts[0].batch_id.is_some());
+
+    s.run_fanned_out_to_end().await;
+    for (job, ids) in [(&first, &first_ids), (&second, &second_ids)] {
+        assert_eq!(s.results(job, ids).await.successes.len(), 2);
+    }
+    assert_eq!(s.provider.peak_open_batches(), 1);
+
+    // A message for a job closed meanwhile changes nothing.
+    let before = job::load(s.ctx.store.as_ref(), &first).await.unwrap();
+    let polled = poll_listed(&s.ctx, std::slice::from_ref(&first)).await;
+    assert!(polled.unpolled.is_empty());
+    assert_eq!(polled.report.parts_checked + polled.report.parts_queued, 0);
+    let after = job::load(s.ctx.store.as_ref(), &first).await.unwrap();
+    assert_eq!(before.etag, after.etag);
+    assert!(s.queue.drain().is_empty());
+    assert_eq!(s.provider.created(), 2);
+}
+
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn the_poll_function_tells_a_worker_delivery_from_a_tick_and_fails_only_bad_messages() {
+    use super::events::{PollResponse, handle_poll_payload};
+    let s = Steps::new(Settings::default()).fanned_out();
+    let (job, _) = s.start("one", 1, json!({}), false).await;
+    let record = |id: &str, body: String| json!({"messageId": id, "body": body});
+    let event = json!({"Records": [
+        record("good", json!({"job_id": job}).to_string()),
+        record("garbage", "not json".into()),
+        record("unknown", json!({"job_id": "no-such-job"}).to_string()),
+    ]});
+    let PollResponse::Worker(response) = handle_poll_payload(&s.ctx, event).await.unwrap() else {
+        panic!("an SQS event is a worker delivery");
+    };
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, ["garbage", "unknown"]);
+    let schedule = json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}});
+    let PollResponse::Tick(report) = handle_poll_payload(&s.ctx, schedule).await.unwrap() else {
+        panic!("a schedule event is a tick");
+    };
+    assert_eq!((report.open_jobs, report.jobs_fanned_out), (1, 0));
 }

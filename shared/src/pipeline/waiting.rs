@@ -11,6 +11,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use super::context::{Context, PipelineError};
 use super::job::{self, JobRecord, JobStatus, PartRecord, keys};
 use super::parts::{PartBatch, start_batch};
@@ -42,21 +44,35 @@ pub(super) async fn in_flight_of_open_jobs(
     except: &str,
 ) -> Result<InFlight, PipelineError> {
     let mut in_flight = InFlight::default();
-    for key in ctx.store.list(keys::OPEN).await? {
-        let Some(job_id) = key.strip_prefix(keys::OPEN) else {
-            continue;
-        };
-        if job_id == except {
-            continue;
-        }
-        match job::load(ctx.store.as_ref(), job_id).await {
-            Ok(versioned) => add_job(&mut in_flight, &versioned.record),
+    for record in open_job_records(ctx, &[except]).await? {
+        add_job(&mut in_flight, &record);
+    }
+    Ok(in_flight)
+}
+
+/// The records of every open job but those in `except`, as last written,
+/// `Settings::poll_concurrency` reads at a time.
+pub(super) async fn open_job_records(
+    ctx: &Context,
+    except: &[&str],
+) -> Result<Vec<JobRecord>, PipelineError> {
+    let listed = ctx.store.list(keys::OPEN).await?;
+    let loads = listed
+        .iter()
+        .filter_map(|key| key.strip_prefix(keys::OPEN))
+        .filter(|job_id| !except.contains(job_id))
+        .map(|job_id| job::load(ctx.store.as_ref(), job_id));
+    let mut loaded = futures::stream::iter(loads).buffered(ctx.settings.poll_concurrency.max(1));
+    let mut records = Vec::new();
+    while let Some(result) = loaded.next().await {
+        match result {
+            Ok(versioned) => records.push(versioned.record),
             // Closed between the list and the read.
             Err(PipelineError::Store(StoreError::NotFound { .. })) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(in_flight)
+    Ok(records)
 }
 
 /// What one pass over the waiting parts did.
@@ -82,10 +98,7 @@ pub(super) async fn start_waiting_parts(
     for record in records {
         add_job(&mut in_flight, record);
     }
-    let mut jobs: Vec<&JobRecord> = records
-        .iter()
-        .filter(|r| r.status == JobStatus::Open && r.parts.iter().any(is_waiting))
-        .collect();
+    let mut jobs: Vec<&JobRecord> = records.iter().filter(|r| has_waiting_parts(r)).collect();
     jobs.sort_by(|a, b| a.created_at.cmp(&b.created_at));
     let mut pass = Pass {
         ctx,
@@ -100,6 +113,11 @@ pub(super) async fn start_waiting_parts(
         }
     }
     pass.done
+}
+
+/// Whether the job is open and has parts waiting for quota (or for their expiry).
+pub(super) fn has_waiting_parts(record: &JobRecord) -> bool {
+    record.status == JobStatus::Open && record.parts.iter().any(is_waiting)
 }
 
 fn is_waiting(part: &PartRecord) -> bool {

@@ -9,9 +9,20 @@ use async_trait::async_trait;
 #[error("queue send failed: {0}")]
 pub struct QueueError(pub String);
 
-/// Where poll puts one message per finished part, for collect.
+/// Where poll puts one message per finished part, for collect (and, when poll fans
+/// out, one message per open job for its workers).
 #[async_trait]
 pub trait Queue: Send + Sync + Debug {
     /// Sends one message with this body.
     async fn send(&self, body: String) -> Result<(), QueueError>;
+
+    /// Sends every body, in as few calls as the backend allows (SQS: ten a call).
+    /// On an error some of the bodies may have been sent; sending them all again is
+    /// safe, since every message of the pipeline is idempotent.
+    async fn send_batch(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+        for body in bodies {
+            self.send(body).await?;
+        }
+        Ok(())
+    }
 }

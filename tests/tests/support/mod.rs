@@ -111,6 +111,7 @@ impl Harness {
             store: Arc::new(S3Store::new(s3.clone(), BUCKET)),
             bucket: BUCKET.into(),
             queue: Arc::new(SqsQueue::new(sqs.clone(), queue_url.clone())),
+            poll_jobs: None,
             providers: Arc::new(EmulatorProviders::new(emulator.base_url())),
             settings: Settings::default(),
             clock: Arc::new(batchline::clock::SystemClock),
