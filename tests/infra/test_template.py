@@ -49,8 +49,14 @@ COMMON_ENV = {
     "RUST_LOG",
 }
 EXTRA_ENV = {
-    "SubmitFunction": {"LEDGER_TABLE"},
-    "PollFunction": {"READY_QUEUE_URL", "POLL_CONCURRENCY", "POLL_JOBS_QUEUE_URL"},
+    "SubmitFunction": {"LEDGER_TABLE", "SUBMIT_QUEUE_URL", "QUOTA_LIMITS"},
+    "PollFunction": {
+        "READY_QUEUE_URL",
+        "POLL_CONCURRENCY",
+        "POLL_JOBS_QUEUE_URL",
+        "SUBMIT_QUEUE_URL",
+        "QUOTA_LIMITS",
+    },
     "CollectFunction": {"READY_QUEUE_URL", "COLLECT_MAX_RECEIVES", "LEDGER_TABLE"},
 }
 # What each function's SQS event source must look like: collect takes one part a
@@ -58,6 +64,7 @@ EXTRA_ENV = {
 EVENT_SOURCES = {
     "CollectFunction": {"batch_size": 1, "max_receives_env": "COLLECT_MAX_RECEIVES"},
     "PollFunction": {"batch_size": 10, "max_receives_env": None},
+    "SubmitFunction": {"batch_size": 1, "max_receives_env": None},
 }
 
 
@@ -504,13 +511,21 @@ def test_queue_access_matches_roles(template):
         ("sqs:receivemessage", "PollJobsQueue"),
         ("sqs:deletemessage", "PollJobsQueue"),
         ("sqs:getqueueattributes", "PollJobsQueue"),
+        # A submit whose lease passed goes back to the submit function.
+        ("sqs:sendmessage", "SubmitQueue"),
     }
     assert sqs_grants("CollectRole") == {
         ("sqs:receivemessage", "ReadyQueue"),
         ("sqs:deletemessage", "ReadyQueue"),
         ("sqs:getqueueattributes", "ReadyQueue"),
     }
-    assert sqs_grants("SubmitRole") == {("sqs:sendmessage", "SubmitDeadLetterQueue")}
+    assert sqs_grants("SubmitRole") == {
+        ("sqs:sendmessage", "SubmitDeadLetterQueue"),
+        ("sqs:sendmessage", "SubmitQueue"),
+        ("sqs:receivemessage", "SubmitQueue"),
+        ("sqs:deletemessage", "SubmitQueue"),
+        ("sqs:getqueueattributes", "SubmitQueue"),
+    }
 
 
 def test_ledger_access_is_read_for_submit_and_write_for_collect(template):

@@ -933,7 +933,7 @@ async fn generated_ids_never_collide_with_given_ones() {
 /// anything else) are ignored with a reason: no job, no failure, no retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_that_are_not_uploads_are_ignored() {
-    use batchline::pipeline::events::handle_submit_payload;
+    use batchline::pipeline::events::{SubmitResponse, handle_submit_payload};
     let h = Harness::start().await;
     let (body, _) = support::job_file(ProviderKind::OpenAi, 1, &[]);
     let version = h.upload("inbox/openai/gone.jsonl", body).await;
@@ -966,7 +966,10 @@ async fn events_that_are_not_uploads_are_ignored() {
         ),
     ];
     for (name, payload, reason) in cases {
-        let outcomes = handle_submit_payload(&h.ctx, payload).await.expect(name);
+        let response = handle_submit_payload(&h.ctx, payload).await.expect(name);
+        let SubmitResponse::Uploads(outcomes) = response else {
+            panic!("{name}: {response:?}");
+        };
         assert!(
             matches!(outcomes.as_slice(), [SubmitOutcome::Ignored { reason: r, .. }] if r.contains(reason)),
             "{name}: {outcomes:?}"

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchline::model::ProviderKind;
-use batchline::pipeline::events::handle_submit_payload;
+use batchline::pipeline::events::{SubmitResponse, handle_submit_payload};
 use batchline::pipeline::job::JobStatus;
 use batchline::queue::SqsQueue;
 use serde_json::{Value, json};
@@ -40,8 +40,11 @@ async fn follow_handovers(h: &Harness, queue_url: &str) -> usize {
             "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:batchline-submit",
             "awsRegion": "us-east-1"
         }]});
-        let outcomes = handle_submit_payload(&h.ctx, event).await.expect("submit");
-        assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+        let response = handle_submit_payload(&h.ctx, event).await.expect("submit");
+        let SubmitResponse::Handovers(failed) = response else {
+            panic!("{response:?}");
+        };
+        assert!(failed.batch_item_failures.is_empty(), "{failed:?}");
         h.sqs
             .delete_message()
             .queue_url(queue_url)

@@ -27,49 +27,68 @@ pub fn decode_s3_key(raw: &str) -> String {
 pub async fn handle_submit_payload(
     ctx: &Context,
     payload: serde_json::Value,
-) -> Result<Vec<SubmitOutcome>, PipelineError> {
+) -> Result<SubmitResponse, PipelineError> {
     let from_sqs = payload["Records"][0]["eventSource"] == "aws:sqs";
     if from_sqs && let Ok(event) = serde_json::from_value::<SqsEvent>(payload.clone()) {
-        return resume_handed_over(ctx, event).await;
+        return Ok(SubmitResponse::Handovers(
+            resume_handed_over(ctx, event).await,
+        ));
     }
     let reason = match payload.get("Event").and_then(|e| e.as_str()) {
         Some(test @ "s3:TestEvent") => format!("{test} is S3's test notification"),
         _ => match serde_json::from_value::<S3Event>(payload) {
-            Ok(event) => return handle_s3_event(ctx, event).await,
+            Ok(event) => return Ok(SubmitResponse::Uploads(handle_s3_event(ctx, event).await?)),
             Err(e) => format!("not an S3 notification: {e}"),
         },
     };
     tracing::info!(%reason, "event ignored");
-    Ok(vec![SubmitOutcome::Ignored {
+    Ok(SubmitResponse::Uploads(vec![SubmitOutcome::Ignored {
         key: String::new(),
         reason,
-    }])
+    }]))
 }
 
-/// Resumes the job each submit-queue message names. An error fails the invocation, so
-/// that the message comes again (poll also resumes the job once its lease has passed).
-async fn resume_handed_over(
-    ctx: &Context,
-    event: SqsEvent,
-) -> Result<Vec<SubmitOutcome>, PipelineError> {
+/// What the submit function answers: what became of each upload, or the submit
+/// queue's messages to deliver again.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum SubmitResponse {
+    /// The S3 notification's uploads (or why the payload was ignored).
+    Uploads(Vec<SubmitOutcome>),
+    /// Handed-over uploads whose resumption failed.
+    Handovers(SqsBatchResponse),
+}
+
+/// Resumes the job each submit-queue message names; a message whose job could not be
+/// resumed is reported back, so that only it comes again (poll also resumes the job
+/// once its lease has passed).
+async fn resume_handed_over(ctx: &Context, event: SqsEvent) -> SqsBatchResponse {
     #[derive(serde::Deserialize)]
     struct HandedOver {
         job_id: String,
     }
-    let mut outcomes = Vec::new();
+    let mut response = SqsBatchResponse::default();
     for message in event.records {
+        let id = message.message_id.unwrap_or_default();
         let body = message.body.unwrap_or_default();
         let Ok(HandedOver { job_id }) = serde_json::from_str(&body) else {
-            tracing::warn!(%body, "submit queue message ignored: not {{\"job_id\": …}}");
+            // Delivering it again could never help.
+            tracing::warn!(message = %id, %body, "submit queue message ignored: not a job id");
             continue;
         };
-        let snapshot = job::load(ctx.store.as_ref(), &job_id).await?;
-        if let Some(outcome) = resume_submit(ctx, snapshot).await? {
-            tracing::info!(?outcome, "submit");
-            outcomes.push(outcome);
+        let resumed = match job::load(ctx.store.as_ref(), &job_id).await {
+            Ok(snapshot) => resume_submit(ctx, snapshot).await,
+            Err(e) => Err(e),
+        };
+        match resumed {
+            Ok(outcome) => tracing::info!(message = %id, ?outcome, "submit"),
+            Err(e) => {
+                tracing::error!(message = %id, job = %job_id, error = %e, "resuming the upload failed; the message will be delivered again");
+                response.batch_item_failures.push(item_failure(id));
+            }
         }
     }
-    Ok(outcomes)
+    response
 }
 
 /// Submits every object the event names. Objects of another bucket, events other than
