@@ -7,6 +7,7 @@
 //! ```text
 //! batchline-bench scale [--rows N] [--poll-every S] [--step-ms MS]
 //!                       [--submit-budget S] [--tick-jobs N] [--tick-parts N] [--no-tick]
+//!                       [--timeout S]
 //! ```
 //!
 //! The drive: the upload's S3 event to a submit invocation; the submit queue's handover
