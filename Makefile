@@ -59,7 +59,10 @@ BENCH_STAMP := $(BENCH_VENV)/.requirements-installed
 # e.g. BENCH_ARGS="--quick" for a smoke run, "--only parse --runs 7".
 BENCH_ARGS ?=
 
-.PHONY: bench bench-venv
+# e.g. SCALE_ARGS="--rows 100000" for a quicker run; see tests/bench/scale.rs.
+SCALE_ARGS ?=
+
+.PHONY: bench bench-venv bench-scale
 bench-venv: $(BENCH_STAMP) ## Separate venv with the Python reference library (instructor) for `make bench`
 
 $(BENCH_STAMP): tests/bench/requirements.txt
@@ -71,3 +74,7 @@ bench: bench-venv ## Throughput, memory and cold start vs the Python reference l
 	cargo build --release -p submit -p poll -p collect
 	cargo build --release -p batchline-emulator --bin batchline-bench
 	"$${CARGO_TARGET_DIR:-target}/release/batchline-bench" $(BENCH_ARGS)
+
+bench-scale: venv ## One job of 1,000,000 rows through moto + emulator + the functions: time, memory, requests, cost (SCALE_ARGS=...)
+	cargo build --release -p batchline-emulator --bin batchline-bench
+	"$${CARGO_TARGET_DIR:-target}/release/batchline-bench" scale $(SCALE_ARGS)

@@ -10,6 +10,10 @@
 //!                 [--python PATH | --no-python] [--keep-data]
 //! ```
 //!
+//! `batchline-bench scale [--rows N] …` (`make bench-scale`) is a run of its own: one
+//! job of a million rows through moto, the emulator and the pipeline's functions
+//! ([`scale`]).
+//!
 //! `cost` (section 5) is not a timing: it bills one invoice workload through the
 //! emulator's token accounting, the reference library's requests against batchline's
 //! packed and cached ones ([`cost`]).
@@ -19,8 +23,11 @@ mod coldstart;
 mod collect_env;
 mod cost;
 mod invoices;
+mod invoke;
 mod measure;
 mod report;
+mod scale;
+mod scale_report;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -43,6 +50,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("child") => child_mode(&args[1..]),
+        Some("scale") => run_scale(&args[1..]),
         _ => Options::parse(&args).and_then(|options| run_bench(&options)),
     };
     match result {
@@ -54,7 +62,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// `child build|parse|parse-stage|collect …`: one measured run; prints its report.
+/// `batchline-bench scale …`: the million-row job, printed as its own table.
+fn run_scale(args: &[String]) -> Result<(), String> {
+    let options = scale::Options::parse(args)?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let figures = scale::run(&options, &me)?;
+    scale_report::print(&figures);
+    Ok(())
+}
+
+/// `child build|parse|parse-stage|collect|invoke …`: one measured run; prints its report.
 fn child_mode(args: &[String]) -> Result<(), String> {
     let arg = |i: usize| {
         args.get(i)
@@ -68,6 +85,15 @@ fn child_mode(args: &[String]) -> Result<(), String> {
     };
     let provider =
         |i: usize| -> Result<ProviderKind, String> { arg(i)?.parse().map_err(|e| format!("{e}")) };
+    if arg(0)? == "invoke" {
+        let function = invoke::Function::from_name(arg(1)?)?;
+        let invocation = invoke::invoke(function, Path::new(arg(2)?))?;
+        println!(
+            "{}",
+            serde_json::to_string(&invocation).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
     let report = match arg(0)? {
         "build" => child::build(provider(1)?, Path::new(arg(2)?))?,
         "build-packed" => {
@@ -501,7 +527,7 @@ fn repeat(
 /// A command for a measured child: `program`, or `$BENCH_CHILD_WRAPPER program` when
 /// that is set (e.g. `heaptrack` or `perf record -g` to profile one measurement; the
 /// figures then describe the wrapper).
-fn child_command(program: &Path) -> Command {
+pub(crate) fn child_command(program: &Path) -> Command {
     let wrapper = std::env::var("BENCH_CHILD_WRAPPER").unwrap_or_default();
     let mut words = wrapper.split_whitespace();
     match words.next() {

@@ -62,7 +62,16 @@ pub fn own_cpu_seconds() -> f64 {
 }
 
 /// Runs `command` to completion; `pin` restricts it to CPU 0 before it starts.
-pub fn run_child(mut command: Command, pin: bool) -> Result<Report, String> {
+pub fn run_child(command: Command, pin: bool) -> Result<Report, String> {
+    run_child_as(command, pin)
+}
+
+/// [`run_child`] for a child whose report is some other JSON object (a last stdout
+/// line that deserialises as `T`).
+pub fn run_child_as<T: serde::de::DeserializeOwned>(
+    mut command: Command,
+    pin: bool,
+) -> Result<T, String> {
     if pin {
         // SAFETY: only async-signal-safe calls between fork and exec (sched_setaffinity
         // on a stack-local set).
