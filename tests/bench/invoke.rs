@@ -50,7 +50,7 @@ impl Function {
     pub fn memory_mb(self) -> u64 {
         match self {
             Self::Submit | Self::Collect => 1024,
-            Self::Poll => 256,
+            Self::Poll => 512,
         }
     }
 }
