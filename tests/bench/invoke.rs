@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use batchline::pipeline::{PipelineError, env, events, poll};
+use batchline::pipeline::{PipelineError, env, events};
 use batchline::queue::{Queue, QueueError};
 use batchline::storage::{ByteStream, ObjectMeta, ObjectStore, PutMode, StoreResult};
 use bytes::Bytes;
@@ -132,10 +132,7 @@ pub fn invoke(function: Function, event_file: &Path) -> Result<Invocation, Strin
         });
         match function {
             Function::Submit => answer(events::handle_submit_payload(&ctx, payload).await),
-            // Hook for the poll fan-out: once poll sends one message per open job
-            // (`POLL_JOBS_QUEUE_URL`) and handles those messages as a worker, an SQS
-            // payload goes to the worker's entry point here.
-            Function::Poll => answer(poll(&ctx).await),
+            Function::Poll => answer(events::handle_poll_payload(&ctx, payload).await),
             Function::Collect => {
                 let event = serde_json::from_value(payload).map_err(|e| e.to_string())?;
                 let response =

@@ -190,7 +190,9 @@ fn print_tick(tick: &TickFigures) {
         );
     }
     println!(
-        "\nThe tick is the inline `batchline::pipeline::poll` (no poll fan-out on this branch)."
+        "\nThe tick polls inline (`POLL_JOBS_QUEUE_URL` unset); fanned out, a tick is one LIST \
+         page per 1,000 jobs and one SendMessageBatch per 10, and poll's workers do this work \
+         in parallel."
     );
 }
 
