@@ -303,10 +303,11 @@ impl PartRecord {
             && self.state.is_none_or(|state| !state.is_terminal())
     }
 
-    /// What the part's batch holds at its provider while it runs.
-    pub fn load(&self) -> crate::quota::Load {
+    /// What the part's batch holds at its provider while it runs, its estimated tokens
+    /// scaled by `token_ratio` (see [`JobRecord::token_ratio`]).
+    pub fn load(&self, token_ratio: f64) -> crate::quota::Load {
         crate::quota::Load {
-            tokens: self.estimated_tokens,
+            tokens: (self.estimated_tokens as f64 * token_ratio).ceil() as u64,
             requests: self.llm_requests.unwrap_or(self.requests),
         }
     }
@@ -485,6 +486,28 @@ impl JobRecord {
             .map_or(&self.source, |rerun| &rerun.source)
     }
 
+    /// The provider's input tokens per estimated token ([`crate::quota::estimated_tokens`],
+    /// an upper bound), learnt from the job's parts collected with every row answered,
+    /// with a tenth more for safety and never above 1; 1 before any is in. Measured on
+    /// English invoices the estimate is about twice the real count: scaling it lets as
+    /// many parts run under an enqueued-token quota as really fit.
+    pub fn token_ratio(&self) -> f64 {
+        let (real, estimated) = self
+            .parts
+            .iter()
+            .filter_map(|part| {
+                let outcome = part.collected.as_ref()?;
+                let whole = outcome.failed == 0 && outcome.retried == 0 && outcome.succeeded > 0;
+                (whole && part.estimated_tokens > 0)
+                    .then_some((outcome.usage.input_tokens, part.estimated_tokens))
+            })
+            .fold((0u64, 0u64), |(r, e), (real, est)| (r + real, e + est));
+        match estimated {
+            0 => 1.0,
+            _ => (real as f64 / estimated as f64 * 1.1).min(1.0),
+        }
+    }
+
     /// The input error files submit wrote, one per invocation that rejected a line.
     pub fn input_error_files(&self) -> Vec<String> {
         self.files_of(&self.rejected_by, self.input_errors, keys::input_errors_of)
@@ -609,6 +632,31 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_token_ratio_learns_from_parts_that_ran_whole() {
+        let part = |estimated: u64, input: u64, failed: u64| {
+            json!({"index": 0, "requests": 2, "estimated_tokens": estimated,
+                   "collected": {"succeeded": 2, "failed": failed, "errors_by_type": {},
+                                 "usage": {"input_tokens": input, "output_tokens": 1}}})
+        };
+        let ratio = |parts: Vec<serde_json::Value>| {
+            let record: JobRecord = serde_json::from_value(json!({
+                "job_id": "j", "source": {"bucket": "b", "key": "inbox/x", "etag": "e"},
+                "status": "open", "requests": 2, "input_errors": 0, "parts": parts,
+                "created_at": "2026-12-03T00:00:00Z"
+            }))
+            .unwrap();
+            record.token_ratio()
+        };
+        assert_eq!(ratio(vec![]), 1.0);
+        assert!((ratio(vec![part(1000, 400, 0), part(1000, 400, 0)]) - 0.44).abs() < 1e-9);
+        // A part with failures ran only some of its requests: it says nothing.
+        assert_eq!(ratio(vec![part(1000, 100, 1)]), 1.0);
+        // Never above 1: the estimate stays the upper bound it was.
+        assert_eq!(ratio(vec![part(1000, 5000, 0)]), 1.0);
+    }
 
     fn source(version: Option<&str>) -> SourceObject {
         SourceObject {

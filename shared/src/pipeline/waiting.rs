@@ -33,8 +33,9 @@ pub(super) fn add_job(in_flight: &mut InFlight, record: &JobRecord) {
     let Some(spec) = &record.spec else {
         return;
     };
+    let ratio = record.token_ratio();
     for part in record.parts.iter().filter(|p| p.is_running()) {
-        in_flight.add(&spec.model, part.load());
+        in_flight.add(&spec.model, part.load(ratio));
     }
 }
 
@@ -147,11 +148,12 @@ impl Pass<'_> {
         let limits = job_limits(ctx, spec);
         let provider = ctx.providers.provider(spec.model.provider).await?;
         let waiting: Vec<&PartRecord> = record.parts.iter().filter(|p| is_waiting(p)).collect();
+        let ratio = record.token_ratio();
         self.done.waiting += waiting.len();
         for part in waiting {
             // In part order: a later part never overtakes an earlier one.
             if self.refused.contains(&spec.model.provider)
-                || !self.in_flight.admit(&spec.model, &limits, part.load())
+                || !self.in_flight.admit(&spec.model, &limits, part.load(ratio))
             {
                 return Ok(());
             }
