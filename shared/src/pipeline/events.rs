@@ -9,7 +9,7 @@ use super::collect::{ReadyMessage, collect};
 use super::context::{Context, PipelineError};
 use super::job;
 use super::poll::{PollReport, poll, poll_listed};
-use super::poll_jobs::PollJobMessage;
+use super::ready::JobMessage;
 use super::submission::resume_submit;
 use super::submit::{SubmitOutcome, UploadedObject, submit};
 
@@ -63,15 +63,11 @@ pub enum SubmitResponse {
 /// resumed is reported back, so that only it comes again (poll also resumes the job
 /// once its lease has passed).
 async fn resume_handed_over(ctx: &Context, event: SqsEvent) -> SqsBatchResponse {
-    #[derive(serde::Deserialize)]
-    struct HandedOver {
-        job_id: String,
-    }
     let mut response = SqsBatchResponse::default();
     for message in event.records {
         let id = message.message_id.unwrap_or_default();
         let body = message.body.unwrap_or_default();
-        let Ok(HandedOver { job_id }) = serde_json::from_str(&body) else {
+        let Ok(JobMessage { job_id }) = JobMessage::parse(&body) else {
             // Delivering it again could never help.
             tracing::warn!(message = %id, %body, "submit queue message ignored: not a job id");
             continue;
@@ -202,7 +198,7 @@ pub async fn handle_poll_jobs_event(ctx: &Context, event: SqsEvent) -> SqsBatchR
     let mut messages = Vec::with_capacity(event.records.len());
     for message in event.records {
         let id = message.message_id.unwrap_or_default();
-        match PollJobMessage::parse(message.body.as_deref().unwrap_or_default()) {
+        match JobMessage::parse(message.body.as_deref().unwrap_or_default()) {
             Ok(parsed) => messages.push((id, parsed.job_id)),
             Err(e) => {
                 tracing::error!(message = %id, error = %e, "not a fan-out message");

@@ -35,6 +35,6 @@ mod waiting;
 pub use collect::{CollectOutcome, collect};
 pub use context::{Context, PipelineError, ProviderSource, Settings};
 pub use poll::{ListedPoll, PollReport, poll, poll_listed};
-pub use poll_jobs::PollJobMessage;
-pub use ready::ReadyMessage;
+
+pub use ready::{JobMessage, ReadyMessage};
 pub use submit::{SubmitOutcome, UploadedObject, submit};

@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::context::{Context, PipelineError};
 use super::job::{self, JobRecord, JobStatus, PartRecord, Versioned, keys};
 use super::poll_jobs::fan_out;
-use super::ready::ReadyMessage;
+use super::ready::{JobMessage, send_ready};
 use super::submission::resume_submit;
 use super::summary;
 use super::waiting::{has_waiting_parts, open_job_records, start_waiting_parts};
@@ -298,13 +298,7 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> 
         changed
     })
     .await?;
-    for part in &to_queue {
-        let message = ReadyMessage {
-            job_id: job_id.to_string(),
-            part: *part,
-        };
-        ctx.queue.send(serde_json::to_string(&message)?).await?;
-    }
+    send_ready(ctx, job_id, &to_queue).await?;
     Ok(Polled {
         checked,
         queued: to_queue.len(),
@@ -327,8 +321,7 @@ async fn resume_dead_submit(ctx: &Context, snapshot: Versioned) -> Result<(), Pi
     }
     match &ctx.submit_queue {
         Some(queue) => {
-            let message = serde_json::json!({ "job_id": record.job_id }).to_string();
-            queue.send(message).await?;
+            queue.send(JobMessage::body(&record.job_id)).await?;
         }
         None => {
             resume_submit(ctx, snapshot).await?;

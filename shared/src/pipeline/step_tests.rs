@@ -15,7 +15,7 @@ use super::collect::{CollectOutcome, collect};
 use super::context::{Context, PipelineError, ProviderSource, Settings};
 use super::job::{self, JobRecord, JobStatus, keys};
 use super::poll::{ListedPoll, poll, poll_listed};
-use super::poll_jobs::PollJobMessage;
+use super::ready::JobMessage;
 use super::ready::ReadyMessage;
 use super::submit::{SubmitOutcome, UploadedObject, submit};
 use crate::clock::{Clock, ManualClock};
@@ -1733,7 +1733,7 @@ impl Steps {
             .inner
             .drain()
             .iter()
-            .map(|body| PollJobMessage::parse(body).unwrap().job_id)
+            .map(|body| JobMessage::parse(body).unwrap().job_id)
             .collect()
     }
 

@@ -23,6 +23,7 @@ use super::job::{
     keys,
 };
 use super::parts::{Start, create_part, open_reader};
+use super::ready::JobMessage;
 use super::rerun;
 use super::row::{InputRow, KeptValues, RowRejection, write_record};
 use super::skip::{Replay, SkipCheck, Skipped};
@@ -1006,9 +1007,7 @@ async fn hand_over(
     job::save(ctx.store.as_ref(), versioned).await?;
     tracing::info!(job = %job_id, line = checkpoint.line, parts, "time budget used: the rest of the upload goes to the next invocation");
     if let Some(queue) = &ctx.submit_queue {
-        queue
-            .send(serde_json::json!({ "job_id": job_id }).to_string())
-            .await?;
+        queue.send(JobMessage::body(&job_id)).await?;
     }
     Ok(SubmitOutcome::HandedOver {
         job_id,

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use super::context::{Context, PipelineError};
 use super::job::{self, JobRecord, JobStatus, PartRecord, keys};
 use super::parts::{PartBatch, start_batch};
-use super::ready::ReadyMessage;
+use super::ready::send_ready;
 use super::spec::JobSpec;
 use crate::model::ProviderKind;
 use crate::quota::{InFlight, QuotaLimits};
@@ -307,13 +307,7 @@ impl Pass<'_> {
             !expired.is_empty()
         })
         .await?;
-        for part in &expired {
-            let message = ReadyMessage {
-                job_id: record.job_id.clone(),
-                part: *part,
-            };
-            ctx.queue.send(serde_json::to_string(&message)?).await?;
-        }
+        send_ready(ctx, &record.job_id, &expired).await?;
         tracing::warn!(job = %record.job_id, parts = expired.len(), "parts still waiting for quota at the job's deadline were given up");
         self.done.expired += expired.len();
         Ok(())
