@@ -131,6 +131,9 @@ pub struct ScaleFigures {
     pub requests: Requests,
     pub end_to_end_seconds: f64,
     pub estimated_prompt_tokens: u64,
+    /// The pipeline's own upper estimate of the job's input tokens: the sum of its
+    /// parts' `estimated_tokens` (what quota counts start from).
+    pub part_token_estimate: u64,
     pub quota: QuotaReport,
     pub summary: Value,
     pub tick: Option<TickFigures>,
@@ -205,6 +208,11 @@ pub fn run(options: &Options, me: &Path) -> Result<ScaleFigures, String> {
     progress(&format!("scale: job {job_id}: {first}"));
     let summary = runtime.block_on(drive(options, &world, &env, &mut tally, &job_id, started))?;
     let end_to_end_seconds = started.elapsed().as_secs_f64();
+    let record = runtime
+        .block_on(batchline::pipeline::job::load(&world.store, &job_id))
+        .map_err(|e| e.to_string())?
+        .record;
+    let part_token_estimate = record.parts.iter().map(|p| p.estimated_tokens).sum();
     let quota = emulator.quota_report();
     drop(emulator);
 
@@ -221,6 +229,7 @@ pub fn run(options: &Options, me: &Path) -> Result<ScaleFigures, String> {
         requests: tally.requests,
         end_to_end_seconds,
         estimated_prompt_tokens,
+        part_token_estimate,
         quota,
         summary,
         tick,
