@@ -155,7 +155,10 @@ pub fn print(figures: &ScaleFigures) {
         "| the job's input tokens (summary `usage`) | {} |",
         summary["usage"]["input_tokens"]
     );
-    let real = summary["usage"]["input_tokens"].as_u64().unwrap_or(0).max(1);
+    let real = summary["usage"]["input_tokens"]
+        .as_u64()
+        .unwrap_or(0)
+        .max(1);
     println!(
         "| the pipeline's token estimate (sum of the parts' `estimated_tokens`) | {} ({:.2}× the real count) |",
         figures.part_token_estimate,
