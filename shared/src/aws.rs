@@ -21,9 +21,14 @@ pub fn sdk_config_from_env() -> Result<SdkConfig> {
         .ok_or_else(|| Error::Config("AWS_REGION is not set".to_string()))?;
     Ok(sdk_config(
         &region,
-        SharedCredentialsProvider::new(EnvironmentCredentials),
+        environment_credentials(),
         env_var("AWS_ENDPOINT_URL").as_deref(),
     ))
+}
+
+/// The credentials in the environment (Lambda's role), read at each use.
+pub fn environment_credentials() -> SharedCredentialsProvider {
+    SharedCredentialsProvider::new(EnvironmentCredentials)
 }
 
 /// An SDK configuration with the crate's HTTPS client (rustls on ring). Retries,

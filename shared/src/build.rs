@@ -7,7 +7,7 @@
 //! an error for that one line and go on.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 
 use crate::error::{Error, Result};
@@ -155,6 +155,22 @@ pub struct BatchBuilder {
     scratch: Vec<u8>,
     /// Rows refused after they were accepted (see [`BatchBuilder::take_rejected`]).
     rejected: Vec<(String, String)>,
+    /// Rows accepted but not yet encoded, for a provider with a minimum batch size
+    /// ([`crate::provider::ProviderDescriptor::min_requests`]); see [`Reserve`].
+    reserve: Reserve,
+}
+
+/// The last rows pushed, held back from the open part so that the builder still
+/// knows, when the input ends, whether they fill a last part of the provider's
+/// minimum size: if the open part cannot take them all, it is closed first and they
+/// make the last part on their own. A part closed by a full part along the way is
+/// followed by at least these rows, so no part but a lone first one is ever smaller.
+#[derive(Debug, Default)]
+struct Reserve {
+    /// Rows held: the minimum's worth of requests (0 without a minimum).
+    capacity: usize,
+    /// The rows with their encoded size (unpacked; 0 when packed).
+    rows: VecDeque<(Request, usize)>,
 }
 
 impl BatchBuilder {
@@ -173,8 +189,15 @@ impl BatchBuilder {
         params: &GenerationParams,
         rows_per_request: usize,
     ) -> Result<Self> {
-        let limits = descriptor(model.provider).limits();
-        let mut builder = Self::with_encoder(encoder_for(model, format, params)?, limits);
+        let provider = descriptor(model.provider);
+        let mut builder =
+            Self::with_encoder(encoder_for(model, format, params)?, provider.limits());
+        // One request short of the minimum would do for the open part's first request;
+        // the whole minimum lets the last rows make a part of their own.
+        let min_requests = provider.min_requests();
+        if min_requests > 1 {
+            builder.reserve.capacity = min_requests * rows_per_request.max(1);
+        }
         if rows_per_request > 1 {
             let schema = packable_schema(format)?;
             let mut packer = Packer {
@@ -208,6 +231,7 @@ impl BatchBuilder {
             part_index: 0,
             scratch: Vec::new(),
             rejected: Vec::new(),
+            reserve: Reserve::default(),
         }
     }
 
@@ -235,10 +259,27 @@ impl BatchBuilder {
     /// nothing changes and the error concerns `request` only.
     pub fn push(&mut self, request: &Request) -> Result<Option<BatchPart>> {
         self.check_new_id(request)?;
-        let Some(packer) = &mut self.packer else {
-            let closed = self.add_request(None, request, &[])?;
+        if self.reserve.capacity == 0 {
+            let closed = self.accept(request)?;
             self.remember(&request.custom_id);
             return Ok(closed);
+        }
+        // Refused now, not when it leaves the reserve, so the error is this row's.
+        let encoded = self.check_alone(request)?;
+        self.remember(&request.custom_id);
+        self.reserve.rows.push_back((request.clone(), encoded));
+        if self.reserve.rows.len() <= self.reserve.capacity {
+            return Ok(None);
+        }
+        let (oldest, _) = self.reserve.rows.pop_front().expect("a full reserve");
+        Ok(self.accept_checked(&oldest))
+    }
+
+    /// Adds a row whose id is checked: encoded into the open part unpacked, waiting
+    /// for the rows of its request packed.
+    fn accept(&mut self, request: &Request) -> Result<Option<BatchPart>> {
+        let Some(packer) = &mut self.packer else {
+            return self.add_request(None, request, &[]);
         };
         check_packable(request).map_err(|reason| Error::InvalidRequest {
             custom_id: request.custom_id.clone(),
@@ -255,8 +296,87 @@ impl BatchBuilder {
         let packer = self.packer.as_mut().expect("packing builder");
         packer.pending_bytes += text_bytes;
         packer.pending.push(request.clone());
-        self.remember(&request.custom_id);
         Ok(closed)
+    }
+
+    /// [`Self::accept`] for a row [`Self::check_alone`] passed, which cannot fail; should
+    /// it, the row is reported through [`Self::take_rejected`].
+    fn accept_checked(&mut self, request: &Request) -> Option<BatchPart> {
+        self.accept(request).unwrap_or_else(|e| {
+            self.rejected
+                .push((request.custom_id.clone(), e.to_string()));
+            None
+        })
+    }
+
+    /// Whether `request` can go into a part: encodable and, unpacked, no larger than
+    /// a part on its own. Answers its encoded size (0 packed, where rows share requests).
+    fn check_alone(&mut self, request: &Request) -> Result<usize> {
+        if self.packer.is_some() {
+            check_packable(request).map_err(|reason| Error::InvalidRequest {
+                custom_id: request.custom_id.clone(),
+                reason,
+            })?;
+            return Ok(0);
+        }
+        self.encode_into_scratch(None, 0, request)?;
+        self.check_fits_alone(request)?;
+        Ok(self.scratch.len())
+    }
+
+    /// Refuses `request` when its encoding (in `scratch`) is larger than a part.
+    fn check_fits_alone(&self, request: &Request) -> Result<()> {
+        let alone = self.framing.prefix.len() + self.scratch.len() + self.framing.suffix.len();
+        if alone <= self.limits.max_bytes {
+            return Ok(());
+        }
+        Err(Error::InvalidRequest {
+            custom_id: request.custom_id.clone(),
+            reason: format!(
+                "encoded request is {} bytes; a batch may hold at most {} bytes",
+                thousands(alone),
+                thousands(self.limits.max_bytes)
+            ),
+        })
+    }
+
+    /// Encodes the reserve's rows, closing the open part first when they do not all
+    /// fit in it, so that they make a last part of at least the provider's minimum.
+    fn release_reserve(&mut self) -> Vec<BatchPart> {
+        let rows = std::mem::take(&mut self.reserve.rows);
+        let mut closed = Vec::new();
+        if !rows.is_empty() {
+            let requests = self.request_rows.len() + rows.len().div_ceil(self.rows_per_request());
+            let bytes = self.body.len()
+                + rows
+                    .iter()
+                    .map(|(_, size)| size + self.framing.separator.len())
+                    .sum::<usize>()
+                + self.framing.suffix.len();
+            let split = if requests > self.limits.max_requests {
+                Some(SplitReason::RequestCount {
+                    limit: self.limits.max_requests,
+                })
+            } else if bytes > self.limits.max_bytes {
+                Some(SplitReason::ByteSize {
+                    limit: self.limits.max_bytes,
+                })
+            } else {
+                None
+            };
+            if let Some(split) = split {
+                closed.extend(self.flush_pending());
+                closed.extend(self.close_part(Some(split)));
+            }
+        }
+        for (row, _) in rows {
+            closed.extend(self.accept_checked(&row));
+        }
+        closed
+    }
+
+    fn rows_per_request(&self) -> usize {
+        self.packer.as_ref().map_or(1, |p| p.rows_per_request)
     }
 
     /// Adds `rows` as one packed request of their own (a retry splits a request that
@@ -273,7 +393,8 @@ impl BatchBuilder {
         for row in rows {
             self.check_new_id(row)?;
         }
-        let mut closed: Vec<BatchPart> = self.flush_pending().into_iter().collect();
+        let mut closed = self.release_reserve();
+        closed.extend(self.flush_pending());
         let packer = self.packer.as_mut().expect("packing builder");
         packer.pending = rows.to_vec();
         closed.extend(self.flush_pending());
@@ -298,7 +419,8 @@ impl BatchBuilder {
     /// Closes the last parts (packed rows still waiting may close one more); empty
     /// when no request was added since the last split.
     pub fn finish(&mut self) -> Vec<BatchPart> {
-        let mut parts: Vec<BatchPart> = self.flush_pending().into_iter().collect();
+        let mut parts = self.release_reserve();
+        parts.extend(self.flush_pending());
         parts.extend(self.close_part(None));
         parts
     }
@@ -396,17 +518,7 @@ impl BatchBuilder {
                 }
                 self.encode_into_scratch(rows, 0, &request)?;
             }
-            let alone = self.framing.prefix.len() + self.scratch.len() + self.framing.suffix.len();
-            if alone > self.limits.max_bytes {
-                return Err(Error::InvalidRequest {
-                    custom_id: request.custom_id.clone(),
-                    reason: format!(
-                        "encoded request is {} bytes; a batch may hold at most {} bytes",
-                        thousands(alone),
-                        thousands(self.limits.max_bytes)
-                    ),
-                });
-            }
+            self.check_fits_alone(&request)?;
             let reason = if count_full {
                 SplitReason::RequestCount {
                     limit: self.limits.max_requests,
@@ -631,6 +743,7 @@ mod tests {
             match provider {
                 ProviderKind::OpenAi | ProviderKind::Anthropic => item["custom_id"].as_str(),
                 ProviderKind::Gemini => item["key"].as_str(),
+                ProviderKind::Bedrock => item["recordId"].as_str(),
                 ProviderKind::Vertex => None,
             }
             .expect("id field")
@@ -816,6 +929,41 @@ mod tests {
             assert_eq!(reasons, [by_count, by_count, None], "{provider_model}");
             assert_parts_cover(provider, &parts, &requests);
         }
+    }
+
+    #[test]
+    fn bedrock_parts_never_fall_under_its_record_minimum() {
+        let bedrock = "bedrock/amazon.nova-lite-v1:0";
+        let limits = PartLimits {
+            max_requests: 250,
+            max_bytes: LARGE,
+        };
+        // (rows, part sizes): the last part takes rows from the one before it only
+        // when it would be under 100; a job under 100 rows stays one part.
+        for (rows, expected) in [
+            (40, vec![40]),
+            (250, vec![250]),
+            (251, vec![151, 100]),
+            (320, vec![220, 100]),
+            (350, vec![250, 100]),
+            (600, vec![250, 250, 100]),
+            (700, vec![250, 250, 200]),
+        ] {
+            let mut builder = builder(bedrock).with_limits(limits);
+            let requests = texts(rows);
+            let mut parts = push_all(&mut builder, &requests);
+            parts.extend(builder.finish());
+            let sizes: Vec<usize> = parts.iter().map(|p| p.custom_ids.len()).collect();
+            assert_eq!(sizes, expected, "{rows} rows");
+            assert_parts_cover(ProviderKind::Bedrock, &parts, &requests);
+            let indexes: Vec<u32> = parts.iter().map(|p| p.index).collect();
+            assert_eq!(indexes, (0..parts.len() as u32).collect::<Vec<_>>());
+        }
+        // A refused row is refused when pushed, not when it leaves the reserve.
+        let mut builder = builder(bedrock);
+        builder.push(&texts(1)[0]).unwrap();
+        assert!(builder.push(&texts(1)[0]).is_err(), "a repeated id");
+        assert_eq!(builder.finish()[0].custom_ids.len(), 1);
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub struct InvalidModel {
     pub reason: String,
 }
 
-/// The four batch APIs batchline speaks.
+/// The five batch APIs batchline speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -32,14 +32,22 @@ pub enum ProviderKind {
     Vertex,
     /// Gemini Developer API batch mode (API key).
     Gemini,
+    /// Amazon Bedrock batch inference (SigV4, input and output in S3).
+    Bedrock,
 }
 
 impl ProviderKind {
     /// Every provider, in declaration order.
-    pub const ALL: [ProviderKind; 4] = [Self::OpenAi, Self::Anthropic, Self::Vertex, Self::Gemini];
+    pub const ALL: [ProviderKind; 5] = [
+        Self::OpenAi,
+        Self::Anthropic,
+        Self::Vertex,
+        Self::Gemini,
+        Self::Bedrock,
+    ];
 
     /// The names users write before the `/` of a model string, in the order of [`Self::ALL`].
-    const NAMES: [&'static str; 4] = ["openai", "anthropic", "google", "gemini"];
+    const NAMES: [&'static str; 5] = ["openai", "anthropic", "google", "gemini", "bedrock"];
 
     /// The provider's name in model strings, logs and error messages.
     pub fn as_str(self) -> &'static str {

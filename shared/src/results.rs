@@ -893,6 +893,9 @@ mod tests {
             ProviderKind::Gemini => format!(
                 r#"{{"key":"r-1","response":{{"candidates":[{{"content":{{"role":"model","parts":[{{"text":{text}}}]}},"finishReason":"STOP"}}],"usageMetadata":{{"promptTokenCount":10,"candidatesTokenCount":4}}}}}}"#
             ),
+            ProviderKind::Bedrock => format!(
+                r#"{{"recordId":"r-1","modelInput":{{"messages":[]}},"modelOutput":{{"output":{{"message":{{"role":"assistant","content":[{{"toolUse":{{"toolUseId":"t1","name":"person","input":{answer}}}}}]}}}},"stopReason":"tool_use","usage":{{"inputTokens":10,"outputTokens":4,"totalTokens":14}}}}}}"#
+            ),
         }
         .into_bytes()
     }
@@ -1065,6 +1068,7 @@ mod tests {
             let id_field: &[u8] = match provider {
                 ProviderKind::Vertex => br#""batchline_row":"1""#,
                 ProviderKind::Gemini => br#""key":"r-1""#,
+                ProviderKind::Bedrock => br#""recordId":"r-1""#,
                 _ => br#""custom_id":"r-1""#,
             };
             let id_end = line
@@ -1429,6 +1433,13 @@ mod tests {
                 let text = serde_json::to_string(answer).unwrap();
                 format!(
                     r#"{{"custom_id":"r-1","result":{{"type":"succeeded","message":{{"content":[{{"type":"text","text":{text}}}],"stop_reason":"end_turn","usage":{{"input_tokens":10,"output_tokens":4}}}}}}}}"#
+                )
+                .into_bytes()
+            }
+            ProviderKind::Bedrock => {
+                let text = serde_json::to_string(answer).unwrap();
+                format!(
+                    r#"{{"recordId":"r-1","modelInput":{{}},"modelOutput":{{"output":{{"message":{{"role":"assistant","content":[{{"text":{text}}}]}}}},"stopReason":"end_turn","usage":{{"inputTokens":10,"outputTokens":4}}}}}}"#
                 )
                 .into_bytes()
             }

@@ -390,6 +390,11 @@ impl CollectRun<'_> {
                 return Ok(None);
             }
         };
+        let min_requests = descriptor(self.spec.model.provider).min_requests();
+        if batch.request_rows.len() < min_requests {
+            tracing::warn!(job = %job_id, part = index, requests = batch.request_rows.len(), min_requests, "too few failures for a batch of their own: they are final");
+            return Ok(None);
+        }
         // Deterministic, so that a rerun finds the same part: after every first-attempt
         // part, at the same offset as the part it retries.
         let initial_parts = self

@@ -427,8 +427,28 @@ async fn submit_claimed(
         }
     }
     run.release_held(&mut builder, &mut versioned).await?;
-    for part in builder.finish() {
-        run.submit_part(&mut versioned, part).await?;
+    let last_parts = builder.finish();
+    let provider = descriptor(spec.model.provider);
+    // The builder leaves no part under the provider's minimum but a lone first one.
+    let too_few = match last_parts.as_slice() {
+        [only]
+            if versioned.record.parts.is_empty()
+                && only.request_rows.len() < provider.min_requests() =>
+        {
+            Some(format!(
+                "{key}: {} runs a batch of at least {} requests, and this job has {}; \
+                 nothing was submitted",
+                provider.display_name(),
+                provider.min_requests(),
+                only.request_rows.len()
+            ))
+        }
+        _ => None,
+    };
+    if too_few.is_none() {
+        for part in last_parts {
+            run.submit_part(&mut versioned, part).await?;
+        }
     }
     run.write_late_rejections(&mut builder).await?;
 
@@ -467,6 +487,11 @@ async fn submit_claimed(
     }
     if requests == 0 {
         let reason = format!("{key}: {}", rows.no_rows_reason());
+        return fail(ctx, versioned, reason).await;
+    }
+    if let Some(reason) = too_few {
+        versioned.record.input_errors = rejected_lines;
+        versioned.record.requests = requests;
         return fail(ctx, versioned, reason).await;
     }
     let parts = versioned.record.parts.len();

@@ -122,6 +122,41 @@ pub struct VertexSettings {
     pub credentials: GoogleCredentials,
 }
 
+/// AWS credentials for a client signed with SigV4 (Bedrock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwsCredentials {
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, read at
+    /// each use (Lambda sets them from the function's role).
+    Environment,
+    /// A fixed key pair (tests).
+    Static {
+        /// The access key id.
+        access_key_id: String,
+        /// The secret access key.
+        secret_access_key: Credential,
+    },
+}
+
+/// The Amazon Bedrock specifics: region, the service role the jobs run as, and where
+/// their input and output live in S3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BedrockSettings {
+    /// The AWS region the jobs run in.
+    pub region: String,
+    /// The service role Bedrock assumes to read the input and write the output.
+    pub role_arn: String,
+    /// The bucket that holds the jobs' input and output.
+    pub bucket: String,
+    /// The key prefix of the input and output objects, ending with `/`.
+    pub prefix: String,
+    /// S3's endpoint when it is not AWS's (moto locally).
+    pub s3_endpoint: Option<String>,
+    /// How long a job may run before Bedrock expires it (24 to 168 hours).
+    pub timeout_hours: i32,
+    /// Credentials for both the control plane and S3.
+    pub credentials: AwsCredentials,
+}
+
 /// Everything a provider client needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderConfig {
@@ -131,6 +166,8 @@ pub struct ProviderConfig {
     pub api_key: Option<Credential>,
     /// For Vertex AI (`ProviderKind::Vertex`) only.
     pub vertex: Option<VertexSettings>,
+    /// For Amazon Bedrock (`ProviderKind::Bedrock`) only.
+    pub bedrock: Option<BedrockSettings>,
     /// Connection and read timeouts.
     pub timeouts: Timeouts,
     /// How failed calls are retried.
@@ -170,6 +207,7 @@ impl ProviderConfig {
             base_url,
             api_key: None,
             vertex: None,
+            bedrock: None,
             timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,

@@ -73,6 +73,12 @@ pub trait ProviderDescriptor: Send + Sync + Debug {
     /// How much one batch may hold.
     fn limits(&self) -> PartLimits;
 
+    /// The fewest requests the provider accepts in one batch (Bedrock's record
+    /// minimum); the part builder never leaves a part under it when the job has more.
+    fn min_requests(&self) -> usize {
+        1
+    }
+
     /// The encoder of requests to `model` asking for answers in `format`, with its
     /// schema (if any) translated once for the batch.
     fn encoder(

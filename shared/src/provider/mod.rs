@@ -10,10 +10,13 @@
 //! - `mod.rs`: the descriptor, the configuration it reads and the client, the HTTP
 //!   operations over [`http::HttpClient`].
 //!
+//! Amazon Bedrock (`bedrock/`) keeps its input and output in the pipeline's S3 bucket.
+//!
 //! The two Google APIs (Vertex AI, model prefix `google/`, and the Gemini API, `gemini/`)
 //! share their request and response bodies, schema subset and wire details in `google/`.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod config;
 mod contract;
 pub mod decode;
@@ -39,6 +42,7 @@ pub fn descriptor(kind: ProviderKind) -> &'static dyn ProviderDescriptor {
         ProviderKind::Anthropic => &anthropic::Anthropic,
         ProviderKind::Vertex => &google::vertex::Vertex,
         ProviderKind::Gemini => &google::gemini::Gemini,
+        ProviderKind::Bedrock => &bedrock::Bedrock,
     }
 }
 
