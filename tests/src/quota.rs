@@ -24,6 +24,9 @@ pub struct Quotas {
     pub vertex_concurrent_jobs: Option<u32>,
     /// Gemini API: prompt tokens of the not-ended batches of one model.
     pub gemini_enqueued_tokens: Option<u64>,
+    /// Amazon Bedrock: batch inference jobs not yet ended (`Submitted` to `InProgress`,
+    /// and `Stopping`), per account and region.
+    pub bedrock_concurrent_jobs: Option<u32>,
 }
 
 /// One provider's quota.
@@ -33,6 +36,18 @@ pub enum Quota {
     AnthropicQueueRequests,
     VertexConcurrentJobs,
     GeminiEnqueuedTokens,
+    BedrockConcurrentJobs,
+}
+
+impl Quota {
+    /// Every quota, in [`QuotaReport`] order.
+    const ALL: [Quota; 5] = [
+        Self::OpenAiEnqueuedTokens,
+        Self::AnthropicQueueRequests,
+        Self::VertexConcurrentJobs,
+        Self::GeminiEnqueuedTokens,
+        Self::BedrockConcurrentJobs,
+    ];
 }
 
 impl Quota {
@@ -46,6 +61,7 @@ impl Quota {
             Self::AnthropicQueueRequests => quotas.anthropic_queue_requests,
             Self::VertexConcurrentJobs => quotas.vertex_concurrent_jobs.map(u64::from),
             Self::GeminiEnqueuedTokens => quotas.gemini_enqueued_tokens,
+            Self::BedrockConcurrentJobs => quotas.bedrock_concurrent_jobs.map(u64::from),
         }
     }
 
@@ -55,6 +71,7 @@ impl Quota {
             Self::AnthropicQueueRequests => &mut report.anthropic,
             Self::VertexConcurrentJobs => &mut report.vertex,
             Self::GeminiEnqueuedTokens => &mut report.gemini,
+            Self::BedrockConcurrentJobs => &mut report.bedrock,
         }
     }
 }
@@ -80,6 +97,7 @@ pub struct QuotaReport {
     pub anthropic: QuotaFigures,
     pub vertex: QuotaFigures,
     pub gemini: QuotaFigures,
+    pub bedrock: QuotaFigures,
 }
 
 /// What a batch being created would bring its quota to.
@@ -112,19 +130,14 @@ pub struct QuotaState {
     /// One per [`Quota`]: while a quota is set, its provider's creates run one at a time,
     /// so that two concurrent creates cannot both take the same room (a create measures
     /// the room before it stores its batch, with work between).
-    gates: [tokio::sync::Mutex<()>; 4],
+    gates: [tokio::sync::Mutex<()>; Quota::ALL.len()],
 }
 
 impl QuotaState {
     /// Replaces the quotas and starts their figures afresh.
     pub fn set(&self, quotas: Quotas) {
         let mut report = QuotaReport::default();
-        for quota in [
-            Quota::OpenAiEnqueuedTokens,
-            Quota::AnthropicQueueRequests,
-            Quota::VertexConcurrentJobs,
-            Quota::GeminiEnqueuedTokens,
-        ] {
+        for quota in Quota::ALL {
             quota.figures(&mut report).limit = quota.limit(&quotas);
         }
         *lock(&self.book) = Book { quotas, report };
@@ -245,6 +258,7 @@ mod tests {
                 "anthropic": {"limit": null, "peak": 0, "refused": 0, "admitted": 0},
                 "vertex": {"limit": 4, "peak": 0, "refused": 0, "admitted": 0},
                 "gemini": {"limit": null, "peak": 0, "refused": 0, "admitted": 0},
+                "bedrock": {"limit": null, "peak": 0, "refused": 0, "admitted": 0},
             })
         );
         // Setting replaces: what is left out has no limit any more.
