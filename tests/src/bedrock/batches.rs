@@ -141,8 +141,12 @@ impl Job {
         }
         if let Some(stop) = &self.stop {
             if self.steps_since(bedrock, stop.requested) >= 1 {
-                let ran = stop.ran;
-                match self.write_output(bedrock, ran).await {
+                // A job stopped before it ran anything writes no output.
+                let outcome = match stop.ran {
+                    0 => Ok(None),
+                    ran => self.write_output(bedrock, ran).await,
+                };
+                match outcome {
                     Ok(counts) => {
                         self.counts = counts;
                         self.end(Status::Stopped, None);

@@ -832,3 +832,76 @@ async fn lists_page_filter_and_sort_by_submit_time() {
         .await;
     assert_eq!(malformed.error_type.as_deref(), Some("ValidationException"));
 }
+
+#[tokio::test]
+async fn http_faults_answer_as_aws_errors() {
+    let shared = frozen_shared();
+    let router = super::router(shared.clone());
+    lock(&shared.faults).http.push(crate::HttpFault {
+        method: None,
+        path_prefix: "/model-invocation-jobs".into(),
+        status: 429,
+        retry_after_s: None,
+        times: 1,
+        delay_ms: 0,
+    });
+    let h = Harness {
+        state: Arc::new(Bedrock::new(shared)),
+        router,
+        moto: None,
+    };
+    let throttled = h.send("GET", "/model-invocation-jobs", Value::Null).await;
+    assert_eq!(throttled.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(throttled.error_type.as_deref(), Some("ThrottlingException"));
+    assert!(
+        throttled.body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("emulated fault")
+    );
+    let next = h.send("GET", "/model-invocation-jobs", Value::Null).await;
+    assert_eq!(next.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_control_endpoint_changes_the_settings_given() {
+    use crate::common::testing::call;
+
+    let shared = frozen_shared();
+    let router = crate::app(shared.clone());
+    let json = [("content-type", "application/json")];
+    let body = r#"{"s3_endpoint": "http://127.0.0.1:5000", "min_records": 10}"#;
+    let (status, _) = call(&router, "POST", "/_emulator/bedrock", &json, body).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        lock(&shared.s3_endpoint).as_deref(),
+        Some("http://127.0.0.1:5000")
+    );
+    let settings = lock(&shared.bedrock).clone();
+    assert_eq!(
+        settings,
+        BedrockConfig {
+            min_records: 10,
+            ..BedrockConfig::default()
+        }
+    );
+    let (status, _) = call(
+        &router,
+        "POST",
+        "/_emulator/bedrock",
+        &json,
+        r#"{"typo": 1}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = call(
+        &router,
+        "POST",
+        "/_emulator/bedrock",
+        &json,
+        r#"{"s3_endpoint": null}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(lock(&shared.s3_endpoint).is_none());
+}
