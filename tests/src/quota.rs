@@ -4,7 +4,8 @@
 //!
 //! Each provider's create handler measures what is in use now and what the new batch
 //! asks for, and calls [`QuotaState::admit`]; how a refusal looks is the provider's
-//! business (OpenAI accepts the batch then fails it, the others answer 429).
+//! business (OpenAI accepts the batch then fails it, Bedrock answers
+//! `ServiceQuotaExceededException`, the others answer 429).
 
 use std::sync::Mutex;
 
@@ -83,7 +84,8 @@ pub struct QuotaFigures {
     pub limit: Option<u64>,
     /// The highest in-use figure an admitted batch brought the quota to (itself included).
     pub peak: u64,
-    /// Batches refused: creates answered 429, or OpenAI batches failed with `token_limit_exceeded`.
+    /// Batches refused: creates answered 429 (Bedrock: `ServiceQuotaExceededException`), or
+    /// OpenAI batches failed with `token_limit_exceeded`.
     pub refused: u64,
     /// Batches that fit.
     pub admitted: u64,
