@@ -3,17 +3,21 @@
 Every test gets its own emulator process (its control endpoints change global state such
 as "finish every batch"), started from the binary built once per session by
 `cargo build -p batchline-emulator --bin provider-emulator`. Set EMULATOR_BIN to use a
-binary that is already built instead.
+binary that is already built instead. Bedrock tests use `bedrock_emulator`, an emulator
+pointed at `moto`, a moto server (S3) started once per session from the workspace venv
+(or MOTO_SERVER).
 
 Helpers: `advance(base_url, batch_id=None)` and `set_faults(base_url, plan)` drive the
 emulator's control endpoints (not part of any provider API); `conforms(SdkType, data)`
 checks a wire object strictly against an SDK type; `wait_for(fetch, done)` polls.
 """
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -59,14 +63,10 @@ def wait_until_listening(process, port):
     raise RuntimeError(f"emulator did not listen on port {port} within {START_TIMEOUT_S}s")
 
 
-@pytest.fixture
-def emulator(emulator_binary):
-    """Base URL (`http://127.0.0.1:PORT`) of a fresh emulator, stopped after the test."""
-    port = free_port()
-    process = subprocess.Popen(
-        [str(emulator_binary), "--port", str(port), "--step-ms", str(STEP_MS)],
-        stdout=subprocess.DEVNULL,
-    )
+@contextlib.contextmanager
+def serving(command, port, stderr=None):
+    """Runs `command` (a server listening on `port`) for the duration of the block."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         wait_until_listening(process, port)
         yield f"http://127.0.0.1:{port}"
@@ -77,6 +77,41 @@ def emulator(emulator_binary):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def start_emulator(binary, *extra_args, step_ms=STEP_MS):
+    port = free_port()
+    command = [str(binary), "--port", str(port), "--step-ms", str(step_ms), *extra_args]
+    return serving(command, port)
+
+
+@pytest.fixture
+def emulator(emulator_binary):
+    """Base URL (`http://127.0.0.1:PORT`) of a fresh emulator, stopped after the test."""
+    with start_emulator(emulator_binary) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def moto():
+    """Base URL of a moto server (S3 for Bedrock batch input and output), stopped after the session."""
+    binary = os.environ.get("MOTO_SERVER") or str(Path(sys.prefix) / "bin" / "moto_server")
+    port = free_port()
+    # moto logs every request on stderr.
+    with serving([binary, "-H", "127.0.0.1", "-p", str(port)], port, stderr=subprocess.DEVNULL) as url:
+        yield url
+
+
+# Bedrock tests stop jobs while they run: steps long enough that a call lands in the
+# state it aims at on a busy machine.
+BEDROCK_STEP_MS = 250
+
+
+@pytest.fixture
+def bedrock_emulator(emulator_binary, moto):
+    """Base URL of a fresh emulator whose Bedrock jobs use the `moto` S3."""
+    with start_emulator(emulator_binary, "--s3-endpoint", moto, step_ms=BEDROCK_STEP_MS) as url:
+        yield url
 
 
 def advance(base_url, batch_id=None):

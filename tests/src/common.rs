@@ -31,6 +31,38 @@ pub struct Config {
     pub seed: u64,
     /// The prompt caches' knobs (its `seed` is replaced by `seed` above).
     pub cache: CacheConfig,
+    /// The S3 endpoint (a moto server) Bedrock batch jobs read their input from and
+    /// write their output to; settable later with `Emulator::set_s3_endpoint`.
+    pub s3_endpoint: Option<String>,
+    /// Amazon Bedrock batch inference: credentials and record limits.
+    pub bedrock: BedrockConfig,
+}
+
+/// Amazon Bedrock batch inference settings, changeable on a running emulator
+/// (`Emulator::set_bedrock`, `POST /_emulator/bedrock` with some of the fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BedrockConfig {
+    /// The access key id every request must be SigV4-signed with.
+    pub access_key_id: String,
+    /// Its secret access key.
+    pub secret_access_key: String,
+    /// The fewest records a job may hold (the Bedrock quota's default is 100); a job
+    /// with fewer fails validation.
+    pub min_records: usize,
+    /// The most records a job may hold (Bedrock's default quota: 50,000).
+    pub max_records: usize,
+}
+
+impl Default for BedrockConfig {
+    fn default() -> Self {
+        Self {
+            access_key_id: "test".to_string(),
+            secret_access_key: "test".to_string(),
+            min_records: 100,
+            max_records: 50_000,
+        }
+    }
 }
 
 /// The results-order seed when `EMULATOR_SEED` is not set.
@@ -59,6 +91,8 @@ impl Default for Config {
             api_key: "test-key".to_string(),
             seed: Self::seed_from_env(),
             cache: CacheConfig::default(),
+            s3_endpoint: None,
+            bedrock: BedrockConfig::default(),
         }
     }
 }
@@ -205,6 +239,10 @@ pub struct Shared {
     pub cache: Mutex<CacheState>,
     /// Batch quotas (`/_emulator/quotas`) and what they saw.
     pub quotas: QuotaState,
+    /// The S3 endpoint in force (starts as `Config::s3_endpoint`).
+    pub s3_endpoint: Mutex<Option<String>>,
+    /// The Bedrock settings in force (start as `Config::bedrock`).
+    pub bedrock: Mutex<BedrockConfig>,
 }
 
 impl Shared {
@@ -215,6 +253,8 @@ impl Shared {
         });
         Self {
             cache: Mutex::new(cache),
+            s3_endpoint: Mutex::new(config.s3_endpoint.clone()),
+            bedrock: Mutex::new(config.bedrock.clone()),
             config,
             base_url,
             faults: Mutex::new(FaultPlan::default()),

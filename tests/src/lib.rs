@@ -1,6 +1,7 @@
 //! A provider emulator: a real HTTP server on loopback that speaks the OpenAI Batch,
 //! Anthropic Message Batches, Vertex AI batch prediction (with Cloud Storage and an
-//! OAuth token endpoint) and Gemini batch mode protocols, as strictly as the real APIs.
+//! OAuth token endpoint), Gemini batch mode and Amazon Bedrock batch inference (SigV4,
+//! input and output in an S3 such as moto) protocols, as strictly as the real APIs.
 //!
 //! Control endpoints under `/_emulator/` (not part of any provider API) let tests
 //! switch faults on, move batches to their end deterministically and set the
@@ -8,6 +9,7 @@
 
 pub mod answer;
 pub mod anthropic;
+pub mod bedrock;
 pub mod cache;
 pub mod common;
 pub mod gcs;
@@ -34,7 +36,7 @@ use axum::routing::post;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-pub use common::{BatchFate, Config, FaultPlan, HttpFault, Shared};
+pub use common::{BatchFate, BedrockConfig, Config, FaultPlan, HttpFault, Shared};
 pub use quota::{QuotaFigures, QuotaReport, Quotas};
 
 /// A running emulator. Dropping it stops the server.
@@ -90,6 +92,16 @@ impl Emulator {
         self.shared.quotas.report()
     }
 
+    /// Points Bedrock batch jobs at an S3 endpoint (a moto server), or at none.
+    pub fn set_s3_endpoint(&self, endpoint: Option<String>) {
+        *common::lock(&self.shared.s3_endpoint) = endpoint;
+    }
+
+    /// Replaces the Bedrock settings (credentials, record limits) for the calls from now on.
+    pub fn set_bedrock(&self, settings: BedrockConfig) {
+        *common::lock(&self.shared.bedrock) = settings;
+    }
+
     /// Moves every batch, existing or future, past all its lifecycle stages.
     pub fn finish_all(&self, on: bool) {
         *self.shared.finish_all.lock().unwrap() = on;
@@ -110,16 +122,18 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .route("/_emulator/faults", post(set_faults))
         .route("/_emulator/advance", post(advance))
         .route("/_emulator/quotas", post(set_quotas).get(quota_report))
+        .route("/_emulator/bedrock", post(bedrock::set_settings))
         .with_state(shared.clone());
     let google = Router::new()
         .merge(vertex::router(shared.clone()))
         .merge(gemini::router(shared.clone()))
         .layer(middleware::from_fn_with_state(shared.clone(), http_faults));
-    // OpenAI and Anthropic apply the fault layer themselves, inside the layer that adds
+    // OpenAI, Anthropic and Bedrock apply the fault layer themselves, inside the layer that adds
     // request ids, so that injected faults carry a request id too.
     Router::new()
         .merge(openai::router(shared.clone()))
         .merge(anthropic::router(shared.clone()))
+        .merge(bedrock::router(shared.clone()))
         .merge(google)
         .merge(control)
 }
@@ -140,7 +154,8 @@ async fn quota_report(State(shared): State<Arc<Shared>>) -> axum::Json<QuotaRepo
     axum::Json(shared.quotas.report())
 }
 
-/// `POST /_emulator/advance` with `{"batch_id": "…"}` ends one batch, with `{}` all.
+/// `POST /_emulator/advance` with `{"batch_id": "…"}` ends one batch (a Bedrock job by
+/// its id or ARN), with `{}` all.
 async fn advance(
     State(shared): State<Arc<Shared>>,
     body: axum::Json<serde_json::Value>,
@@ -207,7 +222,10 @@ fn fault_body(path: &str, status: StatusCode) -> String {
         "emulated fault: {}",
         status.canonical_reason().unwrap_or("error")
     );
-    if path.starts_with("/v1/messages") {
+    if path.starts_with("/model-invocation-job") || path.starts_with("/listTagsForResource") {
+        // Bedrock (AWS restJson): the error code travels in `x-amzn-ErrorType`.
+        serde_json::json!({"message": message}).to_string()
+    } else if path.starts_with("/v1/messages") {
         let kind = match status.as_u16() {
             429 => "rate_limit_error",
             529 => "overloaded_error",

@@ -1,11 +1,11 @@
 //! `provider-emulator --port N`: serves the emulator until interrupted.
 //! `--quotas '{"openai_enqueued_tokens": 90000}'` sets the batch quotas at start
-//! (the same JSON as `POST /_emulator/quotas`).
+//! (the same JSON as `POST /_emulator/quotas`). `--s3-endpoint URL` points Bedrock batch
+//! jobs at an S3 (moto) server; `--bedrock-min-records N` lowers their minimum of records.
 
 use batchline_emulator::{Config, Emulator, Quotas};
 
-const USAGE: &str =
-    "usage: provider-emulator [--port N] [--step-ms MS] [--api-key KEY] [--quotas JSON]";
+const USAGE: &str = "usage: provider-emulator [--port N] [--step-ms MS] [--api-key KEY] [--quotas JSON] [--s3-endpoint URL] [--bedrock-min-records N]";
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -21,6 +21,14 @@ async fn main() -> std::io::Result<()> {
                 config.step = std::time::Duration::from_millis(ms);
             }
             "--api-key" => config.api_key = args.next().unwrap_or_default(),
+            "--s3-endpoint" => config.s3_endpoint = args.next(),
+            "--bedrock-min-records" => {
+                let text = args.next().unwrap_or_default();
+                config.bedrock.min_records = text.parse().unwrap_or_else(|_| {
+                    eprintln!("--bedrock-min-records {text:?} is not a number; {USAGE}");
+                    std::process::exit(2);
+                });
+            }
             "--quotas" => {
                 let json = args.next().unwrap_or_default();
                 quotas = serde_json::from_str(&json).unwrap_or_else(|e| {

@@ -4,7 +4,8 @@
 //!
 //! Each provider's create handler measures what is in use now and what the new batch
 //! asks for, and calls [`QuotaState::admit`]; how a refusal looks is the provider's
-//! business (OpenAI accepts the batch then fails it, the others answer 429).
+//! business (OpenAI accepts the batch then fails it, Bedrock answers
+//! `ServiceQuotaExceededException`, the others answer 429).
 
 use std::sync::Mutex;
 
@@ -24,6 +25,9 @@ pub struct Quotas {
     pub vertex_concurrent_jobs: Option<u32>,
     /// Gemini API: prompt tokens of the not-ended batches of one model.
     pub gemini_enqueued_tokens: Option<u64>,
+    /// Amazon Bedrock: batch inference jobs not yet ended (`Submitted` to `InProgress`,
+    /// and `Stopping`), per account and region.
+    pub bedrock_concurrent_jobs: Option<u32>,
 }
 
 /// One provider's quota.
@@ -33,6 +37,18 @@ pub enum Quota {
     AnthropicQueueRequests,
     VertexConcurrentJobs,
     GeminiEnqueuedTokens,
+    BedrockConcurrentJobs,
+}
+
+impl Quota {
+    /// Every quota, in [`QuotaReport`] order.
+    const ALL: [Quota; 5] = [
+        Self::OpenAiEnqueuedTokens,
+        Self::AnthropicQueueRequests,
+        Self::VertexConcurrentJobs,
+        Self::GeminiEnqueuedTokens,
+        Self::BedrockConcurrentJobs,
+    ];
 }
 
 impl Quota {
@@ -46,6 +62,7 @@ impl Quota {
             Self::AnthropicQueueRequests => quotas.anthropic_queue_requests,
             Self::VertexConcurrentJobs => quotas.vertex_concurrent_jobs.map(u64::from),
             Self::GeminiEnqueuedTokens => quotas.gemini_enqueued_tokens,
+            Self::BedrockConcurrentJobs => quotas.bedrock_concurrent_jobs.map(u64::from),
         }
     }
 
@@ -55,6 +72,7 @@ impl Quota {
             Self::AnthropicQueueRequests => &mut report.anthropic,
             Self::VertexConcurrentJobs => &mut report.vertex,
             Self::GeminiEnqueuedTokens => &mut report.gemini,
+            Self::BedrockConcurrentJobs => &mut report.bedrock,
         }
     }
 }
@@ -66,7 +84,8 @@ pub struct QuotaFigures {
     pub limit: Option<u64>,
     /// The highest in-use figure an admitted batch brought the quota to (itself included).
     pub peak: u64,
-    /// Batches refused: creates answered 429, or OpenAI batches failed with `token_limit_exceeded`.
+    /// Batches refused: creates answered 429 (Bedrock: `ServiceQuotaExceededException`), or
+    /// OpenAI batches failed with `token_limit_exceeded`.
     pub refused: u64,
     /// Batches that fit.
     pub admitted: u64,
@@ -80,6 +99,7 @@ pub struct QuotaReport {
     pub anthropic: QuotaFigures,
     pub vertex: QuotaFigures,
     pub gemini: QuotaFigures,
+    pub bedrock: QuotaFigures,
 }
 
 /// What a batch being created would bring its quota to.
@@ -112,19 +132,14 @@ pub struct QuotaState {
     /// One per [`Quota`]: while a quota is set, its provider's creates run one at a time,
     /// so that two concurrent creates cannot both take the same room (a create measures
     /// the room before it stores its batch, with work between).
-    gates: [tokio::sync::Mutex<()>; 4],
+    gates: [tokio::sync::Mutex<()>; Quota::ALL.len()],
 }
 
 impl QuotaState {
     /// Replaces the quotas and starts their figures afresh.
     pub fn set(&self, quotas: Quotas) {
         let mut report = QuotaReport::default();
-        for quota in [
-            Quota::OpenAiEnqueuedTokens,
-            Quota::AnthropicQueueRequests,
-            Quota::VertexConcurrentJobs,
-            Quota::GeminiEnqueuedTokens,
-        ] {
+        for quota in Quota::ALL {
             quota.figures(&mut report).limit = quota.limit(&quotas);
         }
         *lock(&self.book) = Book { quotas, report };
@@ -245,6 +260,7 @@ mod tests {
                 "anthropic": {"limit": null, "peak": 0, "refused": 0, "admitted": 0},
                 "vertex": {"limit": 4, "peak": 0, "refused": 0, "admitted": 0},
                 "gemini": {"limit": null, "peak": 0, "refused": 0, "admitted": 0},
+                "bedrock": {"limit": null, "peak": 0, "refused": 0, "admitted": 0},
             })
         );
         // Setting replaces: what is left out has no limit any more.

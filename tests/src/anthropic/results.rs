@@ -15,7 +15,7 @@ use super::{Anthropic, ApiError, ApiResult};
 
 /// How a request ended, as counted in `request_counts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ResultKind {
+pub(crate) enum ResultKind {
     Succeeded,
     Errored,
     Canceled,
@@ -35,13 +35,13 @@ impl ResultKind {
 
 /// The `result` a request gets when it runs.
 #[derive(Debug)]
-pub(super) struct PlannedResult {
-    pub(super) custom_id: String,
-    pub(super) kind: ResultKind,
-    pub(super) result: Value,
+pub(crate) struct PlannedResult {
+    pub(crate) custom_id: String,
+    pub(crate) kind: ResultKind,
+    pub(crate) result: Value,
     /// A tool input whose text a `Value` cannot hold (a repeated key): the marker string
     /// standing for it in `result`, and the text.
-    pub(super) raw_input: Option<(String, String)>,
+    pub(crate) raw_input: Option<(String, String)>,
 }
 
 pub(super) fn results_url(base_url: &str, id: &str) -> String {
@@ -81,7 +81,12 @@ impl PlannedResult {
     /// The results line of a request that ran: the planned result, with the raw tool
     /// input written in place of its marker.
     pub(super) fn ran_line(&self) -> String {
-        let line = json!({"custom_id": self.custom_id, "result": self.result}).to_string();
+        self.with_raw_input(json!({"custom_id": self.custom_id, "result": self.result}).to_string())
+    }
+
+    /// `line`, a serialized line holding this result's tool input, with the raw tool
+    /// input written in place of its marker.
+    pub(crate) fn with_raw_input(&self, line: String) -> String {
         match &self.raw_input {
             Some((marker, raw)) => line.replacen(&format!("\"{marker}\""), raw, 1),
             None => line,
@@ -90,7 +95,7 @@ impl PlannedResult {
 }
 
 /// The result a checked request gets when it runs.
-pub(super) fn plan_result(
+pub(crate) fn plan_result(
     custom_id: &str,
     params: &Map<String, Value>,
     fate: BatchFate,

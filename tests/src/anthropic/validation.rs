@@ -77,45 +77,9 @@ fn check_request(request: &Value, index: usize) -> ApiResult<(&str, &Map<String,
     if model.is_empty() {
         return invalid("params.model", "Field required");
     }
-    let max_tokens = params.get("max_tokens").and_then(Value::as_u64);
-    if max_tokens.unwrap_or(0) == 0 {
-        return invalid(
-            "params.max_tokens",
-            "Field required (an integer of at least 1)",
-        );
-    }
-    let messages = match params.get("messages").and_then(Value::as_array) {
-        Some(messages) if !messages.is_empty() => messages,
-        _ => return invalid("params.messages", "at least one message is required"),
-    };
-    for message in messages {
-        match message.get("role").and_then(Value::as_str) {
-            Some("user" | "assistant") => {}
-            Some("system") => {
-                return invalid(
-                    "params.messages",
-                    "Unexpected role \"system\". The Messages API accepts a top-level `system` parameter, not \"system\" as an input message role.",
-                );
-            }
-            other => {
-                return invalid(
-                    "params.messages",
-                    &format!(
-                        "Unexpected role {}; messages must be \"user\" or \"assistant\".",
-                        other.unwrap_or("(missing)")
-                    ),
-                );
-            }
-        }
-    }
-    if let Some(name) = chosen_tool_name(params)
-        && tool_named(params, name).is_none()
-    {
-        return invalid(
-            "params.tool_choice",
-            &format!("tool_choice names tool '{name}', which is not in tools."),
-        );
-    }
+    check_message_params(params).map_err(|(field, problem)| {
+        ApiError::invalid(format!("requests.{index}.params.{field}: {problem}"))
+    })?;
     check_cache_control(request.get("params").unwrap_or(&Value::Null))
         .map_err(|problem| ApiError::invalid(format!("requests.{index}.params: {problem}")))?;
     Ok((custom_id, params))
@@ -136,4 +100,55 @@ pub(super) fn tool_named<'p>(params: &'p Map<String, Value>, name: &str) -> Opti
         .and_then(Value::as_array)?
         .iter()
         .find(|tool| tool.get("name").and_then(Value::as_str) == Some(name))
+}
+
+/// The checks the Messages API makes on a request body besides `model` and
+/// `cache_control`: `max_tokens`, the message roles and the forced tool. Shared with
+/// Bedrock, whose Claude records carry the same body. `Err` holds the field (relative
+/// to the body) and the problem.
+pub(crate) fn check_message_params(
+    params: &Map<String, Value>,
+) -> Result<(), (&'static str, String)> {
+    let max_tokens = params.get("max_tokens").and_then(Value::as_u64);
+    if max_tokens.unwrap_or(0) == 0 {
+        return Err((
+            "max_tokens",
+            "Field required (an integer of at least 1)".to_string(),
+        ));
+    }
+    let messages = match params.get("messages").and_then(Value::as_array) {
+        Some(messages) if !messages.is_empty() => messages,
+        _ => {
+            return Err(("messages", "at least one message is required".to_string()));
+        }
+    };
+    for message in messages {
+        match message.get("role").and_then(Value::as_str) {
+            Some("user" | "assistant") => {}
+            Some("system") => {
+                return Err((
+                    "messages",
+                    "Unexpected role \"system\". The Messages API accepts a top-level `system` parameter, not \"system\" as an input message role.".to_string(),
+                ));
+            }
+            other => {
+                return Err((
+                    "messages",
+                    format!(
+                        "Unexpected role {}; messages must be \"user\" or \"assistant\".",
+                        other.unwrap_or("(missing)")
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(name) = chosen_tool_name(params)
+        && tool_named(params, name).is_none()
+    {
+        return Err((
+            "tool_choice",
+            format!("tool_choice names tool '{name}', which is not in tools."),
+        ));
+    }
+    Ok(())
 }
