@@ -28,6 +28,7 @@ pub fn model_for(provider: ProviderKind) -> &'static str {
         ProviderKind::Anthropic => "anthropic/claude-sonnet-4-5",
         ProviderKind::Vertex => "google/gemini-2.5-flash",
         ProviderKind::Gemini => "gemini/gemini-2.5-flash",
+        ProviderKind::Bedrock => "bedrock/amazon.nova-lite-v1:0",
     }
 }
 

@@ -189,12 +189,15 @@ impl CostTable {
     }
 }
 
-fn api(provider: ProviderKind) -> Api {
+/// The emulated model's API for `provider`'s request bodies; Bedrock's Converse
+/// records are not billed here (the reference library has no Bedrock to compare with).
+fn api(provider: ProviderKind) -> Result<Api, String> {
     match provider {
-        ProviderKind::OpenAi => Api::OpenAi,
-        ProviderKind::Anthropic => Api::Anthropic,
-        ProviderKind::Vertex => Api::Vertex,
-        ProviderKind::Gemini => Api::Gemini,
+        ProviderKind::OpenAi => Ok(Api::OpenAi),
+        ProviderKind::Anthropic => Ok(Api::Anthropic),
+        ProviderKind::Vertex => Ok(Api::Vertex),
+        ProviderKind::Gemini => Ok(Api::Gemini),
+        ProviderKind::Bedrock => Err("the cost bench does not bill Bedrock records".into()),
     }
 }
 
@@ -241,13 +244,14 @@ fn bill(
     batches: &[Vec<Value>],
 ) -> Result<CostRow, String> {
     let model = model_for(provider);
+    let api = api(provider)?;
     let mut cache = CacheState::new(CacheConfig::default());
     let mut usage = Usage::default();
     let mut requests = 0;
     for batch in batches {
         cache.start_batch();
         for body in batch {
-            let reply = run_request(api(provider), model, body, &mut cache);
+            let reply = run_request(api, model, body, &mut cache);
             match reply.outcome {
                 Ok(output) if output.finish == Finish::Stop && output.structured => {}
                 other => {

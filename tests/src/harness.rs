@@ -14,7 +14,9 @@ use batchline::model::ProviderKind;
 use batchline::pipeline::job::{self, keys};
 use batchline::pipeline::spec::ResultFormat;
 use batchline::pipeline::{PipelineError, ProviderSource};
-use batchline::provider::config::{Credential, GoogleCredentials, ProviderConfig, VertexSettings};
+use batchline::provider::config::{
+    AwsCredentials, BedrockSettings, Credential, GoogleCredentials, ProviderConfig, VertexSettings,
+};
 use batchline::provider::{BatchProvider, connect};
 use batchline::request::AnswerFormat;
 use batchline::storage::{ObjectStore, PutMode, StoreError};
@@ -113,11 +115,43 @@ pub fn moto_sdk_config(endpoint: &str) -> aws_types::SdkConfig {
 #[derive(Debug, Clone)]
 pub struct EmulatorProviders {
     base: String,
+    /// Where Bedrock's input and output go: moto's URL and the bucket.
+    bedrock_s3: Option<(String, String)>,
+}
+
+/// The service role Bedrock jobs run as in tests.
+pub const BEDROCK_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/batchline-bedrock";
+
+/// Bedrock settings for jobs whose input and output go to `bucket` on the S3 server at
+/// `s3_endpoint`, signed with moto's and the emulator's test keys.
+pub fn bedrock_settings(s3_endpoint: &str, bucket: &str) -> BedrockSettings {
+    BedrockSettings {
+        region: "us-east-1".into(),
+        role_arn: BEDROCK_ROLE_ARN.into(),
+        bucket: bucket.into(),
+        prefix: "bedrock/".into(),
+        s3_endpoint: Some(s3_endpoint.into()),
+        timeout_hours: 72,
+        credentials: AwsCredentials::Static {
+            access_key_id: "test".into(),
+            secret_access_key: Credential::new("test").expect("key"),
+        },
+    }
 }
 
 impl EmulatorProviders {
     pub fn new(base: impl Into<String>) -> Self {
-        Self { base: base.into() }
+        Self {
+            base: base.into(),
+            bedrock_s3: None,
+        }
+    }
+
+    /// Bedrock's jobs keep their input and output in `bucket` on moto at `moto_url`
+    /// (the emulator must read the same S3).
+    pub fn with_bedrock_s3(mut self, moto_url: &str, bucket: &str) -> Self {
+        self.bedrock_s3 = Some((moto_url.to_string(), bucket.to_string()));
+        self
     }
 
     pub fn config(&self, kind: ProviderKind) -> ProviderConfig {
@@ -133,6 +167,13 @@ impl EmulatorProviders {
                     credentials: GoogleCredentials::StaticToken(key()),
                 },
             ),
+            ProviderKind::Bedrock => {
+                let (moto, bucket) = self
+                    .bedrock_s3
+                    .as_ref()
+                    .expect("Bedrock needs S3: EmulatorProviders::with_bedrock_s3");
+                ProviderConfig::bedrock(Some(&self.base), bedrock_settings(moto, bucket))
+            }
             _ => ProviderConfig::with_api_key(&self.base, key()),
         }
         .expect("provider config");

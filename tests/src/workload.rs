@@ -295,6 +295,37 @@ pub fn write_answer_line(
             "key": id,
             "response": gemini_response(&answer_text, input_tokens, output_tokens, &mut rng)
         }),
+        // Bedrock echoes the whole Converse request before the answer.
+        ProviderKind::Bedrock => json!({
+            "recordId": id,
+            "modelInput": {
+                "messages": [{"role": "user", "content": [{"text": user_text(i)}]}],
+                "system": [{"text": SYSTEM_PROMPT}],
+                "inferenceConfig": {"maxTokens": 1000, "temperature": 0.1},
+                "toolConfig": {
+                    "tools": [{"toolSpec": {
+                        "name": SCHEMA_NAME,
+                        "description": "Record the requested information.",
+                        "inputSchema": {"json": invoice_schema().schema}
+                    }}],
+                    "toolChoice": {"tool": {"name": SCHEMA_NAME}}
+                }
+            },
+            "modelOutput": {
+                "output": {"message": {"role": "assistant", "content": [{"toolUse": {
+                    "toolUseId": format!("tooluse_{}", rng.hex()),
+                    "name": SCHEMA_NAME,
+                    "input": answer
+                }}]}},
+                "stopReason": "tool_use",
+                "usage": {
+                    "inputTokens": input_tokens,
+                    "outputTokens": output_tokens,
+                    "totalTokens": input_tokens + output_tokens
+                },
+                "metrics": {"latencyMs": 1200}
+            }
+        }),
     };
     serde_json::to_writer(out, &line).map_err(io::Error::from)
 }

@@ -76,6 +76,7 @@ impl Harness {
         let emulator = Emulator::start(Config {
             step: Duration::from_millis(50),
             api_key: API_KEY.into(),
+            s3_endpoint: Some(moto.url.clone()),
             ..Config::default()
         })
         .await
@@ -112,7 +113,9 @@ impl Harness {
             bucket: BUCKET.into(),
             queue: Arc::new(SqsQueue::new(sqs.clone(), queue_url.clone())),
             poll_jobs: None,
-            providers: Arc::new(EmulatorProviders::new(emulator.base_url())),
+            providers: Arc::new(
+                EmulatorProviders::new(emulator.base_url()).with_bedrock_s3(&moto.url, BUCKET),
+            ),
             settings: Settings::default(),
             clock: Arc::new(batchline::clock::SystemClock),
             submit_queue: None,
@@ -132,7 +135,7 @@ impl Harness {
     }
 
     pub fn providers(&self) -> EmulatorProviders {
-        EmulatorProviders::new(self.emulator.base_url())
+        EmulatorProviders::new(self.emulator.base_url()).with_bedrock_s3(&self.moto.url, BUCKET)
     }
 
     /// Uploads and returns the new version id.
@@ -425,6 +428,7 @@ pub fn model_for(kind: ProviderKind) -> &'static str {
         ProviderKind::Anthropic => "anthropic/claude-3-5-haiku-latest",
         ProviderKind::Vertex => "google/gemini-2.0-flash-001",
         ProviderKind::Gemini => "gemini/gemini-2.0-flash",
+        ProviderKind::Bedrock => "bedrock/amazon.nova-lite-v1:0",
     }
 }
 

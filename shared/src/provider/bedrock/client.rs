@@ -37,6 +37,8 @@ pub struct BedrockClient {
     store: Arc<S3Store>,
     settings: BedrockSettings,
     max_line_bytes: usize,
+    /// Attempts the SDK makes at each call, the first included.
+    attempts: u32,
 }
 
 impl BedrockClient {
@@ -70,7 +72,12 @@ impl BedrockClient {
             Some(config.base_url.as_str().trim_end_matches('/')),
         );
         let control = aws_sdk_bedrock::config::Builder::from(&control_config)
-            .retry_config(RetryConfig::standard().with_max_attempts(config.retry.max_attempts))
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(config.retry.max_attempts)
+                    .with_initial_backoff(config.retry.base_delay)
+                    .with_max_backoff(config.retry.max_delay),
+            )
             .build();
         Ok(Self {
             control: Client::from_conf(control),
@@ -80,6 +87,7 @@ impl BedrockClient {
             )),
             settings,
             max_line_bytes: config.max_line_bytes,
+            attempts: config.retry.max_attempts,
         })
     }
 
@@ -94,7 +102,7 @@ impl BedrockClient {
             .job_identifier(job)
             .send()
             .await
-            .map_err(api_error)
+            .map_err(api_error(self.attempts))
     }
 }
 
@@ -161,7 +169,7 @@ impl BatchProvider for BedrockClient {
             .set_tags((!aws_tags.is_empty()).then_some(aws_tags))
             .send()
             .await
-            .map_err(api_error)?;
+            .map_err(api_error(self.attempts))?;
         let mut status = self.status(created.job_arn()).await?;
         status.tags = tags.clone();
         Ok(status)
@@ -190,7 +198,7 @@ impl BatchProvider for BedrockClient {
             .job_identifier(batch_id)
             .send()
             .await
-            .map_err(api_error)?;
+            .map_err(api_error(self.attempts))?;
         self.status(batch_id).await
     }
 
@@ -242,7 +250,7 @@ impl BedrockClient {
             .send();
         let mut jobs = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(api_error)?;
+            let page = page.map_err(api_error(self.attempts))?;
             jobs.extend(
                 page.invocation_job_summaries()
                     .iter()
@@ -325,37 +333,45 @@ fn rfc3339(time: &DateTime) -> Option<String> {
     time.fmt(DateTimeFormat::DateTime).ok()
 }
 
-/// An SDK failure as the library's error: a quota or throttling answer that outlived
-/// the SDK's retries is [`Error::QuotaExceeded`] (the part waits and tries later), any
-/// other answer [`Error::Api`], no answer at all [`Error::Transport`].
-fn api_error<E>(err: SdkError<E, HttpResponse>) -> Error
+/// An SDK failure, after the SDK's own retries (`attempts` of them for what it retries),
+/// as the library's error: a quota or throttling answer is [`Error::QuotaExceeded`]
+/// (the part waits and tries later), a server error or no answer at all
+/// [`Error::Transport`], any other answer [`Error::Api`].
+fn api_error<E>(attempts: u32) -> impl Fn(SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let status = match &err {
-        SdkError::ServiceError(service) => Some(service.raw().status().as_u16()),
-        _ => None,
-    };
-    let code = err.code().unwrap_or("").to_string();
-    let message = format!("{code}: {}", err.message().unwrap_or("no message"));
-    match (status, code.as_str()) {
-        (_, "ServiceQuotaExceededException" | "ThrottlingException") | (Some(429), _) => {
-            Error::QuotaExceeded {
-                provider: KIND,
-                attempts: 1,
-                message,
+    move |err| {
+        let status = match &err {
+            SdkError::ServiceError(service) => Some(service.raw().status().as_u16()),
+            _ => None,
+        };
+        let code = err.code().unwrap_or("").to_string();
+        let message = format!("{code}: {}", err.message().unwrap_or("no message"));
+        match (status, code.as_str()) {
+            (_, "ServiceQuotaExceededException" | "ThrottlingException") | (Some(429), _) => {
+                Error::QuotaExceeded {
+                    provider: KIND,
+                    attempts,
+                    message,
+                }
             }
+            (Some(status @ 500..), _) => Error::Transport {
+                provider: KIND,
+                attempts,
+                message: format!("HTTP {status}: {message}"),
+            },
+            (Some(status), _) => Error::Api {
+                provider: KIND,
+                status,
+                message,
+            },
+            (None, _) => Error::Transport {
+                provider: KIND,
+                attempts,
+                message: DisplayErrorContext(&err).to_string(),
+            },
         }
-        (Some(status), _) => Error::Api {
-            provider: KIND,
-            status,
-            message,
-        },
-        (None, _) => Error::Transport {
-            provider: KIND,
-            attempts: 1,
-            message: DisplayErrorContext(&err).to_string(),
-        },
     }
 }
 

@@ -101,9 +101,7 @@ impl ProviderDescriptor for Bedrock {
             .get("AWS_REGION")
             .or_else(|| vars.get("AWS_DEFAULT_REGION"))
             .ok_or_else(|| Error::Config("AWS_REGION is not set (needed for bedrock)".into()))?;
-        let endpoint = vars
-            .get("BEDROCK_ENDPOINT_URL")
-            .unwrap_or_else(|| format!("https://bedrock.{region}.amazonaws.com"));
+        let endpoint = vars.get("BEDROCK_ENDPOINT_URL");
         let mut prefix = vars
             .get("BEDROCK_PREFIX")
             .unwrap_or_else(|| "bedrock/".to_string());
@@ -133,10 +131,7 @@ impl ProviderDescriptor for Bedrock {
             credentials: AwsCredentials::Environment,
             region,
         };
-        Ok(ProviderConfig {
-            bedrock: Some(settings),
-            ..ProviderConfig::bare(parse_base_url("BEDROCK_ENDPOINT_URL", &endpoint)?)
-        })
+        ProviderConfig::bedrock(endpoint.as_deref(), settings)
     }
 
     #[cfg(feature = "aws")]
@@ -149,6 +144,19 @@ impl ProviderDescriptor for Bedrock {
         Err(Error::Config(
             "bedrock needs the library's `aws` feature (the AWS SDK clients)".to_string(),
         ))
+    }
+}
+
+impl ProviderConfig {
+    /// Amazon Bedrock in `settings.region`, its control plane at `base_url` (AWS's
+    /// regional endpoint when `None`).
+    pub fn bedrock(base_url: Option<&str>, settings: BedrockSettings) -> Result<Self> {
+        let default_url = format!("https://bedrock.{}.amazonaws.com", settings.region);
+        let base_url = parse_base_url("BEDROCK_ENDPOINT_URL", base_url.unwrap_or(&default_url))?;
+        Ok(Self {
+            bedrock: Some(settings),
+            ..Self::bare(base_url)
+        })
     }
 }
 
