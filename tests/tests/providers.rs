@@ -362,13 +362,14 @@ async fn fault_markers(kind: ProviderKind) {
     assert_eq!(failed.len(), faults.len(), "{failed:#?}");
     let type_of = |i: usize| failed[&format!("request-{i}")].error_type.clone();
     assert_eq!(type_of(3), error_type::REFUSAL, "{:?}", failed["request-3"]);
-    // Anthropic answers through a tool call, which is always JSON: an answer that is not
-    // JSON arrives as plain text without the tool call.
-    let not_json = match kind {
-        ProviderKind::Anthropic => error_type::NO_STRUCTURED_OUTPUT,
-        _ => error_type::INVALID_JSON,
-    };
-    assert_eq!(type_of(4), not_json, "{:?}", failed["request-4"]);
+    // Every provider here answers in text (Anthropic through `output_config` on Claude
+    // 4.5): an answer that is not JSON is invalid JSON.
+    assert_eq!(
+        type_of(4),
+        error_type::INVALID_JSON,
+        "{:?}",
+        failed["request-4"]
+    );
     let ours = [
         error_type::REFUSAL,
         error_type::INVALID_JSON,
