@@ -192,12 +192,6 @@ impl BatchBuilder {
         let provider = descriptor(model.provider);
         let mut builder =
             Self::with_encoder(encoder_for(model, format, params)?, provider.limits());
-        // One request short of the minimum would do for the open part's first request;
-        // the whole minimum lets the last rows make a part of their own.
-        let min_requests = provider.min_requests();
-        if min_requests > 1 {
-            builder.reserve.capacity = min_requests * rows_per_request.max(1);
-        }
         if rows_per_request > 1 {
             let schema = packable_schema(format)?;
             let mut packer = Packer {
@@ -213,7 +207,19 @@ impl BatchBuilder {
             packer.encoder(rows_per_request)?;
             builder.packer = Some(packer);
         }
-        Ok(builder)
+        Ok(builder.with_min_requests(provider.min_requests()))
+    }
+
+    /// Never leaves a part under `min_requests` requests, but a lone first one (see
+    /// [`Reserve`]); the provider's own minimum unless the account's quota differs.
+    /// Call before the first push.
+    pub fn with_min_requests(mut self, min_requests: usize) -> Self {
+        // The whole minimum in reserve lets the last rows make a part of their own.
+        self.reserve.capacity = match min_requests {
+            0 | 1 => 0,
+            n => n * self.rows_per_request(),
+        };
+        self
     }
 
     /// A builder over `encoder` whose parts stay within `limits`.

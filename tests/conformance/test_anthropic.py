@@ -131,14 +131,46 @@ def test_expired_requests_are_reported(client, emulator):
     ]
 
 
-def test_bad_requests_raise_typed_errors(client, emulator):
+def test_bad_params_are_errored_results_not_a_refused_create(client, emulator):
+    # Message Batches validate each request's params asynchronously: the create succeeds
+    # and the bad request ends errored, beside a good one that succeeds.
     system_message = request("a", "Invoice")
     system_message["params"]["messages"].insert(0, {"role": "system", "content": "Be terse."})
+    batch = client.messages.batches.create(requests=[system_message, request("b", "Invoice")])
+    done = finish(client, emulator, batch.id)
+    assert (done.request_counts.succeeded, done.request_counts.errored) == (1, 1)
+    by_id = results(client, batch.id)
+    assert by_id["b"].type == "succeeded"
+    errored = by_id["a"]
+    assert errored.type == "errored"
+    assert errored.error.error.type == "invalid_request_error"
+    assert "system" in errored.error.error.message
+
+
+def test_output_config_answers_with_a_json_text_block(client, emulator):
+    schema = {**SCHEMA, "properties": {"vendor": {"type": "string"}, "total": {"type": "integer"}},
+              "additionalProperties": False}
+    structured = request("s", "Invoice from Acme")
+    del structured["params"]["tools"], structured["params"]["tool_choice"]
+    structured["params"]["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    too_old = json.loads(json.dumps(structured))
+    too_old["custom_id"] = "old"
+    too_old["params"]["model"] = "claude-3-5-haiku-20241022"
+    batch = client.messages.batches.create(requests=[structured, too_old])
+    finish(client, emulator, batch.id)
+    by_id = results(client, batch.id)
+    message = by_id["s"].message
+    assert message.stop_reason == "end_turn"
+    assert [block.type for block in message.content] == ["text"]
+    assert set(json.loads(message.content[0].text)) == {"vendor", "total"}
+    assert by_id["old"].type == "errored"
+    assert by_id["old"].error.error.type == "invalid_request_error"
+
+
+def test_bad_requests_raise_typed_errors(client, emulator):
     with pytest.raises(anthropic.BadRequestError) as refused:
-        client.messages.batches.create(requests=[system_message])
-    assert refused.value.body["error"]["type"] == "invalid_request_error"
-    with pytest.raises(anthropic.BadRequestError):
         client.messages.batches.create(requests=[request("not valid!", "Invoice")])
+    assert refused.value.body["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.BadRequestError):
         client.messages.batches.create(requests=[request("a", "x"), request("a", "y")])
     with pytest.raises(anthropic.NotFoundError):

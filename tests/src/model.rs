@@ -347,11 +347,17 @@ fn anthropic_view(params: &Value) -> Result<View, String> {
     }
     let tool = answering_tool(params);
     let system = params.get("system").map(content_text).unwrap_or_default();
+    // Structured outputs (`output_config.format`) constrain the text to this schema.
+    let output_schema = params.pointer("/output_config/format/schema");
+    let schema = tool
+        .and_then(|t| t.get("input_schema"))
+        .or(output_schema)
+        .cloned();
     Ok(View {
         segments,
         text: messages_text(messages),
-        schema: tool.and_then(|t| t.get("input_schema")).cloned(),
-        json_text: tool.is_none() && system.contains("JSON object"),
+        json_text: schema.is_none() && system.contains("JSON object"),
+        schema,
         max_tokens: params.get("max_tokens").and_then(Value::as_u64),
         keyed: true,
     })

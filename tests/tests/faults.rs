@@ -242,6 +242,7 @@ fn create_path(kind: ProviderKind) -> &'static str {
         ProviderKind::Anthropic => "/v1/messages/batches",
         ProviderKind::Vertex => "/v1/projects",
         ProviderKind::Gemini => "/v1beta/models",
+        ProviderKind::Bedrock => "/model-invocation-job",
     }
 }
 
@@ -252,6 +253,7 @@ fn status_path(kind: ProviderKind) -> &'static str {
         ProviderKind::Anthropic => "/v1/messages/batches/",
         ProviderKind::Vertex => "/v1/projects",
         ProviderKind::Gemini => "/v1beta/batches/",
+        ProviderKind::Bedrock => "/model-invocation-job/",
     }
 }
 

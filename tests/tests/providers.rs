@@ -401,10 +401,11 @@ async fn fault_markers(kind: ProviderKind) {
     assert_eq!(failed.len(), faults.len(), "{failed:#?}");
     let type_of = |i: usize| failed[&format!("request-{i}")].error_type.clone();
     assert_eq!(type_of(3), error_type::REFUSAL, "{:?}", failed["request-3"]);
-    // Anthropic and Bedrock answer through a tool call, which is always JSON: an answer
-    // that is not JSON arrives as plain text without the tool call.
+    // Bedrock answers through a tool call, which is always JSON: an answer that is not
+    // JSON arrives as plain text without the tool call. The others (Anthropic through
+    // `output_config` on Claude 4.5) answer in text, and such an answer is invalid JSON.
     let not_json = match kind {
-        ProviderKind::Anthropic | ProviderKind::Bedrock => error_type::NO_STRUCTURED_OUTPUT,
+        ProviderKind::Bedrock => error_type::NO_STRUCTURED_OUTPUT,
         _ => error_type::INVALID_JSON,
     };
     assert_eq!(type_of(4), not_json, "{:?}", failed["request-4"]);

@@ -93,6 +93,17 @@ fn case(kind: ProviderKind) -> Case {
             40,
             2,
         ),
+        // Bedrock's parts hold at least its 100-record minimum.
+        ProviderKind::Bedrock => (
+            Quotas {
+                bedrock_concurrent_jobs: Some(2),
+                ..Quotas::default()
+            },
+            json!({"open_batches": 2}),
+            2,
+            2_000,
+            100,
+        ),
     };
     Case {
         kind,
@@ -111,6 +122,7 @@ fn figures(h: &Harness, kind: ProviderKind) -> QuotaFigures {
         ProviderKind::Anthropic => report.anthropic,
         ProviderKind::Vertex => report.vertex,
         ProviderKind::Gemini => report.gemini,
+        ProviderKind::Bedrock => report.bedrock,
     }
 }
 
@@ -147,7 +159,7 @@ async fn run_case(case: &Case, known: bool) -> QuotaFigures {
             assert!(input >= 10 * case.limit, "{input} tokens");
         }
         ProviderKind::Anthropic => assert!(case.rows as u64 >= 10 * case.limit),
-        ProviderKind::Vertex => assert!(parts >= 10 * case.limit),
+        ProviderKind::Vertex | ProviderKind::Bedrock => assert!(parts >= 10 * case.limit),
     }
     assert!(held.admitted >= parts, "{held:?}");
     held
@@ -188,4 +200,9 @@ async fn vertex_concurrent_jobs_quota() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gemini_enqueued_token_limit() {
     quota_holds(ProviderKind::Gemini).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_concurrent_jobs_quota() {
+    quota_holds(ProviderKind::Bedrock).await;
 }

@@ -390,7 +390,7 @@ impl CollectRun<'_> {
                 return Ok(None);
             }
         };
-        let min_requests = descriptor(self.spec.model.provider).min_requests();
+        let min_requests = self.ctx.settings.min_requests(self.spec.model.provider);
         if batch.request_rows.len() < min_requests {
             tracing::warn!(job = %job_id, part = index, requests = batch.request_rows.len(), min_requests, "too few failures for a batch of their own: they are final");
             return Ok(None);

@@ -131,6 +131,9 @@ pub struct Settings {
     /// How long one submit invocation reads an upload before it hands the rest to the
     /// next one: below the function's timeout, with room to close the open part.
     pub submit_budget: Duration,
+    /// Bedrock's fewest records per batch job (`BEDROCK_MIN_RECORDS`): 100 unless the
+    /// account's quota was changed. Parts are never built under it.
+    pub bedrock_min_records: usize,
 }
 
 impl Default for Settings {
@@ -151,6 +154,17 @@ impl Default for Settings {
             max_part_bytes: 100_000_000,
             // The template's submit timeout is 15 minutes.
             submit_budget: Duration::from_secs(12 * 60),
+            bedrock_min_records: crate::provider::bedrock::encode::MIN_RECORDS,
+        }
+    }
+}
+
+impl Settings {
+    /// The fewest requests a batch of `provider` may hold.
+    pub fn min_requests(&self, provider: crate::model::ProviderKind) -> usize {
+        match provider {
+            crate::model::ProviderKind::Bedrock => self.bedrock_min_records,
+            other => crate::provider::descriptor(other).min_requests(),
         }
     }
 }

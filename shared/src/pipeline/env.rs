@@ -88,6 +88,12 @@ pub async fn context_from_env() -> Result<Context> {
     {
         settings.max_part_bytes = bytes;
     }
+    if let Some(n) = std::env::var("BEDROCK_MIN_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.bedrock_min_records = n;
+    }
     if let Some(seconds) = std::env::var("SUBMIT_BUDGET_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -1,5 +1,7 @@
 //! The job spec (model, answer format, parameters, limits) and the input line format.
 
+use std::ops::RangeInclusive;
+
 use serde::{Deserialize, Serialize};
 
 use super::row::{InputRow, KeptValues, RowRejection};
@@ -297,9 +299,9 @@ impl JobSpec {
 
     /// Checks the answer format ([`JobSpec::answer_format`]) and every number of the
     /// spec against its documented bound ([`bounds`]);
-    /// `max_requests_per_provider_batch` is the provider's own limit. The error says
+    /// `requests_per_batch` is what one provider batch may hold. The error says
     /// which field is wrong and what is allowed.
-    pub fn check(&self, max_requests_per_provider_batch: usize) -> Result<(), String> {
+    pub fn check(&self, requests_per_batch: RangeInclusive<usize>) -> Result<(), String> {
         self.answer_format()?;
         self.check_columns()?;
         let out_of_bounds = |field: &str, value: String, allowed: String| {
@@ -354,13 +356,15 @@ impl JobSpec {
             );
         }
         if let Some(max) = self.max_requests_per_part
-            && !(1..=max_requests_per_provider_batch).contains(&max)
+            && !requests_per_batch.contains(&max)
         {
             return out_of_bounds(
                 "max_requests_per_part",
                 max.to_string(),
                 format!(
-                    "1 to {max_requests_per_provider_batch} ({}'s limit per batch)",
+                    "{} to {} ({}'s limits per batch)",
+                    requests_per_batch.start(),
+                    requests_per_batch.end(),
                     self.model.provider
                 ),
             );
@@ -712,7 +716,7 @@ mod tests {
             "model": "openai/gpt-4o-mini", "schema_name": "s", "schema": {"type": "object"}
         }))
         .unwrap();
-        assert_eq!(spec.check(50_000), Ok(()));
+        assert_eq!(spec.check(1..=50_000), Ok(()));
         let cases: [(serde_json::Value, &str); 8] = [
             (serde_json::json!({"max_line_bytes": 0}), "max_line_bytes"),
             (
@@ -739,7 +743,7 @@ mod tests {
                 .unwrap()
                 .extend(change.as_object().unwrap().clone());
             let changed: JobSpec = serde_json::from_value(value).unwrap();
-            let err = changed.check(50_000).unwrap_err();
+            let err = changed.check(1..=50_000).unwrap_err();
             assert!(
                 err.contains(&format!("`{field}`")) && err.contains("allowed"),
                 "{err}"
@@ -759,7 +763,7 @@ mod tests {
             serde_json::json!(["parquet"]),
         ] {
             let spec = spec(serde_json::json!({"formats": formats.clone()}));
-            assert_eq!(spec.check(50_000), Ok(()));
+            assert_eq!(spec.check(1..=50_000), Ok(()));
             assert!(spec.writes(ResultFormat::Parquet));
             assert_eq!(serde_json::to_value(&spec).unwrap()["formats"], formats);
         }
@@ -768,7 +772,7 @@ mod tests {
             serde_json::json!(["parquet", "parquet"]),
         ] {
             let err = spec(serde_json::json!({"formats": formats}))
-                .check(50_000)
+                .check(1..=50_000)
                 .unwrap_err();
             assert!(
                 err.contains("`formats`") && err.contains("allowed"),
@@ -824,7 +828,7 @@ mod tests {
         let text = spec(serde_json::json!({}));
         assert_eq!(text.output_mode(), OutputMode::Text);
         assert_eq!(text.answer_format(), Ok(AnswerFormat::Text));
-        assert_eq!(text.check(50_000), Ok(()));
+        assert_eq!(text.check(1..=50_000), Ok(()));
         let json = spec(serde_json::json!({"output": "json"}));
         assert_eq!(json.answer_format(), Ok(AnswerFormat::JsonObject));
         assert_eq!(
@@ -867,7 +871,7 @@ mod tests {
         ];
         for (fields, field) in cases {
             let spec = spec(fields.clone());
-            let err = spec.check(50_000).unwrap_err();
+            let err = spec.check(1..=50_000).unwrap_err();
             assert!(err.contains(field), "{fields}: {err}");
             assert_eq!(spec.answer_format(), Err(err));
         }
@@ -883,7 +887,7 @@ mod tests {
     fn text_and_json_output_cannot_be_packed() {
         for output in ["text", "json"] {
             let spec = spec(serde_json::json!({"output": output, "rows_per_request": 4}));
-            let err = spec.check(50_000).unwrap_err();
+            let err = spec.check(1..=50_000).unwrap_err();
             assert!(
                 err.contains("`rows_per_request`")
                     && err.contains(&format!("`output` \"{output}\"")),
@@ -893,7 +897,7 @@ mod tests {
         let packed_schema = spec(serde_json::json!({
             "schema_name": "s", "schema": {"type": "object"}, "rows_per_request": 4
         }));
-        assert_eq!(packed_schema.check(50_000), Ok(()));
+        assert_eq!(packed_schema.check(1..=50_000), Ok(()));
     }
 
     #[test]
@@ -937,13 +941,13 @@ mod tests {
             (serde_json::json!({"keep": [""]}), "`keep`"),
         ];
         for (fields, expected) in cases {
-            let err = spec(fields.clone()).check(50_000).unwrap_err();
+            let err = spec(fields.clone()).check(1..=50_000).unwrap_err();
             assert!(err.contains(expected), "{fields}: {err}");
         }
         let csv = spec(serde_json::json!({
             "id_column": "id", "template": "Title: {title}\n\n{body}", "keep": ["sku"]
         }));
-        assert_eq!(csv.check(50_000), Ok(()));
+        assert_eq!(csv.check(1..=50_000), Ok(()));
         assert!(csv.parsed_template().unwrap().is_some());
         // Old job records read and write as before: no empty `keep`.
         let plain = spec(serde_json::json!({}));

@@ -261,7 +261,10 @@ async fn submit_claimed(
     // From here on, errors name the file the rows are read from.
     let key = rows_key.as_str();
     let format = match spec
-        .check(descriptor(spec.model.provider).limits().max_requests)
+        .check(
+            ctx.settings.min_requests(spec.model.provider)
+                ..=descriptor(spec.model.provider).limits().max_requests,
+        )
         .and_then(|()| spec.answer_format())
     {
         Ok(format) => format,
@@ -306,10 +309,12 @@ async fn submit_claimed(
         .map_or(usize::MAX, max_bytes_for_tokens)
         .min(ctx.settings.max_part_bytes)
         .min(part_limits.max_bytes);
-    builder = builder.with_limits(PartLimits {
-        max_bytes,
-        ..part_limits
-    });
+    builder = builder
+        .with_limits(PartLimits {
+            max_bytes,
+            ..part_limits
+        })
+        .with_min_requests(ctx.settings.min_requests(spec.model.provider));
     let skip = match (
         spec.skip_succeeded,
         &ctx.ledger,
@@ -428,18 +433,14 @@ async fn submit_claimed(
     }
     run.release_held(&mut builder, &mut versioned).await?;
     let last_parts = builder.finish();
-    let provider = descriptor(spec.model.provider);
     // The builder leaves no part under the provider's minimum but a lone first one.
+    let min_requests = ctx.settings.min_requests(spec.model.provider);
     let too_few = match last_parts.as_slice() {
-        [only]
-            if versioned.record.parts.is_empty()
-                && only.request_rows.len() < provider.min_requests() =>
-        {
+        [only] if versioned.record.parts.is_empty() && only.request_rows.len() < min_requests => {
             Some(format!(
-                "{key}: {} runs a batch of at least {} requests, and this job has {}; \
-                 nothing was submitted",
-                provider.display_name(),
-                provider.min_requests(),
+                "{key}: {} runs a batch of at least {min_requests} requests, and this job has \
+                 {}; nothing was submitted",
+                descriptor(spec.model.provider).display_name(),
                 only.request_rows.len()
             ))
         }

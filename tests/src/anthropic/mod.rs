@@ -1,9 +1,13 @@
 //! Anthropic Message Batches: create, retrieve, list, cancel, delete and results.
 //!
-//! Every request is checked when the batch is created; a bad one fails the whole call
-//! with a 400. Results are planned at creation and written once the batch ends.
+//! A create call checks only the envelope (the request count and size, the custom ids)
+//! and the few parameters batches never take; it fails as a whole with a 400. Each
+//! request's `params` are validated while the batch runs, as the API does: a bad one
+//! becomes that request's `errored` result. Results are planned at creation and
+//! written once the batch ends.
 
 mod batches;
+mod models;
 mod results;
 #[cfg(test)]
 mod tests;

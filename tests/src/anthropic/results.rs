@@ -11,6 +11,7 @@ use crate::common::{BatchFate, download_response, new_id};
 use crate::model::{Api, Failure, Finish, answering_tool, close_partial_json, run_request};
 
 use super::batches::with_batch;
+use super::validation::check_params;
 use super::{Anthropic, ApiError, ApiResult};
 
 /// How a request ended, as counted in `request_counts`.
@@ -107,6 +108,10 @@ pub(crate) fn plan_result(
         result,
         raw_input: None,
     };
+    // Params are validated while the batch runs: a bad request errors on its own.
+    if let Err((kind, message)) = check_params(params) {
+        return planned(errored(kind, &message));
+    }
     match fate {
         BatchFate::AllFail => {
             return planned(errored("api_error", "Internal server error"));

@@ -187,7 +187,7 @@ async fn needs_the_key_and_the_version_header() {
 }
 
 #[tokio::test]
-async fn create_rejects_invalid_requests_as_a_whole() {
+async fn create_rejects_only_a_bad_envelope_as_a_whole() {
     let harness = Harness::new();
     let with_params = |edit: &dyn Fn(&mut Map<String, Value>)| {
         let mut r = request("a", "x");
@@ -199,46 +199,18 @@ async fn create_rejects_invalid_requests_as_a_whole() {
         ("bad custom_id", vec![request("has space", "x")]),
         ("long custom_id", vec![request(&"a".repeat(65), "x")]),
         ("duplicate", vec![request("a", "x"), request("a", "y")]),
+        ("no params", vec![json!({"custom_id": "a"})]),
+        // The parameters the Message Batches guide lists as not supported in batches.
         (
-            "no model",
+            "stream",
             with_params(&|p| {
-                p.remove("model");
-            }),
-        ),
-        (
-            "no max_tokens",
-            with_params(&|p| {
-                p.remove("max_tokens");
+                p.insert("stream".into(), json!(true));
             }),
         ),
         (
             "zero max_tokens",
             with_params(&|p| {
                 p.insert("max_tokens".into(), json!(0));
-            }),
-        ),
-        (
-            "no messages",
-            with_params(&|p| {
-                p.insert("messages".into(), json!([]));
-            }),
-        ),
-        (
-            "system message",
-            with_params(&|p| {
-                p.insert(
-                    "messages".into(),
-                    json!([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]),
-                );
-            }),
-        ),
-        (
-            "unknown tool",
-            with_params(&|p| {
-                p.insert(
-                    "tool_choice".into(),
-                    json!({"type": "tool", "name": "missing"}),
-                );
             }),
         ),
     ];
@@ -666,5 +638,195 @@ async fn a_create_past_the_processing_queue_quota_answers_429() {
     assert_eq!(
         (report.limit, report.peak, report.refused, report.admitted),
         (Some(3), 3, 1, 3)
+    );
+}
+
+/// Params are validated while the batch runs: each bad request is its own errored
+/// result, the good ones beside it succeed.
+#[tokio::test]
+async fn bad_params_become_errored_results_of_their_own() {
+    let harness = Harness::new();
+    let with_params = |id: &str, edit: &dyn Fn(&mut Map<String, Value>)| {
+        let mut r = request(id, "x");
+        edit(r["params"].as_object_mut().unwrap());
+        r
+    };
+    let output_config = |model: &str, schema: Value| {
+        let model = model.to_string();
+        move |p: &mut Map<String, Value>| {
+            p.remove("tools");
+            p.remove("tool_choice");
+            p.insert("model".into(), json!(model));
+            p.insert(
+                "output_config".into(),
+                json!({"format": {"type": "json_schema", "schema": schema}}),
+            );
+        }
+    };
+    let closed = |properties: Value| json!({"type": "object", "properties": properties, "additionalProperties": false});
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        (
+            "no_model",
+            with_params("no_model", &|p| {
+                p.remove("model");
+            }),
+            "invalid_request_error",
+            "model: Field required",
+        ),
+        (
+            "unknown_model",
+            with_params("unknown_model", &|p| {
+                p.insert("model".into(), json!("claude-imaginary-9"));
+            }),
+            "not_found_error",
+            "model: claude-imaginary-9",
+        ),
+        (
+            "no_max_tokens",
+            with_params("no_max_tokens", &|p| {
+                p.remove("max_tokens");
+            }),
+            "invalid_request_error",
+            "max_tokens: Field required",
+        ),
+        (
+            "hot",
+            with_params("hot", &|p| {
+                p.insert("temperature".into(), json!(1.5));
+            }),
+            "invalid_request_error",
+            "temperature",
+        ),
+        (
+            "no_messages",
+            with_params("no_messages", &|p| {
+                p.insert("messages".into(), json!([]));
+            }),
+            "invalid_request_error",
+            "messages",
+        ),
+        (
+            "system_message",
+            with_params("system_message", &|p| {
+                p.insert(
+                    "messages".into(),
+                    json!([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]),
+                );
+            }),
+            "invalid_request_error",
+            "Unexpected role \"system\"",
+        ),
+        (
+            "unknown_tool",
+            with_params("unknown_tool", &|p| {
+                p.insert(
+                    "tool_choice".into(),
+                    json!({"type": "tool", "name": "missing"}),
+                );
+            }),
+            "invalid_request_error",
+            "tool_choice",
+        ),
+        (
+            "old_model_output_config",
+            with_params(
+                "old_model_output_config",
+                &output_config(
+                    "claude-3-5-haiku-20241022",
+                    closed(json!({"n": {"type": "string"}})),
+                ),
+            ),
+            "invalid_request_error",
+            "output_config.format: Extra inputs are not permitted",
+        ),
+        (
+            "open_object",
+            with_params(
+                "open_object",
+                &output_config(
+                    "claude-sonnet-4-5",
+                    json!({"type": "object", "properties": {"n": {"type": "string"}}}),
+                ),
+            ),
+            "invalid_request_error",
+            "output_config.format.schema: For 'object' type, 'additionalProperties' must be explicitly set to false",
+        ),
+        (
+            "minimum",
+            with_params(
+                "minimum",
+                &output_config(
+                    "claude-sonnet-4-5",
+                    closed(json!({"n": {"type": "integer", "minimum": 1}})),
+                ),
+            ),
+            "invalid_request_error",
+            "For 'integer' type, property 'minimum' is not supported",
+        ),
+        (
+            "recursive",
+            with_params(
+                "recursive",
+                &output_config("claude-sonnet-4-5", closed(json!({"next": {"$ref": "#"}}))),
+            ),
+            "invalid_request_error",
+            "recursive schemas are not supported",
+        ),
+    ];
+    let mut batch = vec![request("good", "text 0")];
+    batch.extend(cases.iter().map(|(_, r, _, _)| r.clone()));
+    let id = harness.create(batch).await;
+    let (ended, results) = harness.finished(&id).await;
+    assert_eq!(ended["request_counts"]["succeeded"], 1);
+    assert_eq!(ended["request_counts"]["errored"], cases.len());
+    assert_eq!(results["good"]["type"], "succeeded");
+    for (custom_id, _, kind, words) in &cases {
+        let result = &results[*custom_id];
+        assert_eq!(result["type"], "errored", "{custom_id}: {result}");
+        assert_eq!(result["error"]["type"], "error", "{custom_id}");
+        assert_eq!(result["error"]["error"]["type"], *kind, "{custom_id}");
+        let message = result["error"]["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{custom_id}: {message}");
+    }
+}
+
+/// A model with structured outputs answers `output_config` with its JSON as the text
+/// block, `stop_reason` `end_turn`; an older model answers the forced tool.
+#[tokio::test]
+async fn output_config_is_answered_by_a_json_text_block() {
+    let harness = Harness::new();
+    let closed = json!({
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": false
+    });
+    let mut structured = request("structured", "text 0");
+    let params = structured["params"].as_object_mut().unwrap();
+    params.remove("tools");
+    params.remove("tool_choice");
+    params.insert(
+        "output_config".into(),
+        json!({"format": {"type": "json_schema", "schema": closed.clone()}}),
+    );
+    let mut tool = request("tool", "text 1");
+    tool["params"]["model"] = json!("claude-3-5-haiku-20241022");
+    let id = harness.create(vec![structured, tool]).await;
+    let (_, results) = harness.finished(&id).await;
+
+    let message = &results["structured"]["message"];
+    assert_eq!(message["stop_reason"], "end_turn");
+    assert_eq!(message["content"].as_array().unwrap().len(), 1);
+    let block = &message["content"][0];
+    assert_eq!(block["type"], "text");
+    let answer: Value = serde_json::from_str(block["text"].as_str().unwrap()).unwrap();
+    assert_eq!(answer, answer_for(&closed, "text 0"));
+
+    let message = &results["tool"]["message"];
+    assert_eq!(message["stop_reason"], "tool_use");
+    assert_eq!(message["content"][0]["type"], "tool_use");
+    assert_eq!(
+        message["content"][0]["input"],
+        answer_for(&schema(), "text 1")
     );
 }

@@ -483,8 +483,7 @@ pub(super) fn record_params(
                     "#: extraneous key [model] is not permitted".to_string(),
                 ));
             }
-            check_message_params(model_input)
-                .map_err(|(field, problem)| malformed(format!("{field}: {problem}")))?;
+            check_message_params(model_input).map_err(malformed)?;
             model_input.clone()
         }
     };

@@ -20,13 +20,17 @@ use batchline::pipeline::{Context, ProviderSource, Settings, events};
 use batchline::queue::SqsQueue;
 use batchline::storage::S3Store;
 use batchline_emulator::harness::moto_sdk_config;
-use batchline_emulator::{Config, Emulator};
+use batchline_emulator::{BedrockConfig, Config, Emulator};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
 pub use batchline_emulator::harness::{API_KEY, EmulatorProviders, Moto};
 
 pub const BUCKET: &str = "batchline-test";
+/// Bedrock's record minimum in these tests, on both sides (the emulator and the
+/// pipeline's settings), as for an account whose quota was lowered: the per-provider
+/// tests send a few rows. Tests of the minimum itself restore Bedrock's default 100.
+pub const TEST_BEDROCK_MIN_RECORDS: usize = 1;
 /// The success ledger's table, as the template makes it.
 pub const LEDGER_TABLE: &str = "batchline-ledger";
 
@@ -60,6 +64,21 @@ async fn create_ledger_table(sdk: &aws_types::SdkConfig) -> aws_sdk_dynamodb::Cl
     client
 }
 
+/// The emulator's configuration in these tests: lifecycle `step`, `api_key`, and
+/// Bedrock's S3 on `moto`.
+pub fn emulator_config(moto: &Moto, step: Duration, api_key: &str) -> Config {
+    Config {
+        step,
+        api_key: api_key.into(),
+        s3_endpoint: Some(moto.url.clone()),
+        bedrock: BedrockConfig {
+            min_records: TEST_BEDROCK_MIN_RECORDS,
+            ..BedrockConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
 /// moto + emulator + the pipeline context, for one test.
 pub struct Harness {
     pub moto: Moto,
@@ -73,14 +92,9 @@ pub struct Harness {
 impl Harness {
     pub async fn start() -> Self {
         let moto = Moto::start();
-        let emulator = Emulator::start(Config {
-            step: Duration::from_millis(50),
-            api_key: API_KEY.into(),
-            s3_endpoint: Some(moto.url.clone()),
-            ..Config::default()
-        })
-        .await
-        .expect("emulator");
+        let emulator = Emulator::start(emulator_config(&moto, Duration::from_millis(50), API_KEY))
+            .await
+            .expect("emulator");
         let sdk = moto_sdk_config(&moto.url);
         let s3 = S3Store::client_from(&sdk, true);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
@@ -116,7 +130,10 @@ impl Harness {
             providers: Arc::new(
                 EmulatorProviders::new(emulator.base_url()).with_bedrock_s3(&moto.url, BUCKET),
             ),
-            settings: Settings::default(),
+            settings: Settings {
+                bedrock_min_records: TEST_BEDROCK_MIN_RECORDS,
+                ..Settings::default()
+            },
             clock: Arc::new(batchline::clock::SystemClock),
             submit_queue: None,
             ledger: Some(Arc::new(DynamoLedger::new(

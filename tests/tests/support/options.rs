@@ -10,10 +10,10 @@ use batchline::provider::config::{Credential, GoogleCredentials};
 use batchline::provider::{BatchProvider, connect};
 use batchline::queue::SqsQueue;
 use batchline::storage::S3Store;
+use batchline_emulator::Emulator;
 use batchline_emulator::harness::{API_KEY, EmulatorProviders, moto_sdk_config};
-use batchline_emulator::{Config, Emulator};
 
-use super::{BUCKET, Harness};
+use super::{BUCKET, Harness, TEST_BEDROCK_MIN_RECORDS, emulator_config};
 
 /// What a test may change about its harness.
 #[derive(Debug, Clone, Default)]
@@ -60,7 +60,10 @@ pub const LEASE_PASSES: Duration = Duration::from_millis(1_100);
 impl Harness {
     pub async fn start_with(options: HarnessOptions) -> Self {
         let mut h = Self::start().await;
-        h.ctx.settings = options.settings;
+        h.ctx.settings = Settings {
+            bedrock_min_records: TEST_BEDROCK_MIN_RECORDS,
+            ..options.settings
+        };
         if let Some(attempt) = options.aws_attempt_timeout {
             let sdk = moto_sdk_config(&h.moto.url)
                 .to_builder()
@@ -81,19 +84,14 @@ impl Harness {
             ));
         }
         if options.api_key.is_some() || options.emulator_step.is_some() {
-            h.emulator = Emulator::start(Config {
-                step: options.emulator_step.unwrap_or(Duration::from_millis(50)),
-                api_key: options
-                    .api_key
-                    .clone()
-                    .unwrap_or_else(|| API_KEY.to_string()),
-                ..Config::default()
-            })
-            .await
-            .expect("emulator");
+            let step = options.emulator_step.unwrap_or(Duration::from_millis(50));
+            let key = options.api_key.as_deref().unwrap_or(API_KEY);
+            h.emulator = Emulator::start(emulator_config(&h.moto, step, key))
+                .await
+                .expect("emulator");
         }
         h.ctx.providers = Arc::new(TunedProviders {
-            inner: EmulatorProviders::new(h.emulator.base_url()),
+            inner: h.providers(),
             key: options
                 .api_key
                 .map(|key| Credential::new(key).expect("a test key")),

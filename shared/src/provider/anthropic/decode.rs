@@ -1,7 +1,8 @@
-//! Anthropic result-line decoding (Message Batches results JSONL). The structured
-//! answer is the `input` of the forced `tool_use` block ([`decode`]); a request sent
-//! without a tool (text and JSON modes) is answered by the message's text blocks,
-//! joined ([`decode_text`]).
+//! Anthropic result-line decoding (Message Batches results JSONL). A structured answer
+//! ([`decode`]) is the `input` of the forced `tool_use` block, or, for a request sent
+//! with `output_config`, the message's text (JSON text); a request sent without a
+//! schema (text and JSON modes) is answered by the message's text blocks, joined
+//! ([`decode_text`]).
 
 use std::borrow::Cow;
 
@@ -52,8 +53,8 @@ struct ContentBlock<'a> {
 /// Which part of a message is the answer.
 #[derive(Clone, Copy)]
 enum AnswerPart {
-    /// The forced tool's input.
-    ToolInput,
+    /// The forced tool's input, else (an `output_config` answer) the text blocks.
+    Structured,
     /// The text blocks, joined.
     Text,
 }
@@ -89,10 +90,13 @@ struct ErrorDetail {
     message: Option<String>,
 }
 
-/// Decodes one line of an Anthropic batch results file of requests with the forced
-/// tool: the answer is its input.
+/// Decodes one line of an Anthropic batch results file of requests with a schema: the
+/// answer is the forced tool's input, or the message's text for a request sent with
+/// `output_config`. The line does not say which encoding its request had, and it needs
+/// not: a forced tool is always answered by a `tool_use` block, and a request with
+/// `output_config` carries no tool to answer with.
 pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
-    decode_as(line, AnswerPart::ToolInput)
+    decode_as(line, AnswerPart::Structured)
 }
 
 /// Decodes one line of an Anthropic batch results file of requests without a tool:
@@ -161,16 +165,19 @@ fn message_answer(message: Message<'_>, part: AnswerPart) -> (Answer<'_>, Usage)
             usage,
         );
     }
-    let answer = match part {
-        AnswerPart::ToolInput => message
+    let tool_input = match part {
+        AnswerPart::Structured => message
             .content
             .iter()
             .find(|block| block.kind == "tool_use")
-            .and_then(|block| block.input)
-            .map(Answer::Embedded),
+            .and_then(|block| block.input),
+        AnswerPart::Text => None,
+    };
+    let answer = match tool_input {
+        Some(input) => Some(Answer::Embedded(input)),
         // A text cut off by the token limit is not the answer, as at the other providers.
-        AnswerPart::Text if stop_reason == Some("max_tokens") => None,
-        AnswerPart::Text => joined_text(message.content).map(Answer::Text),
+        None if stop_reason == Some("max_tokens") => None,
+        None => joined_text(message.content).map(Answer::Text),
     };
     let answer = match (answer, stop_reason) {
         // A tool call cut off by the limit is closed by the API but incomplete.
@@ -181,7 +188,7 @@ fn message_answer(message: Message<'_>, part: AnswerPart) -> (Answer<'_>, Usage)
             format!(
                 "the message has no {} block (stop_reason {:?})",
                 match part {
-                    AnswerPart::ToolInput => "tool_use",
+                    AnswerPart::Structured => "tool_use or text",
                     AnswerPart::Text => "text",
                 },
                 stop_reason.unwrap_or("none")
@@ -287,11 +294,10 @@ mod tests {
         let cut_tool = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"tool_use","id":"t","name":"invoice","input":{"vendor":"AC"}}],"stop_reason":"max_tokens","usage":{"input_tokens":4,"output_tokens":8}}}}"#;
         assert_eq!(expect_failed(&decode(cut_tool).unwrap()).0, "invalid_json");
 
-        let text_only = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"{}"}],"stop_reason":"end_turn"}}}"#;
-        assert_eq!(
-            expect_failed(&decode(text_only).unwrap()).0,
-            "no_structured_output"
-        );
+        let nothing = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[],"stop_reason":"end_turn"}}}"#;
+        let (kind, message) = expect_failed(&decode(nothing).unwrap());
+        assert_eq!(kind, "no_structured_output");
+        assert!(message.contains("no tool_use or text block"), "{message}");
     }
 
     #[test]
@@ -319,11 +325,11 @@ mod tests {
             Answer::Text(text) => assert_eq!(text, r#"{"a":1}"#),
             other => panic!("{other:?}"),
         }
-        // The same line read for a tool has no structured answer.
-        assert_eq!(
-            expect_failed(&decode(one).unwrap()).0,
-            "no_structured_output"
-        );
+        // The same line read for a schema is an output_config answer: its text.
+        match decode(one).unwrap().answer {
+            Answer::Text(text) => assert_eq!(text, r#"{"a":1}"#),
+            other => panic!("{other:?}"),
+        }
         let empty = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[],"stop_reason":"end_turn"}}}"#;
         let (kind, message) = expect_failed(&decode_text(empty).unwrap());
         assert_eq!(kind, "no_structured_output");
@@ -334,5 +340,29 @@ mod tests {
                 .1
                 .contains("cut off by the token limit")
         );
+    }
+
+    /// An `output_config` answer: the text block holds the JSON, `stop_reason` is
+    /// `end_turn`; a preamble text beside a tool call is not the answer.
+    #[test]
+    fn structured_answers_are_the_tool_input_or_the_output_config_text() {
+        let line = br#"{"custom_id":"doc-9","result":{"type":"succeeded","message":{"id":"msg_9","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[{"type":"text","text":"{\"name\":\"Ada\",\"age\":36}"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":20,"output_tokens":9}}}}"#;
+        let decoded = decode(line).unwrap();
+        assert_eq!(decoded.key.custom_id(), Some("doc-9"));
+        assert_eq!(decoded.usage.output_tokens, 9);
+        match decoded.answer {
+            Answer::Text(text) => assert_eq!(text, r#"{"name":"Ada","age":36}"#),
+            other => panic!("{other:?}"),
+        }
+        let tool = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"Sure."},{"type":"tool_use","id":"t","name":"p","input":{"a":1}}],"stop_reason":"tool_use"}}}"#;
+        match decode(tool).unwrap().answer {
+            Answer::Embedded(raw) => assert_eq!(raw.get(), r#"{"a":1}"#),
+            other => panic!("{other:?}"),
+        }
+        // Cut off by the token limit: the JSON text is incomplete.
+        let cut = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"{\"name\":\"Ad"}],"stop_reason":"max_tokens"}}}"#;
+        assert_eq!(expect_failed(&decode(cut).unwrap()).0, "invalid_json");
+        let refused = br#"{"custom_id":"d","result":{"type":"succeeded","message":{"content":[{"type":"text","text":"I can't help with that."}],"stop_reason":"refusal"}}}"#;
+        assert_eq!(expect_failed(&decode(refused).unwrap()).0, "refusal");
     }
 }

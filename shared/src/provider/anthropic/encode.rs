@@ -1,16 +1,19 @@
 //! Anthropic request encoding: one JSON document `{"requests":[…]}` whose items are
 //! `{"custom_id","params":{Messages API body}}`.
 //!
-//! The answer's schema travels as a forced tool. Without a schema no tool is sent: a
-//! free-text answer is the message's text, and in JSON mode the system prompt ends
-//! with [`crate::request::JSON_OBJECT_INSTRUCTION`] (Anthropic has no JSON mode).
+//! The answer's schema travels as `output_config.format` for the models that take it
+//! ([`supports_output_config`]) and as a forced tool for the others (and for a schema
+//! outside the subset `output_config` accepts, which the forced tool still takes).
+//! Without a schema neither is sent: a free-text answer is the message's text, and in
+//! JSON mode the system prompt ends with [`crate::request::JSON_OBJECT_INSTRUCTION`]
+//! (Anthropic has no JSON mode).
 //! System text (the batch's system
 //! prompt and any system messages, in order, joined by a blank line) goes to the
 //! top-level `system` field, never into `messages`.
 //!
 //! Prompt caching (anything but [`crate::request::PromptCache::Off`]): Anthropic caches in the order
 //! tools → system → messages, and only up to blocks marked with `cache_control`. The
-//! forced tool carries a breakpoint, and the system text is sent as one text block
+//! forced tool (when there is one) carries a breakpoint, and the system text is sent as one text block
 //! (the same text as without caching) carrying the same breakpoint, so both cover the
 //! prefix every request of the batch shares; the rows' own turns come after. With
 //! caching off the request is as it always was: `system` a plain string, nothing
@@ -21,7 +24,10 @@ use std::borrow::Cow;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::schema::{AnthropicTool, CacheControl, anthropic_cached_tool};
+use super::schema::{
+    AnthropicTool, CacheControl, anthropic_cached_tool, anthropic_output_config,
+    supports_output_config,
+};
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
 use crate::provider::encode::{
@@ -46,29 +52,56 @@ pub const FRAMING: Framing = Framing {
 /// Anthropic accepts temperatures from 0 to 1.
 const MAX_TEMPERATURE: f64 = 1.0;
 
-/// Writes Anthropic Message Batches requests (the schema as a forced tool, or no tool
-/// without a schema) for one model, answer format and parameter set.
+/// Writes Anthropic Message Batches requests (the schema as `output_config` or a forced
+/// tool, nothing without a schema) for one model, answer format and parameter set.
 #[derive(Debug)]
 pub struct AnthropicEncoder {
     model: String,
     max_tokens: u32,
     temperature: Option<f64>,
     system_prompt: Option<String>,
-    /// The breakpoint for the system block; the tool already carries it.
+    /// The breakpoint for the system block; a forced tool already carries it.
     cache_control: Option<CacheControl>,
-    /// The forced tool; `None` without a schema.
-    tool: Option<AnthropicTool>,
+    /// How the schema travels; `None` without a schema.
+    structure: Option<Structure>,
+}
+
+/// How a schema travels, translated once for the batch.
+#[derive(Debug)]
+enum Structure {
+    /// `output_config`: the answer is the message's text.
+    OutputConfig(Box<RawValue>),
+    /// A forced tool: the answer is its input.
+    ForcedTool(AnthropicTool),
 }
 
 impl AnthropicEncoder {
-    /// Translates the schema of `format` into the tool once for the batch (with its
-    /// cache breakpoint unless `params.prompt_cache` is off); fails on parameters
-    /// Anthropic refuses or a schema it cannot take.
+    /// Translates the schema of `format` once for the batch: into `output_config` when
+    /// `model` takes it and the schema fits its subset, else into the forced tool (with
+    /// its cache breakpoint unless `params.prompt_cache` is off). Fails on parameters
+    /// Anthropic refuses or a schema neither can take.
     pub fn new(model: &str, format: &AnswerFormat, params: &GenerationParams) -> Result<Self> {
         check_params(params, ProviderKind::Anthropic, MAX_TEMPERATURE)?;
         let cache_control = CacheControl::for_cache(params.prompt_cache);
-        let tool = match format.schema() {
-            Some(schema) => Some(anthropic_cached_tool(schema, cache_control)?),
+        let structure = match format.schema() {
+            Some(schema) if supports_output_config(model) => {
+                match anthropic_output_config(schema) {
+                    Ok(config) => Some(Structure::OutputConfig(config)),
+                    // The forced tool takes any object schema: worse than constrained
+                    // decoding, better than refusing a job older batchline ran.
+                    Err(err) => {
+                        tracing::info!(model, %err, "schema outside the output_config subset; using a forced tool");
+                        Some(Structure::ForcedTool(anthropic_cached_tool(
+                            schema,
+                            cache_control,
+                        )?))
+                    }
+                }
+            }
+            Some(schema) => Some(Structure::ForcedTool(anthropic_cached_tool(
+                schema,
+                cache_control,
+            )?)),
             None => None,
         };
         Ok(Self {
@@ -77,8 +110,16 @@ impl AnthropicEncoder {
             temperature: params.temperature,
             system_prompt: format.system_prompt(params.system_prompt.as_deref()),
             cache_control,
-            tool,
+            structure,
         })
+    }
+
+    /// The forced tool, when the schema travels as one.
+    fn tool(&self) -> Option<&AnthropicTool> {
+        match &self.structure {
+            Some(Structure::ForcedTool(tool)) => Some(tool),
+            _ => None,
+        }
     }
 }
 
@@ -101,6 +142,8 @@ struct Params<'a> {
     tools: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_config: Option<&'a RawValue>,
 }
 
 /// The top-level `system` field: a plain string, or (with caching on) text blocks
@@ -210,8 +253,12 @@ impl RequestEncoder for AnthropicEncoder {
                     self.cache_control,
                 ),
                 messages: Turns(&request.messages),
-                tools: self.tool.as_ref().map(|tool| &*tool.tools),
-                tool_choice: self.tool.as_ref().map(|tool| &*tool.tool_choice),
+                tools: self.tool().map(|tool| &*tool.tools),
+                tool_choice: self.tool().map(|tool| &*tool.tool_choice),
+                output_config: match &self.structure {
+                    Some(Structure::OutputConfig(config)) => Some(config),
+                    _ => None,
+                },
             },
         };
         append_json(&item, false, out)
@@ -223,6 +270,11 @@ mod tests {
     use super::*;
     use crate::request::{OutputSchema, PromptCache, Role};
     use serde_json::{Value, json};
+
+    /// A model without `output_config`: the schema travels as a forced tool.
+    const TOOL_MODEL: &str = "claude-opus-4-1";
+    /// A model with `output_config`.
+    const OUTPUT_CONFIG_MODEL: &str = "claude-sonnet-4-5";
 
     /// An encoder with prompt caching off: the requests as they were before caching.
     fn encoder(system_prompt: Option<&str>, temperature: Option<f64>) -> AnthropicEncoder {
@@ -244,7 +296,7 @@ mod tests {
             system_prompt: system_prompt.map(str::to_string),
             prompt_cache,
         };
-        AnthropicEncoder::new("claude-sonnet-4-5", &schema.into(), &params).unwrap()
+        AnthropicEncoder::new(TOOL_MODEL, &schema.into(), &params).unwrap()
     }
 
     fn encode(encoder: &AnthropicEncoder, request: &Request) -> Value {
@@ -279,7 +331,7 @@ mod tests {
             json!({
                 "custom_id": "doc_1",
                 "params": {
-                    "model": "claude-sonnet-4-5",
+                    "model": "claude-opus-4-1",
                     "max_tokens": 512,
                     "temperature": 0.5,
                     "system": "Extract facts.\n\nBe terse.\n\nOnly digits.",
@@ -305,7 +357,7 @@ mod tests {
         assert_eq!(
             item["params"],
             json!({
-                "model": "claude-sonnet-4-5",
+                "model": "claude-opus-4-1",
                 "max_tokens": 512,
                 "messages": [{"role": "user", "content": "hi"}],
                 "tools": tools(),
@@ -343,7 +395,7 @@ mod tests {
             assert_eq!(
                 item["params"],
                 json!({
-                    "model": "claude-sonnet-4-5",
+                    "model": "claude-opus-4-1",
                     "max_tokens": 512,
                     "system": [{
                         "type": "text",
@@ -388,7 +440,7 @@ mod tests {
         let mut out = Vec::new();
         encoder.encode(0, &system_conversation(), &mut out).unwrap();
         let expected = concat!(
-            r#"{"custom_id":"doc_1","params":{"model":"claude-sonnet-4-5","max_tokens":512,"#,
+            r#"{"custom_id":"doc_1","params":{"model":"claude-opus-4-1","max_tokens":512,"#,
             r#""temperature":0.5,"system":"Extract facts.\n\nBe terse.","#,
             r#""messages":[{"role":"user","content":"Say one"}],"#,
             r#""tools":[{"name":"answer","description":"Record the requested information. "#,
@@ -466,7 +518,7 @@ mod tests {
             system_prompt: Some("Summarise.".to_string()),
             prompt_cache,
         };
-        AnthropicEncoder::new("claude-sonnet-4-5", format, &params).unwrap()
+        AnthropicEncoder::new(TOOL_MODEL, format, &params).unwrap()
     }
 
     #[test]
@@ -475,7 +527,7 @@ mod tests {
         let mut out = Vec::new();
         encoder.encode(0, &system_conversation(), &mut out).unwrap();
         let expected = concat!(
-            r#"{"custom_id":"doc_1","params":{"model":"claude-sonnet-4-5","max_tokens":512,"#,
+            r#"{"custom_id":"doc_1","params":{"model":"claude-opus-4-1","max_tokens":512,"#,
             r#""system":"Summarise.\n\nBe terse.","#,
             r#""messages":[{"role":"user","content":"Say one"}]}}"#
         );
@@ -489,7 +541,7 @@ mod tests {
         assert_eq!(
             item["params"],
             json!({
-                "model": "claude-sonnet-4-5",
+                "model": "claude-opus-4-1",
                 "max_tokens": 512,
                 "system": "Summarise.\n\nAnswer with one JSON object.\n\nBe terse.",
                 "messages": [{"role": "user", "content": "Say one"}]
@@ -510,5 +562,88 @@ mod tests {
             }])
         );
         assert_eq!(item["params"].get("tools"), None);
+    }
+
+    fn output_config_encoder(schema: Value, prompt_cache: PromptCache) -> AnthropicEncoder {
+        let schema = OutputSchema {
+            name: "answer".to_string(),
+            schema,
+        };
+        let params = GenerationParams {
+            max_tokens: 512,
+            temperature: Some(0.5),
+            system_prompt: Some("Extract facts.".to_string()),
+            prompt_cache,
+        };
+        AnthropicEncoder::new(OUTPUT_CONFIG_MODEL, &schema.into(), &params).unwrap()
+    }
+
+    /// Claude 4.5 and later: the translated schema in `output_config`, no tool.
+    #[test]
+    fn newer_models_get_output_config_byte_for_byte() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"x": {"type": "integer", "minimum": 0}},
+            "required": ["x"]
+        });
+        let encoder = output_config_encoder(schema, PromptCache::Off);
+        let mut out = Vec::new();
+        encoder.encode(0, &system_conversation(), &mut out).unwrap();
+        let expected = concat!(
+            r#"{"custom_id":"doc_1","params":{"model":"claude-sonnet-4-5","max_tokens":512,"#,
+            r#""temperature":0.5,"system":"Extract facts.\n\nBe terse.","#,
+            r#""messages":[{"role":"user","content":"Say one"}],"#,
+            r#""output_config":{"format":{"type":"json_schema","schema":{"type":"object","#,
+            r#""required":["x"],"properties":{"x":{"type":"integer","description":"{minimum: 0}"}},"#,
+            r#""additionalProperties":false}}}}}"#
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    /// Without a tool, the batch's system block alone carries the cache breakpoint.
+    #[test]
+    fn output_config_with_caching_marks_the_system_prompt() {
+        let schema = json!({"type": "object", "properties": {"x": {"type": "integer"}}});
+        let encoder = output_config_encoder(schema, PromptCache::OneHour);
+        let item = encode(&encoder, &system_conversation());
+        assert_eq!(
+            item["params"],
+            json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 512,
+                "temperature": 0.5,
+                "system": [{
+                    "type": "text",
+                    "text": "Extract facts.",
+                    "cache_control": {"type": "ephemeral", "ttl": "1h"}
+                }, {
+                    "type": "text",
+                    "text": "Be terse."
+                }],
+                "messages": [{"role": "user", "content": "Say one"}],
+                "output_config": {"format": {"type": "json_schema", "schema": {
+                    "type": "object",
+                    "properties": {"x": {"type": "integer"}},
+                    "additionalProperties": false
+                }}}
+            })
+        );
+    }
+
+    /// A schema outside the `output_config` subset still goes out, as the forced tool.
+    #[test]
+    fn a_schema_outside_the_subset_falls_back_to_the_forced_tool() {
+        let recursive = json!({
+            "type": "object",
+            "properties": {"children": {"type": "array", "items": {"$ref": "#"}}},
+        });
+        let encoder = output_config_encoder(recursive.clone(), PromptCache::Off);
+        let item = encode(&encoder, &system_conversation());
+        assert_eq!(item["params"].get("output_config"), None);
+        assert_eq!(item["params"]["tools"][0]["input_schema"], recursive);
+        assert_eq!(
+            item["params"]["tool_choice"],
+            json!({"type": "tool", "name": "answer"})
+        );
     }
 }

@@ -78,7 +78,7 @@ impl ProviderDescriptor for Anthropic {
         decode::decode(line)
     }
 
-    /// Without the forced tool the answer is the message's text blocks.
+    /// Without a schema the answer is the message's text blocks.
     fn decode_text<'a>(&self, line: &'a [u8]) -> Result<Decoded<'a>, Malformed> {
         decode::decode_text(line)
     }
