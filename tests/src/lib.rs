@@ -9,6 +9,7 @@
 pub mod answer;
 pub mod anthropic;
 pub mod cache;
+pub mod catalogue;
 pub mod common;
 pub mod gcs;
 pub mod gemini;
@@ -117,11 +118,16 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .layer(middleware::from_fn_with_state(shared.clone(), http_faults));
     // OpenAI and Anthropic apply the fault layer themselves, inside the layer that adds
     // request ids, so that injected faults carry a request id too.
-    Router::new()
+    let routed = Router::new()
         .merge(openai::router(shared.clone()))
         .merge(anthropic::router(shared.clone()))
         .merge(google)
-        .merge(control)
+        .merge(control);
+    // A layer on a router runs after its routing; wrapped as the fallback of an empty
+    // router, `gemini::route_v1` sees each request before any route is chosen.
+    Router::new()
+        .fallback_service(routed)
+        .layer(middleware::from_fn(gemini::route_v1))
 }
 
 async fn set_faults(State(shared): State<Arc<Shared>>, body: axum::Json<FaultPlan>) -> StatusCode {
