@@ -36,6 +36,7 @@ use files::Upload;
 use files::delete_file;
 use files::download_only;
 use files::get_file;
+use files::list_files;
 use files::upload;
 
 use crate::common::Shared;
@@ -57,6 +58,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/upload/v1beta/files",
             post(upload).layer(DefaultBodyLimit::disable()),
         )
+        .route("/v1beta/files", get(list_files))
         .route("/v1beta/files/{file}", get(get_file).delete(delete_file))
         .route("/download/v1beta/files/{file}", get(download_only))
         .route(

@@ -451,7 +451,8 @@ fn response_object(model: &str, output: Output, usage: &Usage) -> Value {
         "tools": [],
         "usage": {
             "input_tokens": usage.prompt(),
-            "input_tokens_details": {"cached_tokens": usage.cache_read},
+            // OpenAI writes its cache without charging for it: no cache writes to count.
+            "input_tokens_details": {"cached_tokens": usage.cache_read, "cache_write_tokens": 0},
             "output_tokens": usage.output,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": usage.prompt() + usage.output,
