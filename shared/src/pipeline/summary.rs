@@ -137,7 +137,7 @@ fn top_errors(parts: &[PartRecord]) -> Vec<ErrorGroup> {
         })
         .collect();
     // A stable sort keeps the map's order among equal counts.
-    top.sort_by(|a, b| b.rows.cmp(&a.rows));
+    top.sort_by_key(|group| std::cmp::Reverse(group.rows));
     top.truncate(TOP_ERRORS);
     top
 }
