@@ -131,8 +131,8 @@ impl ApiVersion {
 /// under `/v1` as under `/v1beta`, but on the emulator's one host `/v1/files` and
 /// `/v1/batches` are OpenAI's too. A `/v1` call is Gemini's when it carries a Google
 /// API key (`x-goog-api-key` or `?key=`; OpenAI's key comes as a bearer token), or when
-/// its path exists only in the Gemini API (`/v1/models/…`, `/upload/v1/…`,
-/// `/download/v1/…`). Such a call is served by the `v1beta` routes, marked with its
+/// its path is the Gemini API's (`/upload/v1/…`, `/download/v1/…`, and `/v1/models/…`
+/// without a bearer token). Such a call is served by the `v1beta` routes, marked with its
 /// [`ApiVersion`] so that errors name the version the caller used.
 pub async fn route_v1(mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
@@ -146,9 +146,11 @@ pub async fn route_v1(mut request: Request, next: Next) -> Response {
         .find_map(|prefix| path.strip_prefix(prefix).map(|rest| (*prefix, rest)))
         .or_else(|| {
             let rest = path.strip_prefix("/v1/")?;
-            let gemini_only = rest.starts_with("models/");
+            // OpenAI has `/v1/models` too (not emulated): its bearer token keeps it there.
+            let has_bearer = request.headers().contains_key("authorization");
+            let gemini_path = rest.starts_with("models/") && !has_bearer;
             let shared = rest.starts_with("files") || rest.starts_with("batches");
-            (gemini_only || (shared && has_google_key)).then_some(("/v1/", rest))
+            (gemini_path || (shared && has_google_key)).then_some(("/v1/", rest))
         });
     if let Some((prefix, rest)) = rest {
         let versioned = prefix.replace("/v1/", "/v1beta/");
