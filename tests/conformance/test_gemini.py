@@ -1,8 +1,6 @@
-"""The emulator's Gemini Developer API batch mode, driven by the official google-genai SDK.
-
-The SDK's default API version is v1 here, whose paths (/v1/files, /v1/batches) belong
-to OpenAI on the shared emulator host; batch mode is served under v1beta, so the
-client asks for it explicitly.
+"""The emulator's Gemini Developer API batch mode, driven by the official google-genai SDK
+with its defaults (API version v1: the emulator tells its /v1/files and /v1/batches
+calls from OpenAI's by the Google API key they carry).
 """
 
 import json
@@ -28,7 +26,7 @@ JSON_CONFIG = {"responseMimeType": "application/json", "responseJsonSchema": SCH
 def client(emulator):
     return genai.Client(
         api_key="test-key",
-        http_options=types.HttpOptions(base_url=emulator, api_version="v1beta"),
+        http_options=types.HttpOptions(base_url=emulator),
     )
 
 
@@ -155,9 +153,28 @@ def test_list_cancel_and_delete(client, emulator):
 def test_wrong_api_key_is_refused(emulator):
     client = genai.Client(
         api_key="not-the-key",
-        http_options=types.HttpOptions(base_url=emulator, api_version="v1beta"),
+        http_options=types.HttpOptions(base_url=emulator),
     )
     with pytest.raises(errors.ClientError) as refused:
         client.batches.get(name="batches/anything")
     assert refused.value.status == "INVALID_ARGUMENT"
     assert "API key not valid" in refused.value.message
+
+
+def test_unknown_model_is_not_found_at_create(client):
+    inline = [{"contents": "hello", "metadata": {"key": "only"}}]
+    with pytest.raises(errors.ClientError) as missing:
+        client.batches.create(model="gemini-2.0-flash", src=inline, config={"display_name": "old"})
+    assert missing.value.code == 404 and missing.value.status == "NOT_FOUND"
+    assert missing.value.message.startswith(
+        "models/gemini-2.0-flash is not found for API version v1, or is not supported for batchGenerateContent."
+    )
+    assert list(client.batches.list()) == [], "nothing was created"
+
+
+def test_files_are_listed_and_deleted(client, tmp_path):
+    uploaded = upload_requests(client, tmp_path, [{"key": "a", "request": extraction("x")}])
+    assert uploaded.name in [f.name for f in client.files.list()]
+    client.files.delete(name=uploaded.name)
+    with pytest.raises(errors.ClientError):
+        client.files.get(name=uploaded.name)

@@ -6,8 +6,9 @@ from typing import Optional
 import openai
 import pydantic
 import pytest
-from openai.types import Batch, FileObject
+from openai.types import Batch, Completion, CreateEmbeddingResponse, FileObject
 from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
 
 from conftest import advance, conforms, set_faults, wait_for
 
@@ -86,10 +87,10 @@ def upload(client, lines):
     return uploaded
 
 
-def create(client, file_id, **extra):
+def create(client, file_id, endpoint="/v1/chat/completions", **extra):
     return client.batches.create(
         input_file_id=file_id,
-        endpoint="/v1/chat/completions",
+        endpoint=endpoint,
         completion_window="24h",
         **extra,
     )
@@ -222,3 +223,104 @@ def test_bad_requests_raise_typed_errors(client, emulator):
     with pytest.raises(openai.AuthenticationError) as refused:
         wrong_key.batches.list()
     assert refused.value.code == "invalid_api_key"
+
+
+def line_at(custom_id, endpoint, body):
+    return {"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body}
+
+
+def run_batch(client, emulator, endpoint, lines):
+    """Uploads `lines`, runs a batch for `endpoint` to its end; answers it with its
+    output and error lines."""
+    done = finish(client, emulator, create(client, upload(client, lines).id, endpoint).id)
+    assert done.endpoint == endpoint
+    return done, results(client, done.output_file_id), results(client, done.error_file_id)
+
+
+def test_unknown_model_fails_every_line_with_model_not_found(client, emulator):
+    lines = [request_line(f"req-{i}", "Invoice", model="gpt-3") for i in range(3)]
+    done, output, errors = run_batch(client, emulator, "/v1/chat/completions", lines)
+    assert done.status == "completed" and done.output_file_id is None
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 3)
+    assert not output and len(errors) == 3
+    for line in errors.values():
+        assert line.response.status_code == 404 and line.error is None
+        error = ApiErrorBody.model_validate(line.response.body["error"])
+        assert error.code == "model_not_found" and error.type == "invalid_request_error"
+        assert error.message == "The model `gpt-3` does not exist or you do not have access to it."
+
+
+def test_responses_batch_answers_response_objects(client, emulator):
+    text_format = {"type": "json_schema", "name": "invoice", "strict": True, "schema": SCHEMA}
+    lines = [
+        line_at("r", "/v1/responses", {"model": MODEL, "instructions": "Extract the invoice.",
+                                       "input": "Invoice from ACME, total 12", "text": {"format": text_format}}),
+        line_at("no-input", "/v1/responses", {"model": MODEL}),
+    ]
+    done, output, errors = run_batch(client, emulator, "/v1/responses", lines)
+    response = conforms(Response, output["r"].response.body)
+    answer = json.loads(response.output_text)
+    assert isinstance(answer["vendor"], str) and answer["total"] >= 0
+    assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
+    error = ApiErrorBody.model_validate(errors["no-input"].response.body["error"])
+    assert (error.code, error.param) == ("missing_required_parameter", "input")
+
+
+def test_embeddings_batch_answers_vectors(client, emulator):
+    lines = [
+        line_at("e", "/v1/embeddings", {"model": "text-embedding-3-small", "input": ["cat", "dog"], "dimensions": 64}),
+        line_at("empty", "/v1/embeddings", {"model": "text-embedding-3-small", "input": ""}),
+    ]
+    done, output, errors = run_batch(client, emulator, "/v1/embeddings", lines)
+    embeddings = conforms(CreateEmbeddingResponse, output["e"].response.body)
+    assert [len(e.embedding) for e in embeddings.data] == [64, 64]
+    assert all(isinstance(x, float) for x in embeddings.data[0].embedding)
+    assert embeddings.usage.prompt_tokens > 0
+    assert errors["empty"].response.status_code == 400
+
+
+def test_completions_batch_answers_text_completions(client, emulator):
+    lines = [
+        line_at("c", "/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "Say hello"}),
+        line_at("list-prompt", "/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": ["a", "b"]}),
+    ]
+    done, output, _ = run_batch(client, emulator, "/v1/completions", lines)
+    assert set(output) == {"c", "list-prompt"}
+    completion = conforms(Completion, output["c"].response.body)
+    assert completion.choices[0].text and completion.usage.completion_tokens <= 16
+    wrong = [line_at("x", "/v1/completions", {"model": MODEL, "prompt": "hi"})]
+    _, _, errors = run_batch(client, emulator, "/v1/completions", wrong)
+    assert errors["x"].response.status_code == 404
+    assert "v1/chat/completions" in errors["x"].response.body["error"]["message"]
+
+
+def test_endpoints_the_api_does_not_take_are_refused(client):
+    uploaded = upload(client, [request_line("a", "Invoice")])
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat", completion_window="24h")
+    assert refused.value.param == "endpoint"
+    assert "Supported values are: '/v1/responses', '/v1/chat/completions'" in refused.value.message
+
+
+def test_files_list_pages_get_and_delete(client, emulator):
+    uploaded = [upload(client, [request_line(f"f{i}", "Invoice")]) for i in range(5)]
+    listed = [f.id for f in client.files.list(purpose="batch", limit=2)]
+    assert listed == [f.id for f in reversed(uploaded)], "every page, newest first"
+    first = client.files.list(purpose="batch", limit=2, order="asc")
+    assert [f.id for f in first.data] == [uploaded[0].id, uploaded[1].id] and first.has_more
+    for page_item in first.data:
+        conforms(FileObject, page_item.model_dump())
+    assert client.files.retrieve(uploaded[2].id).id == uploaded[2].id
+    deleted = client.files.delete(uploaded[2].id)
+    assert deleted.deleted and deleted.id == uploaded[2].id
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded[2].id)
+    assert uploaded[2].id not in [f.id for f in client.files.list()]
+
+
+def test_every_answer_carries_a_request_id(client, emulator):
+    ok = client.batches.with_raw_response.list()
+    assert ok.headers["x-request-id"].startswith("req_")
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.batches.retrieve("batch_nope")
+    assert missing.value.request_id and missing.value.request_id.startswith("req_")

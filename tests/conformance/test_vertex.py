@@ -190,3 +190,19 @@ def test_unknown_tokens_are_refused(emulator):
     assert refused.value.code == 401
     status, _ = storage(emulator, "GET", f"/storage/v1/b/{BUCKET}/o", token="ya29.forged")
     assert status == 401
+
+
+def test_unknown_model_fails_the_job_at_create(client, emulator):
+    source = upload(emulator, "in/old.jsonl", [instance("only", "hello")])
+    with pytest.raises(errors.ClientError) as missing:
+        client.batches.create(
+            model="gemini-2.0-flash-001",
+            src=source,
+            config=types.CreateBatchJobConfig(dest=f"gs://{BUCKET}/out"),
+        )
+    assert missing.value.code == 404 and missing.value.status == "NOT_FOUND"
+    assert missing.value.message.startswith(
+        f"Publisher Model `projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/gemini-2.0-flash-001`"
+        " was not found or your project does not have access to it."
+    )
+    assert list(client.batches.list()) == [], "nothing was created"

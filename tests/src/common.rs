@@ -368,8 +368,6 @@ pub async fn add_request_id(
     response
 }
 
-/// Locks a mutex even if a handler panicked while holding it: the emulator's state
-/// stays usable for the rest of a test run.
 /// A list call's `limit` query parameter: `default` when absent, `Err` with the text
 /// given when it is not a whole number from 1 to `max` (each API words that itself).
 pub fn page_limit(
@@ -387,6 +385,8 @@ pub fn page_limit(
     }
 }
 
+/// Locks a mutex even if a handler panicked while holding it: the emulator's state
+/// stays usable for the rest of a test run.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

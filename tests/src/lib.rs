@@ -11,6 +11,7 @@ pub mod answer;
 pub mod anthropic;
 pub mod bedrock;
 pub mod cache;
+pub mod catalogue;
 pub mod common;
 pub mod gcs;
 pub mod gemini;
@@ -130,12 +131,17 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .layer(middleware::from_fn_with_state(shared.clone(), http_faults));
     // OpenAI, Anthropic and Bedrock apply the fault layer themselves, inside the layer that adds
     // request ids, so that injected faults carry a request id too.
-    Router::new()
+    let routed = Router::new()
         .merge(openai::router(shared.clone()))
         .merge(anthropic::router(shared.clone()))
         .merge(bedrock::router(shared.clone()))
         .merge(google)
-        .merge(control)
+        .merge(control);
+    // A layer on a router runs after its routing; wrapped as the fallback of an empty
+    // router, `gemini::route_v1` sees each request before any route is chosen.
+    Router::new()
+        .fallback_service(routed)
+        .layer(middleware::from_fn(gemini::route_v1))
 }
 
 async fn set_faults(State(shared): State<Arc<Shared>>, body: axum::Json<FaultPlan>) -> StatusCode {

@@ -7,7 +7,7 @@ mod support;
 use batchline::model::ProviderKind;
 use batchline::pipeline::job::JobStatus;
 use serde_json::json;
-use support::{Harness, job_file};
+use support::{Harness, job_file, job_file_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_normal_job_succeeds_for_every_provider() {
@@ -612,4 +612,33 @@ async fn rows_the_model_leaves_out_repeats_or_invents_are_never_misattributed() 
             );
         }
     }
+}
+
+/// A job for a model OpenAI does not serve: every row fails with `model_not_found`
+/// (one error line per request), and the summary says so in one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_model_fails_every_row_and_the_summary_names_the_cause() {
+    let h = Harness::start().await;
+    let kind = ProviderKind::OpenAi;
+    let (body, ids) = job_file_with(kind, json!({"model": "openai/gpt-3"}), 6, &[]);
+    let job = h.submit("inbox/openai/unknown-model.jsonl", body).await;
+    let record = h.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Completed, "{:?}", record.failure);
+    let results = h.assert_invariant(&job, &ids).await;
+    assert!(results.successes.is_empty());
+    assert!(
+        results
+            .error_types()
+            .values()
+            .all(|t| t == "model_not_found"),
+        "{:?}",
+        results.error_types()
+    );
+    assert_eq!(
+        results.summary["cause"],
+        "6 of 6 rows failed: model_not_found: HTTP 404: The model `gpt-3` does not exist or you do not have access to it.",
+        "{}",
+        results.summary
+    );
+    assert_eq!(results.summary["top_errors"][0]["rows"], 6);
 }

@@ -710,6 +710,11 @@ impl<'a> PartRun<'a> {
             .errors_by_type
             .entry(failure.error_type.clone())
             .or_insert(0) += 1;
+        summary::note_error(
+            &mut self.outcome.error_groups,
+            &failure.error_type,
+            &failure.error_message,
+        );
         self.line.clear();
         let attempted = Attempted {
             outcome: failure,

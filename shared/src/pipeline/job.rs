@@ -192,6 +192,21 @@ pub struct PartOutcome {
     /// (counted there, not here).
     #[serde(default)]
     pub retried: u64,
+    /// `failed` by error type and message, for the first few distinct pairs
+    /// (`summary::note_error`): what the summary's `cause` is drawn from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_groups: Vec<ErrorGroup>,
+}
+
+/// Failed rows that share one error type and one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorGroup {
+    /// The rows' `error_type`.
+    pub error_type: String,
+    /// The message, cut at `summary::MAX_GROUP_MESSAGE_CHARS` characters.
+    pub message: String,
+    /// How many failed rows had both.
+    pub rows: u64,
 }
 
 /// One part of a job: the requests of one provider batch, and what poll and collect

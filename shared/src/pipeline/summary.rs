@@ -6,7 +6,9 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::context::{Context, PipelineError};
-use super::job::{self, InputRead, JobStatus, RerunOf, SourceObject, Versioned, keys};
+use super::job::{
+    self, ErrorGroup, InputRead, JobStatus, PartRecord, RerunOf, SourceObject, Versioned, keys,
+};
 use super::spec::ResultFormat;
 use crate::results::Usage;
 
@@ -36,6 +38,14 @@ struct Summary<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     rerun_of: Option<&'a RerunOf>,
     errors_by_type: BTreeMap<String, u64>,
+    /// One line naming what failed most of the failed rows, when one error type with
+    /// one message did ("50000 of 50000 rows failed: model_not_found: The model …"),
+    /// so that a reader need not open the error files to see why a job failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<String>,
+    /// The most common errors by type and message, most rows first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    top_errors: Vec<ErrorGroup>,
     /// Requests resubmitted after a retryable failure (each counted once per retry).
     retried: u64,
     /// Final outcomes by the attempt they came from ("1": first try, "2": one retry…).
@@ -78,6 +88,72 @@ struct PartSummary<'a> {
     waited_seconds: u64,
 }
 
+/// A part counts rows for at most this many distinct (type, message) pairs, so that
+/// its record stays small when every row fails differently; later pairs are counted
+/// in `errors_by_type` only.
+const MAX_ERROR_GROUPS: usize = 20;
+/// Messages are grouped (and kept) up to this many characters: the start of a long
+/// message says what went wrong, its tail often names the row.
+pub(super) const MAX_GROUP_MESSAGE_CHARS: usize = 300;
+/// The summary lists this many groups in `top_errors`.
+const TOP_ERRORS: usize = 5;
+
+/// Counts one failed row in `groups` under its type and message.
+pub(super) fn note_error(groups: &mut Vec<ErrorGroup>, error_type: &str, message: &str) {
+    let message = match message.char_indices().nth(MAX_GROUP_MESSAGE_CHARS) {
+        Some((cut, _)) => &message[..cut],
+        None => message,
+    };
+    let found = groups
+        .iter()
+        .position(|g| g.error_type == error_type && g.message == message);
+    match found {
+        Some(index) => groups[index].rows += 1,
+        None if groups.len() < MAX_ERROR_GROUPS => groups.push(ErrorGroup {
+            error_type: error_type.to_string(),
+            message: message.to_string(),
+            rows: 1,
+        }),
+        None => {}
+    }
+}
+
+/// The parts' error groups added up, most rows first (ties by type and message).
+fn top_errors(parts: &[PartRecord]) -> Vec<ErrorGroup> {
+    let mut rows: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let groups = parts
+        .iter()
+        .filter_map(|p| p.collected.as_ref())
+        .flat_map(|outcome| &outcome.error_groups);
+    for group in groups {
+        *rows.entry((&group.error_type, &group.message)).or_insert(0) += group.rows;
+    }
+    let mut top: Vec<ErrorGroup> = rows
+        .into_iter()
+        .map(|((error_type, message), rows)| ErrorGroup {
+            error_type: error_type.to_string(),
+            message: message.to_string(),
+            rows,
+        })
+        .collect();
+    // A stable sort keeps the map's order among equal counts.
+    top.sort_by_key(|group| std::cmp::Reverse(group.rows));
+    top.truncate(TOP_ERRORS);
+    top
+}
+
+/// The summary's `cause`: the top group when it holds more than half of the failed
+/// rows (else no one error explains the failures).
+fn cause(top: &[ErrorGroup], failed: u64, requests: u64) -> Option<String> {
+    let group = top.first()?;
+    (group.rows * 2 > failed).then(|| {
+        format!(
+            "{} of {requests} rows failed: {}: {}",
+            group.rows, group.error_type, group.message
+        )
+    })
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -98,7 +174,7 @@ struct QuotaWaits {
 }
 
 impl QuotaWaits {
-    fn of(parts: &[super::job::PartRecord]) -> Option<Self> {
+    fn of(parts: &[PartRecord]) -> Option<Self> {
         let waited: Vec<_> = parts.iter().filter(|p| p.quota_waits > 0).collect();
         (!waited.is_empty()).then(|| Self {
             parts: waited.len(),
@@ -218,7 +294,10 @@ pub(super) async fn close_job(
             files.errors.push(keys::errors(&record.job_id, part.index));
         }
     }
+    let top_errors = top_errors(&record.parts);
     let summary = Summary {
+        cause: cause(&top_errors, failed, record.requests),
+        top_errors,
         job_id: &record.job_id,
         status: record.status,
         failure: record.failure.as_deref(),
@@ -305,4 +384,96 @@ pub(super) async fn fail_job(
     versioned.record.failure = Some(reason);
     versioned.record.submit_lease_until = None;
     close_job(ctx, &mut versioned).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::job::PartOutcome;
+
+    fn collected(groups: Vec<ErrorGroup>) -> PartRecord {
+        let mut part: PartRecord = serde_json::from_value(serde_json::json!({
+            "index": 0, "requests": 0, "batch_id": null,
+        }))
+        .expect("a part record from its required fields");
+        part.collected = Some(PartOutcome {
+            failed: groups.iter().map(|g| g.rows).sum(),
+            error_groups: groups,
+            ..PartOutcome::default()
+        });
+        part
+    }
+
+    #[test]
+    fn rows_are_grouped_by_type_and_message_up_to_a_bound() {
+        let mut groups = Vec::new();
+        for _ in 0..3 {
+            note_error(
+                &mut groups,
+                "model_not_found",
+                "The model `gpt-3` does not exist",
+            );
+        }
+        note_error(
+            &mut groups,
+            "model_not_found",
+            "The model `gpt-2` does not exist",
+        );
+        note_error(
+            &mut groups,
+            "parsing_error",
+            "The model `gpt-3` does not exist",
+        );
+        let rows: Vec<u64> = groups.iter().map(|g| g.rows).collect();
+        assert_eq!(rows, [3, 1, 1]);
+        for i in 0..100 {
+            note_error(&mut groups, "x", &format!("message {i}"));
+        }
+        assert_eq!(groups.len(), MAX_ERROR_GROUPS);
+        note_error(&mut groups, "long", &"é".repeat(1000));
+        note_error(
+            &mut groups,
+            "model_not_found",
+            &format!("{}!", "é".repeat(400)),
+        );
+        assert!(
+            groups
+                .iter()
+                .all(|g| g.message.chars().count() <= MAX_GROUP_MESSAGE_CHARS)
+        );
+    }
+
+    #[test]
+    fn one_error_behind_most_failures_is_the_cause() {
+        let model = |rows| ErrorGroup {
+            error_type: "model_not_found".into(),
+            message: "The model `gpt-3` does not exist or you do not have access to it.".into(),
+            rows,
+        };
+        let other = |rows| ErrorGroup {
+            error_type: "rate_limit_error".into(),
+            message: "slow down".into(),
+            rows,
+        };
+        let parts = [
+            collected(vec![model(30_000)]),
+            collected(vec![model(20_000)]),
+        ];
+        let top = top_errors(&parts);
+        assert_eq!(top, [model(50_000)]);
+        assert_eq!(
+            cause(&top, 50_000, 50_000).as_deref(),
+            Some(
+                "50000 of 50000 rows failed: model_not_found: The model `gpt-3` does not exist or you do not have access to it."
+            )
+        );
+        // Neither error is behind more than half the failures: no single cause.
+        let split = top_errors(&[
+            collected(vec![model(4), other(3)]),
+            collected(vec![other(2)]),
+        ]);
+        assert_eq!(split, [other(5), model(4)]);
+        assert_eq!(cause(&split, 10, 100), None);
+        assert_eq!(cause(&[], 0, 100), None);
+    }
 }

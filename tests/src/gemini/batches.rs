@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -15,8 +15,9 @@ use crate::common::{BatchFate, lock};
 use crate::google::{Code, GoogleError, field, json_body, page, steps, timestamp};
 use crate::quota::{Demand, Quota};
 
-use super::Gemini;
 use super::validation::{input_tokens, parse_input};
+use super::{ApiVersion, Gemini};
+use crate::catalogue::is_gemini_model;
 
 /// Inline requests: the whole create call is limited to 20 MB.
 pub(super) const INLINE_LIMIT_BYTES: usize = 20 * 1024 * 1024;
@@ -99,10 +100,12 @@ pub(super) struct Stats {
     pub(super) pending: usize,
 }
 
-/// `POST /v1beta/models/{model}:batchGenerateContent`.
+/// `POST /v1beta/models/{model}:batchGenerateContent`. A model the API does not serve
+/// ([`crate::catalogue::GEMINI_MODELS`]) is 404 `NOT_FOUND`, before the body is read.
 pub(super) async fn model_method(
     State(gemini): State<Arc<Gemini>>,
     Path(model): Path<String>,
+    version: Option<Extension<ApiVersion>>,
     body: Bytes,
 ) -> Result<Json<Value>, GoogleError> {
     let Some((model_id, "batchGenerateContent")) = model.split_once(':') else {
@@ -110,9 +113,10 @@ pub(super) async fn model_method(
             "Method not found: models/{model}"
         )));
     };
-    if !model_id.starts_with("gemini-") {
+    if !is_gemini_model(model_id) {
+        let version = ApiVersion::of(version);
         return Err(GoogleError::not_found(format!(
-            "models/{model_id} is not found for API version v1beta, or is not supported for batchGenerateContent. Call ListModels to see the list of available models and their supported methods."
+            "models/{model_id} is not found for API version {version}, or is not supported for batchGenerateContent. Call ListModels to see the list of available models and their supported methods."
         )));
     }
     if body.len() > INLINE_LIMIT_BYTES {

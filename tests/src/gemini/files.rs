@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::common::{download_response, lock};
-use crate::google::{Code, GoogleError, field, json_body, timestamp};
+use crate::google::{Code, GoogleError, field, json_body, page, timestamp};
 
 use super::{Gemini, header};
 
@@ -326,6 +326,35 @@ pub(super) fn download(
         &file.mime_type,
         gemini.shared.drop_results_after(),
     ))
+}
+
+/// Files per page of `GET /v1beta/files` by default, and at most.
+const DEFAULT_FILES_PAGE: usize = 10;
+const MAX_FILES_PAGE: usize = 100;
+
+/// `GET /v1beta/files?pageSize=&pageToken=`: `{"files": […], "nextPageToken"}`, newest
+/// first (both fields left out when empty, as Google does).
+pub(super) async fn list_files(
+    State(gemini): State<Arc<Gemini>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, GoogleError> {
+    let mut files: Vec<StoredFile> = lock(&gemini.files).values().cloned().collect();
+    // Creation time in nanoseconds orders the files and serves as the page token.
+    let sequence = |file: &StoredFile| file.create_time.unix_timestamp_nanos() as u64;
+    files.sort_by_key(|file| std::cmp::Reverse(sequence(file)));
+    let newest_first = files
+        .iter()
+        .map(|file| (sequence(file), gemini.file_json(file)))
+        .collect();
+    let (files, next) = page(newest_first, &query, DEFAULT_FILES_PAGE, MAX_FILES_PAGE)?;
+    let mut answer = json!({});
+    if !files.is_empty() {
+        answer["files"] = Value::Array(files);
+    }
+    if let Some(next) = next {
+        answer["nextPageToken"] = json!(next);
+    }
+    Ok(Json(answer))
 }
 
 pub(super) async fn delete_file(

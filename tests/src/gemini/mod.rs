@@ -1,6 +1,7 @@
-//! Gemini Developer API batch mode (`/v1beta`): resumable file uploads, batches from a
-//! JSONL file or inline requests served as long-running operations, and results as a
-//! downloadable file or inline responses. Auth is `x-goog-api-key` (or `?key=`).
+//! Gemini Developer API batch mode (`/v1beta`, and `/v1`, which google-genai uses by
+//! default): resumable file uploads, batches from a JSONL file or inline requests served
+//! as long-running operations, and results as a downloadable file or inline responses.
+//! Auth is `x-goog-api-key` (or `?key=`).
 //!
 //! A batch is PENDING for one lifecycle step and RUNNING for two, then ends. Its input
 //! is parsed when it ends: a malformed file (bad JSON, missing or duplicate keys) fails
@@ -35,6 +36,7 @@ use files::Upload;
 use files::delete_file;
 use files::download_only;
 use files::get_file;
+use files::list_files;
 use files::upload;
 
 use crate::common::Shared;
@@ -56,6 +58,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/upload/v1beta/files",
             post(upload).layer(DefaultBodyLimit::disable()),
         )
+        .route("/v1beta/files", get(list_files))
         .route("/v1beta/files/{file}", get(get_file).delete(delete_file))
         .route("/download/v1beta/files/{file}", get(download_only))
         .route(
@@ -110,6 +113,58 @@ async fn require_api_key(
         )
         .into_response(),
     }
+}
+
+/// The API version a Gemini call was made under, when it was not `v1beta`
+/// (see [`route_v1`]); `v1beta` calls carry none.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ApiVersion(pub(crate) &'static str);
+
+impl ApiVersion {
+    /// The version of a request that may carry this extension.
+    fn of(request: Option<axum::Extension<ApiVersion>>) -> &'static str {
+        request.map_or("v1beta", |axum::Extension(ApiVersion(version))| version)
+    }
+}
+
+/// Middleware on the whole emulator, before routing: the Gemini API serves batch mode
+/// under `/v1` as under `/v1beta`, but on the emulator's one host `/v1/files` and
+/// `/v1/batches` are OpenAI's too. A `/v1` call is Gemini's when it carries a Google
+/// API key (`x-goog-api-key` or `?key=`; OpenAI's key comes as a bearer token), or when
+/// its path is the Gemini API's (`/upload/v1/…`, `/download/v1/…`, and `/v1/models/…`
+/// without a bearer token). Such a call is served by the `v1beta` routes, marked with its
+/// [`ApiVersion`] so that errors name the version the caller used.
+pub async fn route_v1(mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let has_google_key = request.headers().contains_key("x-goog-api-key")
+        || request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("key=")));
+    let rest = ["/upload/v1/", "/download/v1/"]
+        .iter()
+        .find_map(|prefix| path.strip_prefix(prefix).map(|rest| (*prefix, rest)))
+        .or_else(|| {
+            let rest = path.strip_prefix("/v1/")?;
+            // OpenAI has `/v1/models` too (not emulated): its bearer token keeps it there.
+            let has_bearer = request.headers().contains_key("authorization");
+            let gemini_path = rest.starts_with("models/") && !has_bearer;
+            let shared = rest.starts_with("files") || rest.starts_with("batches");
+            (gemini_path || (shared && has_google_key)).then_some(("/v1/", rest))
+        });
+    if let Some((prefix, rest)) = rest {
+        let versioned = prefix.replace("/v1/", "/v1beta/");
+        let query = request
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        if let Ok(uri) = format!("{versioned}{rest}{query}").parse() {
+            *request.uri_mut() = uri;
+            request.extensions_mut().insert(ApiVersion("v1"));
+        }
+    }
+    next.run(request).await
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

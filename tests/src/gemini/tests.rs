@@ -553,3 +553,38 @@ async fn a_batch_past_the_enqueued_token_quota_answers_429() {
         (Some(limit), tokens, 1, 2)
     );
 }
+
+/// `/v1/files` and `/v1/batches` are both APIs' on the emulator's host: a Google API
+/// key makes the call Gemini's, a bearer token OpenAI's; `/v1/models/…` is Gemini's.
+#[tokio::test]
+async fn v1_calls_go_to_the_api_whose_credential_they_carry() {
+    use crate::common::testing::{call_json, frozen_shared};
+    let app = crate::app(frozen_shared());
+    let body = || axum::body::Body::empty();
+    let google = [("x-goog-api-key", "test-key")];
+    let (status, listed) = call_json(&app, "GET", "/v1/batches", &google, body()).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed, json!({}), "Gemini's empty list");
+    let (_, listed) = call_json(&app, "GET", "/v1/files?key=test-key", &[], body()).await;
+    assert_eq!(listed, json!({}));
+    let openai = [("authorization", "Bearer test-key")];
+    let (status, listed) = call_json(&app, "GET", "/v1/batches", &openai, body()).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["object"], "list", "OpenAI's list");
+    let create = json!({"batch": {"displayName": "x", "inputConfig": {"fileName": "files/x"}}});
+    let (status, refused) = call_json(
+        &app,
+        "POST",
+        "/v1/models/gemini-1.5-pro:batchGenerateContent",
+        &[
+            ("x-goog-api-key", "test-key"),
+            ("content-type", "application/json"),
+        ],
+        create.to_string(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(refused["error"]["status"], "NOT_FOUND");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("models/gemini-1.5-pro is not found for API version v1,"));
+}

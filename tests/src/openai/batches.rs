@@ -17,9 +17,10 @@ use crate::quota::{Demand, Quota};
 
 use super::files::StoredFile;
 
+use super::endpoints::{Endpoint, EndpointRefusal};
 use super::results::{Plan, answered_line, not_run_line, store_result_file};
 use super::validation::{InputLimits, InputLine, LineError, plan_batch};
-use super::{ApiError, ApiResult, CHAT_COMPLETIONS, OpenAi, Store};
+use super::{ApiError, ApiResult, OpenAi, Store};
 
 pub(super) const INPUT_LIMITS: InputLimits = InputLimits {
     max_requests: 50_000,
@@ -100,6 +101,7 @@ pub(super) struct Timestamps {
 
 pub(super) struct BatchRecord {
     pub(super) id: String,
+    pub(super) endpoint: Endpoint,
     pub(super) input_file_id: String,
     pub(super) completion_window: String,
     pub(super) metadata: Option<Map<String, Value>>,
@@ -266,7 +268,7 @@ impl BatchRecord {
         json!({
             "id": self.id,
             "object": "batch",
-            "endpoint": CHAT_COMPLETIONS,
+            "endpoint": self.endpoint.as_str(),
             "model": model,
             "errors": errors,
             "input_file_id": self.input_file_id,
@@ -299,6 +301,7 @@ impl BatchRecord {
 /// The create-call parameters, checked before the input file is looked at.
 pub(super) struct CreateParams {
     pub(super) input_file_id: String,
+    pub(super) endpoint: Endpoint,
     pub(super) completion_window: String,
     pub(super) metadata: Option<Map<String, Value>>,
 }
@@ -317,14 +320,19 @@ fn parse_create(body: &[u8]) -> ApiResult<CreateParams> {
     let input_file_id = text_field("input_file_id")?;
     let endpoint = text_field("endpoint")?;
     let completion_window = text_field("completion_window")?;
-    if endpoint != CHAT_COMPLETIONS {
-        return Err(ApiError::invalid(
-            format!(
-                "Invalid value: '{endpoint}'. The emulator supports only '{CHAT_COMPLETIONS}'."
+    let endpoint = Endpoint::parse(&endpoint).map_err(|refusal| {
+        let message = match refusal {
+            EndpointRefusal::Unknown => format!(
+                "Invalid value: '{endpoint}'. Supported values are: {}.",
+                Endpoint::supported_values()
             ),
-            Some("endpoint"),
-        ));
-    }
+            // The real API would take it: say plainly that only the emulator refuses.
+            EndpointRefusal::NotEmulated => format!(
+                "The emulator does not run batches for '{endpoint}' (the API does); it runs '/v1/responses', '/v1/chat/completions', '/v1/embeddings' and '/v1/completions'."
+            ),
+        };
+        ApiError::invalid(message, Some("endpoint"))
+    })?;
     if completion_window != "24h" {
         return Err(ApiError::invalid(
             format!("Invalid value: '{completion_window}'. Supported values are: '24h'."),
@@ -343,6 +351,7 @@ fn parse_create(body: &[u8]) -> ApiResult<CreateParams> {
     };
     Ok(CreateParams {
         input_file_id,
+        endpoint,
         completion_window,
         metadata,
     })
@@ -404,17 +413,18 @@ pub(super) async fn create_batch(
     let _gate = state.shared.quotas.gate(Quota::OpenAiEnqueuedTokens).await;
     // Parsing a file of up to 200 MB is CPU work: keep it off the async workers.
     let id = new_id("batch_");
-    let (openai, batch_id) = (state.clone(), id.clone());
+    let (openai, batch_id, endpoint) = (state.clone(), id.clone(), params.endpoint);
     let (plan, enqueued_tokens) = tokio::task::spawn_blocking(move || {
         let mut enqueued_tokens = 0;
         let plan = plan_batch(
             &content,
+            endpoint,
             &INPUT_LIMITS,
             fate,
             &openai.shared,
             &batch_id,
             |model, lines| {
-                enqueued_tokens = admit(&openai, model, lines)?;
+                enqueued_tokens = admit(&openai, endpoint, model, lines)?;
                 Ok(())
             },
         );
@@ -428,6 +438,7 @@ pub(super) async fn create_batch(
     })?;
     let mut batch = BatchRecord {
         id,
+        endpoint: params.endpoint,
         input_file_id: params.input_file_id,
         completion_window: params.completion_window,
         metadata: params.metadata,
@@ -453,11 +464,23 @@ pub(super) async fn create_batch(
 /// error that fails the batch. A batch's tokens are what its requests would report as
 /// `usage.prompt_tokens`; the enqueued ones are those of the batches of the same model
 /// that have not ended (a batch that did not fit holds none).
-fn admit(state: &OpenAi, model: &str, lines: &[InputLine]) -> Result<u64, LineError> {
+fn admit(
+    state: &OpenAi,
+    endpoint: Endpoint,
+    model: &str,
+    lines: &[InputLine],
+) -> Result<u64, LineError> {
     let measure = || {
+        // A line that will fail its own checks still holds its tokens while queued.
         let amount = lines
             .iter()
-            .map(|line| prompt_tokens(Api::OpenAi, &Value::Object(line.body.clone())))
+            .map(|line| {
+                let chat = endpoint.chat_body(&line.body).ok().flatten();
+                prompt_tokens(
+                    Api::OpenAi,
+                    &chat.unwrap_or(Value::Object(line.body.clone())),
+                )
+            })
             .sum();
         let mut store = lock(&state.store);
         let Store { files, batches } = &mut *store;
@@ -507,6 +530,7 @@ pub(super) async fn preload_finished_batch(
     let output_file_id = store_result_file(&mut store.files, &id, "output", output);
     let batch = BatchRecord {
         id,
+        endpoint: Endpoint::ChatCompletions,
         input_file_id,
         completion_window: "24h".to_string(),
         metadata: None,

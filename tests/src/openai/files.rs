@@ -1,25 +1,33 @@
 //! OpenAI Files API: uploads, file objects and file content (input, output and error files).
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{Multipart, Path, Query, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::common::{download_response, lock, new_id, unix_now};
+use crate::common::{download_response, lock, new_id, page_limit, unix_now};
 
 use super::batches::DAY_SECONDS;
 use super::{ApiError, ApiResult, OpenAi};
 
 const FILE_RETENTION_SECONDS: i64 = 30 * DAY_SECONDS;
+/// `GET /v1/files`: `limit` from 1 to 10,000, all of them by default.
+const MAX_LIST_LIMIT: usize = 10_000;
+/// Creation order of files; `created_at` (whole seconds) ties within a second.
+static NEXT_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 pub(super) struct StoredFile {
     pub(super) id: String,
     pub(super) filename: String,
     pub(super) purpose: String,
     pub(super) created_at: i64,
+    /// Orders files created in the same second.
+    sequence: u64,
     pub(super) content: Bytes,
 }
 
@@ -30,6 +38,7 @@ impl StoredFile {
             filename,
             purpose: purpose.to_string(),
             created_at: unix_now(),
+            sequence: NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed),
             content,
         }
     }
@@ -97,6 +106,63 @@ fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError 
         status: error.status(),
         ..ApiError::invalid(error.body_text(), Some("file"))
     }
+}
+
+/// `GET /v1/files?purpose=&limit=&after=&order=`: a cursor page of file objects,
+/// newest first unless `order=asc`; `after` is the id the previous page ended with.
+pub(super) async fn list_files(
+    State(state): State<Arc<OpenAi>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<axum::Json<Value>> {
+    let limit = page_limit(&query, MAX_LIST_LIMIT, MAX_LIST_LIMIT).map_err(|text| {
+        ApiError::invalid(
+            format!("Invalid 'limit': {text}. Expected an integer between 1 and {MAX_LIST_LIMIT}."),
+            Some("limit"),
+        )
+    })?;
+    let ascending = match query.get("order").map(String::as_str) {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!("Invalid value: '{other}'. Supported values are: 'asc' and 'desc'."),
+                Some("order"),
+            ));
+        }
+    };
+    let store = lock(&state.store);
+    let mut files: Vec<&StoredFile> = store
+        .files
+        .values()
+        .filter(|file| query.get("purpose").is_none_or(|p| &file.purpose == p))
+        .collect();
+    files.sort_by_key(|file| (file.created_at, file.sequence));
+    if !ascending {
+        files.reverse();
+    }
+    let start = match query.get("after") {
+        None => 0,
+        Some(after) => {
+            files
+                .iter()
+                .position(|file| &file.id == after)
+                .ok_or_else(|| ApiError::not_found("File", after))?
+                + 1
+        }
+    };
+    let data: Vec<Value> = files
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|f| f.to_json())
+        .collect();
+    Ok(axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "first_id": data.first().map(|f| f["id"].clone()),
+        "last_id": data.last().map(|f| f["id"].clone()),
+        "has_more": files.len() > start + limit,
+    })))
 }
 
 pub(super) async fn get_file(

@@ -5,6 +5,7 @@
 //! an invalid request body becomes a 400 line in the error file.
 
 mod batches;
+mod endpoints;
 mod files;
 mod results;
 #[cfg(test)]
@@ -30,13 +31,12 @@ use files::StoredFile;
 use files::delete_file;
 use files::file_content;
 use files::get_file;
+use files::list_files;
 use files::upload_file;
 use serde_json::json;
 
 use crate::common::{Shared, add_request_id};
 
-/// The only endpoint the emulator runs batches for.
-const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
 /// The Files API accepts files up to 512 MB; the batch limit (200 MB) is checked later.
 const MAX_UPLOAD_BYTES: usize = 512 * 1024 * 1024;
 
@@ -58,7 +58,9 @@ fn routes(state: Arc<OpenAi>) -> Router {
     Router::new()
         .route(
             "/v1/files",
-            post(upload_file).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+            post(upload_file)
+                .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
+                .get(list_files),
         )
         .route("/v1/files/{id}", get(get_file).delete(delete_file))
         .route("/v1/files/{id}/content", get(file_content))

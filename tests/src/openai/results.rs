@@ -6,12 +6,13 @@ use axum::body::Bytes;
 use serde_json::{Value, json};
 
 use crate::cache::CacheState;
-use crate::common::{BatchFate, new_id, unix_now};
-use crate::model::{Api, Failure, Finish, Usage, run_request};
+use crate::common::{BatchFate, new_id};
+use crate::model::{Api, Failure, Usage, run_request};
 
 use super::batches::NotRun;
+use super::endpoints::{Endpoint, embed};
 use super::files::StoredFile;
-use super::validation::{InputLine, check_body};
+use super::validation::{BodyError, InputLine, check_body};
 
 /// What each request of a valid input file will answer when it runs.
 #[derive(Debug)]
@@ -24,7 +25,8 @@ pub(super) struct Plan {
 pub(super) struct PlannedRequest {
     pub(super) custom_id: String,
     pub(super) status_code: u16,
-    /// A `chat.completion`, or `{"error": {...}}` for a non-200 answer.
+    /// The endpoint's answer (a `chat.completion`, a `response`, an embeddings list or
+    /// a `text_completion`), or `{"error": {...}}` for a non-200 answer.
     pub(super) body: Value,
     /// Tokens it used (zero for an error).
     pub(super) usage: Usage,
@@ -78,92 +80,83 @@ pub(super) fn store_result_file(
     Some(id)
 }
 
-/// The answer a valid line gets when it runs (or the error it gets).
+/// The answer a valid line gets when it runs (or the error it gets): the model is
+/// checked first, then the body against `endpoint`, then the emulated model runs.
 pub(super) fn plan_request(
     line: &InputLine,
+    endpoint: Endpoint,
     fate: BatchFate,
     cache: &mut CacheState,
 ) -> PlannedRequest {
-    let error = |status_code: u16,
-                 message: &str,
-                 kind: &str,
-                 param: Option<&str>,
-                 code: Option<&str>| {
-        PlannedRequest {
-            custom_id: line.custom_id.clone(),
-            status_code,
-            body: json!({"error": {"message": message, "type": kind, "param": param, "code": code}}),
-            usage: Usage::default(),
-        }
+    let planned = |status_code: u16, body: Value, usage: Usage| PlannedRequest {
+        custom_id: line.custom_id.clone(),
+        status_code,
+        body,
+        usage,
+    };
+    let error = |status_code: u16, problem: BodyError, kind: &str| {
+        let body = json!({"error": {
+            "message": problem.message, "type": kind, "param": problem.param, "code": problem.code,
+        }});
+        planned(status_code, body, Usage::default())
     };
     let server_error = || {
-        error(
-            500,
-            "The server had an error while processing your request. Sorry about that!",
-            "server_error",
-            None,
-            None,
-        )
+        let problem = BodyError {
+            message: "The server had an error while processing your request. Sorry about that!"
+                .to_string(),
+            param: None,
+            code: None,
+        };
+        error(500, problem, "server_error")
     };
     if fate == BatchFate::AllFail {
         return server_error();
     }
-    if let Err(problem) = check_body(&line.body, &line.model) {
-        return error(
+    let checked = endpoint.check_model(&line.model).and_then(|dimensions| {
+        let chat = endpoint.chat_body(&line.body).map_err(|e| (400, e))?;
+        if let Some(chat) = &chat {
+            let body = chat.as_object().expect("a chat body is an object");
+            check_body(body, &line.model).map_err(|e| (400, e))?;
+        }
+        Ok((dimensions, chat))
+    });
+    let chat = match checked {
+        Err((status, problem)) => return error(status, problem, "invalid_request_error"),
+        Ok((Some(dimensions), _)) => {
+            return match embed(&line.model, dimensions, &line.body) {
+                Ok((answer, usage)) => planned(200, answer, usage),
+                Err(problem) => error(400, problem, "invalid_request_error"),
+            };
+        }
+        Ok((None, chat)) => chat.expect("every endpoint but embeddings runs a chat body"),
+    };
+    let reply = run_request(Api::OpenAi, &line.model, &chat, cache);
+    match reply.outcome {
+        Err(Failure::ContextLength { tokens, limit }) => error(
             400,
-            &problem.message,
-            "invalid_request_error",
-            Some(&problem.param),
-            Some(problem.code),
-        );
-    }
-    let body = Value::Object(line.body.clone());
-    let reply = run_request(Api::OpenAi, &line.model, &body, cache);
-    let output = match reply.outcome {
-        Err(Failure::ContextLength { tokens, limit }) => {
-            return error(
-                400,
-                &format!(
+            BodyError::new(
+                "context_length_exceeded",
+                "messages",
+                format!(
                     "This model's maximum context length is {limit} tokens. However, your messages resulted in {tokens} tokens. Please reduce the length of the messages."
                 ),
-                "invalid_request_error",
-                Some("messages"),
-                Some("context_length_exceeded"),
-            );
-        }
-        Err(Failure::RateLimit) => {
-            return error(
-                429,
-                "Rate limit reached for requests. Please try again later.",
-                "requests",
-                None,
-                Some("rate_limit_exceeded"),
-            );
-        }
-        Err(Failure::Server) => return server_error(),
-        Ok(output) => output,
-    };
-    let (content, refusal, finish_reason) = match output.finish {
-        Finish::Refusal => (None, Some(output.text), "stop"),
-        Finish::Length => (Some(output.text), None, "length"),
-        Finish::Stop => (Some(output.text), None, "stop"),
-    };
-    PlannedRequest {
-        custom_id: line.custom_id.clone(),
-        status_code: 200,
-        body: json!({
-            "id": new_id("chatcmpl-"),
-            "object": "chat.completion",
-            "created": unix_now(),
-            "model": line.model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": refusal},
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }],
-            "usage": reply.usage.to_provider_json(Api::OpenAi),
-        }),
-        usage: reply.usage,
+            ),
+            "invalid_request_error",
+        ),
+        Err(Failure::RateLimit) => error(
+            429,
+            BodyError {
+                message: "Rate limit reached for requests. Please try again later.".to_string(),
+                param: None,
+                code: Some("rate_limit_exceeded"),
+            },
+            "requests",
+        ),
+        Err(Failure::Server) => server_error(),
+        Ok(output) => planned(
+            200,
+            endpoint.answer(&line.model, output, &reply.usage),
+            reply.usage,
+        ),
     }
 }

@@ -15,10 +15,13 @@ use crate::model::{Api, prompt_tokens};
 use crate::quota::Quotas;
 
 use super::batches::{DAY_SECONDS, INPUT_LIMITS, STEP_DONE, STEP_FINALIZING, STEP_IN_PROGRESS};
+use super::endpoints::Endpoint;
 use super::validation::{
     InputLimits, check_body, check_response_format, plan_batch, size_violation, strict_violation,
 };
-use super::{CHAT_COMPLETIONS, OpenAi, Store, routes};
+use super::{OpenAi, Store, routes};
+
+const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
 
 const AUTH: (&str, &str) = ("authorization", "Bearer test-key");
 const SCHEMA_NAME: &str = "person";
@@ -128,11 +131,18 @@ impl Harness {
         .await
     }
 
-    /// Uploads `lines` and creates a batch over them.
+    /// Uploads `lines` and creates a chat completions batch over them.
     async fn batch_of(&self, lines: &[Value]) -> String {
+        self.batch_at(CHAT_COMPLETIONS, lines).await
+    }
+
+    /// Uploads `lines` and creates a batch for `endpoint` over them.
+    async fn batch_at(&self, endpoint: &str, lines: &[Value]) -> String {
         let file_id = self.upload(&file_of(lines)).await;
         let (status, batch) = self
-            .create_raw(json!({"input_file_id": file_id, "endpoint": CHAT_COMPLETIONS, "completion_window": "24h"}))
+            .create_raw(
+                json!({"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{batch}");
         assert_eq!(batch["status"], "validating");
@@ -271,7 +281,8 @@ async fn create_rejects_bad_parameters_with_openai_errors() {
     let cases = [
         (with("input_file_id", json!("file-nope")), "input_file_id"),
         (with("completion_window", json!("48h")), "completion_window"),
-        (with("endpoint", json!("/v1/embeddings")), "endpoint"),
+        (with("endpoint", json!("/v1/chat")), "endpoint"),
+        (with("endpoint", json!("/v1/moderations")), "endpoint"),
         (with("metadata", Value::Object(many)), "metadata"),
         (with("metadata", json!({"k".repeat(65): "v"})), "metadata"),
         (with("metadata", json!({"k": "v".repeat(513)})), "metadata"),
@@ -444,7 +455,7 @@ async fn invalid_bodies_become_400_lines_while_the_batch_completes() {
     let harness = Harness::new();
     let mut empty = line("empty", "x");
     empty["body"]["messages"] = json!([]);
-    let mut reasoning = line_for("hot", "o3-mini", "x");
+    let mut reasoning = line_for("hot", "o3", "x");
     reasoning["body"]["temperature"] = json!(0.2);
     let id = harness.batch_of(&[line("good", "x"), empty]).await;
     let (batch, output, errors) = harness.finished(&id).await;
@@ -466,7 +477,7 @@ async fn invalid_bodies_become_400_lines_while_the_batch_completes() {
     );
 }
 
-fn body_error(body: Value, model: &str) -> Option<(&'static str, String)> {
+fn body_error(body: Value, model: &str) -> Option<(Option<&'static str>, Option<String>)> {
     let Value::Object(body) = body else {
         panic!("a body is an object")
     };
@@ -501,7 +512,7 @@ fn request_bodies_follow_the_api_rules() {
         ),
         (
             json!({"messages": user, "temperature": 0.5}),
-            "o1",
+            "o3",
             "temperature",
         ),
         (
@@ -511,14 +522,14 @@ fn request_bodies_follow_the_api_rules() {
         ),
         (
             json!({"messages": user, "max_tokens": 10}),
-            "o4-mini",
+            "gpt-5-mini",
             "max_tokens",
         ),
     ];
     for (body, model, param) in cases {
         let found = body_error(body.clone(), model);
         assert_eq!(
-            found.map(|(_, p)| p),
+            found.and_then(|(_, p)| p),
             Some(param.to_string()),
             "{body} {model}"
         );
@@ -569,7 +580,7 @@ fn strict_schemas_nest_ten_levels_and_hold_five_thousand_properties_at_most() {
     let format = |schema: Value| json!({"type": "json_schema", "json_schema": {"name": "deep", "strict": true, "schema": schema}});
     assert_eq!(check_response_format(&format(nested_strict(10))), Ok(()));
     let refused = check_response_format(&format(nested_strict(11))).unwrap_err();
-    assert_eq!(refused.code, "invalid_json_schema");
+    assert_eq!(refused.code, Some("invalid_json_schema"));
     assert_eq!(
         refused.message,
         "Invalid schema for response_format 'deep': 11 levels of nesting exceeds limit of 10."
@@ -606,6 +617,7 @@ fn strict_schemas_nest_ten_levels_and_hold_five_thousand_properties_at_most() {
 fn plan_errors(content: &[u8], limits: &InputLimits) -> Vec<(&'static str, Option<usize>)> {
     plan_batch(
         content,
+        Endpoint::ChatCompletions,
         limits,
         BatchFate::Complete,
         &frozen_shared(),
@@ -670,6 +682,7 @@ fn input_files_are_validated_line_by_line() {
     assert_eq!(plan_errors(&three, &tiny), vec![("file_too_large", None)]);
     let plan = plan_batch(
         &three,
+        Endpoint::ChatCompletions,
         &INPUT_LIMITS,
         BatchFate::Complete,
         &frozen_shared(),
@@ -958,4 +971,137 @@ async fn a_batch_past_the_enqueued_token_quota_is_accepted_then_fails() {
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["errors"]["data"][0]["code"], "token_limit_exceeded");
     assert_eq!(harness.state.shared.quotas.report().openai.refused, 1);
+}
+
+/// A line for `endpoint` with `body`.
+fn line_at(custom_id: &str, endpoint: &str, body: Value) -> Value {
+    json!({"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body})
+}
+
+#[tokio::test]
+async fn unknown_models_fail_each_line_with_model_not_found() {
+    let harness = Harness::new();
+    let lines = [line_for("a", "gpt-3", "x"), line_for("b", "gpt-3", "y")];
+    let (batch, output, errors) = harness.finished(&harness.batch_of(&lines).await).await;
+    assert_eq!(batch["status"], "completed");
+    assert_eq!(batch["request_counts"]["failed"], 2);
+    assert!(output.is_empty() && batch["output_file_id"].is_null());
+    for line in &errors {
+        assert_eq!(line["response"]["status_code"], 404);
+        assert_eq!(
+            line["response"]["body"]["error"],
+            json!({
+                "message": "The model `gpt-3` does not exist or you do not have access to it.",
+                "type": "invalid_request_error", "param": null, "code": "model_not_found",
+            })
+        );
+    }
+}
+
+#[tokio::test]
+async fn responses_embeddings_and_completions_batches_answer_their_own_objects() {
+    let harness = Harness::new();
+    let format =
+        json!({"type": "json_schema", "name": SCHEMA_NAME, "strict": true, "schema": schema()});
+    let responses = harness
+        .batch_at(
+            "/v1/responses",
+            &[
+                line_at(
+                    "r",
+                    "/v1/responses",
+                    json!({"model": "gpt-5-pro", "input": "Ann, 31", "text": {"format": format}}),
+                ),
+                line_at("no-input", "/v1/responses", json!({"model": "gpt-5-pro"})),
+            ],
+        )
+        .await;
+    let (batch, output, errors) = harness.finished(&responses).await;
+    assert_eq!(batch["endpoint"], "/v1/responses");
+    assert!(!output.is_empty(), "{batch} {errors:?}");
+    let answer = &output[0]["response"]["body"];
+    assert_eq!(answer["object"], "response");
+    let text = answer["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert!(serde_json::from_str::<Value>(text).unwrap()["age"].is_i64());
+    assert_eq!(errors[0]["response"]["body"]["error"]["param"], "input");
+
+    let embeddings = harness
+        .batch_at(
+            "/v1/embeddings",
+            &[line_at(
+                "e",
+                "/v1/embeddings",
+                json!({"model": "text-embedding-3-large", "input": ["a", "b"]}),
+            )],
+        )
+        .await;
+    let (_, output, _) = harness.finished(&embeddings).await;
+    let data = output[0]["response"]["body"]["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[1]["embedding"].as_array().unwrap().len(), 3072);
+    let chat_model = [line_at(
+        "chat-model",
+        "/v1/embeddings",
+        json!({"model": "gpt-4o", "input": "a"}),
+    )];
+    let (_, _, errors) = harness
+        .finished(&harness.batch_at("/v1/embeddings", &chat_model).await)
+        .await;
+    assert_eq!(errors[0]["response"]["status_code"], 404);
+
+    let completions = harness
+        .batch_at(
+            "/v1/completions",
+            &[line_at(
+                "c",
+                "/v1/completions",
+                json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Say hi"}),
+            )],
+        )
+        .await;
+    let (_, output, _) = harness.finished(&completions).await;
+    let completion = &output[0]["response"]["body"];
+    assert_eq!(completion["object"], "text_completion");
+    assert!(completion["usage"]["completion_tokens"].as_u64().unwrap() <= 16);
+}
+
+#[tokio::test]
+async fn a_line_for_another_endpoint_fails_the_batch() {
+    let harness = Harness::new();
+    let id = harness
+        .batch_at("/v1/embeddings", &[line("chat", "x")])
+        .await;
+    let (batch, _, _) = harness.finished(&id).await;
+    assert_eq!(batch["status"], "failed");
+    assert_eq!(batch["errors"]["data"][0]["code"], "url_mismatch");
+}
+
+#[tokio::test]
+async fn files_are_listed_by_purpose_in_pages() {
+    let harness = Harness::new();
+    let ids: Vec<String> = futures::future::join_all((0..3).map(|_| harness.upload(b"{}\n"))).await;
+    let id = harness.batch_of(&[line("a", "x")]).await;
+    harness.finished(&id).await;
+    let (status, page) = harness.get("/v1/files?purpose=batch&limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["object"], "list");
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    assert_eq!(page["has_more"], true);
+    let after = page["last_id"].as_str().unwrap();
+    let (_, rest) = harness
+        .get(&format!("/v1/files?purpose=batch&after={after}"))
+        .await;
+    let mut listed: Vec<String> = [&page, &rest]
+        .iter()
+        .flat_map(|p| p["data"].as_array().unwrap().iter())
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(rest["has_more"], false);
+    assert_eq!(listed.len(), 4, "three uploads and the batch input");
+    listed.sort();
+    assert!(ids.iter().all(|id| listed.contains(id)));
+    let (_, outputs) = harness.get("/v1/files?purpose=batch_output").await;
+    assert_eq!(outputs["data"][0]["purpose"], "batch_output");
+    let (status, _) = harness.get("/v1/files?order=sideways").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }

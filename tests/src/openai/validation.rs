@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::common::{BatchFate, Shared, is_identifier};
 
-use super::CHAT_COMPLETIONS;
+use super::endpoints::Endpoint;
 use super::results::{Plan, plan_request};
 
 /// A batch reports at most this many validation errors.
@@ -61,6 +61,7 @@ pub(super) struct InputLimits {
 /// error fails the batch before any request runs.
 pub(super) fn plan_batch(
     content: &[u8],
+    endpoint: Endpoint,
     limits: &InputLimits,
     fate: BatchFate,
     shared: &Shared,
@@ -102,7 +103,7 @@ pub(super) fn plan_batch(
     let mut seen = HashSet::new();
     let mut valid = Vec::with_capacity(lines.len());
     for (number, raw) in lines {
-        match parse_line(raw, number)
+        match parse_line(raw, number, endpoint)
             .and_then(|line| check_across_lines(line, number, &mut seen, valid.first()))
         {
             Ok(line) => valid.push(line),
@@ -126,7 +127,7 @@ pub(super) fn plan_batch(
     }
     admit(&model, &valid).map_err(|error| vec![error])?;
     let requests = shared.run_in_results_order(batch_id, valid.len(), |index, cache| {
-        plan_request(&valid[index], fate, cache)
+        plan_request(&valid[index], endpoint, fate, cache)
     });
     Ok(Plan { model, requests })
 }
@@ -170,7 +171,7 @@ pub(super) struct InputLine {
     pub(super) body: Map<String, Value>,
 }
 
-fn parse_line(raw: &[u8], number: usize) -> Result<InputLine, LineError> {
+fn parse_line(raw: &[u8], number: usize, endpoint: Endpoint) -> Result<InputLine, LineError> {
     let invalid_json = || {
         LineError::at(
             number,
@@ -202,13 +203,14 @@ fn parse_line(raw: &[u8], number: usize) -> Result<InputLine, LineError> {
             "The method of every request must be 'POST'.".to_string(),
         ));
     }
-    if line.get("url").and_then(Value::as_str) != Some(CHAT_COMPLETIONS) {
+    if line.get("url").and_then(Value::as_str) != Some(endpoint.as_str()) {
         return Err(LineError::at(
             number,
             "url_mismatch",
             Some("url"),
             format!(
-                "The url of this request does not match the batch endpoint '{CHAT_COMPLETIONS}'."
+                "The url of this request does not match the batch endpoint '{}'.",
+                endpoint.as_str()
             ),
         ));
     }
@@ -233,8 +235,8 @@ fn parse_line(raw: &[u8], number: usize) -> Result<InputLine, LineError> {
 #[derive(Debug, PartialEq)]
 pub(super) struct BodyError {
     pub(super) message: String,
-    pub(super) param: String,
-    pub(super) code: &'static str,
+    pub(super) param: Option<String>,
+    pub(super) code: Option<&'static str>,
 }
 
 impl BodyError {
@@ -245,8 +247,8 @@ impl BodyError {
     ) -> Self {
         Self {
             message: message.into(),
-            param: param.into(),
-            code,
+            param: Some(param.into()),
+            code: Some(code),
         }
     }
 }

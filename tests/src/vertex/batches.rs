@@ -15,7 +15,7 @@ use crate::common::{BatchFate, lock};
 use crate::google::{Code, GoogleError, json_body, page, steps, timestamp};
 use crate::quota::{Demand, Quota};
 
-use super::validation::JobSpec;
+use super::validation::{JobSpec, check_model_exists};
 use super::{RUNNING_STEP, Vertex};
 
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -183,6 +183,7 @@ pub(super) async fn create_job(
 ) -> Result<Json<Value>, GoogleError> {
     let spec = JobSpec::parse(&json_body(&body)?)?;
     let parent = parent(&project, &location);
+    check_model_exists(&spec.model_id, &parent)?;
     // The jobs stay locked from counting the running ones to storing this one.
     let mut jobs = lock(&vertex.jobs);
     admit(&vertex, &mut jobs, &parent)?;

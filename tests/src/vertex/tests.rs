@@ -242,6 +242,14 @@ async fn create_rejects_invalid_jobs() {
             with("/model", json!("publishers/google/models/text-bison")),
             404,
         ),
+        // Shut down, so no longer on the list.
+        (
+            with(
+                "/model",
+                json!("publishers/google/models/gemini-2.0-flash-001"),
+            ),
+            404,
+        ),
         (with("/labels", json!({"Upper": "x"})), 400),
         (with("/labels", json!({"key": "has space"})), 400),
         (with("/inputConfig/instancesFormat", json!("bigquery")), 400),
@@ -258,6 +266,13 @@ async fn create_rejects_invalid_jobs() {
         let (status, error) = harness.create(body.clone()).await;
         assert_eq!(status, expected, "{body} -> {error}");
         assert_eq!(error["error"]["code"], expected);
+        if expected == 404 {
+            let message = error["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("was not found or your project does not have access to it"),
+                "{message}"
+            );
+        }
     }
     let unauthenticated = harness
         .client

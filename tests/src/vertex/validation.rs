@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::catalogue::is_vertex_model;
 use crate::gcs::parse_gs_uri;
 use crate::google::{GoogleError, field, validate_labels};
 
@@ -109,7 +110,8 @@ impl JobSpec {
 }
 
 /// The `{model}` of `publishers/google/models/{model}` (optionally under
-/// `projects/{p}/locations/{l}/`); only Gemini models exist here.
+/// `projects/{p}/locations/{l}/`). Whether that model exists is checked at create
+/// ([`check_model_exists`]), where the project and location are known.
 fn publisher_model(model: &str) -> Result<String, GoogleError> {
     let unqualified = match model.strip_prefix("projects/") {
         Some(rest) => rest.splitn(4, '/').nth(3).unwrap_or(""),
@@ -128,10 +130,17 @@ fn publisher_model(model: &str) -> Result<String, GoogleError> {
                 "Invalid model {model:?}: expected publishers/google/models/{{model}}."
             ))
         })?;
-    if !id.starts_with("gemini-") {
-        return Err(GoogleError::not_found(format!(
-            "The PublisherModel {id} does not exist."
-        )));
-    }
     Ok(id.to_string())
+}
+
+/// Vertex fails the create call of a job for a publisher model it does not serve
+/// ([`crate::catalogue::VERTEX_MODELS`]) with 404 `NOT_FOUND`, naming the model under
+/// the caller's project and location.
+pub(super) fn check_model_exists(model_id: &str, parent: &str) -> Result<(), GoogleError> {
+    if is_vertex_model(model_id) {
+        return Ok(());
+    }
+    Err(GoogleError::not_found(format!(
+        "Publisher Model `{parent}/publishers/google/models/{model_id}` was not found or your project does not have access to it. Please ensure you are using a valid model version. For more information, see: https://cloud.google.com/vertex-ai/generative-ai/docs/learn/model-versions"
+    )))
 }

@@ -443,8 +443,8 @@ pub fn model_for(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::OpenAi => "openai/gpt-4o-mini",
         ProviderKind::Anthropic => "anthropic/claude-3-5-haiku-latest",
-        ProviderKind::Vertex => "google/gemini-2.0-flash-001",
-        ProviderKind::Gemini => "gemini/gemini-2.0-flash",
+        ProviderKind::Vertex => "google/gemini-2.5-flash-lite",
+        ProviderKind::Gemini => "gemini/gemini-2.5-flash-lite",
         ProviderKind::Bedrock => "bedrock/amazon.nova-lite-v1:0",
     }
 }
