@@ -1519,10 +1519,13 @@ mod tests {
     }
 
     #[test]
-    fn schema_jobs_still_read_the_anthropic_tool_and_only_it() {
+    fn schema_jobs_read_the_anthropic_tool_or_the_output_config_text() {
+        // Claude 4.5 and later answer a schema (`output_config`) in the text block.
         let line = text_answer_line(ProviderKind::Anthropic, r#"{"name":"Ada","age":36}"#);
-        let failure = expect_failure(parser(ProviderKind::Anthropic).parse_line(1, &line));
-        assert_eq!(failure.error_type, "no_structured_output");
+        match parser(ProviderKind::Anthropic).parse_line(1, &line) {
+            Outcome::Success(success) => assert_eq!(success.result["age"], 36),
+            other => panic!("{other:?}"),
+        }
         // A tool call in a text-mode answer is not the answer: its text is.
         let tool = answer_line(ProviderKind::Anthropic, r#"{"name":"Ada","age":36}"#);
         let failure = expect_failure(

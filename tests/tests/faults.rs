@@ -161,6 +161,11 @@ async fn gemini_survives_a_crash_after_every_side_effect() {
     crash_after_every_side_effect(ProviderKind::Gemini).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_survives_a_crash_after_every_side_effect() {
+    crash_after_every_side_effect(ProviderKind::Bedrock).await;
+}
+
 /// The lease: a rerun while the crashed submit could still be alive does nothing;
 /// after the lease the rerun (or poll, if no event comes) finds the batch by its tags.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,6 +235,18 @@ async fn a_submit_that_died_after_the_provider_accepted_is_resumed_after_its_lea
         }
     }
 }
+
+/// The providers whose wire these faults are injected into: their results come over
+/// their own HTTP API, and their clients honour `Retry-After`. Bedrock's output is read
+/// from S3 and its control plane retries through the AWS SDK (its own backoff); its
+/// storms, exhausted retries, expiry, cancel and validation failures are covered in
+/// `providers.rs`.
+const FAULT_PROVIDERS: [ProviderKind; 4] = [
+    ProviderKind::OpenAi,
+    ProviderKind::Anthropic,
+    ProviderKind::Vertex,
+    ProviderKind::Gemini,
+];
 
 // ---------------------------------------------------------------------------------
 // Provider faults.
@@ -311,7 +328,7 @@ async fn a_429_storm_with_retry_after_is_waited_out_during_submit_and_poll() {
         ..HarnessOptions::default()
     })
     .await;
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         let mut storm = http_fault("POST", create_path(kind), 429, 2);
         storm.retry_after_s = Some(1);
         let mut status_storm = http_fault("GET", status_path(kind), 429, 2);
@@ -352,7 +369,7 @@ async fn errors_beyond_the_client_retries_fail_the_step_and_the_rerun_converges(
         ..HarnessOptions::default()
     })
     .await;
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         for status in [429, 500, 503] {
             h.emulator.set_faults(FaultPlan {
                 http: vec![http_fault("POST", create_path(kind), status, 50)],
@@ -470,7 +487,7 @@ async fn slow_answers_time_out_and_are_retried_or_resumed() {
         ..HarnessOptions::default()
     })
     .await;
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         // A slow status answer: reads are sent again.
         let (body, expected) = job_file(kind, 3, &[]);
         let before = h.provider_batches(kind).await;
@@ -534,7 +551,7 @@ async fn slow_answers_time_out_and_are_retried_or_resumed() {
 async fn a_results_download_cut_midway_fails_the_message_and_the_redelivery_succeeds() {
     let h = Harness::start().await;
     h.emulator.finish_all(true);
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         let (body, expected) = job_file(kind, 40, &[]);
         let before = h.provider_batches(kind).await;
         let job = h.submit(&format!("inbox/{kind}/cut.jsonl"), body).await;
@@ -579,7 +596,7 @@ async fn a_results_download_cut_midway_fails_the_message_and_the_redelivery_succ
 async fn a_truncated_results_file_is_retried_then_reported() {
     let h = Harness::start().await;
     h.emulator.finish_all(true);
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         let (body, expected) = job_file(kind, 6, &[]);
         let before = h.provider_batches(kind).await;
         let job = h.submit(&format!("inbox/{kind}/short.jsonl"), body).await;
@@ -634,7 +651,7 @@ async fn a_truncated_results_file_is_retried_then_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_fails_validation_reports_every_request() {
     let h = Harness::start().await;
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         let fate = FaultPlan {
             batch_fate: BatchFate::FailValidation,
             ..FaultPlan::default()
@@ -653,7 +670,7 @@ async fn a_batch_that_fails_validation_reports_every_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_batch_keeps_partial_results_and_retries_the_rest() {
     let h = Harness::start().await;
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         let fate = FaultPlan {
             batch_fate: BatchFate::Expire,
             partial: 0.5,
@@ -699,7 +716,7 @@ async fn a_batch_cancelled_at_the_provider_is_final() {
         ..HarnessOptions::default()
     })
     .await;
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         let (body, expected) = job_file(kind, 6, &[]);
         let before = h.provider_batches(kind).await;
         let job = h
@@ -743,7 +760,7 @@ async fn a_batch_cancelled_at_the_provider_is_final() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_where_every_request_failed_has_every_error_and_is_retried_once() {
     let h = Harness::start().await;
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         let fate = FaultPlan {
             batch_fate: BatchFate::AllFail,
             ..FaultPlan::default()
@@ -777,7 +794,7 @@ async fn a_batch_where_every_request_failed_has_every_error_and_is_retried_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retryable_failures_are_resubmitted_up_to_max_attempts() {
     let h = Harness::start().await;
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         for max_attempts in [1u32, 2, 3] {
             let mut lines = vec![header(kind, json!({"max_attempts": max_attempts}))];
             lines.push(json!({"custom_id": "ok", "text": "Invoice 1"}).to_string());
@@ -919,7 +936,7 @@ async fn s3_and_sqs_paused_mid_step_fail_the_step_and_leave_no_half_written_reco
 async fn the_same_message_to_two_collects_at_once_collects_and_retries_once() {
     let h = Harness::start().await;
     h.emulator.finish_all(true);
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         let (body, expected) = mixed_job(kind, 4, 10);
         let before = h.provider_batches(kind).await;
         let job = h.submit(&format!("inbox/{kind}/twice.jsonl"), body).await;
@@ -964,7 +981,7 @@ async fn the_same_message_to_two_collects_at_once_collects_and_retries_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_uploads_of_one_key_in_quick_succession_are_two_jobs_and_repeats_are_not() {
     let h = Harness::start().await;
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         let key = format!("inbox/{kind}/twice-uploaded.jsonl");
         let (first_body, first_ids) = job_file(kind, 3, &[]);
         let (second_body, second_ids) = job_file(kind, 5, &[]);
@@ -1012,7 +1029,7 @@ async fn two_uploads_of_one_key_in_quick_succession_are_two_jobs_and_repeats_are
 async fn two_polls_at_once_with_retry_parts_queue_each_part_once() {
     let h = Harness::start().await;
     h.emulator.finish_all(true);
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         let (body, expected) = mixed_job(kind, 5, 2);
         let before = h.provider_batches(kind).await;
         let job = h.submit(&format!("inbox/{kind}/polls.jsonl"), body).await;
@@ -1037,7 +1054,7 @@ async fn status_calls_refused_for_good_end_the_part_with_the_providers_words() {
         ..HarnessOptions::default()
     })
     .await;
-    for kind in ProviderKind::ALL {
+    for kind in FAULT_PROVIDERS {
         for refusal in [401, 404] {
             let (body, expected) = job_file(kind, 3, &[]);
             let before = h.provider_batches(kind).await;

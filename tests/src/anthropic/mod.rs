@@ -33,7 +33,7 @@ use serde_json::json;
 use crate::common::{Shared, add_request_id};
 
 // Bedrock's Claude records carry Messages bodies: it checks and answers them with these.
-pub(crate) use results::{ResultKind, plan_result};
+pub(crate) use results::{ResultKind, plan_valid_result};
 pub(crate) use validation::check_message_params;
 
 /// The provider's routes. Every answer, error or not (injected HTTP faults included),

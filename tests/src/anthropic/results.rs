@@ -112,6 +112,23 @@ pub(crate) fn plan_result(
     if let Err((kind, message)) = check_params(params) {
         return planned(errored(kind, &message));
     }
+    plan_valid_result(custom_id, params, fate, cache)
+}
+
+/// [`plan_result`] for `params` already checked (Bedrock checks its own records, whose
+/// model ids are not the Messages API's).
+pub(crate) fn plan_valid_result(
+    custom_id: &str,
+    params: &Map<String, Value>,
+    fate: BatchFate,
+    cache: &mut CacheState,
+) -> PlannedResult {
+    let planned = |(kind, result): (ResultKind, Value)| PlannedResult {
+        custom_id: custom_id.to_string(),
+        kind,
+        result,
+        raw_input: None,
+    };
     match fate {
         BatchFate::AllFail => {
             return planned(errored("api_error", "Internal server error"));

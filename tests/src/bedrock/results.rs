@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use axum::body::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::anthropic::{ResultKind, plan_result};
+use crate::anthropic::{ResultKind, plan_valid_result};
 use crate::cache::CacheState;
 use crate::common::{BatchFate, Shared};
 
@@ -224,7 +224,7 @@ fn answer(
         Ok(params) => params,
         Err(message) => return error(400, &message),
     };
-    let planned = plan_result(&record.record_id, &params, BatchFate::Complete, cache);
+    let planned = plan_valid_result(&record.record_id, &params, BatchFate::Complete, cache);
     if planned.kind != ResultKind::Succeeded {
         let detail = planned
             .result
