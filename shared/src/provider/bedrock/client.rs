@@ -21,7 +21,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::KIND;
 use crate::error::{Error, Result};
 use crate::model::ProviderKind;
 use crate::provider::config::{AwsCredentials, BedrockSettings, ProviderConfig};
@@ -29,6 +28,8 @@ use crate::provider::contract::{BatchProvider, BatchTags, LineStream};
 use crate::provider::lines::split_lines;
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 use crate::storage::{ObjectStore, PutMode, S3Store, StoreError};
+
+const KIND: ProviderKind = ProviderKind::Bedrock;
 
 /// Bedrock batch inference over the SDK's control-plane client and an S3 store.
 #[derive(Debug, Clone)]
