@@ -646,3 +646,44 @@ async fn an_unknown_model_fails_every_row_and_the_summary_names_the_cause() {
     );
     assert_eq!(results.summary["top_errors"][0]["rows"], 6);
 }
+
+/// Bedrock's default record minimum on both sides: a job under it fails before anything
+/// is paid for, with a reason that names the minimum; a larger one is split so that no
+/// part falls under it, and every row comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_jobs_meet_its_record_minimum() {
+    let mut h = Harness::start().await;
+    h.ctx.settings.bedrock_min_records = 100;
+    h.emulator
+        .set_bedrock(batchline_emulator::BedrockConfig::default());
+    let kind = ProviderKind::Bedrock;
+
+    let (body, _) = job_file(kind, 12, &[]);
+    let job = h.submit("inbox/bedrock/small.jsonl", body).await;
+    let record = h.record(&job).await;
+    assert_eq!(record.status, JobStatus::Failed);
+    let reason = record.failure.expect("a reason");
+    assert!(
+        reason.contains("at least 100 requests") && reason.contains("has 12"),
+        "{reason}"
+    );
+    assert!(record.parts.is_empty());
+    assert_eq!(h.provider_batches(kind).await, 0, "nothing was submitted");
+
+    // 260 rows at 150 a part: 150 + 110 would do, but never 150 + 100 + 10.
+    let (body, ids) = job_file_with(kind, json!({"max_requests_per_part": 150}), 260, &[]);
+    let job = h.submit("inbox/bedrock/large.jsonl", body).await;
+    let record = h.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Completed, "{:?}", record.failure);
+    let results = h.assert_invariant(&job, &ids).await;
+    assert_eq!(results.successes.len(), 260, "{:?}", results.error_types());
+    let sizes: Vec<u64> = record.parts.iter().map(|p| p.requests).collect();
+    assert_eq!(sizes, [150, 110]);
+
+    // A part limit under the minimum is refused by name.
+    let (body, _) = job_file_with(kind, json!({"max_requests_per_part": 50}), 120, &[]);
+    let job = h.submit("inbox/bedrock/tiny-parts.jsonl", body).await;
+    let reason = h.record(&job).await.failure.expect("a reason");
+    assert!(reason.contains("max_requests_per_part"), "{reason}");
+    assert!(reason.contains("100 to 50000"), "{reason}");
+}
