@@ -29,13 +29,17 @@ FUNCTIONS = {"SubmitFunction": "submit", "PollFunction": "poll", "CollectFunctio
 TRIGGER_PREFIX = "inbox/"
 # Prefixes the functions write to; an upload trigger must never cover one of them.
 SYSTEM_WRITE_PREFIXES = ("jobs/", "open/", "results/")
-BUCKET_PREFIXES = ("inbox/", "pipelines/", "jobs/", "open/", "results/")
+BUCKET_PREFIXES = ("inbox/", "pipelines/", "jobs/", "open/", "results/", "bedrock/input/", "bedrock/output/")
 # The only shape a wildcard resource may take: objects under one known prefix of this stack's bucket.
 SCOPED_OBJECT_ARN = re.compile(
     r"^arn:\$\{AWS::Partition\}:s3:::\$\{BucketName\}/(?P<prefix>(%s))\*$"
     % "|".join(re.escape(p) for p in BUCKET_PREFIXES)
 )
 BUCKET_ARN = "arn:${AWS::Partition}:s3:::${BucketName}"
+# The other wildcard a resource may hold: Bedrock batch jobs of this account and region.
+BEDROCK_JOBS_ARN = "arn:${AWS::Partition}:bedrock:${AWS::Region}:${AWS::AccountId}:model-invocation-job/*"
+# Actions that take no resource (AWS's service authorization reference lists "*" only).
+RESOURCELESS_ACTIONS = {"bedrock:listmodelinvocationjobs"}
 S3_WRITE_ACTIONS = {"s3:putobject", "s3:copyobject", "s3:restoreobject", "s3:putobjectacl"}
 COMMON_ENV = {
     "BUCKET_NAME",
@@ -46,6 +50,8 @@ COMMON_ENV = {
     "GOOGLE_CLOUD_PROJECT",
     "GOOGLE_CLOUD_LOCATION",
     "GCS_BUCKET",
+    "BEDROCK_ROLE_ARN",
+    "BEDROCK_BUCKET",
     "RUST_LOG",
 }
 EXTRA_ENV = {
@@ -197,6 +203,10 @@ def check_iam(cfn):
         for resource in render(statement.get("Resource", [])):
             if resource.startswith("<unresolved"):
                 problems.append(f"{owner}: cannot tell what resource {resource} is")
+            elif resource == "*" and set(statement_actions(statement)) <= RESOURCELESS_ACTIONS:
+                continue
+            elif resource == BEDROCK_JOBS_ARN:
+                continue
             elif ("*" in resource or "?" in resource) and object_prefix(resource) is None:
                 problems.append(f"{owner}: unscoped wildcard resource {resource!r}")
             elif ":s3:::" in resource and not (
@@ -479,16 +489,21 @@ def test_each_function_gets_exactly_its_s3_access(template):
         "jobs/": {"s3:getobject", "s3:putobject"},
         "results/": {"s3:getobject", "s3:putobject", "s3:abortmultipartupload"},
         "open/": {"s3:getobject", "s3:putobject", "s3:deleteobject"},
+        # Bedrock jobs' input (with BedrockModelId set).
+        "bedrock/input/": {"s3:putobject"},
     }
     assert s3_grants("PollRole") == {
         BUCKET_ARN: {"s3:listbucket"},
         "jobs/": {"s3:getobject", "s3:putobject"},
         "open/": {"s3:getobject", "s3:putobject", "s3:deleteobject"},
+        "bedrock/input/": {"s3:putobject"},
     }
     assert s3_grants("CollectRole") == {
         "jobs/": {"s3:getobject", "s3:putobject", "s3:deleteobject"},
         "results/": {"s3:getobject", "s3:putobject", "s3:deleteobject", "s3:abortmultipartupload"},
         "open/": {"s3:getobject", "s3:putobject", "s3:deleteobject"},
+        "bedrock/input/": {"s3:putobject"},
+        "bedrock/output/": {"s3:getobject"},
     }
     (listing,) = [s for s in role_statements(template, "PollRole") if "s3:listbucket" in statement_actions(s)]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": "open/*"}}
@@ -554,9 +569,62 @@ def test_no_secret_is_readable_when_none_is_configured(template):
     assert policy["Condition"] == "HasAnySecret"
     for role in ("SubmitRole", "PollRole", "CollectRole"):
         attached = cfn["Resources"][role]["Properties"]["ManagedPolicyArns"]
-        assert attached == {
-            "Fn::If": ["HasAnySecret", [{"Ref": "ProviderSecretsReadPolicy"}], {"Ref": "AWS::NoValue"}]
+        assert attached[0] == {
+            "Fn::If": ["HasAnySecret", {"Ref": "ProviderSecretsReadPolicy"}, {"Ref": "AWS::NoValue"}]
         }
+
+
+def test_bedrock_access_exists_only_when_configured_and_is_scoped(template):
+    """The service role is Bedrock's alone, reads only job input, writes only job output and
+    invokes only the configured model; the functions pass only that role, only to Bedrock."""
+    conditional = ("BedrockServiceRole", "BedrockJobsPolicy", "BedrockOutputReadPolicy")
+    for name in conditional:
+        assert template["Resources"][name]["Condition"] == "HasBedrock"
+    assert template["Conditions"]["HasBedrock"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "BedrockModelId"}, ""]}]}
+    assert template["Parameters"]["BedrockModelId"]["Default"] == ""
+
+    role = template["Resources"]["BedrockServiceRole"]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "bedrock.amazonaws.com"}
+    assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    grants = {
+        (action, resource)
+        for statement in role_statements(template, "BedrockServiceRole")
+        for action in statement_actions(statement)
+        for resource in render(statement["Resource"])
+    }
+    assert grants == {
+        ("s3:getobject", BUCKET_ARN + "/bedrock/input/*"),
+        ("s3:putobject", BUCKET_ARN + "/bedrock/output/*"),
+        ("s3:listbucket", BUCKET_ARN),
+        ("bedrock:invokemodel", "arn:${AWS::Partition}:bedrock:${AWS::Region}::foundation-model/${BedrockModelId}"),
+        (
+            "bedrock:invokemodel",
+            "arn:${AWS::Partition}:bedrock:${AWS::Region}:${AWS::AccountId}:inference-profile/${BedrockModelId}",
+        ),
+    }
+
+    jobs = template["Resources"]["BedrockJobsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    (pass_role,) = [s for s in jobs if "iam:passrole" in statement_actions(s)]
+    assert getatt_target(pass_role["Resource"]) == "BedrockServiceRole"
+    assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "bedrock.amazonaws.com"}}
+    bedrock_actions = {a for s in jobs for a in statement_actions(s) if a.startswith("bedrock:")}
+    assert bedrock_actions == {
+        "bedrock:createmodelinvocationjob",
+        "bedrock:getmodelinvocationjob",
+        "bedrock:tagresource",
+        "bedrock:listmodelinvocationjobs",
+    }
+    attached = {
+        role: [render(entry) for entry in template["Resources"][role]["Properties"]["ManagedPolicyArns"]]
+        for role in FUNCTIONS_ROLES
+    }
+    for role, policies in attached.items():
+        assert ["${BedrockJobsPolicy}"] in policies, role
+        assert (["${BedrockOutputReadPolicy}"] in policies) == (role == "CollectRole"), role
+
+
+FUNCTIONS_ROLES = ("SubmitRole", "PollRole", "CollectRole")
 
 
 def test_poll_runs_on_the_schedule_parameter(template):
