@@ -658,7 +658,7 @@ async fn bedrock_jobs_meet_its_record_minimum() {
         .set_bedrock(batchline_emulator::BedrockConfig::default());
     let kind = ProviderKind::Bedrock;
 
-    let (body, _) = job_file(kind, 12, &[]);
+    let (body, ids) = job_file(kind, 12, &[]);
     let job = h.submit("inbox/bedrock/small.jsonl", body).await;
     let record = h.record(&job).await;
     assert_eq!(record.status, JobStatus::Failed);
@@ -669,6 +669,16 @@ async fn bedrock_jobs_meet_its_record_minimum() {
     );
     assert!(record.parts.is_empty());
     assert_eq!(h.provider_batches(kind).await, 0, "nothing was submitted");
+    // Every row still has its record, an error naming its line and the minimum.
+    let results = h.assert_invariant(&job, &ids).await;
+    assert_eq!(results.errors.len(), 12);
+    for error in &results.errors {
+        let message = error["error_message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("small.jsonl line ") && message.contains("at least 100"),
+            "{error}"
+        );
+    }
 
     // 260 rows at 150 a part: 150 + 110 would do, but never 150 + 100 + 10.
     let (body, ids) = job_file_with(kind, json!({"max_requests_per_part": 150}), 260, &[]);

@@ -395,6 +395,7 @@ async fn submit_claimed(
         waiting: HashMap::new(),
         kept: HashMap::new(),
         limits,
+        min_requests: ctx.settings.min_requests(spec.model.provider),
         in_flight: None,
         quota_refused: false,
     };
@@ -438,17 +439,21 @@ async fn submit_claimed(
     let too_few = match last_parts.as_slice() {
         [only] if versioned.record.parts.is_empty() && only.request_rows.len() < min_requests => {
             Some(format!(
-                "{key}: {} runs a batch of at least {min_requests} requests, and this job has \
-                 {}; nothing was submitted",
+                "{} runs a batch of at least {min_requests} requests, and this job has {}; \
+                 nothing was submitted",
                 descriptor(spec.model.provider).display_name(),
                 only.request_rows.len()
             ))
         }
         _ => None,
     };
-    if too_few.is_none() {
-        for part in last_parts {
-            run.submit_part(&mut versioned, part).await?;
+    match &too_few {
+        // Every row still gets its record: an error that says why.
+        Some(reason) => run.reject_part(&last_parts[0], reason).await?,
+        None => {
+            for part in last_parts {
+                run.submit_part(&mut versioned, part).await?;
+            }
         }
     }
     run.write_late_rejections(&mut builder).await?;
@@ -493,7 +498,7 @@ async fn submit_claimed(
     if let Some(reason) = too_few {
         versioned.record.input_errors = rejected_lines;
         versioned.record.requests = requests;
-        return fail(ctx, versioned, reason).await;
+        return fail(ctx, versioned, format!("{key}: {reason}")).await;
     }
     let parts = versioned.record.parts.len();
     versioned.record.requests = requests;
@@ -710,6 +715,8 @@ struct SubmitRun<'a> {
     kept: HashMap<String, KeptValues>,
     /// The quota limits of the job's batches.
     limits: QuotaLimits,
+    /// The fewest requests a batch of the job's provider holds.
+    min_requests: usize,
     /// What runs at the providers, counted on the first part when a limit is known.
     in_flight: Option<InFlight>,
     /// The provider refused a part for quota: the parts after it wait.
@@ -853,10 +860,24 @@ impl SubmitRun<'_> {
         Ok(())
     }
 
+    /// Records every row of `part`, which is not submitted, as an input error for `reason`.
+    async fn reject_part(&mut self, part: &BatchPart, reason: &str) -> Result<(), PipelineError> {
+        for id in &part.custom_ids {
+            let line = self.waiting.remove(id).unwrap_or(0);
+            let rejection = RowRejection {
+                kept: self.kept.remove(id).map(Box::new),
+                ..RowRejection::new(id.clone(), line, reason.to_string())
+            };
+            self.write_rejection(rejection).await?;
+        }
+        Ok(())
+    }
+
     /// Keeps what a row accepted by the builder needs until its part is written: its
-    /// line (packed rows, which the builder may still refuse) and its kept values.
+    /// line (packed rows, or rows of a provider with a batch minimum, which the builder
+    /// may still refuse or leave unsent) and its kept values.
     fn hold(&mut self, row: InputRow) {
-        if self.spec.rows_per_request > 1 {
+        if self.spec.rows_per_request > 1 || self.min_requests > 1 {
             self.waiting.insert(row.request.custom_id.clone(), row.line);
         }
         if let Some(kept) = row.kept {
