@@ -80,6 +80,17 @@ impl Usage {
         self.cache_write_input_tokens += other.cache_write_input_tokens;
     }
 
+    /// The usage of a provider that counts cache reads and writes apart from its input
+    /// tokens (Anthropic, Bedrock's Converse): they are added back into `input_tokens`.
+    pub fn with_cache_apart(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Self {
+        Self {
+            input_tokens: input + cache_read + cache_write,
+            output_tokens: output,
+            cached_input_tokens: cache_read,
+            cache_write_input_tokens: cache_write,
+        }
+    }
+
     /// Prompt tokens neither read from nor written to the cache.
     pub fn uncached_input_tokens(&self) -> u64 {
         self.input_tokens
@@ -286,6 +297,15 @@ fn string_end(line: &[u8], start: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// The texts joined without separator; borrowed when there is only one (the usual case).
+pub(crate) fn joined<'a>(mut texts: impl Iterator<Item = Cow<'a, str>>) -> Option<Cow<'a, str>> {
+    let first = texts.next()?;
+    Some(texts.fold(first, |mut joined, text| {
+        joined.to_mut().push_str(&text);
+        joined
+    }))
 }
 
 /// An error code that some APIs send as a number and others as a string.

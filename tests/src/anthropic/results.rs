@@ -102,15 +102,15 @@ pub(crate) fn plan_result(
     fate: BatchFate,
     cache: &mut CacheState,
 ) -> PlannedResult {
-    let planned = |(kind, result): (ResultKind, Value)| PlannedResult {
-        custom_id: custom_id.to_string(),
-        kind,
-        result,
-        raw_input: None,
-    };
     // Params are validated while the batch runs: a bad request errors on its own.
     if let Err((kind, message)) = check_params(params) {
-        return planned(errored(kind, &message));
+        let (kind, result) = errored(kind, &message);
+        return PlannedResult {
+            custom_id: custom_id.to_string(),
+            kind,
+            result,
+            raw_input: None,
+        };
     }
     plan_valid_result(custom_id, params, fate, cache)
 }

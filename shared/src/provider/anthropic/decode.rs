@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::provider::decode::{
-    Answer, Decoded, Malformed, RowKey, Usage, error_type, optional_borrowed,
+    Answer, Decoded, Malformed, RowKey, Usage, error_type, joined, optional_borrowed,
 };
 
 #[derive(Deserialize)]
@@ -149,11 +149,13 @@ fn decode_as(line: &[u8], part: AnswerPart) -> Result<Decoded<'_>, Malformed> {
 }
 
 fn message_answer(message: Message<'_>, part: AnswerPart) -> (Answer<'_>, Usage) {
-    let usage = message.usage.map_or_else(Usage::default, |u| Usage {
-        input_tokens: u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens,
-        output_tokens: u.output_tokens,
-        cached_input_tokens: u.cache_read_input_tokens,
-        cache_write_input_tokens: u.cache_creation_input_tokens,
+    let usage = message.usage.map_or_else(Usage::default, |u| {
+        Usage::with_cache_apart(
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_input_tokens,
+            u.cache_creation_input_tokens,
+        )
     });
     let stop_reason = message.stop_reason.as_deref();
     if stop_reason == Some("refusal") {
@@ -200,15 +202,12 @@ fn message_answer(message: Message<'_>, part: AnswerPart) -> (Answer<'_>, Usage)
 
 /// The text blocks in order, joined without separator (borrowed when there is one).
 fn joined_text<'a>(content: Vec<ContentBlock<'a>>) -> Option<Cow<'a, str>> {
-    let mut texts = content
-        .into_iter()
-        .filter(|block| block.kind == "text")
-        .filter_map(|block| block.text);
-    let first = texts.next()?;
-    Some(texts.fold(first, |mut joined, text| {
-        joined.to_mut().push_str(&text);
-        joined
-    }))
+    joined(
+        content
+            .into_iter()
+            .filter(|block| block.kind == "text")
+            .filter_map(|block| block.text),
+    )
 }
 
 fn errored(error: Option<ErrorResponse>) -> Answer<'static> {

@@ -15,7 +15,7 @@ use aws_sdk_bedrock::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_bedrock::types::{
     ModelInvocationJobInputDataConfig, ModelInvocationJobOutputDataConfig,
     ModelInvocationJobS3InputDataConfig, ModelInvocationJobS3OutputDataConfig,
-    ModelInvocationJobStatus, ModelInvocationJobSummary, ModelInvocationType, S3InputFormat, Tag,
+    ModelInvocationJobStatus, ModelInvocationType, S3InputFormat, Tag,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -28,6 +28,26 @@ use crate::provider::contract::{BatchProvider, BatchTags, LineStream};
 use crate::provider::lines::split_lines;
 use crate::status::{BatchState, BatchStatus, RequestCounts};
 use crate::storage::{ObjectStore, PutMode, S3Store, StoreError};
+
+/// The [`JobView`] of a job or a job summary: the SDK's two types have the same
+/// accessors but no trait in common.
+macro_rules! job_view {
+    ($job:expr) => {
+        JobView {
+            arn: $job.job_arn(),
+            status: $job.status(),
+            message: $job.message(),
+            submit_time: $job.submit_time(),
+            end_time: $job.end_time(),
+            counts: [
+                $job.total_record_count(),
+                $job.success_record_count(),
+                $job.error_record_count(),
+                $job.processed_record_count(),
+            ],
+        }
+    };
+}
 
 const KIND: ProviderKind = ProviderKind::Bedrock;
 
@@ -178,19 +198,7 @@ impl BatchProvider for BedrockClient {
 
     async fn status(&self, batch_id: &str) -> Result<BatchStatus> {
         let job = self.get(batch_id).await?;
-        Ok(to_status(JobView {
-            arn: job.job_arn(),
-            status: job.status(),
-            message: job.message(),
-            submit_time: Some(job.submit_time()),
-            end_time: job.end_time(),
-            counts: [
-                job.total_record_count(),
-                job.success_record_count(),
-                job.error_record_count(),
-                job.processed_record_count(),
-            ],
-        }))
+        Ok(to_status(job_view!(job)))
     }
 
     async fn cancel(&self, batch_id: &str) -> Result<BatchStatus> {
@@ -256,7 +264,7 @@ impl BedrockClient {
                 page.invocation_job_summaries()
                     .iter()
                     .filter(|job| name.is_none_or(|name| job.job_name() == name))
-                    .map(summary_status),
+                    .map(|job| to_status(job_view!(job))),
             );
         }
         Ok(jobs)
@@ -276,26 +284,10 @@ struct JobView<'a> {
     arn: &'a str,
     status: Option<&'a ModelInvocationJobStatus>,
     message: Option<&'a str>,
-    submit_time: Option<&'a DateTime>,
+    submit_time: &'a DateTime,
     end_time: Option<&'a DateTime>,
     /// Total, succeeded, errored and processed records, where Bedrock counts them.
     counts: [Option<i64>; 4],
-}
-
-fn summary_status(job: &ModelInvocationJobSummary) -> BatchStatus {
-    to_status(JobView {
-        arn: job.job_arn(),
-        status: job.status(),
-        message: job.message(),
-        submit_time: Some(job.submit_time()),
-        end_time: job.end_time(),
-        counts: [
-            job.total_record_count(),
-            job.success_record_count(),
-            job.error_record_count(),
-            job.processed_record_count(),
-        ],
-    })
 }
 
 fn to_status(job: JobView<'_>) -> BatchStatus {
@@ -322,7 +314,7 @@ fn to_status(job: JobView<'_>) -> BatchStatus {
             failed,
             pending: total.saturating_sub(processed),
         },
-        created_at: job.submit_time.and_then(rfc3339),
+        created_at: rfc3339(job.submit_time),
         ended_at: job.end_time.and_then(rfc3339),
         error: job.message.filter(|m| !m.is_empty()).map(str::to_string),
         quota_exceeded: false,
@@ -435,7 +427,7 @@ mod tests {
                 arn: "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc",
                 status: Some(&status),
                 message: Some(""),
-                submit_time: None,
+                submit_time: &DateTime::from_secs(0),
                 end_time: None,
                 counts: [Some(150), Some(100), Some(20), Some(120)],
             };

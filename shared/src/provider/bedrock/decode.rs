@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::provider::decode::{
-    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, optional_borrowed,
+    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, joined, optional_borrowed,
 };
 
 #[derive(Deserialize)]
@@ -123,11 +123,13 @@ fn decode_as(line: &[u8], part: AnswerPart) -> Result<Decoded<'_>, Malformed> {
 }
 
 fn output_answer(output: ConverseOutput<'_>, part: AnswerPart) -> (Answer<'_>, Usage) {
-    let usage = output.usage.map_or_else(Usage::default, |u| Usage {
-        input_tokens: u.input_tokens + u.cache_read_input_tokens + u.cache_write_input_tokens,
-        output_tokens: u.output_tokens,
-        cached_input_tokens: u.cache_read_input_tokens,
-        cache_write_input_tokens: u.cache_write_input_tokens,
+    let usage = output.usage.map_or_else(Usage::default, |u| {
+        Usage::with_cache_apart(
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_input_tokens,
+            u.cache_write_input_tokens,
+        )
     });
     let stop_reason = output.stop_reason.as_deref().unwrap_or("");
     let content = output
@@ -153,19 +155,16 @@ fn output_answer(output: ConverseOutput<'_>, part: AnswerPart) -> (Answer<'_>, U
                         format!("the model answered without calling the tool (stopReason {stop_reason:?})"),
                     )
                 }),
-            AnswerPart::Text => {
-                let mut texts = content.into_iter().filter_map(|block| block.text);
-                match texts.next() {
-                    Some(first) => Answer::Text(texts.fold(first, |mut joined, text| {
-                        joined.to_mut().push_str(&text);
-                        joined
-                    })),
-                    None => Answer::failed(
-                        error_type::NO_STRUCTURED_OUTPUT,
-                        "the model answered without text",
-                    ),
-                }
-            }
+            AnswerPart::Text => joined(content.into_iter().filter_map(|block| block.text))
+                .map_or_else(
+                    || {
+                        Answer::failed(
+                            error_type::NO_STRUCTURED_OUTPUT,
+                            "the model answered without text",
+                        )
+                    },
+                    Answer::Text,
+                ),
         },
     };
     (answer, usage)

@@ -5,7 +5,9 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::provider::decode::{Answer, Usage, error_type, lenient_count, optional_borrowed};
+use crate::provider::decode::{
+    Answer, Usage, error_type, joined, lenient_count, optional_borrowed,
+};
 
 /// One request's response, borrowing its text from the line.
 #[derive(Deserialize)]
@@ -141,15 +143,11 @@ pub(crate) fn response_answer(response: GenerateContentResponse<'_>) -> (Answer<
 
 /// Joins the answer parts; one part (the usual case) is passed through as is.
 fn answer_text(parts: Vec<Part<'_>>) -> Cow<'_, str> {
-    let mut texts = parts
-        .into_iter()
-        .filter(|p| !p.thought)
-        .filter_map(|p| p.text);
-    let Some(first) = texts.next() else {
-        return Cow::Borrowed("");
-    };
-    texts.fold(first, |mut joined, next| {
-        joined.to_mut().push_str(&next);
-        joined
-    })
+    joined(
+        parts
+            .into_iter()
+            .filter(|p| !p.thought)
+            .filter_map(|p| p.text),
+    )
+    .unwrap_or(Cow::Borrowed(""))
 }
