@@ -233,6 +233,10 @@ pub struct PartRecord {
     /// The provider's error for the whole batch, if it reported one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_error: Option<String>,
+    /// The batch's request counts as last seen, where the provider reports them: how
+    /// far a running part has got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<crate::status::RequestCounts>,
     /// Set by poll when it queued the part for collect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enqueued_at: Option<String>,
@@ -376,6 +380,7 @@ impl PartRecord {
             state: None,
             raw_status: None,
             batch_error: None,
+            counts: None,
             enqueued_at: None,
             collected: None,
             split_reason: None,
@@ -548,6 +553,63 @@ impl JobRecord {
     pub fn pipeline(&self) -> Option<&str> {
         keys::pipeline_of(&self.rows_source().key)
     }
+
+    /// What the input errors and the collected parts add up to: so far for an open
+    /// job, the whole job once it is closed.
+    pub fn tally(&self) -> JobTally {
+        let mut tally = JobTally {
+            failed: self.input_errors,
+            ..JobTally::default()
+        };
+        if self.input_errors > 0 {
+            tally
+                .errors_by_type
+                .insert(super::input::INVALID_INPUT.to_string(), self.input_errors);
+            tally.outcomes_by_attempt.insert(1, self.input_errors);
+        }
+        for part in &self.parts {
+            let Some(outcome) = &part.collected else {
+                continue;
+            };
+            tally.succeeded += outcome.succeeded;
+            tally.failed += outcome.failed;
+            tally.retried += outcome.retried;
+            if outcome.succeeded + outcome.failed > 0 {
+                *tally.outcomes_by_attempt.entry(part.attempt).or_insert(0) +=
+                    outcome.succeeded + outcome.failed;
+            }
+            tally.usage.add(&outcome.usage);
+            for (kind, n) in &outcome.errors_by_type {
+                *tally.errors_by_type.entry(kind.clone()).or_insert(0) += n;
+            }
+        }
+        tally.cost_usd = self
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.prices)
+            .map(|prices| prices.cost_usd(&tally.usage));
+        tally
+    }
+}
+
+/// A job's outcomes added up over its input errors and collected parts
+/// ([`JobRecord::tally`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobTally {
+    /// Rows with a validated answer.
+    pub succeeded: u64,
+    /// Rows with an error record, input errors included.
+    pub failed: u64,
+    /// Requests resubmitted after a retryable failure (each counted once per retry).
+    pub retried: u64,
+    /// `failed` by error type.
+    pub errors_by_type: BTreeMap<String, u64>,
+    /// Final outcomes by the attempt they came from (1: first try).
+    pub outcomes_by_attempt: BTreeMap<u32, u64>,
+    /// Tokens over every collected part.
+    pub usage: Usage,
+    /// `usage` at the spec's `prices`, where the spec gives them.
+    pub cost_usd: Option<f64>,
 }
 
 /// How much of the uploaded object submit read, counted as the bytes arrived from

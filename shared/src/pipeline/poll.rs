@@ -269,8 +269,10 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> 
             changed |= part.poll_error.take().is_some() || part.refused_polls != 0;
             part.refused_polls = 0;
             changed |= part.state != Some(status.state)
-                || part.raw_status.as_deref() != Some(&status.raw_status);
+                || part.raw_status.as_deref() != Some(&status.raw_status)
+                || part.counts != Some(status.counts);
             part.state = Some(status.state);
+            part.counts = Some(status.counts);
             part.raw_status = Some(status.raw_status.clone());
             part.batch_error = status.error.clone();
             if status.quota_exceeded {

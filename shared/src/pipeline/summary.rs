@@ -244,16 +244,7 @@ pub(super) async fn close_job(
     record
         .completed_at
         .get_or_insert_with(|| ctx.clock.timestamp());
-    let mut errors_by_type = BTreeMap::new();
-    if record.input_errors > 0 {
-        errors_by_type.insert(super::input::INVALID_INPUT.to_string(), record.input_errors);
-    }
-    let mut usage = Usage::default();
-    let (mut succeeded, mut failed, mut retried) = (0, record.input_errors, 0);
-    let mut outcomes_by_attempt = BTreeMap::new();
-    if record.input_errors > 0 {
-        outcomes_by_attempt.insert(1, record.input_errors);
-    }
+    let tally = record.tally();
     let mut files = Files {
         successes: Vec::new(),
         errors: record.input_error_files(),
@@ -263,17 +254,6 @@ pub(super) async fn close_job(
         let Some(outcome) = &part.collected else {
             continue;
         };
-        succeeded += outcome.succeeded;
-        failed += outcome.failed;
-        retried += outcome.retried;
-        if outcome.succeeded + outcome.failed > 0 {
-            *outcomes_by_attempt.entry(part.attempt).or_insert(0) +=
-                outcome.succeeded + outcome.failed;
-        }
-        usage.add(&outcome.usage);
-        for (kind, n) in &outcome.errors_by_type {
-            *errors_by_type.entry(kind.clone()).or_insert(0) += n;
-        }
         if outcome.succeeded > 0 {
             let jsonl = record
                 .spec
@@ -296,7 +276,7 @@ pub(super) async fn close_job(
     }
     let top_errors = top_errors(&record.parts);
     let summary = Summary {
-        cause: cause(&top_errors, failed, record.requests),
+        cause: cause(&top_errors, tally.failed, record.requests),
         top_errors,
         job_id: &record.job_id,
         status: record.status,
@@ -310,20 +290,16 @@ pub(super) async fn close_job(
             .iter()
             .map(|p| p.llm_requests.unwrap_or(p.requests))
             .sum(),
-        succeeded,
-        failed,
+        succeeded: tally.succeeded,
+        failed: tally.failed,
         skipped: record.skipped,
         rerun_of: record.rerun_of.as_ref(),
-        errors_by_type,
-        retried,
-        outcomes_by_attempt,
-        cost_usd: record
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.prices)
-            .map(|prices| prices.cost_usd(&usage)),
-        usage,
-        invariant_holds: succeeded + failed + record.skipped == record.requests,
+        errors_by_type: tally.errors_by_type,
+        retried: tally.retried,
+        outcomes_by_attempt: tally.outcomes_by_attempt,
+        cost_usd: tally.cost_usd,
+        usage: tally.usage,
+        invariant_holds: tally.succeeded + tally.failed + record.skipped == record.requests,
         quota_waits: QuotaWaits::of(&record.parts),
         parts: record
             .parts
@@ -355,7 +331,7 @@ pub(super) async fn close_job(
         },
     };
     if !summary.invariant_holds {
-        tracing::error!(job = %record.job_id, requests = record.requests, succeeded, failed, skipped = record.skipped, "results do not account for every request");
+        tracing::error!(job = %record.job_id, requests = record.requests, succeeded = summary.succeeded, failed = summary.failed, skipped = record.skipped, "results do not account for every request");
     }
     let body = Bytes::from(serde_json::to_vec_pretty(&summary)?);
     ctx.store
