@@ -554,6 +554,40 @@ impl JobRecord {
         keys::pipeline_of(&self.rows_source().key)
     }
 
+    /// The result files written so far, in part order.
+    pub fn result_files(&self) -> ResultFiles {
+        let mut files = ResultFiles {
+            successes: Vec::new(),
+            errors: self.input_error_files(),
+            skipped: self.skipped_files(),
+        };
+        let jsonl = self
+            .spec
+            .as_ref()
+            .is_none_or(|spec| spec.writes(super::spec::ResultFormat::Jsonl));
+        for part in &self.parts {
+            let Some(outcome) = &part.collected else {
+                continue;
+            };
+            if outcome.succeeded > 0 {
+                if jsonl {
+                    files
+                        .successes
+                        .push(keys::successes(&self.job_id, part.index));
+                }
+                if self.table.is_some() {
+                    files
+                        .successes
+                        .push(keys::successes_parquet(&self.job_id, part.index));
+                }
+            }
+            if outcome.failed > 0 {
+                files.errors.push(keys::errors(&self.job_id, part.index));
+            }
+        }
+        files
+    }
+
     /// What the input errors and the collected parts add up to: so far for an open
     /// job, the whole job once it is closed.
     pub fn tally(&self) -> JobTally {
@@ -590,6 +624,18 @@ impl JobRecord {
             .map(|prices| prices.cost_usd(&tally.usage));
         tally
     }
+}
+
+/// The result files a job has written so far: all of them once it is closed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ResultFiles {
+    /// Successes: a JSONL file and, where the spec asks, a Parquet file per part.
+    pub successes: Vec<String>,
+    /// Error records: the input errors, then one file per part with failures.
+    pub errors: Vec<String>,
+    /// Rows skipped because an earlier job has their success.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 /// A job's outcomes added up over its input errors and collected parts

@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use super::context::{Context, PipelineError};
 use super::job::{
-    self, ErrorGroup, InputRead, JobStatus, PartRecord, RerunOf, SourceObject, Versioned, keys,
+    self, ErrorGroup, InputRead, JobStatus, PartRecord, RerunOf, ResultFiles, SourceObject,
+    Versioned, keys,
 };
-use super::spec::ResultFormat;
 use crate::results::Usage;
 
 #[derive(Debug, Serialize)]
@@ -61,7 +61,7 @@ struct Summary<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     quota_waits: Option<QuotaWaits>,
     parts: Vec<PartSummary<'a>>,
-    files: Files,
+    files: ResultFiles,
     timings: Timings<'a>,
 }
 
@@ -190,14 +190,6 @@ impl QuotaWaits {
 }
 
 #[derive(Debug, Serialize)]
-struct Files {
-    successes: Vec<String>,
-    errors: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    skipped: Vec<String>,
-}
-
-#[derive(Debug, Serialize)]
 struct Timings<'a> {
     created_at: &'a str,
     submitted_at: Option<&'a str>,
@@ -245,35 +237,6 @@ pub(super) async fn close_job(
         .completed_at
         .get_or_insert_with(|| ctx.clock.timestamp());
     let tally = record.tally();
-    let mut files = Files {
-        successes: Vec::new(),
-        errors: record.input_error_files(),
-        skipped: record.skipped_files(),
-    };
-    for part in &record.parts {
-        let Some(outcome) = &part.collected else {
-            continue;
-        };
-        if outcome.succeeded > 0 {
-            let jsonl = record
-                .spec
-                .as_ref()
-                .is_none_or(|spec| spec.writes(ResultFormat::Jsonl));
-            if jsonl {
-                files
-                    .successes
-                    .push(keys::successes(&record.job_id, part.index));
-            }
-            if record.table.is_some() {
-                files
-                    .successes
-                    .push(keys::successes_parquet(&record.job_id, part.index));
-            }
-        }
-        if outcome.failed > 0 {
-            files.errors.push(keys::errors(&record.job_id, part.index));
-        }
-    }
     let top_errors = top_errors(&record.parts);
     let summary = Summary {
         cause: cause(&top_errors, tally.failed, record.requests),
@@ -319,7 +282,7 @@ pub(super) async fn close_job(
                 waited_seconds: p.waited_seconds,
             })
             .collect(),
-        files,
+        files: record.result_files(),
         timings: Timings {
             created_at: &record.created_at,
             submitted_at: record.submitted_at.as_deref(),
