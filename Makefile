@@ -28,8 +28,8 @@ $(VENV_STAMP): tests/requirements.txt
 tools: ## System tools the tests use (pigz)
 	@command -v pigz >/dev/null || { apt-get update -qq && apt-get install -y -qq pigz >/dev/null; }
 
-build: ## Debug build of the three functions and the provider emulator
-	cargo build --bins -p submit -p poll -p collect -p batchline-emulator
+build: ## Debug build of the three functions, the CLI and the provider emulator
+	cargo build --bins -p submit -p poll -p collect -p batchline-emulator -p batchline-cli
 
 # The demo builds the binaries itself (timed), like `make build`.
 demo: venv ## One job through moto + emulator + cargo lambda watch (PROVIDER=openai|anthropic|google|gemini)

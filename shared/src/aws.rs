@@ -38,18 +38,23 @@ pub fn sdk_config(
     credentials: SharedCredentialsProvider,
     endpoint_url: Option<&str>,
 ) -> SdkConfig {
-    let https = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https();
     let mut config = SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
         .credentials_provider(credentials)
-        .http_client(https);
+        .http_client(https_client());
     if let Some(url) = endpoint_url {
         config = config.endpoint_url(url);
     }
     config.build()
+}
+
+/// The SDK's HTTPS client on the crate's TLS stack (rustls on ring), for other SDK
+/// configurations (the operator CLI's aws-config loader).
+pub fn https_client() -> aws_types::sdk_config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
 }
 
 fn env_var(name: &str) -> Option<String> {

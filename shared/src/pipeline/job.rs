@@ -25,10 +25,12 @@ pub mod keys {
     pub const PIPELINES: &str = "pipelines/";
     /// The open-jobs index: one empty marker per job that poll still watches.
     pub const OPEN: &str = "open/";
+    /// Job records and their parts' manifests: `jobs/<job>/…`.
+    pub const JOBS: &str = "jobs/";
 
     /// The job record, `jobs/<job>/job.json`.
     pub fn job_record(job: &str) -> String {
-        format!("jobs/{job}/job.json")
+        format!("{JOBS}{job}/job.json")
     }
     /// A part's id manifest: its `custom_id`s in row order, which collect joins the
     /// provider's result lines on.

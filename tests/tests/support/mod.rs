@@ -91,8 +91,13 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Self {
+        Self::start_with_step(Duration::from_millis(50)).await
+    }
+
+    /// [`Self::start`] with batches spending `step` in each lifecycle stage.
+    pub async fn start_with_step(step: Duration) -> Self {
         let moto = Moto::start();
-        let emulator = Emulator::start(emulator_config(&moto, Duration::from_millis(50), API_KEY))
+        let emulator = Emulator::start(emulator_config(&moto, step, API_KEY))
             .await
             .expect("emulator");
         let sdk = moto_sdk_config(&moto.url);
