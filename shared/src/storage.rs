@@ -1,6 +1,8 @@
-//! Object storage behind one small trait (S3 in production, memory in unit tests),
-//! with the conditional writes that keep job records consistent under retries.
+//! Object storage behind one small trait (S3 in production, a directory for the
+//! operator CLI, memory in unit tests), with the conditional writes that keep job
+//! records consistent under retries.
 
+mod local;
 mod memory;
 mod port;
 #[cfg(feature = "aws")]
@@ -8,6 +10,7 @@ mod s3;
 
 use bytes::BytesMut;
 
+pub use local::LocalStore;
 pub use memory::MemoryStore;
 pub use port::{ByteStream, ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
 #[cfg(feature = "aws")]
@@ -131,55 +134,70 @@ mod tests {
 
     use super::*;
 
+    /// What the pipeline needs of any store's writes; every adapter's tests run these.
+    pub(super) mod contract {
+        use super::*;
+
+        /// Writes through [`ObjectWriter`] below and above one part and reads them back.
+        pub(in crate::storage) async fn streams_small_and_large_objects(store: &dyn ObjectStore) {
+            let mut small = ObjectWriter::with_part_size(store, "a", 8);
+            small.write(b"abc").await.unwrap();
+            assert_eq!(small.finish().await.unwrap(), 3);
+            assert_eq!(store.get("a").await.unwrap().1, Bytes::from_static(b"abc"));
+
+            let mut large = ObjectWriter::with_part_size(store, "b", 4);
+            for chunk in [&b"0123"[..], b"4567", b"89"] {
+                large.write(chunk).await.unwrap();
+            }
+            large.finish().await.unwrap();
+            assert_eq!(
+                store.get("b").await.unwrap().1,
+                Bytes::from_static(b"0123456789")
+            );
+        }
+
+        /// Create once, update only from the current tag.
+        pub(in crate::storage) async fn refuses_stale_and_duplicate_writers(
+            store: &dyn ObjectStore,
+        ) {
+            let first = store
+                .put("r", Bytes::from_static(b"1"), PutMode::Create)
+                .await
+                .unwrap();
+            assert!(matches!(
+                store
+                    .put("r", Bytes::from_static(b"2"), PutMode::Create)
+                    .await,
+                Err(StoreError::Conflict { .. })
+            ));
+            let second = store
+                .put(
+                    "r",
+                    Bytes::from_static(b"2"),
+                    PutMode::Update(first.clone()),
+                )
+                .await
+                .unwrap();
+            assert_ne!(first, second);
+            assert!(matches!(
+                store
+                    .put("r", Bytes::from_static(b"3"), PutMode::Update(first))
+                    .await,
+                Err(StoreError::Conflict { .. })
+            ));
+            assert_eq!(store.get("r").await.unwrap().1, Bytes::from_static(b"2"));
+        }
+    }
+
     #[tokio::test]
     async fn small_objects_are_one_put_and_large_ones_multipart() {
         let store = MemoryStore::new();
-        let mut small = ObjectWriter::with_part_size(&store, "a", 8);
-        small.write(b"abc").await.unwrap();
-        assert_eq!(small.finish().await.unwrap(), 3);
-        assert_eq!(store.get("a").await.unwrap().1, Bytes::from_static(b"abc"));
-        assert_eq!(store.completed_uploads(), 0);
-
-        let mut large = ObjectWriter::with_part_size(&store, "b", 4);
-        for chunk in [&b"0123"[..], b"4567", b"89"] {
-            large.write(chunk).await.unwrap();
-        }
-        large.finish().await.unwrap();
-        assert_eq!(
-            store.get("b").await.unwrap().1,
-            Bytes::from_static(b"0123456789")
-        );
+        contract::streams_small_and_large_objects(&store).await;
         assert_eq!(store.completed_uploads(), 1);
     }
 
     #[tokio::test]
     async fn conditional_writes_refuse_stale_and_duplicate_writers() {
-        let store = MemoryStore::new();
-        let first = store
-            .put("r", Bytes::from_static(b"1"), PutMode::Create)
-            .await
-            .unwrap();
-        assert!(matches!(
-            store
-                .put("r", Bytes::from_static(b"2"), PutMode::Create)
-                .await,
-            Err(StoreError::Conflict { .. })
-        ));
-        let second = store
-            .put(
-                "r",
-                Bytes::from_static(b"2"),
-                PutMode::Update(first.clone()),
-            )
-            .await
-            .unwrap();
-        assert_ne!(first, second);
-        assert!(matches!(
-            store
-                .put("r", Bytes::from_static(b"3"), PutMode::Update(first))
-                .await,
-            Err(StoreError::Conflict { .. })
-        ));
-        assert_eq!(store.get("r").await.unwrap().1, Bytes::from_static(b"2"));
+        contract::refuses_stale_and_duplicate_writers(&MemoryStore::new()).await;
     }
 }

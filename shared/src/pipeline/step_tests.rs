@@ -24,7 +24,7 @@ use crate::model::ProviderKind;
 use crate::provider::BatchProvider;
 use crate::provider::memory::{Fate, MemoryProvider};
 use crate::queue::MemoryQueue;
-use crate::storage::{MemoryStore, PutMode};
+use crate::storage::{LocalStore, MemoryStore, PutMode};
 
 /// Every kind of provider is the one memory provider (it speaks OpenAI's formats).
 #[derive(Debug)]
@@ -292,7 +292,19 @@ impl Steps {
 
 #[tokio::test]
 async fn a_job_runs_to_its_end_with_every_request_once() {
-    let s = Steps::new(Settings::default());
+    runs_to_its_end(Steps::new(Settings::default())).await;
+}
+
+/// The operator CLI's bucket: the same job over a directory.
+#[tokio::test]
+async fn a_job_runs_to_its_end_over_a_local_directory() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut s = Steps::new(Settings::default());
+    s.ctx.store = Arc::new(LocalStore::new(dir.path()));
+    runs_to_its_end(s).await;
+}
+
+async fn runs_to_its_end(s: Steps) {
     let (job, ids) = s.start("all-good", 5, json!({}), true).await;
     let record = s.run_to_end(&job).await;
     assert_eq!(record.status, JobStatus::Completed);
