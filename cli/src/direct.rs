@@ -240,10 +240,7 @@ fn print_batches(output: &Output, batches: &[BatchStatus]) {
     }
     let mut table = Table::new(vec!["batch", "state", "status", "succeeded", "failed", "total", "created"]);
     for batch in batches {
-        let state = serde_json::to_value(batch.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let state = crate::view::wire_name(&batch.state);
         table.row(vec![
             batch.batch_id.clone(),
             output.state(&state),

@@ -247,7 +247,9 @@ async fn copy_in(store: &dyn ObjectStore, key: &str, file: &Path) -> CliResult {
 /// Holds the directory for this process: two runs on one directory would each take
 /// the other's leases for dead ones.
 fn lock(dir: &Path) -> CliResult<std::fs::File> {
-    let path: PathBuf = dir.join(".batchline.lock");
+    let hidden = dir.join(".batchline");
+    std::fs::create_dir_all(&hidden).map_err(|e| CliError::file(&hidden, e))?;
+    let path: PathBuf = hidden.join("lock");
     let file = std::fs::File::create(&path).map_err(|e| CliError::file(&path, e))?;
     file.try_lock().map_err(|_| {
         CliError::Usage(format!(

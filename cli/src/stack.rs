@@ -198,9 +198,14 @@ pub async fn job(args: JobArgs, output: &Output) -> CliResult<bool> {
         Some(JobAction::Cancel { wait }) => {
             let answer = request_cancel(stack.store.as_ref(), &stack.clock, &args.id).await?;
             let said = match answer {
-                CancelRequest::Requested => "cancellation requested: poll cancels the open parts at their providers on its next run",
-                CancelRequest::AlreadyRequested => "cancellation was already requested",
-                CancelRequest::AlreadyClosed => "the job is already closed: nothing to cancel",
+                CancelRequest::Requested { .. } => "cancellation requested: poll cancels its open batches at the providers on its next run".to_string(),
+                CancelRequest::AlreadyRequested { requested_at } => {
+                    format!("cancellation was already requested at {requested_at}")
+                }
+                CancelRequest::AlreadyClosed { status } => {
+                    format!("the job is already closed ({}): nothing to cancel", JobView::status_name(status))
+                }
+                other => format!("{other:?}"),
             };
             eprintln!("job {}: {said}", args.id);
             match wait {

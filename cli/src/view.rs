@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use batchline::clock::Clock;
-use batchline::pipeline::job::{JobRecord, PartRecord};
+use batchline::pipeline::job::{JobRecord, JobStatus, PartRecord};
 use batchline::results::Usage;
 use serde::Serialize;
 
@@ -77,10 +77,7 @@ impl JobView {
             job_id: record.job_id.clone(),
             pipeline: record.pipeline().unwrap_or("default").to_string(),
             model: record.spec.as_ref().map(|spec| spec.model.to_string()),
-            status: serde_json::to_value(record.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            status: Self::status_name(record.status),
             failure: record.failure.clone(),
             rows: record.requests,
             succeeded: tally.succeeded,
@@ -93,6 +90,11 @@ impl JobView {
             age_seconds,
             parts: record.parts.iter().map(PartView::of).collect(),
         }
+    }
+
+    /// A job status as its record spells it (`open`, `completed`, …).
+    pub fn status_name(status: JobStatus) -> String {
+        wire_name(&status)
     }
 
     /// True once the job is closed: completed, failed or cancelled.
@@ -176,9 +178,7 @@ impl PartView {
             (None, true) if part.waiting_since.is_some() => ("waiting".to_string(), 0, 0),
             (None, _) => (
                 part.state
-                    .and_then(|s| serde_json::to_value(s).ok())
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_else(|| "created".to_string()),
+                    .map_or_else(|| "created".to_string(), |state| wire_name(&state)),
                 counts.succeeded,
                 counts.failed,
             ),
@@ -193,6 +193,14 @@ impl PartView {
             total: counts.total.max(part.llm_requests.unwrap_or(part.requests)),
         }
     }
+}
+
+/// How a unit enum is spelt in records and JSON output.
+pub fn wire_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn seconds_between(start: &str, end: &str) -> u64 {
