@@ -98,7 +98,8 @@ pub(super) const CANCELLED_WHILE_WAITING: &str =
 /// that runs and was not asked yet, and records the answers in the job record. A
 /// batch that ended already (the provider answers its end, or refuses the cancel) is
 /// not asked again; a call that failed otherwise (network, server error, throttling)
-/// is noted in the part and made again on the next tick, without failing the others.
+/// is noted in the job's `last_error` and made again on the next tick, without
+/// failing the others.
 /// Poll's status calls then see the batches end and queue them for collect as usual.
 /// Answers how many batches the provider took the cancel for.
 pub(super) async fn cancel_batches(
@@ -127,13 +128,14 @@ pub(super) async fn cancel_batches(
             };
             match answer {
                 Ok(_) => part.cancel_sent_at = Some(now.clone()),
-                Err(e) if ended_already(e) => {
-                    part.cancel_sent_at = Some(now.clone());
-                    part.poll_error = Some(format!("{now}: the provider refused the cancel: {e}"));
-                }
+                Err(e) if ended_already(e) => part.cancel_sent_at = Some(now.clone()),
+                // In the job, not the part: the status call that follows clears the
+                // part's `poll_error`.
                 Err(e) => {
-                    part.poll_error = Some(format!(
-                        "{now}: cancelling the batch failed (tried again next tick): {e}"
+                    record.last_error = Some(format!(
+                        "{now}: part {index}: cancelling batch {} failed (tried again next \
+                         tick): {e}",
+                        part.batch_id.as_deref().unwrap_or_default()
                     ));
                 }
             }

@@ -2136,3 +2136,40 @@ async fn a_closed_or_unknown_job_cannot_be_cancelled() {
         Err(PipelineError::UnknownJob { job }) if job == "no-such-job"
     ));
 }
+
+#[tokio::test]
+async fn a_cancel_call_that_failed_is_made_again_next_tick_without_holding_the_others_back() {
+    let s = Steps::new(Settings::default());
+    let (job, ids) = s
+        .start(
+            "cancel-retry",
+            4,
+            json!({"max_requests_per_part": 2}),
+            false,
+        )
+        .await;
+    s.provider.fail_cancels(1);
+    cancel(&s, &job).await.unwrap();
+    poll(&s.ctx).await.unwrap();
+    let record = s.record(&job).await;
+    assert_eq!(s.provider.cancels(), 2);
+    assert!(record.parts[0].cancel_sent_at.is_none());
+    let noted = record.last_error.as_deref().unwrap_or_default();
+    assert!(
+        noted.contains("part 0: cancelling batch batch_0 failed"),
+        "{noted}"
+    );
+    assert!(
+        record.parts[1].cancel_sent_at.is_some(),
+        "the other part was cancelled"
+    );
+    let collected = s.collect_queued(false).await;
+    assert_eq!(collected.len(), 1, "the cancelled batch is queued");
+    poll(&s.ctx).await.unwrap();
+    assert_eq!(s.provider.cancels(), 3, "asked again on the next tick");
+    assert_eq!(s.run_to_end(&job).await.status, JobStatus::Cancelled);
+    assert_eq!(s.provider.cancels(), 3);
+    let results = s.results(&job, &ids).await;
+    assert!(results.successes.is_empty());
+    assert!(results.error_types().values().all(|t| t == "cancelled"));
+}

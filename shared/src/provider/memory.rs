@@ -87,6 +87,8 @@ struct State {
     peak_open: usize,
     /// Cancel calls made, whatever they found.
     cancels: usize,
+    /// Cancel calls still to be answered with HTTP 500.
+    failing_cancels: u32,
 }
 
 #[derive(Debug)]
@@ -148,6 +150,11 @@ impl MemoryProvider {
     /// The most batches that were running at the same time.
     pub fn peak_open_batches(&self) -> usize {
         self.lock().peak_open
+    }
+
+    /// Answers the next `n` cancel calls with HTTP 500.
+    pub fn fail_cancels(&self, n: u32) {
+        self.lock().failing_cancels = n;
     }
 
     /// How many cancel calls were made.
@@ -362,7 +369,14 @@ impl BatchProvider for MemoryProvider {
     }
 
     async fn cancel(&self, batch_id: &str) -> Result<BatchStatus> {
-        self.lock().cancels += 1;
+        {
+            let mut state = self.lock();
+            state.cancels += 1;
+            if state.failing_cancels > 0 {
+                state.failing_cancels -= 1;
+                return Err(Self::refused(500, "The server had an error"));
+            }
+        }
         self.find(batch_id, |batch| {
             if batch.status.state == BatchState::Processing {
                 // A scripted cancellation says how many requests ran before it.
