@@ -9,8 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// pipeline's jobs.
 #[derive(Debug, Parser)]
 #[command(name = "batchline", version, propagate_version = true)]
-#[command(after_help = "Direct mode (no AWS): run, batches.  Stack mode (the deployed pipeline): \
-jobs, job, upload.\nExit codes: 0 done, 1 a job or batch failed, 2 usage or configuration error.")]
+#[command(
+    after_help = "Direct mode (no AWS): run, batches.  Stack mode (the deployed pipeline): \
+jobs, job, upload.\nExit codes: 0 done, 1 a job or batch failed, 2 usage or configuration error."
+)]
 pub struct Cli {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
@@ -26,9 +28,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a whole job from this machine: build, submit, wait, collect into DIR.
-    #[command(after_help = "Example:\n  batchline run invoices.jsonl --model openai/gpt-4o-mini \
+    #[command(
+        after_help = "Example:\n  batchline run invoices.jsonl --model openai/gpt-4o-mini \
 --schema invoice.schema.json --out ./invoices\n\nRunning the same command again (after Ctrl-C or \
-a crash) reattaches to the batches already created instead of paying for them twice.")]
+a crash) reattaches to the batches already created instead of paying for them twice."
+    )]
     Run(RunArgs),
     /// The provider's batches as the reference library's verbs: list, create, results, cancel.
     #[command(subcommand)]
@@ -37,14 +41,20 @@ a crash) reattaches to the batches already created instead of paying for them tw
     #[command(after_help = "Example:\n  batchline jobs --status open --stack batchline")]
     Jobs(JobsArgs),
     /// One job of the deployed pipeline: its parts, counts and cost; or an action on it.
-    #[command(after_help = "Examples:\n  batchline job 3f2a9c… --watch\n  batchline job 3f2a9c… \
-cancel\n  batchline job 3f2a9c… results --format csv -o invoices.csv")]
+    #[command(
+        after_help = "Examples:\n  batchline job 3f2a9c… --watch\n  batchline job 3f2a9c… \
+cancel\n  batchline job 3f2a9c… results --format csv -o invoices.csv"
+    )]
     Job(JobArgs),
     /// Upload a file to the deployed pipeline's inbox, which starts a job.
-    #[command(after_help = "Example:\n  batchline upload invoices.jsonl --pipeline invoices --wait")]
+    #[command(
+        after_help = "Example:\n  batchline upload invoices.jsonl --pipeline invoices --wait"
+    )]
     Upload(UploadArgs),
     /// Print a completion script for a shell.
-    #[command(after_help = "Example:\n  batchline completions bash > ~/.local/share/bash-completion/completions/batchline")]
+    #[command(
+        after_help = "Example:\n  batchline completions bash > ~/.local/share/bash-completion/completions/batchline"
+    )]
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
@@ -90,7 +100,9 @@ pub enum BatchesCommand {
         provider: ProviderKind,
     },
     /// Create a batch from a file in the provider's own batch format, sent as it is.
-    #[command(after_help = "Example:\n  batchline batches create --file requests.jsonl --model openai/gpt-4o-mini")]
+    #[command(
+        after_help = "Example:\n  batchline batches create --file requests.jsonl --model openai/gpt-4o-mini"
+    )]
     Create {
         /// The provider-format JSONL file.
         #[arg(long)]
@@ -100,8 +112,10 @@ pub enum BatchesCommand {
         model: String,
     },
     /// Parse a finished batch's results into successes and errors, one JSONL line per request.
-    #[command(after_help = "Example:\n  batchline batches results --batch-id batch_abc123 \
---provider openai --schema invoice.schema.json --output results.jsonl")]
+    #[command(
+        after_help = "Example:\n  batchline batches results --batch-id batch_abc123 \
+--provider openai --schema invoice.schema.json --output results.jsonl"
+    )]
     Results {
         /// The provider's batch id.
         #[arg(long)]
@@ -117,7 +131,9 @@ pub enum BatchesCommand {
         output: PathBuf,
     },
     /// Cancel a batch; requests that ran keep their results.
-    #[command(after_help = "Example:\n  batchline batches cancel --batch-id batch_abc123 --provider openai")]
+    #[command(
+        after_help = "Example:\n  batchline batches cancel --batch-id batch_abc123 --provider openai"
+    )]
     Cancel {
         /// The provider's batch id.
         #[arg(long)]
@@ -173,7 +189,10 @@ pub enum StatusFilter {
 
 /// `batchline job ID [action]`.
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = false, subcommand_negates_reqs = false)]
+#[command(
+    args_conflicts_with_subcommands = false,
+    subcommand_negates_reqs = false
+)]
 pub struct JobArgs {
     /// The job's id.
     pub id: String,
@@ -240,7 +259,8 @@ pub struct UploadArgs {
 }
 
 fn provider_kind(raw: &str) -> Result<ProviderKind, String> {
-    raw.parse().map_err(|e: batchline::model::InvalidModel| e.to_string())
+    raw.parse()
+        .map_err(|e: batchline::model::InvalidModel| e.to_string())
 }
 
 #[cfg(test)]
@@ -261,6 +281,9 @@ mod tests {
             panic!("not a job command");
         };
         assert_eq!(job.id, "j1");
-        assert!(matches!(job.action, Some(JobAction::Cancel { wait: false })));
+        assert!(matches!(
+            job.action,
+            Some(JobAction::Cancel { wait: false })
+        ));
     }
 }

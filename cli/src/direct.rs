@@ -86,7 +86,8 @@ pub async fn batches(command: BatchesCommand, output: &Output) -> CliResult {
                     status.raw_status
                 )));
             }
-            let tally = write_outcomes(client.as_ref(), provider, &format, &batch_id, &path).await?;
+            let tally =
+                write_outcomes(client.as_ref(), provider, &format, &batch_id, &path).await?;
             if output.json {
                 output.print_json(&tally);
             } else {
@@ -101,7 +102,11 @@ pub async fn batches(command: BatchesCommand, output: &Output) -> CliResult {
             Ok(())
         }
         BatchesCommand::Cancel { batch_id, provider } => {
-            let status = providers.provider(provider).await?.cancel(&batch_id).await?;
+            let status = providers
+                .provider(provider)
+                .await?
+                .cancel(&batch_id)
+                .await?;
             print_batches(output, std::slice::from_ref(&status));
             Ok(())
         }
@@ -238,7 +243,15 @@ fn print_batches(output: &Output, batches: &[BatchStatus]) {
         output.print_json(&batches);
         return;
     }
-    let mut table = Table::new(vec!["batch", "state", "status", "succeeded", "failed", "total", "created"]);
+    let mut table = Table::new(vec![
+        "batch",
+        "state",
+        "status",
+        "succeeded",
+        "failed",
+        "total",
+        "created",
+    ]);
     for batch in batches {
         let state = crate::view::wire_name(&batch.state);
         table.row(vec![

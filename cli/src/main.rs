@@ -41,7 +41,12 @@ async fn dispatch(command: Command, output: &Output) -> CliResult<bool> {
         Command::Job(args) => stack::job(args, output).await,
         Command::Upload(args) => stack::upload(args, output).await,
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "batchline", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "batchline",
+                &mut std::io::stdout(),
+            );
             Ok(true)
         }
     }

@@ -136,7 +136,10 @@ async fn finish(
         println!("{}", String::from_utf8_lossy(&summary));
     } else {
         progress.show(output, view.lines(output));
-        println!("results: {}", keys::summary(&view.job_id).trim_end_matches("summary.json"));
+        println!(
+            "results: {}",
+            keys::summary(&view.job_id).trim_end_matches("summary.json")
+        );
     }
     Ok(view.ended_well())
 }
@@ -177,7 +180,11 @@ async fn spec_of(args: &RunArgs) -> CliResult<Option<JobSpec>> {
 /// Puts the input (and the spec) where submit reads them. An input already there with
 /// the same bytes is kept, so that its entity tag, and with it the job's id, stays the
 /// same for a rerun of the same command.
-async fn stage_input(store: &dyn ObjectStore, file: &Path, spec: Option<&JobSpec>) -> CliResult<String> {
+async fn stage_input(
+    store: &dyn ObjectStore,
+    file: &Path,
+    spec: Option<&JobSpec>,
+) -> CliResult<String> {
     let name = file_name(file);
     let key = match spec {
         Some(spec) => {
@@ -197,7 +204,9 @@ async fn stage_input(store: &dyn ObjectStore, file: &Path, spec: Option<&JobSpec
 
 /// True when the object at `key` holds exactly the bytes of `file`.
 async fn same_bytes(store: &dyn ObjectStore, key: &str, file: &Path) -> CliResult<bool> {
-    let size = std::fs::metadata(file).map_err(|e| CliError::file(file, e))?.len();
+    let size = std::fs::metadata(file)
+        .map_err(|e| CliError::file(file, e))?
+        .len();
     match store.head(key, None).await {
         Ok(meta) if meta.size == size => {}
         Ok(_) | Err(StoreError::NotFound { .. }) => return Ok(false),

@@ -15,7 +15,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
-use crate::args::{JobAction, JobArgs, JobsArgs, ResultsFormat, StackArgs, StatusFilter, UploadArgs};
+use crate::args::{
+    JobAction, JobArgs, JobsArgs, ResultsFormat, StackArgs, StatusFilter, UploadArgs,
+};
 use crate::direct::{Sink, file_name};
 use crate::error::{CliError, CliResult};
 use crate::output::{Output, Progress, Table, cost, duration};
@@ -38,8 +40,8 @@ impl Stack {
     /// Connects with `args`: the bucket from `--bucket`, `BATCHLINE_BUCKET` or the
     /// stack's outputs.
     pub async fn connect(args: &StackArgs) -> CliResult<Self> {
-        let mut loader =
-            aws_config::defaults(BehaviorVersion::latest()).http_client(batchline::aws::https_client());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(batchline::aws::https_client());
         if let Some(profile) = &args.profile {
             loader = loader.profile_name(profile);
         }
@@ -140,7 +142,9 @@ pub async fn jobs(args: JobsArgs, output: &Output) -> CliResult<bool> {
         .map_ok(|record| JobView::of(&record, &stack.clock))
         .try_filter(|view| {
             let keep = args.pipeline.as_deref().is_none_or(|p| p == view.pipeline)
-                && args.status.is_none_or(|status| matches_status(status, &view.status));
+                && args
+                    .status
+                    .is_none_or(|status| matches_status(status, &view.status));
             async move { keep }
         })
         .try_collect()
@@ -151,7 +155,15 @@ pub async fn jobs(args: JobsArgs, output: &Output) -> CliResult<bool> {
         return Ok(true);
     }
     let mut table = Table::new(vec![
-        "job", "pipeline", "model", "state", "rows", "succeeded", "failed", "cost", "age",
+        "job",
+        "pipeline",
+        "model",
+        "state",
+        "rows",
+        "succeeded",
+        "failed",
+        "cost",
+        "age",
     ]);
     for view in &views {
         table.row(vec![
@@ -209,7 +221,10 @@ pub async fn job(args: JobArgs, output: &Output) -> CliResult<bool> {
             };
             eprintln!("job {}: {said}", args.id);
             match wait {
-                true => stack.follow(&args.id, args.every, output).await.map(|_| true),
+                true => stack
+                    .follow(&args.id, args.every, output)
+                    .await
+                    .map(|_| true),
                 false => Ok(true),
             }
         }
@@ -220,7 +235,11 @@ pub async fn job(args: JobArgs, output: &Output) -> CliResult<bool> {
         }) => {
             let record = stack.record(&args.id).await?;
             let written = write_results(&stack, &record, format, errors, &path).await?;
-            eprintln!("{written} {} -> {}", if errors { "errors" } else { "successes" }, path.display());
+            eprintln!(
+                "{written} {} -> {}",
+                if errors { "errors" } else { "successes" },
+                path.display()
+            );
             Ok(true)
         }
     }
@@ -237,7 +256,11 @@ async fn write_results(
     let files = record.result_files();
     let keys: Vec<&String> = match errors {
         true => files.errors.iter().collect(),
-        false => files.successes.iter().filter(|k| k.ends_with(".jsonl")).collect(),
+        false => files
+            .successes
+            .iter()
+            .filter(|k| k.ends_with(".jsonl"))
+            .collect(),
     };
     let columns = match (format, errors) {
         (ResultsFormat::Jsonl, _) => None,
@@ -322,13 +345,13 @@ impl Columns {
         let cells: Vec<String> = self
             .paths
             .iter()
-            .map(|path| {
-                match path.iter().try_fold(&value, |v, key| v.get(key)) {
+            .map(
+                |path| match path.iter().try_fold(&value, |v, key| v.get(key)) {
                     None | Some(Value::Null) => String::new(),
                     Some(Value::String(s)) => s.clone(),
                     Some(other) => other.to_string(),
-                }
-            })
+                },
+            )
             .collect();
         write_csv_row(cells.iter().map(String::as_str), out);
     }
@@ -430,7 +453,12 @@ pub async fn upload(args: UploadArgs, output: &Output) -> CliResult<bool> {
     }
     // The job record appears once the submit function has taken the upload.
     let mut waited = Duration::ZERO;
-    while !stack.store.head(&keys::job_record(&job_id), None).await.is_ok() {
+    while !stack
+        .store
+        .head(&keys::job_record(&job_id), None)
+        .await
+        .is_ok()
+    {
         if waited > Duration::from_secs(15 * 60) {
             return Err(CliError::Failed(format!(
                 "no job {job_id} after 15 minutes: is the bucket's inbox wired to the submit function?"

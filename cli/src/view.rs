@@ -109,24 +109,22 @@ impl JobView {
 
     /// The job's headline and its parts, as lines.
     pub fn lines(&self, output: &Output) -> Vec<String> {
-        let mut lines = vec![
-            format!(
-                "job {}  {}  {}  {} rows: {} succeeded, {} failed{}  {}  {}",
-                self.job_id,
-                self.model.as_deref().unwrap_or("-"),
-                output.state(&self.status),
-                self.rows,
-                self.succeeded,
-                self.failed,
-                if self.skipped > 0 {
-                    format!(", {} skipped", self.skipped)
-                } else {
-                    String::new()
-                },
-                cost(self.cost_usd),
-                duration(self.age_seconds as i64),
-            ),
-        ];
+        let mut lines = vec![format!(
+            "job {}  {}  {}  {} rows: {} succeeded, {} failed{}  {}  {}",
+            self.job_id,
+            self.model.as_deref().unwrap_or("-"),
+            output.state(&self.status),
+            self.rows,
+            self.succeeded,
+            self.failed,
+            if self.skipped > 0 {
+                format!(", {} skipped", self.skipped)
+            } else {
+                String::new()
+            },
+            cost(self.cost_usd),
+            duration(self.age_seconds as i64),
+        )];
         if let Some(failure) = &self.failure {
             lines.push(format!("  failure: {failure}"));
         }

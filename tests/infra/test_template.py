@@ -577,7 +577,7 @@ def test_no_secret_is_readable_when_none_is_configured(template):
 def test_bedrock_access_exists_only_when_configured_and_is_scoped(template):
     """The service role is Bedrock's alone, reads only job input, writes only job output and
     invokes only the configured model; the functions pass only that role, only to Bedrock."""
-    conditional = ("BedrockServiceRole", "BedrockJobsPolicy", "BedrockOutputReadPolicy")
+    conditional = ("BedrockServiceRole", "BedrockJobsPolicy", "BedrockOutputReadPolicy", "BedrockStopJobsPolicy")
     for name in conditional:
         assert template["Resources"][name]["Condition"] == "HasBedrock"
     assert template["Conditions"]["HasBedrock"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "BedrockModelId"}, ""]}]}
@@ -615,6 +615,10 @@ def test_bedrock_access_exists_only_when_configured_and_is_scoped(template):
         "bedrock:tagresource",
         "bedrock:listmodelinvocationjobs",
     }
+    # Only poll stops jobs (a cancelled job's), and only batch jobs of this account.
+    (stop,) = template["Resources"]["BedrockStopJobsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement_actions(stop) == ["bedrock:stopmodelinvocationjob"]
+    assert render(stop["Resource"]) == [BEDROCK_JOBS_ARN]
     attached = {
         role: [render(entry) for entry in template["Resources"][role]["Properties"]["ManagedPolicyArns"]]
         for role in FUNCTIONS_ROLES
@@ -622,6 +626,7 @@ def test_bedrock_access_exists_only_when_configured_and_is_scoped(template):
     for role, policies in attached.items():
         assert ["${BedrockJobsPolicy}"] in policies, role
         assert (["${BedrockOutputReadPolicy}"] in policies) == (role == "CollectRole"), role
+        assert (["${BedrockStopJobsPolicy}"] in policies) == (role == "PollRole"), role
 
 
 FUNCTIONS_ROLES = ("SubmitRole", "PollRole", "CollectRole")

@@ -171,7 +171,11 @@ async fn run_interrupted_after_submit_reattaches_without_a_second_paid_batch() {
 
     let resumed = run(&mut direct(&emulator), &args).await;
     assert!(resumed.status.success());
-    assert_eq!(openai_batches(&emulator).await.len(), 3, "no second paid batch");
+    assert_eq!(
+        openai_batches(&emulator).await.len(),
+        3,
+        "no second paid batch"
+    );
     let jobs: Vec<_> = std::fs::read_dir(out.join("results")).unwrap().collect();
     assert_eq!(jobs.len(), 1, "one job");
     let job_dir = jobs[0].as_ref().unwrap().path();
@@ -224,16 +228,35 @@ async fn batches_verbs_work_on_a_batch_created_by_another_tool() {
 
     let created = run(
         &mut direct(&emulator),
-        &["batches", "create", "--file", requests.to_str().unwrap(), "--model", "openai/gpt-4o-mini", "--json"],
+        &[
+            "batches",
+            "create",
+            "--file",
+            requests.to_str().unwrap(),
+            "--model",
+            "openai/gpt-4o-mini",
+            "--json",
+        ],
     )
     .await;
     assert!(created.status.success());
-    let batch_id = stdout_json(&created)[0]["batch_id"].as_str().unwrap().to_string();
+    let batch_id = stdout_json(&created)[0]["batch_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
-    let listed = run(&mut direct(&emulator), &["batches", "list", "--provider", "openai", "--json"]).await;
+    let listed = run(
+        &mut direct(&emulator),
+        &["batches", "list", "--provider", "openai", "--json"],
+    )
+    .await;
     assert!(listed.status.success());
     assert!(
-        stdout_json(&listed).as_array().unwrap().iter().any(|b| b["batch_id"] == batch_id.as_str())
+        stdout_json(&listed)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["batch_id"] == batch_id.as_str())
     );
 
     // Not ended yet: results are refused with a usage error, not an empty file.
@@ -241,26 +264,54 @@ async fn batches_verbs_work_on_a_batch_created_by_another_tool() {
     let out = dir.path().join("results.jsonl");
     let results = run(
         &mut direct(&emulator),
-        &["batches", "results", "--batch-id", &batch_id, "--provider", "openai", "--schema", schema.to_str().unwrap(), "--output", out.to_str().unwrap()],
+        &[
+            "batches",
+            "results",
+            "--batch-id",
+            &batch_id,
+            "--provider",
+            "openai",
+            "--schema",
+            schema.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
     )
     .await;
     assert!(results.status.success());
     let outcomes = json_lines(&out);
-    let mut ids: Vec<&str> = outcomes.iter().map(|o| o["custom_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = outcomes
+        .iter()
+        .map(|o| o["custom_id"].as_str().unwrap())
+        .collect();
     ids.sort();
     assert_eq!(ids, ["other-0", "other-1", "other-2", "other-3"]);
-    assert!(outcomes.iter().all(|o| o["result"]["vendor"].is_string()), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| o["result"]["vendor"].is_string()),
+        "{outcomes:?}"
+    );
 
     // Cancelling an ended batch is the provider's error, exit 1, and no key is printed.
     let cancelled = run(
         &mut direct(&emulator),
-        &["batches", "cancel", "--batch-id", &batch_id, "--provider", "openai"],
+        &[
+            "batches",
+            "cancel",
+            "--batch-id",
+            &batch_id,
+            "--provider",
+            "openai",
+        ],
     )
     .await;
     assert!(!String::from_utf8_lossy(&cancelled.stderr).contains(API_KEY));
 
     // A missing key is a configuration error: exit 2, the variable named.
-    let no_key = run(&mut batchline(), &["batches", "list", "--provider", "openai"]).await;
+    let no_key = run(
+        &mut batchline(),
+        &["batches", "list", "--provider", "openai"],
+    )
+    .await;
     assert_eq!(no_key.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("OPENAI_API_KEY"));
 }
@@ -296,7 +347,18 @@ async fn stack_mode_follows_lists_fetches_and_cancels_the_deployed_pipelines_job
     std::fs::write(&file, body).unwrap();
 
     h.emulator.finish_all(true);
-    let uploaded = run(&mut stack(&h), &["upload", file.to_str().unwrap(), "--wait", "--every", "0.2", "--json"]).await;
+    let uploaded = run(
+        &mut stack(&h),
+        &[
+            "upload",
+            file.to_str().unwrap(),
+            "--wait",
+            "--every",
+            "0.2",
+            "--json",
+        ],
+    )
+    .await;
     assert!(uploaded.status.success());
     let view = stdout_json(&uploaded);
     let job_id = view["job_id"].as_str().unwrap().to_string();
@@ -305,7 +367,13 @@ async fn stack_mode_follows_lists_fetches_and_cancels_the_deployed_pipelines_job
 
     let listed = run(&mut stack(&h), &["jobs", "--status", "completed", "--json"]).await;
     assert!(listed.status.success());
-    assert!(stdout_json(&listed).as_array().unwrap().iter().any(|j| j["job_id"] == job_id.as_str()));
+    assert!(
+        stdout_json(&listed)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["job_id"] == job_id.as_str())
+    );
     let open = run(&mut stack(&h), &["jobs", "--status", "open", "--json"]).await;
     assert!(stdout_json(&open).as_array().unwrap().is_empty());
 
@@ -313,11 +381,28 @@ async fn stack_mode_follows_lists_fetches_and_cancels_the_deployed_pipelines_job
     assert!(shown.status.success());
     let shown = stdout_json(&shown);
     assert_eq!(shown["rows"], 6);
-    assert!(shown["parts"][0]["batch_id"].as_str().unwrap().starts_with("batch_"));
+    assert!(
+        shown["parts"][0]["batch_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("batch_")
+    );
     assert!(shown["usage"]["input_tokens"].as_u64().unwrap() > 0);
 
     let csv = dir.path().join("invoices.csv");
-    let fetched = run(&mut stack(&h), &["job", &job_id, "results", "--format", "csv", "-o", csv.to_str().unwrap()]).await;
+    let fetched = run(
+        &mut stack(&h),
+        &[
+            "job",
+            &job_id,
+            "results",
+            "--format",
+            "csv",
+            "-o",
+            csv.to_str().unwrap(),
+        ],
+    )
+    .await;
     assert!(fetched.status.success());
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
@@ -333,24 +418,71 @@ async fn stack_mode_follows_lists_fetches_and_cancels_the_deployed_pipelines_job
     let (body, _) = job_file(ProviderKind::OpenAi, 5, &[]);
     let slow = dir.path().join("slow.jsonl");
     std::fs::write(&slow, body).unwrap();
-    let uploaded = run(&mut stack(&h), &["upload", slow.to_str().unwrap(), "--json"]).await;
-    let slow_id = stdout_json(&uploaded)["job_id"].as_str().unwrap().to_string();
+    let uploaded = run(
+        &mut stack(&h),
+        &["upload", slow.to_str().unwrap(), "--json"],
+    )
+    .await;
+    let slow_id = stdout_json(&uploaded)["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !h.ctx.store.head(&keys::job_record(&slow_id), None).await.is_ok()
-        || h.record(&slow_id).await.parts.iter().any(|p| p.batch_id.is_none())
+    while !h
+        .ctx
+        .store
+        .head(&keys::job_record(&slow_id), None)
+        .await
+        .is_ok()
+        || h.record(&slow_id)
+            .await
+            .parts
+            .iter()
+            .any(|p| p.batch_id.is_none())
     {
-        assert!(Instant::now() < deadline, "the pipeline did not submit {slow_id}");
+        assert!(
+            Instant::now() < deadline,
+            "the pipeline did not submit {slow_id}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let cancelled = run(&mut stack(&h), &["job", &slow_id, "cancel", "--wait", "--every", "0.2", "--json"]).await;
+    let cancelled = run(
+        &mut stack(&h),
+        &[
+            "job", &slow_id, "cancel", "--wait", "--every", "0.2", "--json",
+        ],
+    )
+    .await;
     let view = stdout_json(&cancelled);
-    assert_eq!(cancelled.status.code(), Some(1), "a cancelled job is not done");
+    assert_eq!(
+        cancelled.status.code(),
+        Some(1),
+        "a cancelled job is not done"
+    );
     assert_eq!(view["status"], "cancelled");
-    assert_eq!(view["succeeded"].as_u64().unwrap() + view["failed"].as_u64().unwrap(), 5);
+    assert_eq!(
+        view["succeeded"].as_u64().unwrap() + view["failed"].as_u64().unwrap(),
+        5
+    );
     let errors = dir.path().join("errors.jsonl");
-    let fetched = run(&mut stack(&h), &["job", &slow_id, "results", "--errors", "-o", errors.to_str().unwrap()]).await;
+    let fetched = run(
+        &mut stack(&h),
+        &[
+            "job",
+            &slow_id,
+            "results",
+            "--errors",
+            "-o",
+            errors.to_str().unwrap(),
+        ],
+    )
+    .await;
     assert!(fetched.status.success());
-    assert!(json_lines(&errors).iter().all(|e| e["error_type"] == "cancelled"));
+    assert!(
+        json_lines(&errors)
+            .iter()
+            .all(|e| e["error_type"] == "cancelled")
+    );
 
     let missing = run(&mut batchline(), &["jobs"]).await;
     assert_eq!(missing.status.code(), Some(2), "no bucket is a usage error");
@@ -364,7 +496,10 @@ async fn help_shows_an_example_and_completions_are_generated() {
     for command in ["run", "jobs", "job", "upload"] {
         let help = run(&mut batchline(), &[command, "--help"]).await;
         assert!(help.status.success());
-        assert!(String::from_utf8_lossy(&help.stdout).contains("Example"), "{command}");
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("Example"),
+            "{command}"
+        );
     }
     let completions = run(&mut batchline(), &["completions", "bash"]).await;
     assert!(String::from_utf8_lossy(&completions.stdout).contains("batchline"));

@@ -169,10 +169,10 @@ impl CollectRun<'_> {
         // A part poll gave up on is not asked again; a status that cannot be read on
         // the last delivery is recorded: either way every request gets an error that
         // says why, and nothing stays unknown.
-        let (status, mut read_failure) = match (&self.part.deadline_passed, &self.part.abandoned) {
-            (Some(reason), _) => (
+        let (status, mut read_failure) = match (self.part.given_up(), &self.part.abandoned) {
+            (Some((kind, reason)), _) => (
                 self.part.last_seen_status(self.batch_id),
-                Some((error_type::EXPIRED, reason.clone())),
+                Some((kind, reason.to_string())),
             ),
             (None, Some(reason)) => (
                 self.part.last_seen_status(self.batch_id),
@@ -207,9 +207,11 @@ impl CollectRun<'_> {
         // packed request that was too long always (in smaller requests).
         let retry = RetryRule {
             provider: descriptor(provider_kind),
-            // Past the deadline nothing is submitted again.
+            // Past the deadline, or once the job's cancellation is requested, nothing
+            // is submitted again.
             attempts_left: self.part.attempt < self.spec.max_attempts
-                && self.part.deadline_passed.is_none(),
+                && self.part.deadline_passed.is_none()
+                && self.record.cancel_requested_at.is_none(),
             request_sizes: packed.then_some(request_sizes),
         };
         let mut part_run = PartRun::new(ctx, self.record, self.part, &ids, &kept, retry)?;
@@ -292,11 +294,8 @@ impl CollectRun<'_> {
                 && record.parts.iter().all(|p| p.collected.is_some());
             if closed {
                 // A failure noted while the job ran (an upload not read to its end)
-                // makes it failed once its parts are in.
-                record.status = match record.failure {
-                    Some(_) => JobStatus::Failed,
-                    None => JobStatus::Completed,
-                };
+                // makes it failed once its parts are in, a cancellation cancelled.
+                record.status = record.closing_status();
             }
             true
         })
@@ -445,8 +444,8 @@ struct RetryPart {
 /// Failures worth another attempt: throttling, overload and server errors (each
 /// provider's own types for them, from its descriptor), and requests that never ran
 /// because the batch expired. Failures of the request itself (invalid, refused,
-/// schema) would fail again. A cancellation is a person's decision (batchline never
-/// cancels a batch): it is final, never resubmitted.
+/// schema) would fail again. A cancellation is a person's decision (in the provider's
+/// console, or the job's cancellation request): it is final, never resubmitted.
 fn is_retryable(provider: &dyn ProviderDescriptor, failure: &Failure) -> bool {
     matches!(
         failure.error_type.as_str(),

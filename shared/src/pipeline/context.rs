@@ -55,6 +55,12 @@ pub enum PipelineError {
         /// When the lease ends (RFC 3339).
         until: String,
     },
+    /// No job has this id (a cancellation request for a job that does not exist).
+    #[error("there is no job {job}")]
+    UnknownJob {
+        /// The job's id.
+        job: String,
+    },
     /// A ready message names a part the job does not have.
     #[error("job {job} has no part {part}")]
     UnknownPart {

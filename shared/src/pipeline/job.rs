@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::context::PipelineError;
 use super::spec::JobSpec;
-use crate::results::Usage;
+use crate::results::{Usage, error_type};
 use crate::status::BatchState;
 use crate::storage::{ObjectStore, PutMode, StoreError};
 use crate::table::TableLayout;
@@ -162,7 +162,7 @@ impl SourceObject {
 }
 
 /// Where a job is: submitting, open while its parts are at the provider, then
-/// completed or failed.
+/// completed, failed or cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
@@ -174,6 +174,39 @@ pub enum JobStatus {
     Completed,
     /// A whole-file problem; nothing (more) was submitted.
     Failed,
+    /// Closed after its cancellation was requested ([`JobRecord::cancel_requested_at`]):
+    /// the rows that ran before have their outcome, every other row is a `cancelled`
+    /// error.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// True once the job is closed: nothing about it changes any more.
+    pub fn is_closed(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Why a part was given up without a batch, which decides its rows' error type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GiveUp {
+    /// It still waited for quota at the job's deadline: its rows are `expired`.
+    #[default]
+    Deadline,
+    /// The job's cancellation was requested before it was sent: its rows are
+    /// `cancelled`.
+    Cancel,
+}
+
+impl GiveUp {
+    /// The error type of the rows of a part given up so.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            Self::Deadline => error_type::EXPIRED,
+            Self::Cancel => error_type::CANCELLED,
+        }
+    }
 }
 
 /// What collect found for one part.
@@ -289,10 +322,20 @@ pub struct PartRecord {
     /// A poll is creating the waiting part's batch until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_lease_until: Option<String>,
-    /// Set when the part still waited for quota at the job's deadline: collect records
-    /// its rows as `expired` with this reason, without a batch.
+    /// Set when the part was given up without a batch (see [`PartRecord::give_up`]):
+    /// it still waited for quota at the job's deadline, or, as `given_up_for` says,
+    /// the job's cancellation came first. Collect records its rows as errors with
+    /// this reason, without a batch. (The name is the one older records have.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_passed: Option<String>,
+    /// Why the part was given up, when `deadline_passed` is set; absent in records
+    /// written before cancellation existed, which were all given up at the deadline.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub given_up_for: GiveUp,
+    /// When poll asked the provider to cancel the part's batch, after the job's
+    /// cancellation was requested (or found it ended already): it is not asked again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_sent_at: Option<String>,
 }
 
 impl PartRecord {
@@ -311,9 +354,23 @@ impl PartRecord {
         }
     }
 
-    /// True once submit is done with the part: its batch exists, or it waits for quota.
+    /// True once submit is done with the part: its batch exists, it waits for quota,
+    /// or it was given up.
     pub fn is_submitted(&self) -> bool {
-        self.batch_id.is_some() || self.waiting_since.is_some()
+        self.batch_id.is_some() || self.waiting_since.is_some() || self.deadline_passed.is_some()
+    }
+
+    /// Gives the part up without a batch, for `why` with `reason`: collect then
+    /// records every row of it as an error of `why`'s type, without a provider call.
+    pub fn give_up(&mut self, why: GiveUp, reason: String) {
+        self.deadline_passed = Some(reason);
+        self.given_up_for = why;
+    }
+
+    /// For a part given up without a batch, its rows' error type and the reason.
+    pub fn given_up(&self) -> Option<(&'static str, &str)> {
+        let reason = self.deadline_passed.as_deref()?;
+        Some((self.given_up_for.error_type(), reason))
     }
 
     /// True while the part's batch exists and has not ended, as last seen: it holds
@@ -373,7 +430,9 @@ impl PartRecord {
         record
     }
 
-    fn unsubmitted(part: &crate::build::BatchPart) -> Self {
+    /// A part without a batch, not waiting: what the other constructors start from,
+    /// and a part given up before it was sent (see [`PartRecord::give_up`]).
+    pub fn unsubmitted(part: &crate::build::BatchPart) -> Self {
         Self {
             index: part.index,
             requests: part.custom_ids.len() as u64,
@@ -398,6 +457,8 @@ impl PartRecord {
             waited_seconds: 0,
             create_lease_until: None,
             deadline_passed: None,
+            given_up_for: GiveUp::default(),
+            cancel_sent_at: None,
         }
     }
 }
@@ -470,6 +531,11 @@ pub struct JobRecord {
     /// The submit invocations that skipped rows (each wrote its skipped file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_by: Vec<u32>,
+    /// When the job's cancellation was requested (`pipeline::cancel`): nothing more
+    /// is sent to the provider, poll cancels the batches that run, and the job closes
+    /// as [`JobStatus::Cancelled`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_at: Option<String>,
 }
 
 /// How far submit read an upload it handed over: every row before `offset` is in a
@@ -554,6 +620,17 @@ impl JobRecord {
     /// under one.
     pub fn pipeline(&self) -> Option<&str> {
         keys::pipeline_of(&self.rows_source().key)
+    }
+
+    /// The status the job closes with once its parts are in: failed for a whole-file
+    /// problem noted while it ran (it weighs more than a cancellation), cancelled when
+    /// its cancellation was requested, else completed.
+    pub fn closing_status(&self) -> JobStatus {
+        match (&self.failure, &self.cancel_requested_at) {
+            (Some(_), _) => JobStatus::Failed,
+            (None, Some(_)) => JobStatus::Cancelled,
+            (None, None) => JobStatus::Completed,
+        }
     }
 
     /// The result files written so far, in part order.
@@ -722,6 +799,48 @@ pub async fn save(store: &dyn ObjectStore, versioned: &mut Versioned) -> Result<
         )
         .await?;
     Ok(())
+}
+
+/// `save` for the submit that holds the job's lease, `held` as it last wrote it: a
+/// cancellation requested since (the one write another step makes to a record whose
+/// submit holds the lease) is taken into the record, and the write is made again.
+/// Any other write in between (a submit that took the job over after the lease
+/// passed) is a conflict, as with `save`.
+pub async fn save_leased(
+    store: &dyn ObjectStore,
+    versioned: &mut Versioned,
+    held: Option<&str>,
+) -> Result<(), PipelineError> {
+    match save(store, versioned).await {
+        Err(PipelineError::Store(StoreError::Conflict { .. }))
+            if adopt_cancel(store, versioned, held).await? =>
+        {
+            save(store, versioned).await
+        }
+        other => other,
+    }
+}
+
+/// Takes into `versioned` a cancellation requested since the submit holding the
+/// lease `held` last read or wrote the record, with the entity tag of that write;
+/// true when there was one. False when nothing changed, or something else did (the
+/// next `save` then fails with a conflict).
+pub async fn adopt_cancel(
+    store: &dyn ObjectStore,
+    versioned: &mut Versioned,
+    held: Option<&str>,
+) -> Result<bool, PipelineError> {
+    let fresh = load(store, &versioned.record.job_id).await?;
+    // A submit that took the job over wrote a later lease; failing it changed the status.
+    let adopt = fresh.etag != versioned.etag
+        && fresh.record.status == JobStatus::Submitting
+        && fresh.record.submit_lease_until.as_deref() == held
+        && fresh.record.cancel_requested_at.is_some();
+    if adopt {
+        versioned.record.cancel_requested_at = fresh.record.cancel_requested_at;
+        versioned.etag = fresh.etag;
+    }
+    Ok(adopt)
 }
 
 /// Read-modify-write with retries on conflict: `change` is applied to the freshest

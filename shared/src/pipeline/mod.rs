@@ -3,6 +3,7 @@
 //! validated results in S3). Each step is idempotent;
 //! `ARCHITECTURE.md` at the repository root states the invariant every step keeps.
 
+pub mod cancel;
 pub mod collect;
 mod context;
 mod csv_input;
@@ -32,6 +33,7 @@ pub mod template;
 mod upload;
 mod waiting;
 
+pub use cancel::{CancelRequest, request_cancel};
 pub use collect::{CollectOutcome, collect};
 pub use context::{Context, PipelineError, ProviderSource, Settings};
 pub use poll::{ListedPoll, PollReport, poll, poll_listed};

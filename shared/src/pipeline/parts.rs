@@ -1,15 +1,16 @@
 //! What submit, poll and collect share about a part: reading the uploaded object's
 //! requests (again, for a retry part), storing the part and creating its provider
-//! batch (or recording it waiting for quota).
+//! batch (or recording it waiting for quota, or given up for the job's cancellation).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 
+use super::cancel::CANCELLED_BEFORE_SENT;
 use super::context::{Context, PipelineError};
 use super::csv_input::is_csv_key;
 use super::input::{InputError, InputLine, LineReader};
-use super::job::{PartRecord, SourceObject, keys};
+use super::job::{GiveUp, PartRecord, SourceObject, keys};
 use super::row::{InputRow, KeptValues, kept_file};
 use super::spec::{self, JobSpec};
 use super::upload::{UploadRows, next_line};
@@ -88,12 +89,16 @@ pub(super) enum Start {
     },
     /// Creating it would pass a known quota: the part waits.
     Wait,
+    /// The job's cancellation was requested: the part is given up, never sent, and
+    /// its rows become `cancelled` errors.
+    Cancelled,
 }
 
 /// Writes the part's manifest (its ids in row order), its `.kept` file from `kept`
 /// (every row of the part by id) when the job keeps values, and its batch input; then
 /// starts its batch as `start` says. A part the provider refuses for quota, or one
-/// told to wait, is recorded waiting (see [`PartRecord::waiting`]).
+/// told to wait, is recorded waiting (see [`PartRecord::waiting`]); a cancelled one
+/// is recorded given up, with its manifest for collect but no batch input.
 pub(super) async fn create_part(
     ctx: &Context,
     provider: &dyn BatchProvider,
@@ -117,6 +122,11 @@ pub(super) async fn create_part(
                 .put(&key, Bytes::from(bytes), PutMode::Overwrite)
                 .await?;
         }
+    }
+    if start == Start::Cancelled {
+        let mut record = PartRecord::unsubmitted(part);
+        record.give_up(GiveUp::Cancel, CANCELLED_BEFORE_SENT.into());
+        return Ok(record);
     }
     ctx.store
         .put(

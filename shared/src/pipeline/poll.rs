@@ -11,6 +11,7 @@
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::cancel::cancel_batches;
 use super::context::{Context, PipelineError};
 use super::job::{self, JobRecord, JobStatus, PartRecord, Versioned, keys};
 use super::poll_jobs::fan_out;
@@ -199,7 +200,7 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> 
             });
         }
         // Closed, but the close did not finish (summary or index entry left).
-        JobStatus::Completed | JobStatus::Failed => {
+        JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled => {
             summary::finish_closing(ctx, snapshot).await?;
             return Ok(Polled::default());
         }
@@ -211,6 +212,8 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> 
         });
     };
     let provider = ctx.providers.provider(spec.model.provider).await?;
+    // Before the status calls, which then see the cancelled batches end.
+    cancel_batches(ctx, provider.as_ref(), &snapshot.record).await?;
     let mut seen: Vec<(u32, Result<BatchStatus, crate::Error>)> = Vec::new();
     // Given-up parts whose ready message may have been lost: queued again, unasked.
     let mut abandoned = Vec::new();

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::context::{Context, PipelineError};
 use super::csv_input::is_csv_key;
 use super::input::{InputLine, LineReader};
-use super::job::{self, JobStatus, RerunOf, keys};
+use super::job::{self, RerunOf, keys};
 use super::parts::open_reader;
 use super::spec::{JobSpec, bounds, is_header};
 use super::upload::next_line;
@@ -72,9 +72,7 @@ pub(super) async fn load(
         }
         Err(e) => return Err(e),
     };
-    if !matches!(earlier.status, JobStatus::Completed | JobStatus::Failed)
-        || earlier.completed_at.is_none()
-    {
+    if !earlier.status.is_closed() || earlier.completed_at.is_none() {
         return Ok(Err(format!(
             "job {job_id} has not finished; re-run its failed rows once it has"
         )));

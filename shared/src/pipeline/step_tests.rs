@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use super::cancel::{CancelRequest, request_cancel};
 use super::collect::{CollectOutcome, collect};
 use super::context::{Context, PipelineError, ProviderSource, Settings};
 use super::job::{self, JobRecord, JobStatus, keys};
@@ -125,6 +126,23 @@ impl Steps {
         spec: Value,
         bad_line: bool,
     ) -> (String, Vec<String>) {
+        let (key, ids) = self.upload(name, n, spec, bad_line).await;
+        let outcome = self.submit(&key).await.unwrap();
+        let job = match outcome {
+            SubmitOutcome::Submitted { job_id, .. } => job_id,
+            other => panic!("{other:?}"),
+        };
+        (job, ids)
+    }
+
+    /// Uploads what [`Steps::start`] submits; returns its key and its ids.
+    async fn upload(
+        &self,
+        name: &str,
+        n: usize,
+        spec: Value,
+        bad_line: bool,
+    ) -> (String, Vec<String>) {
         let mut lines = vec![json!({ "spec": invoice_spec(spec) }).to_string()];
         let mut ids: Vec<String> = (0..n).map(|i| format!("doc-{i}")).collect();
         lines.extend(
@@ -136,18 +154,8 @@ impl Steps {
             ids.push(format!("line-{}", lines.len()));
         }
         let key = format!("inbox/{name}.jsonl");
-        let body = Bytes::from(lines.join("\n") + "\n");
-        self.ctx
-            .store
-            .put(&key, body, PutMode::Overwrite)
-            .await
-            .unwrap();
-        let outcome = self.submit(&key).await.unwrap();
-        let job = match outcome {
-            SubmitOutcome::Submitted { job_id, .. } => job_id,
-            other => panic!("{other:?}"),
-        };
-        (job, ids)
+        self.put(&key, lines.join("\n") + "\n").await;
+        (key, ids)
     }
 
     /// Uploads `body` at `key`.
@@ -202,7 +210,7 @@ impl Steps {
     async fn run_to_end(&self, job: &str) -> JobRecord {
         for _ in 0..10 {
             let record = self.record(job).await;
-            if matches!(record.status, JobStatus::Completed | JobStatus::Failed) {
+            if record.status.is_closed() {
                 return record;
             }
             poll(&self.ctx).await.unwrap();
@@ -1911,4 +1919,269 @@ async fn the_poll_function_tells_a_worker_delivery_from_a_tick_and_fails_only_ba
         panic!("a schedule event is a tick");
     };
     assert_eq!((report.open_jobs, report.jobs_fanned_out), (1, 0));
+}
+
+/// Requests the cancellation of `job` as the operator's CLI does: store and clock only.
+async fn cancel(s: &Steps, job: &str) -> Result<CancelRequest, PipelineError> {
+    request_cancel(s.ctx.store.as_ref(), s.ctx.clock.as_ref(), job).await
+}
+
+#[tokio::test]
+async fn cancelling_an_open_job_cancels_its_batches_and_accounts_for_every_row() {
+    let s = Steps::new(Settings::default());
+    // Two requests of the first batch ran before the cancel reached it; none of the second.
+    s.provider.script(Fate::Cancel { ran: 2 });
+    let (job, ids) = s
+        .start("cancel-open", 6, json!({"max_requests_per_part": 3}), false)
+        .await;
+    assert_eq!(s.provider.created(), 2);
+    let CancelRequest::Requested { requested_at } = cancel(&s, &job).await.unwrap() else {
+        panic!("a first request is recorded");
+    };
+    assert_eq!(
+        cancel(&s, &job).await.unwrap(),
+        CancelRequest::AlreadyRequested {
+            requested_at: requested_at.clone()
+        }
+    );
+    let record = s.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Cancelled);
+    assert_eq!(record.cancel_requested_at.as_deref(), Some(&*requested_at));
+    assert_eq!(s.provider.cancels(), 2, "one cancel per running batch");
+    assert_eq!(s.provider.created(), 2, "nothing created after the request");
+    let results = s.results(&job, &ids).await;
+    assert_eq!(succeeded_ids(&results), ["doc-0", "doc-1"]);
+    let types = results.error_types();
+    assert_eq!(types.len(), 4);
+    assert!(types.values().all(|t| t == "cancelled"), "{types:?}");
+    assert_eq!(results.summary["status"], "cancelled");
+    assert_eq!(results.summary["cancel_requested_at"], requested_at);
+    // Closed: a later request changes nothing, and nothing asks the provider again.
+    let before = s
+        .ctx
+        .store
+        .head(&keys::job_record(&job), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        cancel(&s, &job).await.unwrap(),
+        CancelRequest::AlreadyClosed {
+            status: JobStatus::Cancelled
+        }
+    );
+    let after = s
+        .ctx
+        .store
+        .head(&keys::job_record(&job), None)
+        .await
+        .unwrap();
+    assert_eq!(before.etag, after.etag);
+    poll(&s.ctx).await.unwrap();
+    assert_eq!(s.provider.cancels(), 2);
+}
+
+#[tokio::test]
+async fn a_part_waiting_for_quota_is_never_created_once_its_job_is_cancelled() {
+    let s = Steps::new(Settings::default());
+    s.provider.script(Fate::Cancel { ran: 1 });
+    let spec = json!({"max_requests_per_part": 2, "quota": {"open_batches": 1}});
+    let (job, ids) = s.start("cancel-waiting", 4, spec, false).await;
+    assert!(s.record(&job).await.parts[1].waiting_since.is_some());
+    cancel(&s, &job).await.unwrap();
+    let record = s.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Cancelled);
+    assert_eq!(
+        s.provider.created(),
+        1,
+        "the waiting part never got a batch"
+    );
+    assert_eq!(record.parts[1].given_up_for, job::GiveUp::Cancel);
+    let results = s.results(&job, &ids).await;
+    assert_eq!(succeeded_ids(&results), ["doc-0"]);
+    let types = results.error_types();
+    assert!(types.values().all(|t| t == "cancelled"), "{types:?}");
+    let message = results.by_id("doc-3")["error_message"].as_str().unwrap();
+    assert!(message.contains("waited for quota"), "{message}");
+    assert_eq!(results.summary["quota_waits"]["given_up"], 1);
+}
+
+/// A provider whose first create comes with a cancellation request for `job`, as
+/// an operator's CLI would make it while submit runs.
+#[derive(Debug)]
+struct CancelDuringCreate {
+    inner: Arc<MemoryProvider>,
+    store: Arc<dyn crate::storage::ObjectStore>,
+    clock: Arc<dyn Clock>,
+    job: String,
+    requested: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl BatchProvider for CancelDuringCreate {
+    fn kind(&self) -> ProviderKind {
+        self.inner.kind()
+    }
+    async fn create(
+        &self,
+        model: &str,
+        input: Bytes,
+        tags: &crate::provider::BatchTags,
+    ) -> crate::Result<crate::status::BatchStatus> {
+        let created = self.inner.create(model, input, tags).await;
+        if !self
+            .requested
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let request = request_cancel(self.store.as_ref(), self.clock.as_ref(), &self.job);
+            assert!(matches!(
+                request.await.unwrap(),
+                CancelRequest::Requested { .. }
+            ));
+        }
+        created
+    }
+    async fn status(&self, batch_id: &str) -> crate::Result<crate::status::BatchStatus> {
+        self.inner.status(batch_id).await
+    }
+    async fn cancel(&self, batch_id: &str) -> crate::Result<crate::status::BatchStatus> {
+        self.inner.cancel(batch_id).await
+    }
+    async fn list(&self) -> crate::Result<Vec<crate::status::BatchStatus>> {
+        self.inner.list().await
+    }
+    async fn results(&self, batch_id: &str) -> crate::Result<crate::provider::LineStream> {
+        self.inner.results(batch_id).await
+    }
+}
+
+#[derive(Debug)]
+struct Source(Arc<CancelDuringCreate>);
+
+#[async_trait]
+impl ProviderSource for Source {
+    async fn provider(&self, _kind: ProviderKind) -> crate::Result<Arc<dyn BatchProvider>> {
+        Ok(self.0.clone())
+    }
+}
+
+#[tokio::test]
+async fn a_submit_under_way_reads_every_row_but_sends_no_part_after_the_cancellation() {
+    let mut s = Steps::new(Settings::default());
+    s.provider.script(Fate::Cancel { ran: 1 });
+    let (key, ids) = s
+        .upload(
+            "cancel-submit",
+            6,
+            json!({"max_requests_per_part": 2}),
+            true,
+        )
+        .await;
+    let job = s.job_of(&key).await;
+    s.ctx.providers = Arc::new(Source(Arc::new(CancelDuringCreate {
+        inner: s.provider.clone(),
+        store: s.ctx.store.clone(),
+        clock: s.ctx.clock.clone(),
+        job: job.clone(),
+        requested: false.into(),
+    })));
+    // The request lands while the first part's batch is created: the submit's next
+    // write takes it in instead of failing, and the parts after it are not sent.
+    let outcome = s.submit(&key).await.unwrap();
+    assert!(
+        matches!(outcome, SubmitOutcome::Submitted { parts: 3, .. }),
+        "{outcome:?}"
+    );
+    let record = s.record(&job).await;
+    assert_eq!(record.status, JobStatus::Open);
+    assert!(record.cancel_requested_at.is_some());
+    assert_eq!(s.provider.created(), 1);
+    let record = s.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Cancelled);
+    assert_eq!(
+        s.provider.created(),
+        1,
+        "no part after the request was sent"
+    );
+    assert_eq!(s.provider.cancels(), 1);
+    let results = s.results(&job, &ids).await;
+    assert_eq!(succeeded_ids(&results), ["doc-0"]);
+    let types = results.error_types();
+    assert_eq!(types["line-8"], "invalid_input", "{types:?}");
+    assert_eq!(types.values().filter(|t| *t == "cancelled").count(), 5);
+    let message = results.by_id("doc-5")["error_message"].as_str().unwrap();
+    assert!(message.contains("before this part was sent"), "{message}");
+}
+
+#[tokio::test]
+async fn after_a_cancellation_temporary_failures_are_final_and_an_ended_batch_is_tolerated() {
+    let s = Steps::new(Settings::default());
+    s.provider
+        .script(Fate::RateLimited(vec!["doc-1".to_string()]));
+    let (job, ids) = s.start("cancel-ended", 3, json!({}), false).await;
+    // The batch ends before poll gets to cancel it.
+    s.provider.finish_all();
+    cancel(&s, &job).await.unwrap();
+    let record = s.run_to_end(&job).await;
+    assert_eq!(record.status, JobStatus::Cancelled);
+    assert_eq!(s.provider.created(), 1, "no retry part");
+    let results = s.results(&job, &ids).await;
+    assert_eq!(results.successes.len(), 2);
+    assert_eq!(results.error_types()["doc-1"], "rate_limit_exceeded");
+}
+
+#[tokio::test]
+async fn a_closed_or_unknown_job_cannot_be_cancelled() {
+    let s = Steps::new(Settings::default());
+    let (job, _) = s.start("done", 2, json!({}), false).await;
+    assert_eq!(s.run_to_end(&job).await.status, JobStatus::Completed);
+    let (before, _) = s.ctx.store.get(&keys::job_record(&job)).await.unwrap();
+    assert_eq!(
+        cancel(&s, &job).await.unwrap(),
+        CancelRequest::AlreadyClosed {
+            status: JobStatus::Completed
+        }
+    );
+    let (after, _) = s.ctx.store.get(&keys::job_record(&job)).await.unwrap();
+    assert_eq!(before.etag, after.etag, "nothing written");
+    assert!(matches!(
+        cancel(&s, "no-such-job").await,
+        Err(PipelineError::UnknownJob { job }) if job == "no-such-job"
+    ));
+}
+
+#[tokio::test]
+async fn a_cancel_call_that_failed_is_made_again_next_tick_without_holding_the_others_back() {
+    let s = Steps::new(Settings::default());
+    let (job, ids) = s
+        .start(
+            "cancel-retry",
+            4,
+            json!({"max_requests_per_part": 2}),
+            false,
+        )
+        .await;
+    s.provider.fail_cancels(1);
+    cancel(&s, &job).await.unwrap();
+    poll(&s.ctx).await.unwrap();
+    let record = s.record(&job).await;
+    assert_eq!(s.provider.cancels(), 2);
+    assert!(record.parts[0].cancel_sent_at.is_none());
+    let noted = record.last_error.as_deref().unwrap_or_default();
+    assert!(
+        noted.contains("part 0: cancelling batch batch_0 failed"),
+        "{noted}"
+    );
+    assert!(
+        record.parts[1].cancel_sent_at.is_some(),
+        "the other part was cancelled"
+    );
+    let collected = s.collect_queued(false).await;
+    assert_eq!(collected.len(), 1, "the cancelled batch is queued");
+    poll(&s.ctx).await.unwrap();
+    assert_eq!(s.provider.cancels(), 3, "asked again on the next tick");
+    assert_eq!(s.run_to_end(&job).await.status, JobStatus::Cancelled);
+    assert_eq!(s.provider.cancels(), 3);
+    let results = s.results(&job, &ids).await;
+    assert!(results.successes.is_empty());
+    assert!(results.error_types().values().all(|t| t == "cancelled"));
 }

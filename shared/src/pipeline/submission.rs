@@ -501,17 +501,17 @@ async fn submit_claimed(
         return fail(ctx, versioned, format!("{key}: {reason}")).await;
     }
     let parts = versioned.record.parts.len();
+    let held = versioned.record.submit_lease_until.take();
     versioned.record.requests = requests;
     versioned.record.input_errors = rejected_lines;
     versioned.record.submitted_at = Some(ctx.clock.timestamp());
-    versioned.record.submit_lease_until = None;
     if parts == 0 {
-        // Every line was rejected or skipped: the job is complete without a batch.
-        versioned.record.status = JobStatus::Completed;
+        // Every line was rejected or skipped: the job is closed without a batch.
+        versioned.record.status = versioned.record.closing_status();
         summary::close_job(ctx, &mut versioned).await?;
     } else {
         versioned.record.status = JobStatus::Open;
-        job::save(ctx.store.as_ref(), &mut versioned).await?;
+        job::save_leased(ctx.store.as_ref(), &mut versioned, held.as_deref()).await?;
     }
     Ok(SubmitOutcome::Submitted {
         job_id,
@@ -552,6 +552,7 @@ async fn claim(
         handovers: 0,
         rejected_by: Vec::new(),
         skipped_by: Vec::new(),
+        cancel_requested_at: None,
     };
     if let Some(created) = job::create(ctx.store.as_ref(), record).await? {
         return Ok(Some((created, false)));
@@ -959,8 +960,9 @@ impl SubmitRun<'_> {
         Ok(in_flight.admit(&self.spec.model, &self.limits, load))
     }
 
-    /// Creates the part's batch, or lets it wait for quota, and records it in the job.
-    /// With `skip_succeeded`, the rows `skipped` while it filled are stored first, for a
+    /// Creates the part's batch, or lets it wait for quota, and records it in the job;
+    /// once the job's cancellation is requested, records it given up instead. With
+    /// `skip_succeeded`, the rows `skipped` while it filled are stored first, for a
     /// resumed submit to replay.
     async fn create_part(
         &mut self,
@@ -983,11 +985,17 @@ impl SubmitRun<'_> {
                 .put(&key, Bytes::from(lines), PutMode::Overwrite)
                 .await?;
         }
-        let start = match self.admits(&versioned.record, part).await? {
-            true => Start::Create {
+        // The lease this run last wrote: a cancellation requested since is taken in.
+        let held = versioned.record.submit_lease_until.clone();
+        if versioned.record.cancel_requested_at.is_none() {
+            job::adopt_cancel(self.ctx.store.as_ref(), versioned, held.as_deref()).await?;
+        }
+        let start = match versioned.record.cancel_requested_at {
+            Some(_) => Start::Cancelled,
+            None if self.admits(&versioned.record, part).await? => Start::Create {
                 find_first: self.resuming,
             },
-            false => Start::Wait,
+            None => Start::Wait,
         };
         let created = create_part(
             self.ctx,
@@ -1003,6 +1011,9 @@ impl SubmitRun<'_> {
             Some(batch) => {
                 tracing::info!(job = %job_id, part = index, %batch, requests = part.custom_ids.len(), "submitted part");
             }
+            None if start == Start::Cancelled => {
+                tracing::info!(job = %job_id, part = index, requests = part.custom_ids.len(), "the job is cancelled: the part is given up");
+            }
             None => {
                 // Refused by the provider: the parts after it wait without asking.
                 self.quota_refused |= start != Start::Wait;
@@ -1016,7 +1027,7 @@ impl SubmitRun<'_> {
         });
         versioned.record.submit_lease_until =
             Some(self.ctx.clock.after(self.ctx.settings.submit_lease));
-        job::save(self.ctx.store.as_ref(), versioned).await
+        job::save_leased(self.ctx.store.as_ref(), versioned, held.as_deref()).await
     }
 }
 
@@ -1049,9 +1060,9 @@ async fn hand_over(
     record.checkpoint = Some(checkpoint);
     record.handovers += 1;
     // Released, so that the next invocation can take the job at once.
-    record.submit_lease_until = None;
+    let held = record.submit_lease_until.take();
     let (job_id, parts) = (record.job_id.clone(), record.parts.len());
-    job::save(ctx.store.as_ref(), versioned).await?;
+    job::save_leased(ctx.store.as_ref(), versioned, held.as_deref()).await?;
     tracing::info!(job = %job_id, line = checkpoint.line, parts, "time budget used: the rest of the upload goes to the next invocation");
     if let Some(queue) = &ctx.submit_queue {
         queue.send(JobMessage::body(&job_id)).await?;

@@ -18,6 +18,10 @@ struct Summary<'a> {
     status: JobStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     failure: Option<&'a str>,
+    /// When the job's cancellation was requested (its status is then `cancelled`,
+    /// unless a whole-file problem failed it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancel_requested_at: Option<&'a str>,
     source: &'a SourceObject,
     /// How much of the upload was read: every byte, or the job says why not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -169,7 +173,8 @@ struct QuotaWaits {
     longest_seconds: u64,
     /// All parts' waits added up, in seconds.
     total_seconds: u64,
-    /// Parts still waiting at the job's deadline, whose rows are `expired` errors.
+    /// Parts given up while they waited: at the job's deadline (their rows are
+    /// `expired` errors) or at its cancellation (`cancelled`).
     given_up: usize,
 }
 
@@ -213,7 +218,7 @@ pub(super) async fn finish_closing(
     mut versioned: Versioned,
 ) -> Result<(), PipelineError> {
     let record = &versioned.record;
-    if !matches!(record.status, JobStatus::Completed | JobStatus::Failed) {
+    if !record.status.is_closed() {
         return Ok(());
     }
     if record.completed_at.is_none() {
@@ -227,7 +232,7 @@ pub(super) async fn finish_closing(
 }
 
 /// Writes the summary, saves the record as closed and removes it from the open index.
-/// The record's status must already be `Completed` or `Failed`.
+/// The record's status must already be closed ([`JobStatus::is_closed`]).
 pub(super) async fn close_job(
     ctx: &Context,
     versioned: &mut Versioned,
@@ -244,6 +249,7 @@ pub(super) async fn close_job(
         job_id: &record.job_id,
         status: record.status,
         failure: record.failure.as_deref(),
+        cancel_requested_at: record.cancel_requested_at.as_deref(),
         source: &record.source,
         input: record.input,
         model: record.spec.as_ref().map(|s| s.model.to_string()),

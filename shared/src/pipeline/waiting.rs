@@ -1,6 +1,7 @@
 //! Parts waiting for quota: the limits that hold for a job, what the open jobs'
 //! batches hold at the providers, and poll's start of waiting parts as earlier batches
-//! end (or their expiry at the job's deadline).
+//! end (or giving them up at the job's deadline, or when its cancellation is
+//! requested).
 //!
 //! A waiting part has its manifest and batch input in the bucket but no batch. Poll
 //! starts waiting parts oldest job first, each job's in part order, and only while
@@ -13,8 +14,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
+use super::cancel::CANCELLED_WHILE_WAITING;
 use super::context::{Context, PipelineError};
-use super::job::{self, JobRecord, JobStatus, PartRecord, keys};
+use super::job::{self, GiveUp, JobRecord, JobStatus, PartRecord, keys};
 use super::parts::{PartBatch, start_batch};
 use super::ready::send_ready;
 use super::spec::JobSpec;
@@ -89,7 +91,8 @@ pub(super) struct Started {
 
 /// Starts the waiting parts of `records` (every open job, as poll just saw them)
 /// that fit next to what runs, oldest job first; gives up those past their job's
-/// deadline. A job whose parts could not be started is listed in `failed`.
+/// deadline or whose job's cancellation was requested. A job whose parts could not
+/// be started is listed in `failed`.
 pub(super) async fn start_waiting_parts(
     ctx: &Context,
     records: &[JobRecord],
@@ -141,6 +144,11 @@ impl Pass<'_> {
         let Some(spec) = &record.spec else {
             return Ok(());
         };
+        if record.cancel_requested_at.is_some() {
+            let reason = CANCELLED_WHILE_WAITING.to_string();
+            give_up_waiting(ctx, &record.job_id, GiveUp::Cancel, reason).await?;
+            return Ok(());
+        }
         let deadline = Duration::from_secs(u64::from(spec.deadline_hours) * 3600);
         if ctx.clock.has_passed_by(&record.created_at, deadline) {
             return self.expire(record, spec).await;
@@ -214,7 +222,8 @@ impl Pass<'_> {
                 .create_lease_until
                 .as_deref()
                 .is_none_or(|until| ctx.clock.has_passed(until));
-            if !is_waiting(part) || !free {
+            // A job cancelled since poll read it creates nothing more.
+            if !is_waiting(part) || !free || record.cancel_requested_at.is_some() {
                 return false;
             }
             part.create_lease_until = Some(ctx.clock.after(ctx.settings.submit_lease));
@@ -279,37 +288,49 @@ impl Pass<'_> {
     /// The job's deadline passed: its waiting parts are given up and queued, and
     /// collect records their rows as `expired`.
     async fn expire(&mut self, record: &JobRecord, spec: &JobSpec) -> Result<(), PipelineError> {
-        let ctx = self.ctx;
         let reason = format!(
             "the part waited for the provider's quota until the job's deadline ({} hours \
              after the upload, spec field `deadline_hours`) and was never submitted",
             spec.deadline_hours
         );
-        let mut expired = Vec::new();
-        job::update(ctx.store.as_ref(), &record.job_id, |record| {
-            expired.clear();
-            let now = ctx.clock.timestamp();
-            for part in record.parts.iter_mut().filter(|p| is_waiting(p)) {
-                let creating = part
-                    .create_lease_until
-                    .as_deref()
-                    .is_some_and(|until| !ctx.clock.has_passed(until));
-                if creating {
-                    continue;
-                }
-                if let Some(since) = part.waiting_since.as_deref() {
-                    part.waited_seconds += ctx.clock.seconds_since(since);
-                }
-                part.deadline_passed = Some(reason.clone());
-                part.enqueued_at = Some(now.clone());
-                expired.push(part.index);
-            }
-            !expired.is_empty()
-        })
-        .await?;
-        send_ready(ctx, &record.job_id, &expired).await?;
-        tracing::warn!(job = %record.job_id, parts = expired.len(), "parts still waiting for quota at the job's deadline were given up");
-        self.done.expired += expired.len();
+        self.done.expired +=
+            give_up_waiting(self.ctx, &record.job_id, GiveUp::Deadline, reason).await?;
         Ok(())
     }
+}
+
+/// Gives up the job's waiting parts (but one a poll is creating now) for `why` with
+/// `reason`, and queues them: collect records their rows as errors of `why`'s type.
+/// Answers how many were given up.
+async fn give_up_waiting(
+    ctx: &Context,
+    job_id: &str,
+    why: GiveUp,
+    reason: String,
+) -> Result<usize, PipelineError> {
+    let mut given_up = Vec::new();
+    job::update(ctx.store.as_ref(), job_id, |record| {
+        given_up.clear();
+        let now = ctx.clock.timestamp();
+        for part in record.parts.iter_mut().filter(|p| is_waiting(p)) {
+            let creating = part
+                .create_lease_until
+                .as_deref()
+                .is_some_and(|until| !ctx.clock.has_passed(until));
+            if creating {
+                continue;
+            }
+            if let Some(since) = part.waiting_since.as_deref() {
+                part.waited_seconds += ctx.clock.seconds_since(since);
+            }
+            part.give_up(why, reason.clone());
+            part.enqueued_at = Some(now.clone());
+            given_up.push(part.index);
+        }
+        !given_up.is_empty()
+    })
+    .await?;
+    send_ready(ctx, job_id, &given_up).await?;
+    tracing::warn!(job = %job_id, parts = given_up.len(), ?why, "parts still waiting for quota were given up");
+    Ok(given_up.len())
 }

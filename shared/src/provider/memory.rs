@@ -4,7 +4,8 @@
 //! lines, so the real OpenAI decoder reads its results.
 //!
 //! A created batch stays `in_progress` until [`MemoryProvider::finish_all`] ends it
-//! with the fate scripted for it ([`MemoryProvider::script`], else [`Fate::Complete`]).
+//! with the fate scripted for it ([`MemoryProvider::script`], else [`Fate::Complete`]),
+//! or a cancel ends it as `cancelled`.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -30,7 +31,8 @@ pub enum Fate {
         /// Requests that ran before the batch expired.
         ran: usize,
     },
-    /// The first `ran` requests ran, then a person cancelled the batch.
+    /// The first `ran` requests ran, then a person cancelled the batch. A batch of
+    /// another fate that is cancelled while it runs ends as this fate with none run.
     Cancel {
         /// Requests that ran before the cancellation.
         ran: usize,
@@ -83,6 +85,10 @@ struct State {
     open_batch_limit: Option<usize>,
     /// The most batches that were running at once.
     peak_open: usize,
+    /// Cancel calls made, whatever they found.
+    cancels: usize,
+    /// Cancel calls still to be answered with HTTP 500.
+    failing_cancels: u32,
 }
 
 #[derive(Debug)]
@@ -144,6 +150,16 @@ impl MemoryProvider {
     /// The most batches that were running at the same time.
     pub fn peak_open_batches(&self) -> usize {
         self.lock().peak_open
+    }
+
+    /// Answers the next `n` cancel calls with HTTP 500.
+    pub fn fail_cancels(&self, n: u32) {
+        self.lock().failing_cancels = n;
+    }
+
+    /// How many cancel calls were made.
+    pub fn cancels(&self) -> usize {
+        self.lock().cancels
     }
 
     /// How many batches were created.
@@ -353,9 +369,20 @@ impl BatchProvider for MemoryProvider {
     }
 
     async fn cancel(&self, batch_id: &str) -> Result<BatchStatus> {
+        {
+            let mut state = self.lock();
+            state.cancels += 1;
+            if state.failing_cancels > 0 {
+                state.failing_cancels -= 1;
+                return Err(Self::refused(500, "The server had an error"));
+            }
+        }
         self.find(batch_id, |batch| {
             if batch.status.state == BatchState::Processing {
-                batch.fate = Fate::Cancel { ran: 0 };
+                // A scripted cancellation says how many requests ran before it.
+                if !matches!(batch.fate, Fate::Cancel { .. }) {
+                    batch.fate = Fate::Cancel { ran: 0 };
+                }
                 batch.end();
             }
             batch.status.clone()

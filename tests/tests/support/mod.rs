@@ -15,7 +15,7 @@ use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::SqsEvent;
 use batchline::ledger::DynamoLedger;
 use batchline::model::ProviderKind;
-use batchline::pipeline::job::{self, JobRecord, JobStatus, keys};
+use batchline::pipeline::job::{self, JobRecord, keys};
 use batchline::pipeline::{Context, ProviderSource, Settings, events};
 use batchline::queue::SqsQueue;
 use batchline::storage::S3Store;
@@ -274,7 +274,7 @@ impl Harness {
         let deadline = Instant::now() + limit;
         loop {
             let record = self.record(job).await;
-            if matches!(record.status, JobStatus::Completed | JobStatus::Failed) {
+            if record.status.is_closed() {
                 return record;
             }
             assert!(
