@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::context::PipelineError;
 use super::spec::JobSpec;
+use crate::metrics::Labels;
 use crate::results::Usage;
 use crate::status::BatchState;
 use crate::storage::{ObjectStore, PutMode, StoreError};
@@ -547,6 +548,14 @@ impl JobRecord {
     /// under one.
     pub fn pipeline(&self) -> Option<&str> {
         keys::pipeline_of(&self.rows_source().key)
+    }
+
+    /// The job's metric dimensions: its pipeline and its spec's provider.
+    pub fn labels(&self) -> Labels {
+        Labels::new(
+            self.pipeline(),
+            self.spec.as_ref().map(|s| s.model.provider),
+        )
     }
 }
 

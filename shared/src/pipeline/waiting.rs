@@ -18,6 +18,7 @@ use super::job::{self, JobRecord, JobStatus, PartRecord, keys};
 use super::parts::{PartBatch, start_batch};
 use super::ready::send_ready;
 use super::spec::JobSpec;
+use crate::metrics;
 use crate::model::ProviderKind;
 use crate::quota::{InFlight, QuotaLimits};
 use crate::storage::StoreError;
@@ -308,6 +309,11 @@ impl Pass<'_> {
         })
         .await?;
         send_ready(ctx, &record.job_id, &expired).await?;
+        if !expired.is_empty() {
+            let now = ctx.clock.now();
+            ctx.metrics
+                .emit(&metrics::job_past_deadline(now, &record.labels()));
+        }
         tracing::warn!(job = %record.job_id, parts = expired.len(), "parts still waiting for quota at the job's deadline were given up");
         self.done.expired += expired.len();
         Ok(())
