@@ -15,6 +15,7 @@ use batchline::pipeline::spec::JobSpec;
 use batchline::pipeline::{
     Context, ReadyMessage, Settings, SubmitOutcome, UploadedObject, collect, poll, submit,
 };
+use batchline::metrics::NoMetrics;
 use batchline::queue::MemoryQueue;
 use batchline::storage::{LocalStore, ObjectStore, PutMode, StoreError};
 use bytes::Bytes;
@@ -53,6 +54,7 @@ pub async fn run(args: RunArgs, output: &Output) -> CliResult<bool> {
         clock: Arc::new(SystemClock),
         ledger: None,
         submit_queue: None,
+        metrics: Arc::new(NoMetrics),
     };
     let interval = Duration::from_secs_f64(args.poll_every.max(0.05));
     tokio::select! {

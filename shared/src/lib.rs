@@ -11,6 +11,7 @@ pub mod build;
 pub mod clock;
 pub mod error;
 pub mod ledger;
+pub mod metrics;
 pub mod model;
 pub mod packing;
 pub mod pipeline;

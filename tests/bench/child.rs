@@ -300,6 +300,7 @@ pub fn collect_part(target: &CollectTarget<'_>) -> Result<Report, String> {
             clock: Arc::new(batchline::clock::SystemClock),
             ledger: None,
             submit_queue: None,
+            metrics: Arc::new(batchline::metrics::MemorySink::new()),
         };
         let message = ReadyMessage {
             job_id: target.job_id.to_string(),

@@ -6,7 +6,8 @@ inbox/invoices/) with a key that needs URL-encoding in the S3 event; `make demo`
 the header route. Checked on the objects in the bucket: the invariant (every request line
 exactly once across the successes and errors files), the summary's counts, the rejected
 input line, that a repeated S3 event creates no second provider batch, and that the key
-came from Secrets Manager.
+came from Secrets Manager. The functions' output under `cargo lambda watch` is read too:
+their metrics, one EMF document a line among the JSON log lines.
 """
 
 import sys
@@ -19,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import demo  # noqa: E402
+import emf  # noqa: E402
 
 PIPELINE = "invoices"
 # `+`, a space and non-ASCII: the event carries it URL-encoded, submit must decode it.
@@ -43,6 +45,8 @@ class FinishedJob:
     dead_letters: int
     # The functions' environment as passed to `cargo lambda watch`.
     lambda_env: str
+    # What the functions printed (stdout and stderr) under `cargo lambda watch`.
+    lambda_log: str
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +80,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> FinishedJob:
             record=pipeline.get_json(f"jobs/{job_id}/job.json") or {},
             dead_letters=pipeline.dead_letters(),
             lambda_env=(pipeline.run_dir / "lambda.env").read_text(),
+            lambda_log=(pipeline.run_dir / "cargo-lambda-watch.log").read_text(errors="replace"),
         )
 
 
@@ -143,3 +148,49 @@ def test_the_functions_read_the_key_from_secrets_manager(job: FinishedJob) -> No
     assert demo.EMULATOR_API_KEY not in job.lambda_env
     assert "OPENAI_API_KEY_SECRET_ARN=arn:aws:secretsmanager:" in job.lambda_env
     assert job.results.successes
+
+
+def test_the_functions_print_their_metrics_as_emf_lines(job: FinishedJob) -> None:
+    declared = emf.declared_metrics()
+    namespace = emf.declared_str("NAMESPACE")
+    documents = emf.documents(job.lambda_log)
+    assert documents, "no EMF line in the functions' output"
+    assert emf.broken_lines(job.lambda_log) == [], "a log line and a metrics line interleaved"
+    for document in documents:
+        assert emf.problems(document, declared, namespace) == [], document
+
+    def total(metric: str, **dimensions: str) -> float:
+        return sum(
+            d[metric]
+            for d in documents
+            if metric in d and all(d.get(name) == value for name, value in dimensions.items())
+        )
+
+    job_dims = {"Pipeline": PIPELINE, "Provider": "openai"}
+    summary = job.results.summary
+    # The repeated S3 events were duplicates: one job, submitted and closed once.
+    assert total("JobsSubmitted", **job_dims) == 1
+    assert total("JobsCompleted", **job_dims) == 1
+    assert total("JobsFailed") == 0
+    assert total("RowsSucceeded", **job_dims) == summary["succeeded"]
+    for error_type, rows in summary["errors_by_type"].items():
+        assert total("RowsFailed", **job_dims, ErrorType=error_type) == rows, error_type
+    assert total("RowsFailed") == summary["failed"]
+    assert total("InputTokens", **job_dims) == summary["usage"]["input_tokens"] > 0
+    assert total("OutputTokens", **job_dims) == summary["usage"]["output_tokens"] > 0
+    latencies = [d["ResultsLatency"] for d in documents if "ResultsLatency" in d]
+    assert len(latencies) == len(job.record["parts"]), "one per collected part"
+    assert all(0 <= seconds < 600 for seconds in latencies), latencies
+    assert any("PartsWaitingForQuota" in d for d in documents), "poll reports its waiting parts"
+
+    # Each document's own dimensions, and the empty set that the alarms watch.
+    for document in documents:
+        directive = document["_aws"]["CloudWatchMetrics"][0]
+        names = {metric["Name"] for metric in directive["Metrics"]}
+        if names == {"PartsWaitingForQuota"}:
+            expected = [[]]
+        elif names == {"RowsFailed"}:
+            expected = [["Pipeline", "Provider", "ErrorType"], []]
+        else:
+            expected = [["Pipeline", "Provider"], []]
+        assert directive["Dimensions"] == expected, document

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,9 @@ from urllib.parse import unquote_plus
 
 import pytest
 from cfnlint.decode import cfn_yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import emf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "infra" / "template.yaml"
@@ -443,6 +447,72 @@ def check_role(cfn, function_name, role_name, function):
     return problems
 
 
+# Metrics the template must alarm on (threshold 0 over five minutes, summed over every
+# pipeline and provider: the series without dimensions).
+ALARMED_METRICS = ("JobsFailed", "JobsPastDeadline")
+
+
+def strings_in(value):
+    """Every string in a JSON value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings_in(item)
+
+
+def check_monitoring(cfn):
+    """Alarms on failed and late jobs, on metrics the code emits, notifying like the
+    dead-letter alarms; a dashboard that shows every emitted metric and dead-letter queue."""
+    problems = []
+    declared = emf.declared_metrics()
+    namespace = emf.declared_str("NAMESPACE")
+    alarms = resources_of(cfn, "AWS::CloudWatch::Alarm")
+    for name, alarm in alarms.items():
+        properties = alarm["Properties"]
+        if properties.get("Namespace") == namespace and properties.get("MetricName") not in declared:
+            problems.append(f"{name}: alarms on {properties.get('MetricName')}, which the code does not emit")
+        actions = properties.get("AlarmActions")
+        if actions != {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}:
+            problems.append(f"{name}: alarm actions {actions} do not notify the alarm topic")
+    for metric in ALARMED_METRICS:
+        watching = [
+            name
+            for name, alarm in alarms.items()
+            if alarm["Properties"].get("Namespace") == namespace
+            and alarm["Properties"].get("MetricName") == metric
+            # The series without dimensions: every pipeline and provider.
+            and not alarm["Properties"].get("Dimensions")
+            and alarm["Properties"].get("Statistic") == "Sum"
+            and alarm["Properties"].get("Period") == 300
+            and alarm["Properties"].get("Threshold") == 0
+            and alarm["Properties"].get("ComparisonOperator") == "GreaterThanThreshold"
+            and alarm["Properties"].get("TreatMissingData") == "notBreaching"
+        ]
+        if not watching:
+            problems.append(f"no alarm on {metric} > 0 over 5 minutes")
+    dashboards = resources_of(cfn, "AWS::CloudWatch::Dashboard")
+    if len(dashboards) != 1:
+        return problems + [f"{len(dashboards)} dashboards, want 1"]
+    ((name, dashboard),) = dashboards.items()
+    (text,) = render(dashboard["Properties"]["DashboardBody"])
+    try:
+        body = json.loads(text)
+    except ValueError as e:
+        return problems + [f"{name}: the dashboard body is not JSON: {e}"]
+    shown = set(strings_in(body))
+    for metric in declared:
+        if metric not in shown:
+            problems.append(f"{name}: metric {metric} is not on the dashboard")
+    for queue in resources_of(cfn, "AWS::SQS::Queue"):
+        if queue.endswith("DeadLetterQueue") and "${%s.QueueName}" % queue not in shown:
+            problems.append(f"{name}: dead-letter queue {queue} is not on the dashboard")
+    return problems
+
+
 def check_all(sam):
     cfn = sam_transform(sam)
     return (
@@ -452,6 +522,7 @@ def check_all(sam):
         + check_notifications(cfn)
         + check_queues(cfn)
         + check_functions(sam, cfn)
+        + check_monitoring(cfn)
     )
 
 
@@ -465,6 +536,15 @@ def template():
 
 def test_template_passes_every_check(template):
     assert check_all(template) == []
+
+
+def test_the_metric_list_is_what_the_code_declares():
+    """The checks read metrics.rs; make sure they read what the code emits."""
+    declared = emf.declared_metrics()
+    assert set(ALARMED_METRICS) <= set(declared)
+    assert set(declared.values()) <= {"Count", "Seconds", "Milliseconds", "None"}
+    assert declared["CostUSD"] == "None" and declared["ResultsLatency"] == "Seconds"
+    assert emf.declared_str("NAMESPACE") == "batchline"
 
 
 def test_each_function_gets_exactly_its_s3_access(template):
@@ -813,6 +893,47 @@ MUTATIONS = {
         "no dead-letter queue",
     ),
     "dead-letter queue without alarm": (delete_in(["Resources", "ReadyDeadLetterAlarm"]), "no alarm"),
+    "failed jobs without alarm": (delete_in(["Resources", "FailedJobsAlarm"]), "no alarm on JobsFailed"),
+    "late jobs without alarm": (
+        delete_in(["Resources", "JobsPastDeadlineAlarm"]),
+        "no alarm on JobsPastDeadline",
+    ),
+    "alarm on one pipeline only": (
+        set_in(
+            ["Resources", "FailedJobsAlarm", "Properties", "Dimensions"],
+            [{"Name": "Pipeline", "Value": "default"}],
+        ),
+        "no alarm on JobsFailed",
+    ),
+    "alarm on a metric nobody emits": (
+        set_in(["Resources", "JobsPastDeadlineAlarm", "Properties", "MetricName"], "JobsLate"),
+        "which the code does not emit",
+    ),
+    "alarm that notifies nobody": (
+        delete_in(["Resources", "FailedJobsAlarm", "Properties", "AlarmActions"]),
+        "do not notify",
+    ),
+    "no dashboard": (delete_in(["Resources", "OnCallDashboard"]), "0 dashboards"),
+    "dashboard without a metric": (
+        lambda t: t["Resources"]["OnCallDashboard"]["Properties"].update(
+            DashboardBody={
+                "Fn::Sub": t["Resources"]["OnCallDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"].replace(
+                    '"PartsWaitingForQuota"', '"Other"'
+                )
+            }
+        ),
+        "PartsWaitingForQuota is not on the dashboard",
+    ),
+    "dashboard without a dead-letter queue": (
+        lambda t: t["Resources"]["OnCallDashboard"]["Properties"].update(
+            DashboardBody={
+                "Fn::Sub": t["Resources"]["OnCallDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"].replace(
+                    "${SubmitDeadLetterQueue.QueueName}", "other"
+                )
+            }
+        ),
+        "SubmitDeadLetterQueue is not on the dashboard",
+    ),
     "short visibility timeout": (
         set_in(["Resources", "ReadyQueue", "Properties", "VisibilityTimeout"], 5399),
         "visibility timeout",

@@ -6,8 +6,6 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use batchline::model::ProviderKind;
@@ -144,7 +142,7 @@ async fn run_interrupted_after_submit_reattaches_without_a_second_paid_batch() {
         "0.2",
     ];
 
-    let mut first = direct(&emulator)
+    let first = direct(&emulator)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -316,31 +314,35 @@ async fn batches_verbs_work_on_a_batch_created_by_another_tool() {
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("OPENAI_API_KEY"));
 }
 
-/// Runs the pipeline's steps as the deployed functions would: every upload under
-/// `inbox/` is submitted, then poll and collect, until stopped.
-fn deploy(h: Arc<Harness>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while !stop.load(Ordering::Relaxed) {
-            for key in h.ctx.store.list(keys::INBOX).await.expect("list inbox") {
-                let object = UploadedObject {
-                    key,
-                    version_id: None,
-                };
-                submit(&h.ctx, &object).await.expect("submit");
-            }
-            poll(&h.ctx).await.expect("poll");
-            h.collect_queued().await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+/// Runs the pipeline's steps as the deployed functions would, for ever: every upload
+/// under `inbox/` is submitted, then poll and collect.
+async fn deployed(h: &Harness) {
+    loop {
+        for key in h.ctx.store.list(keys::INBOX).await.expect("list inbox") {
+            let object = UploadedObject {
+                key,
+                version_id: None,
+            };
+            submit(&h.ctx, &object).await.expect("submit");
         }
-    })
+        poll(&h.ctx).await.expect("poll");
+        h.collect_queued().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
 async fn stack_mode_follows_lists_fetches_and_cancels_the_deployed_pipelines_jobs() {
     // Slow lifecycles, so that the job to cancel is still running when it is cancelled.
-    let h = Arc::new(Harness::start_with_step(Duration::from_secs(2)).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let pipeline = deploy(h.clone(), stop.clone());
+    let h = Harness::start_with_step(Duration::from_secs(2)).await;
+    tokio::select! {
+        () = deployed(&h) => unreachable!("the pipeline runs until the test ends"),
+        () = operate(&h) => {}
+    }
+}
+
+/// What the operator does while the pipeline runs.
+async fn operate(h: &Harness) {
     let dir = tempfile::tempdir().unwrap();
     let (body, ids) = job_file(ProviderKind::OpenAi, 6, &[]);
     let file = dir.path().join("invoices.jsonl");
@@ -365,7 +367,7 @@ async fn stack_mode_follows_lists_fetches_and_cancels_the_deployed_pipelines_job
     assert_eq!(view["status"], "completed");
     assert_eq!(view["succeeded"], 6);
 
-    let listed = run(&mut stack(&h), &["jobs", "--status", "completed", "--json"]).await;
+    let listed = run(&mut stack(h), &["jobs", "--status", "completed", "--json"]).await;
     assert!(listed.status.success());
     assert!(
         stdout_json(&listed)
@@ -374,10 +376,10 @@ async fn stack_mode_follows_lists_fetches_and_cancels_the_deployed_pipelines_job
             .iter()
             .any(|j| j["job_id"] == job_id.as_str())
     );
-    let open = run(&mut stack(&h), &["jobs", "--status", "open", "--json"]).await;
+    let open = run(&mut stack(h), &["jobs", "--status", "open", "--json"]).await;
     assert!(stdout_json(&open).as_array().unwrap().is_empty());
 
-    let shown = run(&mut stack(&h), &["job", &job_id, "--json"]).await;
+    let shown = run(&mut stack(h), &["job", &job_id, "--json"]).await;
     assert!(shown.status.success());
     let shown = stdout_json(&shown);
     assert_eq!(shown["rows"], 6);
@@ -486,9 +488,6 @@ async fn stack_mode_follows_lists_fetches_and_cancels_the_deployed_pipelines_job
 
     let missing = run(&mut batchline(), &["jobs"]).await;
     assert_eq!(missing.status.code(), Some(2), "no bucket is a usage error");
-
-    stop.store(true, Ordering::Relaxed);
-    pipeline.await.unwrap();
 }
 
 #[tokio::test]

@@ -278,6 +278,7 @@ fn context(store: Arc<CountingSink>, provider: Arc<GeneratedProvider>) -> Contex
         clock: Arc::new(batchline::clock::SystemClock),
         ledger: None,
         submit_queue: None,
+        metrics: Arc::new(batchline::metrics::MemorySink::new()),
     }
 }
 

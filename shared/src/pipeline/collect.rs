@@ -24,6 +24,7 @@ use super::spec::{JobSpec, ResultFormat};
 use super::summary;
 use crate::build::{BatchBuilder, BatchPart, parse_manifest};
 use crate::error::Error;
+use crate::metrics;
 use crate::provider::{BatchProvider, ProviderDescriptor, descriptor};
 use crate::request::{AnswerFormat, Request};
 use crate::results::{Failure, Outcome, ResultParser, Success, error_type};
@@ -260,6 +261,8 @@ impl CollectRun<'_> {
             .await?;
         let succeeded_ids = std::mem::take(&mut part_run.succeeded_ids);
         let outcome = part_run.finish().await?;
+        let ended_at = status.ended_at.as_deref();
+        let latency = metrics::results_written(ctx.clock.now(), &self.record.labels(), ended_at);
         // After the results are in S3, so that the ledger never names a job whose
         // answer is not there yet; a crash before the job record is updated redoes both.
         if let Some(ids) = succeeded_ids {
@@ -300,6 +303,7 @@ impl CollectRun<'_> {
             true
         })
         .await?;
+        ctx.metrics.emit(&latency);
         if closed {
             summary::close_job(ctx, &mut versioned).await?;
         }

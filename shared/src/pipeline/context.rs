@@ -1,5 +1,5 @@
 //! What every pipeline step works with: the context (store, queue, providers,
-//! settings, clock) and the errors that fail an invocation.
+//! settings, clock, metrics) and the errors that fail an invocation.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use crate::clock::Clock;
 use crate::ledger::SuccessLedger;
+use crate::metrics::MetricsSink;
 use crate::model::ProviderKind;
 use crate::provider::BatchProvider;
 use crate::queue::{Queue, QueueError};
@@ -200,4 +201,7 @@ pub struct Context {
     /// `{"job_id"}` the submit function receives). None: poll resumes it on its
     /// next tick instead.
     pub submit_queue: Option<Arc<dyn Queue>>,
+    /// Where the steps' metrics go (`StdoutSink` in the functions: EMF lines that
+    /// CloudWatch Logs turns into metrics).
+    pub metrics: Arc<dyn MetricsSink>,
 }

@@ -127,6 +127,7 @@ pub async fn context_from_env() -> Result<Context> {
             .filter(|url| !url.is_empty())
             .map(|url| Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), url)) as _),
         clock: Arc::new(crate::clock::SystemClock),
+        metrics: Arc::new(crate::metrics::StdoutSink),
         ledger: std::env::var("LEDGER_TABLE")
             .ok()
             .filter(|table| !table.is_empty())

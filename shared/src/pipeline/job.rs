@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::context::PipelineError;
 use super::spec::JobSpec;
+use crate::metrics::Labels;
 use crate::results::{Usage, error_type};
 use crate::status::BatchState;
 use crate::storage::{ObjectStore, PutMode, StoreError};
@@ -702,6 +703,14 @@ impl JobRecord {
             .and_then(|spec| spec.prices)
             .map(|prices| prices.cost_usd(&tally.usage));
         tally
+    }
+
+    /// The job's metric dimensions: its pipeline and its spec's provider.
+    pub fn labels(&self) -> Labels {
+        Labels::new(
+            self.pipeline(),
+            self.spec.as_ref().map(|s| s.model.provider),
+        )
     }
 }
 

@@ -19,6 +19,7 @@ use super::ready::{JobMessage, send_ready};
 use super::submission::resume_submit;
 use super::summary;
 use super::waiting::{has_waiting_parts, open_job_records, start_waiting_parts};
+use crate::metrics;
 use crate::status::BatchStatus;
 
 /// What one poll saw.
@@ -172,6 +173,8 @@ impl Round {
         report.parts_started = started.started;
         report.parts_waiting = started.waiting;
         report.parts_expired = started.expired;
+        ctx.metrics
+            .emit(&metrics::parts_waiting(ctx.clock.now(), started.waiting));
     }
 }
 

@@ -21,6 +21,7 @@ use super::ready::ReadyMessage;
 use super::submit::{SubmitOutcome, UploadedObject, submit};
 use crate::clock::{Clock, ManualClock};
 use crate::ledger::MemoryLedger;
+use crate::metrics::MemorySink;
 use crate::model::ProviderKind;
 use crate::provider::BatchProvider;
 use crate::provider::memory::{Fate, MemoryProvider};
@@ -48,6 +49,7 @@ struct Steps {
     poll_jobs: Arc<CountingQueue>,
     provider: Arc<MemoryProvider>,
     clock: Arc<ManualClock>,
+    metrics: Arc<MemorySink>,
 }
 
 /// What one job left in the store.
@@ -88,6 +90,7 @@ impl Steps {
         let clock = Arc::new(ManualClock::new(
             time::macros::datetime!(2026-12-02 12:00 UTC),
         ));
+        let metrics = Arc::new(MemorySink::new());
         let ctx = Context {
             store: Arc::new(MemoryStore::new()),
             bucket: "bucket".into(),
@@ -99,6 +102,7 @@ impl Steps {
             // Poll resumes handed-over submits itself unless a test sets the queue.
             submit_queue: None,
             poll_jobs: None,
+            metrics: metrics.clone(),
         };
         Self {
             ctx,
@@ -107,6 +111,7 @@ impl Steps {
             poll_jobs: Arc::new(CountingQueue::default()),
             provider,
             clock,
+            metrics,
         }
     }
 
@@ -330,6 +335,53 @@ async fn runs_to_its_end(s: Steps) {
         "{}",
         results.summary
     );
+}
+
+#[tokio::test]
+async fn a_job_emits_its_metrics_as_emf_documents_as_it_goes() {
+    let s = Steps::new(Settings::default());
+    s.provider.script(Fate::RateLimited(vec!["doc-1".into()]));
+    let spec = json!({"max_attempts": 1,
+                      "prices": {"input_per_million": 2.5, "output_per_million": 10.0}});
+    let (job, ids) = s.start("invoices/march", 2, spec, false).await;
+    let dims = [("Pipeline", "invoices"), ("Provider", "openai")];
+    assert_eq!(s.metrics.total("JobsSubmitted", &dims), 1.0);
+    assert_eq!(s.metrics.total("JobsCompleted", &[]), 0.0);
+
+    poll(&s.ctx).await.unwrap();
+    s.provider.finish_all_at(Some("2026-12-02T12:00:00Z"));
+    s.clock.advance(Duration::from_secs(90));
+    poll(&s.ctx).await.unwrap();
+    for outcome in s.collect_queued(false).await {
+        outcome.unwrap();
+    }
+    assert_eq!(s.record(&job).await.status, JobStatus::Completed);
+    let results = s.results(&job, &ids).await;
+    assert_eq!(results.error_types()["doc-1"], "rate_limit_exceeded");
+
+    let total = |name: &str| s.metrics.total(name, &dims);
+    assert_eq!(total("JobsSubmitted"), 1.0);
+    assert_eq!(total("JobsCompleted"), 1.0);
+    assert_eq!(total("JobsFailed"), 0.0);
+    assert_eq!(total("RowsSucceeded"), 1.0);
+    let limited = [dims[0], dims[1], ("ErrorType", "rate_limit_exceeded")];
+    assert_eq!(s.metrics.total("RowsFailed", &limited), 1.0);
+    assert_eq!(total("RowsFailed"), 1.0, "no other error type");
+    assert_eq!(total("InputTokens"), 10.0, "the one answered request's");
+    assert_eq!(total("OutputTokens"), 5.0);
+    assert!(total("CostUSD") > 0.0);
+    assert_eq!(
+        total("ResultsLatency"),
+        90.0,
+        "from the provider's end to S3"
+    );
+    assert_eq!(s.metrics.total("PartsWaitingForQuota", &[]), 0.0);
+    let now = s.clock.now().unix_timestamp() * 1000;
+    for document in s.metrics.documents() {
+        let directive = &document["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "batchline");
+        assert!(document["_aws"]["Timestamp"].as_i64().unwrap() <= now);
+    }
 }
 
 #[tokio::test]
@@ -1443,6 +1495,8 @@ async fn parts_still_waiting_at_the_deadline_expire_and_every_row_is_accounted_f
     s.clock.advance(Duration::from_secs(2 * 3600));
     let report = poll(&s.ctx).await.unwrap();
     assert_eq!(report.parts_expired, 1);
+    let late = [("Pipeline", "default"), ("Provider", "openai")];
+    assert_eq!(s.metrics.total("JobsPastDeadline", &late), 1.0);
     for outcome in s.collect_queued(false).await {
         outcome.unwrap();
     }

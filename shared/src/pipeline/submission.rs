@@ -32,6 +32,7 @@ use super::summary;
 use super::upload::{UploadRows, next_line};
 use super::waiting::{add_job, in_flight_of_open_jobs, job_limits};
 use crate::build::{BatchBuilder, BatchPart, parse_manifest};
+use crate::metrics;
 use crate::provider::{BatchProvider, PartLimits, descriptor};
 use crate::quota::{InFlight, Load, QuotaLimits, estimated_tokens, max_bytes_for_tokens};
 use crate::results::{Failure, ResultParser};
@@ -513,6 +514,9 @@ async fn submit_claimed(
         versioned.record.status = JobStatus::Open;
         job::save_leased(ctx.store.as_ref(), &mut versioned, held.as_deref()).await?;
     }
+    let labels = versioned.record.labels();
+    ctx.metrics
+        .emit(&metrics::job_submitted(ctx.clock.now(), &labels));
     Ok(SubmitOutcome::Submitted {
         job_id,
         parts,

@@ -10,6 +10,7 @@ use super::job::{
     self, ErrorGroup, InputRead, JobStatus, PartRecord, RerunOf, ResultFiles, SourceObject,
     Versioned, keys,
 };
+use crate::metrics;
 use crate::results::Usage;
 
 #[derive(Debug, Serialize)]
@@ -302,6 +303,19 @@ pub(super) async fn close_job(
     if !summary.invariant_holds {
         tracing::error!(job = %record.job_id, requests = record.requests, succeeded = summary.succeeded, failed = summary.failed, skipped = record.skipped, "results do not account for every request");
     }
+    let signals = metrics::JobClosed {
+        labels: &record.labels(),
+        outcome: match summary.status {
+            JobStatus::Failed => metrics::JOBS_FAILED,
+            JobStatus::Cancelled => metrics::JOBS_CANCELLED,
+            _ => metrics::JOBS_COMPLETED,
+        },
+        succeeded: summary.succeeded,
+        errors_by_type: &summary.errors_by_type,
+        usage: &summary.usage,
+        cost_usd: summary.cost_usd,
+    };
+    let signals = signals.documents(ctx.clock.now());
     let body = Bytes::from(serde_json::to_vec_pretty(&summary)?);
     ctx.store
         .put(
@@ -314,6 +328,8 @@ pub(super) async fn close_job(
     ctx.store
         .delete(&keys::open_marker(&versioned.record.job_id))
         .await?;
+    // Once the close is stored, so that a retried close counts the job once.
+    ctx.metrics.emit(&signals);
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use super::job::{self, GiveUp, JobRecord, JobStatus, PartRecord, keys};
 use super::parts::{PartBatch, start_batch};
 use super::ready::send_ready;
 use super::spec::JobSpec;
+use crate::metrics;
 use crate::model::ProviderKind;
 use crate::quota::{InFlight, QuotaLimits};
 use crate::storage::StoreError;
@@ -293,8 +294,14 @@ impl Pass<'_> {
              after the upload, spec field `deadline_hours`) and was never submitted",
             spec.deadline_hours
         );
-        self.done.expired +=
-            give_up_waiting(self.ctx, &record.job_id, GiveUp::Deadline, reason).await?;
+        let given_up = give_up_waiting(self.ctx, &record.job_id, GiveUp::Deadline, reason).await?;
+        if given_up > 0 {
+            let now = self.ctx.clock.now();
+            self.ctx
+                .metrics
+                .emit(&metrics::job_past_deadline(now, &record.labels()));
+        }
+        self.done.expired += given_up;
         Ok(())
     }
 }

@@ -116,9 +116,16 @@ impl MemoryProvider {
 
     /// Ends every running batch with its fate.
     pub fn finish_all(&self) {
+        self.finish_all_at(None);
+    }
+
+    /// Ends every running batch with its fate, reporting `ended_at` (RFC 3339) as its
+    /// end time, as most providers do.
+    pub fn finish_all_at(&self, ended_at: Option<&str>) {
         for batch in &mut self.lock().batches {
             if batch.status.state == BatchState::Processing {
                 batch.end();
+                batch.status.ended_at = ended_at.map(str::to_string);
             }
         }
     }

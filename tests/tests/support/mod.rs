@@ -141,6 +141,7 @@ impl Harness {
             },
             clock: Arc::new(batchline::clock::SystemClock),
             submit_queue: None,
+            metrics: Arc::new(batchline::metrics::MemorySink::new()),
             ledger: Some(Arc::new(DynamoLedger::new(
                 create_ledger_table(&sdk).await,
                 LEDGER_TABLE,
