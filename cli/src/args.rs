@@ -199,8 +199,8 @@ pub struct JobArgs {
     /// Refresh until the job ends.
     #[arg(long)]
     pub watch: bool,
-    /// Seconds between refreshes with --watch.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds between refreshes with --watch or `cancel --wait`.
+    #[arg(long, default_value_t = 10.0, global = true)]
     pub every: f64,
     #[command(subcommand)]
     pub action: Option<JobAction>,

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchline::clock::SystemClock;
+use batchline::metrics::NoMetrics;
 use batchline::pipeline::job::{self, keys};
 use batchline::pipeline::spec::JobSpec;
 use batchline::pipeline::{
     Context, ReadyMessage, Settings, SubmitOutcome, UploadedObject, collect, poll, submit,
 };
-use batchline::metrics::NoMetrics;
 use batchline::queue::MemoryQueue;
 use batchline::storage::{LocalStore, ObjectStore, PutMode, StoreError};
 use bytes::Bytes;

@@ -456,10 +456,9 @@ async fn operate(h: &Harness) {
     )
     .await;
     let view = stdout_json(&cancelled);
-    assert_eq!(
-        cancelled.status.code(),
-        Some(1),
-        "a cancelled job is not done"
+    assert!(
+        cancelled.status.success(),
+        "the cancellation asked for is done"
     );
     assert_eq!(view["status"], "cancelled");
     assert_eq!(
