@@ -453,11 +453,11 @@ pub async fn upload(args: UploadArgs, output: &Output) -> CliResult<bool> {
     }
     // The job record appears once the submit function has taken the upload.
     let mut waited = Duration::ZERO;
-    while !stack
+    while stack
         .store
         .head(&keys::job_record(&job_id), None)
         .await
-        .is_ok()
+        .is_err()
     {
         if waited > Duration::from_secs(15 * 60) {
             return Err(CliError::Failed(format!(

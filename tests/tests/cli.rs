@@ -350,7 +350,7 @@ async fn operate(h: &Harness) {
 
     h.emulator.finish_all(true);
     let uploaded = run(
-        &mut stack(&h),
+        &mut stack(h),
         &[
             "upload",
             file.to_str().unwrap(),
@@ -393,7 +393,7 @@ async fn operate(h: &Harness) {
 
     let csv = dir.path().join("invoices.csv");
     let fetched = run(
-        &mut stack(&h),
+        &mut stack(h),
         &[
             "job",
             &job_id,
@@ -420,22 +420,18 @@ async fn operate(h: &Harness) {
     let (body, _) = job_file(ProviderKind::OpenAi, 5, &[]);
     let slow = dir.path().join("slow.jsonl");
     std::fs::write(&slow, body).unwrap();
-    let uploaded = run(
-        &mut stack(&h),
-        &["upload", slow.to_str().unwrap(), "--json"],
-    )
-    .await;
+    let uploaded = run(&mut stack(h), &["upload", slow.to_str().unwrap(), "--json"]).await;
     let slow_id = stdout_json(&uploaded)["job_id"]
         .as_str()
         .unwrap()
         .to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !h
+    while h
         .ctx
         .store
         .head(&keys::job_record(&slow_id), None)
         .await
-        .is_ok()
+        .is_err()
         || h.record(&slow_id)
             .await
             .parts
@@ -449,7 +445,7 @@ async fn operate(h: &Harness) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cancelled = run(
-        &mut stack(&h),
+        &mut stack(h),
         &[
             "job", &slow_id, "cancel", "--wait", "--every", "0.2", "--json",
         ],
@@ -467,7 +463,7 @@ async fn operate(h: &Harness) {
     );
     let errors = dir.path().join("errors.jsonl");
     let fetched = run(
-        &mut stack(&h),
+        &mut stack(h),
         &[
             "job",
             &slow_id,
