@@ -11,17 +11,17 @@ use batchline::model::ModelRef;
 use batchline::pipeline::ProviderSource;
 use batchline::provider::config::ProviderConfig;
 use batchline::provider::{BatchProvider, BatchTags, connect};
-use batchline::request::{AnswerFormat, OutputSchema};
+use batchline::request::AnswerFormat;
 use batchline::results::{Outcome, ResultParser};
 use batchline::status::BatchStatus;
 use batchline::{ProviderKind, Result};
 use futures::StreamExt;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use crate::args::BatchesCommand;
 use crate::error::{CliError, CliResult};
+use crate::files::{Sink, file_name, read_schema};
 use crate::output::{Output, Table};
 
 /// Provider clients configured from the environment, built on first use.
@@ -153,89 +153,6 @@ async fn write_outcomes(
     sink.write(&buffer, path).await?;
     sink.finish(path).await?;
     Ok(tally)
-}
-
-/// A file, or standard output for `-`.
-pub enum Sink {
-    /// A file being written.
-    File(tokio::fs::File),
-    /// Standard output.
-    Stdout(tokio::io::Stdout),
-}
-
-impl Sink {
-    /// Creates (or truncates) `path`.
-    pub async fn open(path: &Path) -> CliResult<Self> {
-        if path.as_os_str() == "-" {
-            return Ok(Self::Stdout(tokio::io::stdout()));
-        }
-        let file = tokio::fs::File::create(path)
-            .await
-            .map_err(|e| CliError::file(path, e))?;
-        Ok(Self::File(file))
-    }
-
-    /// Appends `bytes`.
-    pub async fn write(&mut self, bytes: &[u8], path: &Path) -> CliResult {
-        let written = match self {
-            Self::File(file) => file.write_all(bytes).await,
-            Self::Stdout(out) => out.write_all(bytes).await,
-        };
-        written.map_err(|e| CliError::file(path, e))
-    }
-
-    /// Flushes everything to disk (or the pipe).
-    pub async fn finish(&mut self, path: &Path) -> CliResult {
-        let flushed = match self {
-            Self::File(file) => file.sync_all().await,
-            Self::Stdout(out) => out.flush().await,
-        };
-        flushed.map_err(|e| CliError::file(path, e))
-    }
-}
-
-/// A JSON Schema file as the answer format, named after the file.
-pub async fn read_schema(path: &Path) -> CliResult<OutputSchema> {
-    let text = tokio::fs::read(path)
-        .await
-        .map_err(|e| CliError::file(path, e))?;
-    let schema = serde_json::from_slice(&text)
-        .map_err(|e| CliError::Usage(format!("{}: not JSON: {e}", path.display())))?;
-    Ok(OutputSchema {
-        name: schema_name(path),
-        schema,
-    })
-}
-
-/// A schema name providers accept (`[a-zA-Z0-9_-]{1,64}`) from the file's name.
-pub fn schema_name(path: &Path) -> String {
-    let stem = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.split('.').next())
-        .unwrap_or("answer");
-    let name: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    if name.is_empty() {
-        "answer".into()
-    } else {
-        name
-    }
-}
-
-/// The file's name, for tags and keys.
-pub fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map_or_else(|| "input".into(), |n| n.to_string_lossy().into_owned())
 }
 
 fn print_batches(output: &Output, batches: &[BatchStatus]) {

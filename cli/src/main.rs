@@ -5,6 +5,7 @@
 mod args;
 mod direct;
 mod error;
+mod files;
 mod output;
 mod run;
 mod stack;

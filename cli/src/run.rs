@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use batchline::clock::SystemClock;
 use batchline::metrics::NoMetrics;
-use batchline::pipeline::job::{self, keys};
+use batchline::pipeline::job::{self, JobRecord, keys};
 use batchline::pipeline::spec::JobSpec;
 use batchline::pipeline::{
     Context, ReadyMessage, Settings, SubmitOutcome, UploadedObject, collect, poll, submit,
@@ -22,8 +22,9 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
 use crate::args::RunArgs;
-use crate::direct::{EnvironmentProviders, file_name, read_schema};
+use crate::direct::EnvironmentProviders;
 use crate::error::{CliError, CliResult};
+use crate::files::{copy_to_store, file_name, read_schema};
 use crate::output::{Output, Progress};
 use crate::view::JobView;
 
@@ -58,7 +59,7 @@ pub async fn run(args: RunArgs, output: &Output) -> CliResult<bool> {
     };
     let interval = Duration::from_secs_f64(args.poll_every.max(0.05));
     tokio::select! {
-        ended = drive(&ctx, &queue, &key, interval, output) => ended,
+        ended = drive(&ctx, &args.out, &queue, &key, interval, output) => ended,
         _ = tokio::signal::ctrl_c() => Err(CliError::Failed(format!(
             "interrupted: nothing is lost; run the same command again to reattach (state in {})",
             args.out.display()
@@ -81,6 +82,7 @@ fn run_settings() -> Settings {
 /// Submit (or reattach), then poll and collect until the job is closed.
 async fn drive(
     ctx: &Context,
+    dir: &Path,
     queue: &MemoryQueue,
     key: &str,
     interval: Duration,
@@ -104,7 +106,7 @@ async fn drive(
         let record = job::load(ctx.store.as_ref(), &job_id).await?.record;
         let view = JobView::of(&record, ctx.clock.as_ref());
         if view.is_closed() {
-            return finish(ctx, &view, output, progress).await;
+            return finish(ctx, dir, &record, output, progress).await;
         }
         if !output.json {
             progress.show(output, view.lines(output));
@@ -129,19 +131,28 @@ async fn drive(
 /// Prints the closed job and where its files are.
 async fn finish(
     ctx: &Context,
-    view: &JobView,
+    dir: &Path,
+    record: &JobRecord,
     output: &Output,
     mut progress: Progress,
 ) -> CliResult<bool> {
+    let view = JobView::of(record, ctx.clock.as_ref());
     if output.json {
         let (_, summary) = ctx.store.get(&keys::summary(&view.job_id)).await?;
         println!("{}", String::from_utf8_lossy(&summary));
-    } else {
-        progress.show(output, view.lines(output));
-        println!(
-            "results: {}",
-            keys::summary(&view.job_id).trim_end_matches("summary.json")
-        );
+        return Ok(view.ended_well());
+    }
+    progress.show(output, view.lines(output));
+    let files = record.result_files();
+    let summary = keys::summary(&view.job_id);
+    for (what, keys) in [
+        ("summary", std::slice::from_ref(&summary)),
+        ("successes", files.successes.as_slice()),
+        ("errors", files.errors.as_slice()),
+    ] {
+        for key in keys {
+            println!("{what:<10} {}", dir.join(key).display());
+        }
     }
     Ok(view.ended_well())
 }
@@ -199,7 +210,7 @@ async fn stage_input(
         None => format!("{}{name}", keys::INBOX),
     };
     if !same_bytes(store, &key, file).await? {
-        copy_in(store, &key, file).await?;
+        copy_to_store(store, &key, file).await?;
     }
     Ok(key)
 }
@@ -232,27 +243,6 @@ async fn same_bytes(store: &dyn ObjectStore, key: &str, file: &Path) -> CliResul
         }
     }
     Ok(true)
-}
-
-/// Copies `file` to `key` in parts, never holding the whole file.
-async fn copy_in(store: &dyn ObjectStore, key: &str, file: &Path) -> CliResult {
-    let mut local = tokio::fs::File::open(file)
-        .await
-        .map_err(|e| CliError::file(file, e))?;
-    let mut writer = batchline::storage::ObjectWriter::new(store, key);
-    let mut buffer = vec![0; 8 << 20];
-    loop {
-        let n = local
-            .read(&mut buffer)
-            .await
-            .map_err(|e| CliError::file(file, e))?;
-        if n == 0 {
-            break;
-        }
-        writer.write(&buffer[..n]).await?;
-    }
-    writer.finish().await?;
-    Ok(())
 }
 
 /// Holds the directory for this process: two runs on one directory would each take

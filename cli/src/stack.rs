@@ -10,16 +10,16 @@ use aws_types::region::Region;
 use batchline::clock::SystemClock;
 use batchline::pipeline::cancel::{CancelRequest, request_cancel};
 use batchline::pipeline::job::{self, JobRecord, SourceObject, keys};
-use batchline::storage::{ObjectStore, ObjectWriter, S3Store};
+use batchline::provider::http::error_chain;
+use batchline::storage::{ObjectStore, S3Store};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
 
 use crate::args::{
     JobAction, JobArgs, JobsArgs, ResultsFormat, StackArgs, StatusFilter, UploadArgs,
 };
-use crate::direct::{Sink, file_name};
 use crate::error::{CliError, CliResult};
+use crate::files::{Sink, copy_to_store, file_name};
 use crate::output::{Output, Progress, Table, cost, duration};
 use crate::view::JobView;
 
@@ -98,7 +98,7 @@ async fn bucket_of_stack(sdk: &aws_types::SdkConfig, stack: &str) -> CliResult<S
         .stack_name(stack)
         .send()
         .await
-        .map_err(|e| CliError::Aws(format!("describing stack {stack}: {}", aws_error(&e))))?;
+        .map_err(|e| CliError::Aws(format!("describing stack {stack}: {}", error_chain(&e))))?;
     described
         .stacks()
         .iter()
@@ -106,17 +106,6 @@ async fn bucket_of_stack(sdk: &aws_types::SdkConfig, stack: &str) -> CliResult<S
         .find(|o| o.output_key() == Some(BUCKET_OUTPUT))
         .and_then(|o| o.output_value().map(str::to_string))
         .ok_or_else(|| CliError::Usage(format!("stack {stack} has no {BUCKET_OUTPUT} output")))
-}
-
-fn aws_error(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// `batchline jobs`.
@@ -419,22 +408,7 @@ pub async fn upload(args: UploadArgs, output: &Output) -> CliResult<bool> {
         Some(pipeline) => format!("{}{pipeline}/{name}", keys::INBOX),
         None => format!("{}{name}", keys::INBOX),
     };
-    let mut file = tokio::fs::File::open(&args.file)
-        .await
-        .map_err(|e| CliError::file(&args.file, e))?;
-    let mut writer = ObjectWriter::new(stack.store.as_ref(), key.clone());
-    let mut buffer = vec![0; 8 << 20];
-    loop {
-        let n = file
-            .read(&mut buffer)
-            .await
-            .map_err(|e| CliError::file(&args.file, e))?;
-        if n == 0 {
-            break;
-        }
-        writer.write(&buffer[..n]).await?;
-    }
-    writer.finish().await?;
+    copy_to_store(stack.store.as_ref(), &key, &args.file).await?;
     let meta = stack.store.head(&key, None).await?;
     let job_id = SourceObject {
         bucket: stack.bucket.clone(),

@@ -109,22 +109,31 @@ impl JobView {
 
     /// The job's headline and its parts, as lines.
     pub fn lines(&self, output: &Output) -> Vec<String> {
-        let mut lines = vec![format!(
-            "job {}  {}  {}  {} rows: {} succeeded, {} failed{}  {}  {}",
-            self.job_id,
-            self.model.as_deref().unwrap_or("-"),
-            output.state(&self.status),
-            self.rows,
-            self.succeeded,
-            self.failed,
-            if self.skipped > 0 {
-                format!(", {} skipped", self.skipped)
-            } else {
-                String::new()
-            },
-            cost(self.cost_usd),
-            duration(self.age_seconds as i64),
-        )];
+        let mut lines = vec![
+            format!(
+                "job {}  {}  {}  {} rows: {} succeeded, {} failed{}  {}  {}",
+                self.job_id,
+                self.model.as_deref().unwrap_or("-"),
+                output.state(&self.status),
+                self.rows,
+                self.succeeded,
+                self.failed,
+                if self.skipped > 0 {
+                    format!(", {} skipped", self.skipped)
+                } else {
+                    String::new()
+                },
+                cost(self.cost_usd),
+                // Outside a terminal a line is printed when it changes: a clock in it
+                // would print it on every refresh.
+                match output.terminal || self.is_closed() {
+                    true => duration(self.age_seconds as i64),
+                    false => String::new(),
+                },
+            )
+            .trim_end()
+            .to_string(),
+        ];
         if let Some(failure) = &self.failure {
             lines.push(format!("  failure: {failure}"));
         }

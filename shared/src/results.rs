@@ -225,9 +225,10 @@ pub fn schema_for<T: schemars::JsonSchema>() -> OutputSchema {
     }
 }
 
-/// OpenAI takes `[a-zA-Z0-9_-]{1,64}`; schemars names generics like `Page_for_Item`
-/// but may use other characters for some types.
-fn provider_schema_name(type_name: &str) -> String {
+/// A schema name every provider takes (OpenAI: `[a-zA-Z0-9_-]{1,64}`) from any name:
+/// schemars names generics like `Page_for_Item` but may use other characters, and a
+/// file name has dots.
+pub fn provider_schema_name(type_name: &str) -> String {
     let name: String = type_name
         .chars()
         .map(|c| {

@@ -341,12 +341,37 @@ async fn stack_mode_follows_lists_fetches_and_cancels_the_deployed_pipelines_job
     }
 }
 
+/// A stack in moto with the template's `DataBucketName` output naming the test bucket.
+async fn batchline_stack(h: &Harness, name: &str) {
+    let template = json!({
+        "Resources": {"ReadyQueue": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {"DataBucketName": {"Value": BUCKET}}
+    });
+    aws_sdk_cloudformation::Client::new(&batchline_emulator::harness::moto_sdk_config(&h.moto.url))
+        .create_stack()
+        .stack_name(name)
+        .template_body(template.to_string())
+        .send()
+        .await
+        .expect("create stack");
+}
+
 /// What the operator does while the pipeline runs.
 async fn operate(h: &Harness) {
     let dir = tempfile::tempdir().unwrap();
-    let (body, ids) = job_file(ProviderKind::OpenAi, 6, &[]);
-    let file = dir.path().join("invoices.jsonl");
-    std::fs::write(&file, body).unwrap();
+    // The demo's pipeline and requests: 20 invoices, one line of them cut off.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let spec = std::fs::read(root.join("events/pipelines/invoices.json")).unwrap();
+    h.ctx
+        .store
+        .put(
+            &keys::pipeline_spec("invoices"),
+            spec.into(),
+            batchline::storage::PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let file = root.join("events/jobs/invoices.jsonl");
 
     h.emulator.finish_all(true);
     let uploaded = run(
@@ -354,6 +379,8 @@ async fn operate(h: &Harness) {
         &[
             "upload",
             file.to_str().unwrap(),
+            "--pipeline",
+            "invoices",
             "--wait",
             "--every",
             "0.2",
@@ -365,24 +392,46 @@ async fn operate(h: &Harness) {
     let view = stdout_json(&uploaded);
     let job_id = view["job_id"].as_str().unwrap().to_string();
     assert_eq!(view["status"], "completed");
-    assert_eq!(view["succeeded"], 6);
-
-    let listed = run(&mut stack(h), &["jobs", "--status", "completed", "--json"]).await;
-    assert!(listed.status.success());
-    assert!(
-        stdout_json(&listed)
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|j| j["job_id"] == job_id.as_str())
+    assert_eq!(view["pipeline"], "invoices");
+    let (succeeded, failed) = (
+        view["succeeded"].as_u64().unwrap(),
+        view["failed"].as_u64().unwrap(),
     );
+    assert_eq!(succeeded + failed, 20, "every row accounted for");
+    assert_eq!(view["errors_by_type"]["invalid_input"], 1);
+
+    let listed = run(
+        &mut stack(h),
+        &[
+            "jobs",
+            "--status",
+            "completed",
+            "--pipeline",
+            "invoices",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(listed.status.success());
+    let listed = stdout_json(&listed);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["job_id"], job_id.as_str());
+    // The bucket named by a stack's output, as `sam deploy` leaves it.
+    batchline_stack(h, "batchline-demo").await;
+    let by_stack = run(
+        stack(h).env_remove("BATCHLINE_BUCKET"),
+        &["jobs", "--stack", "batchline-demo", "--json"],
+    )
+    .await;
+    assert!(by_stack.status.success());
+    assert_eq!(stdout_json(&by_stack)[0]["job_id"], job_id.as_str());
     let open = run(&mut stack(h), &["jobs", "--status", "open", "--json"]).await;
     assert!(stdout_json(&open).as_array().unwrap().is_empty());
 
     let shown = run(&mut stack(h), &["job", &job_id, "--json"]).await;
     assert!(shown.status.success());
     let shown = stdout_json(&shown);
-    assert_eq!(shown["rows"], 6);
+    assert_eq!(shown["rows"], 20);
     assert!(
         shown["parts"][0]["batch_id"]
             .as_str()
@@ -390,6 +439,9 @@ async fn operate(h: &Harness) {
             .starts_with("batch_")
     );
     assert!(shown["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    let table = run(&mut stack(h), &["job", &job_id]).await;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("invalid_input 1"), "{table}");
 
     let csv = dir.path().join("invoices.csv");
     let fetched = run(
@@ -408,12 +460,32 @@ async fn operate(h: &Harness) {
     assert!(fetched.status.success());
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
-    assert!(lines.next().unwrap().starts_with("custom_id,"), "{text}");
-    let mut got: Vec<&str> = lines.map(|l| l.split(',').next().unwrap()).collect();
-    got.sort();
-    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
-    expected.sort();
-    assert_eq!(got, expected);
+    assert!(
+        lines.next().unwrap().starts_with("custom_id,vendor,"),
+        "one column per schema property: {text}"
+    );
+    assert_eq!(lines.count() as u64, succeeded);
+    let errors = dir.path().join("invoice-errors.jsonl");
+    let fetched = run(
+        &mut stack(h),
+        &[
+            "job",
+            &job_id,
+            "results",
+            "--errors",
+            "-o",
+            errors.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(fetched.status.success());
+    let errors = json_lines(&errors);
+    assert_eq!(errors.len() as u64, failed);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["error_type"] == "invalid_input" && e["line"] == 16)
+    );
 
     // A job cancelled while its batch runs: every row is still accounted for.
     h.emulator.finish_all(false);
