@@ -251,10 +251,9 @@ async fn write_results(
             .filter(|k| k.ends_with(".jsonl"))
             .collect(),
     };
-    let columns = match (format, errors) {
-        (ResultsFormat::Jsonl, _) => None,
-        (ResultsFormat::Csv, true) => Some(Columns::errors()),
-        (ResultsFormat::Csv, false) => Some(Columns::successes(record)),
+    let columns = match format {
+        ResultsFormat::Jsonl => None,
+        ResultsFormat::Csv => Some(Columns::of(record, errors)),
     };
     let mut sink = Sink::open(path).await?;
     if let Some(columns) = &columns {
@@ -291,35 +290,33 @@ struct Columns {
 }
 
 impl Columns {
-    fn errors() -> Self {
-        let names = ["custom_id", "error_type", "error_message", "line"];
-        Self {
-            names: names.iter().map(|n| n.to_string()).collect(),
-            paths: names.iter().map(|n| vec![n.to_string()]).collect(),
-        }
-    }
-
-    /// `custom_id`, then one column per property of the answer schema (in the
-    /// schema's order), or the whole answer where there is no schema.
-    fn successes(record: &JobRecord) -> Self {
-        let properties: Vec<String> = record
-            .spec
-            .as_ref()
+    /// `custom_id`, the spec's kept input columns, then what the record holds: for
+    /// successes one column per property of the answer schema (in the schema's order),
+    /// or the whole answer where there is no schema; for errors the type, message and line.
+    fn of(record: &JobRecord, errors: bool) -> Self {
+        let spec = record.spec.as_ref();
+        let kept = spec.map(|spec| spec.keep.clone()).unwrap_or_default();
+        let properties: Vec<String> = spec
             .and_then(|spec| spec.schema.as_ref())
             .and_then(|schema| schema.get("properties"))
             .and_then(Value::as_object)
             .map(|props| props.keys().cloned().collect())
             .unwrap_or_default();
-        let mut names = vec!["custom_id".to_string()];
-        let mut paths = vec![vec!["custom_id".to_string()]];
-        if properties.is_empty() {
-            names.extend(["result".to_string(), "text".to_string()]);
-            paths.extend([vec!["result".to_string()], vec!["text".to_string()]]);
+        let top = |name: &str| (name.to_string(), vec![name.to_string()]);
+        let mut columns: Vec<(String, Vec<String>)> = vec![top("custom_id")];
+        columns.extend(kept.iter().map(|name| top(name)));
+        if errors {
+            columns.extend(["error_type", "error_message", "line"].map(top));
+        } else if properties.is_empty() {
+            columns.extend(["result", "text"].map(top));
+        } else {
+            columns.extend(
+                properties
+                    .into_iter()
+                    .map(|p| (p.clone(), vec!["result".to_string(), p])),
+            );
         }
-        for property in properties {
-            paths.push(vec!["result".to_string(), property.clone()]);
-            names.push(property);
-        }
+        let (names, paths) = columns.into_iter().unzip();
         Self { names, paths }
     }
 
