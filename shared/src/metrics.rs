@@ -76,7 +76,8 @@ pub const JOBS_COMPLETED: Metric = Metric::new("JobsCompleted", Unit::Count);
 pub const JOBS_FAILED: Metric = Metric::new("JobsFailed", Unit::Count);
 /// A job closed after its cancellation was requested.
 pub const JOBS_CANCELLED: Metric = Metric::new("JobsCancelled", Unit::Count);
-/// A job whose parts still waited for quota at its deadline and were given up.
+/// An open job past its deadline, once per poll tick that finds it so (its parts
+/// still waiting for quota are given up then; running batches keep running).
 pub const JOBS_PAST_DEADLINE: Metric = Metric::new("JobsPastDeadline", Unit::Count);
 /// Rows of a closed job with a validated result.
 pub const ROWS_SUCCEEDED: Metric = Metric::new("RowsSucceeded", Unit::Count);
@@ -274,7 +275,7 @@ pub fn parts_waiting(now: OffsetDateTime, parts: usize) -> Vec<Document> {
     vec![Document::new(now).value(PARTS_WAITING_FOR_QUOTA, parts as f64)]
 }
 
-/// A job whose waiting parts were given up at its deadline.
+/// A job found open past its deadline.
 pub fn job_past_deadline(now: OffsetDateTime, labels: &Labels) -> Vec<Document> {
     vec![Document::of_job(now, labels).value(JOBS_PAST_DEADLINE, 1.0)]
 }

@@ -214,6 +214,16 @@ async fn poll_job(ctx: &Context, job_id: &str) -> Result<Polled, PipelineError> 
             reason: "open job without a spec".into(),
         });
     };
+    if ctx
+        .clock
+        .has_passed_by(&snapshot.record.created_at, spec.deadline())
+    {
+        // On every tick that finds it still open, so that the alarm on it stays on for
+        // as long as the job is late.
+        let labels = snapshot.record.labels();
+        ctx.metrics
+            .emit(&metrics::job_past_deadline(ctx.clock.now(), &labels));
+    }
     let provider = ctx.providers.provider(spec.model.provider).await?;
     // Before the status calls, which then see the cancelled batches end.
     cancel_batches(ctx, provider.as_ref(), &snapshot.record).await?;

@@ -255,6 +255,11 @@ fn default_max_line_bytes() -> usize {
 }
 
 impl JobSpec {
+    /// How long after its upload the job may stay open (`deadline_hours`).
+    pub fn deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.deadline_hours) * 3600)
+    }
+
     /// `output`, or its default: `"schema"` with a schema, `"text"` without.
     pub fn output_mode(&self) -> OutputMode {
         self.output.unwrap_or(match self.schema {

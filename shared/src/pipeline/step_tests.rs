@@ -1497,6 +1497,12 @@ async fn parts_still_waiting_at_the_deadline_expire_and_every_row_is_accounted_f
     assert_eq!(report.parts_expired, 1);
     let late = [("Pipeline", "default"), ("Provider", "openai")];
     assert_eq!(s.metrics.total("JobsPastDeadline", &late), 1.0);
+    poll(&s.ctx).await.unwrap();
+    assert_eq!(
+        s.metrics.total("JobsPastDeadline", &late),
+        2.0,
+        "every tick that finds the job still open counts it: the alarm stays on"
+    );
     for outcome in s.collect_queued(false).await {
         outcome.unwrap();
     }

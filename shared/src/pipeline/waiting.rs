@@ -10,7 +10,6 @@
 //! a crash after the create is found again.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use futures::StreamExt;
 
@@ -20,7 +19,6 @@ use super::job::{self, GiveUp, JobRecord, JobStatus, PartRecord, keys};
 use super::parts::{PartBatch, start_batch};
 use super::ready::send_ready;
 use super::spec::JobSpec;
-use crate::metrics;
 use crate::model::ProviderKind;
 use crate::quota::{InFlight, QuotaLimits};
 use crate::storage::StoreError;
@@ -150,8 +148,7 @@ impl Pass<'_> {
             give_up_waiting(ctx, &record.job_id, GiveUp::Cancel, reason).await?;
             return Ok(());
         }
-        let deadline = Duration::from_secs(u64::from(spec.deadline_hours) * 3600);
-        if ctx.clock.has_passed_by(&record.created_at, deadline) {
+        if ctx.clock.has_passed_by(&record.created_at, spec.deadline()) {
             return self.expire(record, spec).await;
         }
         let limits = job_limits(ctx, spec);
@@ -294,14 +291,8 @@ impl Pass<'_> {
              after the upload, spec field `deadline_hours`) and was never submitted",
             spec.deadline_hours
         );
-        let given_up = give_up_waiting(self.ctx, &record.job_id, GiveUp::Deadline, reason).await?;
-        if given_up > 0 {
-            let now = self.ctx.clock.now();
-            self.ctx
-                .metrics
-                .emit(&metrics::job_past_deadline(now, &record.labels()));
-        }
-        self.done.expired += given_up;
+        self.done.expired +=
+            give_up_waiting(self.ctx, &record.job_id, GiveUp::Deadline, reason).await?;
         Ok(())
     }
 }
