@@ -42,6 +42,8 @@ SCOPED_OBJECT_ARN = re.compile(
 BUCKET_ARN = "arn:${AWS::Partition}:s3:::${BucketName}"
 # The other wildcard a resource may hold: Bedrock batch jobs of this account and region.
 BEDROCK_JOBS_ARN = "arn:${AWS::Partition}:bedrock:${AWS::Region}:${AWS::AccountId}:model-invocation-job/*"
+# Policies for people (the CLI's operators), attached to no function.
+PEOPLE_POLICIES = {"OperatorPolicy"}
 # Actions that take no resource (AWS's service authorization reference lists "*" only).
 RESOURCELESS_ACTIONS = {"bedrock:listmodelinvocationjobs"}
 S3_WRITE_ACTIONS = {"s3:putobject", "s3:copyobject", "s3:restoreobject", "s3:putobjectacl"}
@@ -314,7 +316,8 @@ def check_notifications(cfn):
             if prefix.startswith(written) or written.startswith(prefix):
                 problems.append(f"trigger prefix {prefix!r} overlaps system prefix {written!r}")
         for owner, statement in allow_statements(cfn):
-            if not set(statement_actions(statement)) & S3_WRITE_ACTIONS:
+            # People upload to the inbox (that is what it is for); no function may.
+            if owner in PEOPLE_POLICIES or not set(statement_actions(statement)) & S3_WRITE_ACTIONS:
                 continue
             for resource in render(statement.get("Resource", [])):
                 written = object_prefix(resource)
@@ -587,6 +590,31 @@ def test_each_function_gets_exactly_its_s3_access(template):
     }
     (listing,) = [s for s in role_statements(template, "PollRole") if "s3:listbucket" in statement_actions(s)]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": "open/*"}}
+
+
+def test_the_operator_policy_grants_what_the_cli_does_and_nothing_more(template):
+    """The CLI's stack mode: read jobs and results, upload, request a cancel, find the bucket."""
+    policy = template["Resources"]["OperatorPolicy"]
+    assert policy["Type"] == "AWS::IAM::ManagedPolicy"
+    grants = {}
+    for statement in as_list(policy["Properties"]["PolicyDocument"]["Statement"]):
+        assert statement["Effect"] == "Allow"
+        for action in statement_actions(statement):
+            for resource in render(statement["Resource"]):
+                grants.setdefault(object_prefix(resource) or resource, set()).add(action)
+    assert grants == {
+        BUCKET_ARN: {"s3:listbucket"},
+        "jobs/": {"s3:getobject", "s3:putobject"},
+        "results/": {"s3:getobject"},
+        "inbox/": {"s3:putobject", "s3:abortmultipartupload", "s3:getobject"},
+        "${AWS::StackId}": {"cloudformation:describestacks"},
+    }
+    (listing,) = [s for s in as_list(policy["Properties"]["PolicyDocument"]["Statement"]) if s["Sid"] == "ListJobs"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": "jobs/*"}}
+    # Attached to no function: it is for people.
+    for role in resources_of(template, "AWS::IAM::Role").values():
+        assert {"Ref": "OperatorPolicy"} not in role["Properties"].get("ManagedPolicyArns", [])
+    assert template["Outputs"]["OperatorPolicyArn"]["Value"] == {"Ref": "OperatorPolicy"}
 
 
 def test_queue_access_matches_roles(template):
