@@ -40,7 +40,11 @@ impl CliError {
     /// 2 for usage and configuration errors, 1 for everything that failed on the way.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Self::Usage(_) | Self::Library(batchline::Error::Config(_)) => ExitCode::from(2),
+            Self::Usage(_)
+            | Self::Library(batchline::Error::Config(_))
+            | Self::Pipeline(PipelineError::Provider(batchline::Error::Config(_))) => {
+                ExitCode::from(2)
+            }
             _ => ExitCode::from(1),
         }
     }

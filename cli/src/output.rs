@@ -40,7 +40,7 @@ impl Output {
             return text.to_string();
         }
         let code = match text {
-            "completed" | "succeeded" => "32",
+            "completed" | "succeeded" | "collected" => "32",
             "failed" | "expired" | "cancelled" => "31",
             _ => "33",
         };

@@ -571,4 +571,24 @@ async fn help_shows_an_example_and_completions_are_generated() {
     assert!(String::from_utf8_lossy(&completions.stdout).contains("batchline"));
     let usage = run(&mut batchline(), &["run"]).await;
     assert_eq!(usage.status.code(), Some(2));
+    // A missing key is a configuration error, named, whichever command meets it.
+    let dir = tempfile::tempdir().unwrap();
+    let (file, schema) = inputs(dir.path(), 2);
+    let out = dir.path().join("out");
+    let no_key = run(
+        &mut batchline(),
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--model",
+            "openai/gpt-4o-mini",
+            "--schema",
+            schema.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(no_key.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("OPENAI_API_KEY"));
 }
