@@ -198,24 +198,36 @@ pub async fn job(args: JobArgs, output: &Output) -> CliResult<bool> {
         }
         Some(JobAction::Cancel { wait }) => {
             let answer = request_cancel(stack.store.as_ref(), &stack.clock, &args.id).await?;
-            let said = match answer {
-                CancelRequest::Requested { .. } => "cancellation requested: poll cancels its open batches at the providers on its next run".to_string(),
-                CancelRequest::AlreadyRequested { requested_at } => {
-                    format!("cancellation was already requested at {requested_at}")
-                }
-                CancelRequest::AlreadyClosed { status } => {
-                    format!("the job is already closed ({}): nothing to cancel", JobView::status_name(status))
-                }
-                other => format!("{other:?}"),
+            let (answer, said) = match answer {
+                CancelRequest::Requested { requested_at } => (
+                    "requested",
+                    format!("requested at {requested_at}: poll cancels the open batches next tick"),
+                ),
+                CancelRequest::AlreadyRequested { requested_at } => (
+                    "already_requested",
+                    format!("already requested at {requested_at}"),
+                ),
+                CancelRequest::AlreadyClosed { status } => (
+                    "already_closed",
+                    format!("closed already ({})", JobView::status_name(status)),
+                ),
+                other => ("other", format!("{other:?}")),
             };
-            eprintln!("job {}: {said}", args.id);
-            match wait {
-                true => stack
+            if wait {
+                eprintln!("job {}: cancellation {said}", args.id);
+                return stack
                     .follow(&args.id, args.every, output)
                     .await
-                    .map(|_| true),
-                false => Ok(true),
+                    .map(|_| true);
             }
+            if output.json {
+                let json =
+                    serde_json::json!({"job_id": args.id, "cancellation": answer, "message": said});
+                output.print_json(&json);
+            } else {
+                println!("job {}: cancellation {said}", args.id);
+            }
+            Ok(true)
         }
         Some(JobAction::Results {
             format,

@@ -552,6 +552,9 @@ async fn operate(h: &Harness) {
             .iter()
             .all(|e| e["error_type"] == "cancelled")
     );
+    let again = run(&mut stack(h), &["job", &slow_id, "cancel", "--json"]).await;
+    assert!(again.status.success());
+    assert_eq!(stdout_json(&again)["cancellation"], "already_closed");
 
     let missing = run(&mut batchline(), &["jobs"]).await;
     assert_eq!(missing.status.code(), Some(2), "no bucket is a usage error");
