@@ -12,9 +12,9 @@ use std::fmt::{self, Write as _};
 use std::io::BufRead;
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::ser::SerializeStruct;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer as _, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -310,6 +310,9 @@ enum AnswerCheck {
     Schema {
         schema: OutputSchema,
         validator: Box<jsonschema::Validator>,
+        /// How many properties the schema's top-level object names: an answer's object
+        /// is made that large up front (see [`parse_answer`]).
+        fields: usize,
         /// What the provider's schema translation makes the model write that the job's
         /// schema does not accept (OpenAI's strict-mode nulls), decided once per schema.
         fixup: Option<AnswerFixup>,
@@ -364,6 +367,9 @@ impl ResultParser {
                     }
                 })?),
                 fixup: descriptor.answer_fixup(&schema.schema),
+                fields: schema.schema["properties"]
+                    .as_object()
+                    .map_or(0, |p| p.len()),
                 schema: schema.clone(),
             },
             AnswerFormat::JsonObject => AnswerCheck::JsonObject,
@@ -558,7 +564,11 @@ impl ResultParser {
         if let AnswerCheck::Text = self.check {
             return Ok(success(Value::Null, Some(answer.to_string())));
         }
-        let mut result: Value = serde_json::from_str(answer).map_err(|err| {
+        let fields = match &self.check {
+            AnswerCheck::Schema { fields, .. } => *fields,
+            AnswerCheck::JsonObject | AnswerCheck::Text => 0,
+        };
+        let mut result = parse_answer(answer, fields).map_err(|err| {
             (
                 error_type::INVALID_JSON,
                 format!("the answer is not valid JSON: {err}"),
@@ -569,6 +579,7 @@ impl ResultParser {
                 schema,
                 validator,
                 fixup,
+                ..
             } => {
                 if let Some(fixup) = fixup {
                     fixup(&schema.schema, &mut result);
@@ -654,6 +665,49 @@ impl ResultParser {
     /// are skipped; a read error ends the iteration with a `read_error` failure.
     pub fn parse_reader<R: BufRead>(&self, reader: R) -> OutcomeLines<&Self, R> {
         OutcomeLines::new(self, reader)
+    }
+}
+
+/// An answer's JSON, as `serde_json::from_str` reads it. An object answer's map is
+/// made for `fields` members up front rather than grown and rehashed member by member;
+/// an answer this way does not read (bad JSON, or the map key serde_json gives a
+/// meaning of its own) is read again by `serde_json`, so that values and errors are
+/// exactly its own.
+fn parse_answer(answer: &str, fields: usize) -> serde_json::Result<Value> {
+    if fields > 0 && answer.trim_ascii_start().starts_with('{') {
+        let mut deserializer = serde_json::Deserializer::from_str(answer);
+        if let Ok(object) = deserializer.deserialize_map(SizedObject(fields))
+            && deserializer.end().is_ok()
+        {
+            return Ok(object);
+        }
+    }
+    serde_json::from_str(answer)
+}
+
+/// Reads a JSON object into a [`Value`] whose map holds its first `.0` members without
+/// growing; see [`parse_answer`].
+struct SizedObject(usize);
+
+/// The first map key `serde_json`'s own `Value` reads as an embedded raw value.
+const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
+
+impl<'de> Visitor<'de> for SizedObject {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> std::result::Result<Value, A::Error> {
+        let mut map = serde_json::Map::with_capacity(self.0);
+        while let Some((key, value)) = access.next_entry::<String, Value>()? {
+            if map.is_empty() && key == RAW_VALUE_KEY {
+                return Err(serde::de::Error::custom("read by serde_json instead"));
+            }
+            map.insert(key, value);
+        }
+        Ok(Value::Object(map))
     }
 }
 
@@ -850,6 +904,30 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn answers_read_as_serde_json_reads_them() {
+        let answers = [
+            r#"{"name":"Ada","age":36,"tags":["a","b"],"x":{"y":[1,2.5,null]}}"#,
+            r#" {"name":"Ada","name":"Bob"} "#,
+            r#"{}"#,
+            r#"{"$serde_json::private::RawValue":"[1,2]"}"#,
+            r#"{"a":1,"$serde_json::private::RawValue":"[1,2]"}"#,
+            r#"{"name":"Ada"} trailing"#,
+            r#"{"name":"Ada""#,
+            r#"[1,2]"#,
+            "",
+        ];
+        for answer in answers {
+            for fields in [0, 1, 3, 8] {
+                assert_eq!(
+                    format!("{:?}", parse_answer(answer, fields)),
+                    format!("{:?}", serde_json::from_str::<Value>(answer)),
+                    "{answer} with {fields} fields"
+                );
+            }
+        }
+    }
 
     fn person_schema() -> OutputSchema {
         OutputSchema {

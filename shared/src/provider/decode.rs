@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
@@ -334,6 +335,16 @@ impl<'de> Deserialize<'de> for CodeText {
     }
 }
 
+/// Deserialises a results line. A line of valid UTF-8 (every provider writes one) is
+/// checked once and read as text, so serde_json does not check each string it reads
+/// again; any other line is read as bytes, and so accepted or refused as ever.
+pub(crate) fn from_line<'a, T: Deserialize<'a>>(line: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(line) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(line),
+    }
+}
+
 /// An optional string borrowed from the line when it has no escapes (serde's own
 /// `Option<Cow<str>>` always copies).
 pub(crate) fn optional_borrowed<'de: 'a, 'a, D: Deserializer<'de>>(
@@ -342,6 +353,27 @@ pub(crate) fn optional_borrowed<'de: 'a, 'a, D: Deserializer<'de>>(
     #[derive(Deserialize)]
     struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
     Ok(Option::<Borrowed<'a>>::deserialize(deserializer)?.map(|b| b.0))
+}
+
+/// The first element of a JSON array, the others read as a `Vec<T>` would read them
+/// (each must be a `T`) but dropped, so that no vector is allocated for them.
+pub(crate) fn first_element<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    struct FirstVisitor<T>(PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for FirstVisitor<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            // What `Vec`'s visitor expects, so that errors read the same.
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<T>, A::Error> {
+            let first = seq.next_element()?;
+            while seq.next_element::<T>()?.is_some() {}
+            Ok(first)
+        }
+    }
+    deserializer.deserialize_seq(FirstVisitor(PhantomData))
 }
 
 /// A token count as a JSON number or, as Google encodes int64, a digit string.
@@ -369,6 +401,52 @@ pub(crate) fn lenient_count<'de, D: Deserializer<'de>>(deserializer: D) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_read_as_bytes_read() {
+        type Line<'a> = (Option<Cow<'a, str>>, Option<Vec<u64>>);
+        let lines: [&[u8]; 5] = [
+            br#"[null,[1,2]]"#,
+            br#"["a\u00e9",null]"#,
+            b"[\"caf\xc3\xa9\",[3]]",
+            b"[\"caf\xe9\",[3]]",
+            br#"["a",[1,"x"]]"#,
+        ];
+        for line in lines {
+            assert_eq!(
+                format!("{:?}", from_line::<Line<'_>>(line)),
+                format!("{:?}", serde_json::from_slice::<Line<'_>>(line)),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn first_element_reads_every_element_as_a_vec_does() {
+        #[derive(Debug, Deserialize)]
+        struct First {
+            #[serde(default, deserialize_with = "first_element")]
+            items: Option<u8>,
+        }
+        #[derive(Debug, Deserialize)]
+        struct All {
+            #[serde(default)]
+            items: Vec<u8>,
+        }
+        for line in [
+            r#"{"items":[1,2,3]}"#,
+            r#"{"items":[]}"#,
+            r#"{}"#,
+            r#"{"items":[1,"x"]}"#,
+            r#"{"items":null}"#,
+            r#"{"items":{"a":1}}"#,
+        ] {
+            let first = serde_json::from_str::<First>(line).map(|f| f.items);
+            let all = serde_json::from_str::<All>(line).map(|a| a.items.first().copied());
+            assert_eq!(format!("{first:?}"), format!("{all:?}"), "{line}");
+        }
+    }
 
     #[test]
     fn string_at_reads_the_id_of_a_line_cut_after_it() {

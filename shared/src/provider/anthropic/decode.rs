@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::provider::decode::{
-    Answer, Decoded, Malformed, RowKey, Usage, error_type, joined, optional_borrowed,
+    Answer, Decoded, Malformed, RowKey, Usage, error_type, from_line, joined, optional_borrowed,
 };
 
 #[derive(Deserialize)]
@@ -36,7 +36,9 @@ struct RequestResult<'a> {
 struct Message<'a> {
     #[serde(borrow, default)]
     content: Vec<ContentBlock<'a>>,
-    stop_reason: Option<String>,
+    /// Borrowed: read on every line, so not worth an allocation.
+    #[serde(borrow, default, deserialize_with = "optional_borrowed")]
+    stop_reason: Option<Cow<'a, str>>,
     usage: Option<MessageUsage>,
 }
 
@@ -106,8 +108,8 @@ pub fn decode_text(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
 }
 
 fn decode_as(line: &[u8], part: AnswerPart) -> Result<Decoded<'_>, Malformed> {
-    let parsed: Line<'_> = serde_json::from_slice(line)
-        .map_err(|e| Malformed::unreadable(&e, line, &[&["custom_id"]]))?;
+    let parsed: Line<'_> =
+        from_line(line).map_err(|e| Malformed::unreadable(&e, line, &[&["custom_id"]]))?;
     let result = parsed.result;
     let (answer, usage) = match result.kind.as_ref() {
         "succeeded" => match result.message {

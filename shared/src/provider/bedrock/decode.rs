@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::provider::decode::{
-    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, joined, optional_borrowed,
+    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, from_line, joined,
+    optional_borrowed,
 };
 
 #[derive(Deserialize)]
@@ -103,8 +104,8 @@ pub fn decode_text(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
 }
 
 fn decode_as(line: &[u8], part: AnswerPart) -> Result<Decoded<'_>, Malformed> {
-    let parsed: Line<'_> = serde_json::from_slice(line)
-        .map_err(|e| Malformed::unreadable(&e, line, &[&["recordId"]]))?;
+    let parsed: Line<'_> =
+        from_line(line).map_err(|e| Malformed::unreadable(&e, line, &[&["recordId"]]))?;
     let (answer, usage) = match (parsed.model_output, parsed.error) {
         (_, Some(error)) => (record_error(error), Usage::default()),
         (Some(output), None) => output_answer(output, part),

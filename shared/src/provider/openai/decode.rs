@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::provider::decode::{
-    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, optional_borrowed,
+    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, first_element, from_line,
+    optional_borrowed,
 };
 
 #[derive(Deserialize)]
@@ -29,8 +30,14 @@ struct Response<'a> {
 
 #[derive(Deserialize)]
 struct Body<'a> {
-    #[serde(borrow, default)]
-    choices: Vec<Choice<'a>>,
+    /// The first choice, the answer; any others are read and dropped.
+    #[serde(
+        rename = "choices",
+        borrow,
+        default,
+        deserialize_with = "first_element"
+    )]
+    choice: Option<Choice<'a>>,
     usage: Option<CompletionUsage>,
     error: Option<ApiError>,
 }
@@ -85,8 +92,8 @@ impl ApiError {
 
 /// Decodes one line of an OpenAI batch output or error file.
 pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
-    let parsed: Line<'_> = serde_json::from_slice(line)
-        .map_err(|e| Malformed::unreadable(&e, line, &[&["custom_id"]]))?;
+    let parsed: Line<'_> =
+        from_line(line).map_err(|e| Malformed::unreadable(&e, line, &[&["custom_id"]]))?;
     let (answer, usage) = match (parsed.response, parsed.error) {
         (Some(response), _) => decode_response(response),
         (None, Some(error)) => (never_ran(&error), Usage::default()),
@@ -141,7 +148,7 @@ fn decode_response(response: Response<'_>) -> (Answer<'_>, Usage) {
         cached_input_tokens: u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
         cache_write_input_tokens: 0,
     });
-    (completion_answer(body.choices), usage)
+    (completion_answer(body.choice), usage)
 }
 
 fn api_failure(status: u16, error: Option<ApiError>) -> Answer<'static> {
@@ -162,8 +169,8 @@ fn api_failure(status: u16, error: Option<ApiError>) -> Answer<'static> {
     }
 }
 
-fn completion_answer(choices: Vec<Choice<'_>>) -> Answer<'_> {
-    let Some(choice) = choices.into_iter().next() else {
+fn completion_answer(choice: Option<Choice<'_>>) -> Answer<'_> {
+    let Some(choice) = choice else {
         return Answer::failed(
             error_type::NO_STRUCTURED_OUTPUT,
             "the completion has no choices",

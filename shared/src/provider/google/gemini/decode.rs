@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::provider::decode::{
-    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, optional_borrowed,
+    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, from_line, optional_borrowed,
 };
 use crate::provider::google::response::{GenerateContentResponse, response_answer};
 use crate::provider::google::wire::rpc_code_name;
@@ -37,7 +37,7 @@ struct RpcStatus {
 
 /// Decodes one line of a Gemini batch responses file.
 pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
-    let parsed: Line<'_> = serde_json::from_slice(line)
+    let parsed: Line<'_> = from_line(line)
         .map_err(|e| Malformed::unreadable(&e, line, &[&["key"], &["metadata", "key"]]))?;
     let custom_id = match (parsed.key, parsed.metadata.and_then(|m| m.key)) {
         (Some(key), _) => key,

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::encode::ROW_LABEL;
 use crate::provider::decode::{
-    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, string_at,
+    Answer, CodeText, Decoded, Malformed, RowKey, Usage, error_type, from_line, string_at,
 };
 use crate::provider::google::response::{GenerateContentResponse, response_answer};
 use crate::provider::google::wire::rpc_code_name;
@@ -70,7 +70,7 @@ struct Labels {
 
 /// Decodes one line of a Vertex `predictions.jsonl`.
 pub fn decode(line: &[u8]) -> Result<Decoded<'_>, Malformed> {
-    let parsed: Line<'_> = serde_json::from_slice(line).map_err(|e| {
+    let parsed: Line<'_> = from_line(line).map_err(|e| {
         Malformed::at_row(
             recover_row(line),
             format!("not a readable results line: {e}"),
