@@ -9,7 +9,9 @@ use aws_config::BehaviorVersion;
 use aws_types::region::Region;
 use batchline::clock::SystemClock;
 use batchline::pipeline::cancel::{CancelRequest, request_cancel};
+use batchline::pipeline::input::{InputLine, LineReader};
 use batchline::pipeline::job::{self, JobRecord, SourceObject, keys};
+use batchline::pipeline::spec::bounds::MAX_LINE_BYTES;
 use batchline::provider::http::error_chain;
 use batchline::storage::{ObjectStore, S3Store};
 use futures::{StreamExt, TryStreamExt};
@@ -273,9 +275,20 @@ async fn write_results(
     }
     let mut rows = 0;
     for key in keys {
-        let mut lines = LineReader::new(stack.store.get_stream(key, None, 0).await?);
+        let stream = stack.store.get_stream(key, None, 0).await?;
+        let unreadable = |reason: String| CliError::Failed(format!("{key}: {reason}"));
+        let mut lines = LineReader::open(key, stream, MAX_LINE_BYTES)
+            .await
+            .map_err(|e| unreadable(e.to_string()))?;
         let mut out = Vec::new();
-        while let Some(line) = lines.next().await? {
+        while let Some(line) = lines
+            .next_line()
+            .await
+            .map_err(|e| unreadable(e.to_string()))?
+        {
+            let InputLine::Line { bytes: line, .. } = line else {
+                return Err(unreadable(format!("{line:?}")));
+            };
             rows += 1;
             match &columns {
                 None => {
@@ -370,43 +383,6 @@ fn write_csv_row<'a>(cells: impl Iterator<Item = &'a str>, out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// Lines of a streamed object, holding one line at a time.
-struct LineReader {
-    stream: batchline::storage::ByteStream,
-    pending: Vec<u8>,
-    done: bool,
-}
-
-impl LineReader {
-    fn new(stream: batchline::storage::ByteStream) -> Self {
-        Self {
-            stream,
-            pending: Vec::new(),
-            done: false,
-        }
-    }
-
-    async fn next(&mut self) -> CliResult<Option<Vec<u8>>> {
-        loop {
-            if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.pending.drain(..=end).take(end).collect();
-                if line.is_empty() {
-                    continue;
-                }
-                return Ok(Some(line));
-            }
-            if self.done {
-                let rest = std::mem::take(&mut self.pending);
-                return Ok((!rest.is_empty()).then_some(rest));
-            }
-            match self.stream.next().await {
-                Some(chunk) => self.pending.extend_from_slice(&chunk?),
-                None => self.done = true,
-            }
-        }
-    }
 }
 
 /// `batchline upload`.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use batchline::clock::Clock;
+use batchline::clock::{Clock, seconds_between};
 use batchline::pipeline::job::{JobRecord, JobStatus, PartRecord};
 use batchline::results::Usage;
 use serde::Serialize;
@@ -70,7 +70,9 @@ impl JobView {
     pub fn of(record: &JobRecord, clock: &dyn Clock) -> Self {
         let tally = record.tally();
         let age_seconds = match &record.completed_at {
-            Some(end) => seconds_between(&record.created_at, end),
+            Some(end) => seconds_between(&record.created_at, end)
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(0),
             None => clock.seconds_since(&record.created_at),
         };
         Self {
@@ -208,16 +210,4 @@ pub fn wire_name<T: Serialize>(value: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
-}
-
-fn seconds_between(start: &str, end: &str) -> u64 {
-    use time::OffsetDateTime;
-    use time::format_description::well_known::Rfc3339;
-    match (
-        OffsetDateTime::parse(start, &Rfc3339),
-        OffsetDateTime::parse(end, &Rfc3339),
-    ) {
-        (Ok(start), Ok(end)) => u64::try_from((end - start).whole_seconds()).unwrap_or(0),
-        _ => 0,
-    }
 }

@@ -45,6 +45,13 @@ pub trait Clock: Send + Sync + Debug {
     }
 }
 
+/// Whole seconds from `start` to `end` (RFC 3339 timestamps), or None when either
+/// is unreadable.
+pub fn seconds_between(start: &str, end: &str) -> Option<i64> {
+    let parse = |t: &str| OffsetDateTime::parse(t, &Rfc3339).ok();
+    Some((parse(end)? - parse(start)?).whole_seconds())
+}
+
 fn format(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }

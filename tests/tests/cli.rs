@@ -196,7 +196,8 @@ async fn run_interrupted_after_submit_reattaches_without_a_second_paid_batch() {
 #[tokio::test]
 async fn batches_verbs_work_on_a_batch_created_by_another_tool() {
     let emulator = Emulator::start(Config {
-        step: Duration::from_millis(20),
+        // Slow enough that the batch is still running when results are first asked for.
+        step: Duration::from_secs(5),
         api_key: API_KEY.into(),
         ..Config::default()
     })
@@ -258,8 +259,25 @@ async fn batches_verbs_work_on_a_batch_created_by_another_tool() {
     );
 
     // Not ended yet: results are refused with a usage error, not an empty file.
-    emulator.finish_all(true);
     let out = dir.path().join("results.jsonl");
+    let early = run(
+        &mut direct(&emulator),
+        &[
+            "batches",
+            "results",
+            "--batch-id",
+            &batch_id,
+            "--provider",
+            "openai",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(early.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&early.stderr).contains("has not ended"));
+    assert!(!out.exists(), "no file for a batch that has not ended");
+    emulator.finish_all(true);
     let results = run(
         &mut direct(&emulator),
         &[
@@ -302,6 +320,11 @@ async fn batches_verbs_work_on_a_batch_created_by_another_tool() {
         ],
     )
     .await;
+    assert_eq!(
+        cancelled.status.code(),
+        Some(1),
+        "an ended batch cannot be cancelled"
+    );
     assert!(!String::from_utf8_lossy(&cancelled.stderr).contains(API_KEY));
 
     // A missing key is a configuration error: exit 2, the variable named.

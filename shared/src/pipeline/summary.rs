@@ -203,13 +203,6 @@ struct Timings<'a> {
     duration_seconds: Option<i64>,
 }
 
-fn seconds_between(start: &str, end: &str) -> Option<i64> {
-    let parse = |t: &str| {
-        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-    };
-    Some((parse(end)? - parse(start)?).whole_seconds())
-}
-
 /// Finishes closing a job whose record says closed but whose close did not complete
 /// (a crash between the record write and the summary); otherwise only drops a
 /// leftover open-index entry. `close_job` stamps `completed_at` last-but-one, so a
@@ -297,7 +290,7 @@ pub(super) async fn close_job(
             duration_seconds: record
                 .completed_at
                 .as_deref()
-                .and_then(|end| seconds_between(&record.created_at, end)),
+                .and_then(|end| crate::clock::seconds_between(&record.created_at, end)),
         },
     };
     if !summary.invariant_holds {
